@@ -1,0 +1,39 @@
+"""cdn-async: an asyncio SDK for DigitalOcean's CDN Endpoints API.
+
+Exact rate budgets (the SDK never provokes a 429, yet uses the whole budget), a purge
+engine that de-duplicates and batches, typed errors, and a fake API for tests.
+"""
+
+__version__ = "0.1.0"
+
+from ._client import BudgetSnapshot, CDNClient
+from ._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from ._limits import Budget, BudgetState, RateLimits
+from ._logs import setup_from_env as _setup_logging
+from ._models import TTL, CDNEndpoint, Page
+from ._purge import PurgeReport
+from ._sentinel import NOT_GIVEN
+
+__all__ = [
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_TIMEOUT",
+    "NOT_GIVEN",
+    "TTL",
+    "Budget",
+    "BudgetSnapshot",
+    "BudgetState",
+    "CDNClient",
+    "CDNEndpoint",
+    "Page",
+    "PurgeReport",
+    "RateLimits",
+    "__version__",
+]
+
+# Tracebacks and reprs name the public path (cdn_async.CDNClient), not the private module.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith("cdn_async._"):
+        _obj.__module__ = "cdn_async"
+
+_setup_logging()

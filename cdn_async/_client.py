@@ -1,0 +1,194 @@
+"""``CDNClient``: configuration, lifetime, and the ``endpoints`` resource."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import attrs
+
+from ._constants import (
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_RATE_LIMIT_WAIT,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    TOKEN_ENV,
+)
+from ._endpoints import Endpoints
+from ._limits import BudgetState, BudgetStore, RateLimits
+from ._purge import PurgeEngine
+from ._sentinel import NOT_GIVEN, NotGiven
+from ._session import Options, Session
+from .errors import RateLimitInfo, ValidationError
+
+
+@attrs.frozen
+class BudgetSnapshot:
+    """What the budgets look like now, for reading and logging.
+
+    Args:
+        budgets: Each live budget window by key (``"cdn"``, ``"purge_files"``...).
+        last_headers: The rate-limit headers of the last answer, or None before any.
+    """
+
+    budgets: dict[str, BudgetState]
+    last_headers: RateLimitInfo | None
+
+
+def _check_base_url(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return base_url.rstrip("/")
+    if parts.scheme == "http" and _is_loopback(host):
+        return base_url.rstrip("/")
+    # The token travels in a header: plain HTTP would show it to every hop.
+    raise ValidationError(
+        f"base_url must be https:// (plain http:// only for loopback hosts), got {base_url!r}"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class CDNClient:
+    """An async client for DigitalOcean's CDN Endpoints API.
+
+    Use it as an async context manager, or call ``close()`` when done::
+
+        async with CDNClient() as cdn:
+            async for ep in cdn.endpoints.list():
+                print(ep.origin)
+
+    Args:
+        token: The API token; defaults to ``$DIGITALOCEAN_TOKEN``.
+        base_url: The API's address; https only (http only for loopback hosts).
+        limits: The budgets every request is held to (``RateLimits.documented()``).
+        budget_store: Where the budget windows live: None keeps them in this process; a
+            ``cdn_async.redis.RedisBudgetStore`` shares them between processes.
+        timeout: Seconds an attempt may take, or None for no limit.
+        max_retries: Retries after 5xx answers, broken connections and 429s.
+        max_rate_limit_wait: The longest a request waits on a budget the server paused (after
+            a 429) before ``RateLimitedError`` is raised instead.
+        session: An ``aiohttp.ClientSession`` of your own; the client then never closes it.
+
+    Raises:
+        ValidationError: No token, or a ``base_url`` that is not https.
+    """
+
+    endpoints: Endpoints
+
+    def __init__(
+        self,
+        token: str | None = None,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        limits: RateLimits | None = None,
+        budget_store: BudgetStore | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        if not token:
+            raise ValidationError(f"no API token: pass token=... or set ${TOKEN_ENV}")
+        options = _options(base_url, timeout, max_retries, max_rate_limit_wait)
+        if budget_store is None:
+            from ._budgets import MemoryBudgetStore
+
+            budget_store = MemoryBudgetStore()
+        self._session = Session(
+            token=token,
+            options=options,
+            limits=limits if limits is not None else RateLimits.documented(),
+            store=budget_store,
+            http=session,
+            owns_http=session is None,
+        )
+        self._owner = True
+        self._purge = PurgeEngine(self._session)
+        self.endpoints = Endpoints(self._session, self._purge)
+
+    def __repr__(self) -> str:
+        return f"<CDNClient base_url={self._session.options.base_url!r}>"
+
+    @property
+    def limits(self) -> RateLimits:
+        """The budgets every request is held to."""
+        return self._session.limits
+
+    def with_options(
+        self,
+        *,
+        timeout: float | NotGiven | None = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        max_rate_limit_wait: float | NotGiven = NOT_GIVEN,
+    ) -> CDNClient:
+        """A copy with other options that shares the connection pool and the budgets.
+
+        Closing the copy closes nothing; close the original.
+        """
+        old = self._session.options
+        options = _options(
+            old.base_url,
+            old.timeout if isinstance(timeout, NotGiven) else timeout,
+            old.max_retries if isinstance(max_retries, NotGiven) else max_retries,
+            old.max_rate_limit_wait
+            if isinstance(max_rate_limit_wait, NotGiven)
+            else max_rate_limit_wait,
+        )
+        clone = object.__new__(CDNClient)
+        clone._session = self._session.copy(options)
+        clone._owner = False
+        clone._purge = self._purge  # one engine: purges through copies still coalesce
+        clone.endpoints = Endpoints(clone._session, self._purge)
+        return clone
+
+    def budget_snapshot(self) -> BudgetSnapshot:
+        """The budgets' state now (remaining, when the next unit frees) and the last headers."""
+        return BudgetSnapshot(self._session.store.snapshot(), self._session.last_rate_limit)
+
+    async def close(self) -> None:
+        """Stop pending purges, close the connection pool if the client opened it, and the
+        budget store. Idempotent; a copy made by ``with_options`` closes nothing."""
+        if not self._owner:
+            return
+        await self._purge.aclose()
+        await self._session.aclose()
+        await self._session.store.aclose()
+
+    async def __aenter__(self) -> CDNClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def _options(base_url: str, timeout: Any, max_retries: Any, max_rate_limit_wait: Any) -> Options:
+    if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+        raise ValidationError(
+            f"timeout must be a positive number of seconds or None, got {timeout!r}"
+        )
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValidationError(f"max_retries must be an int >= 0, got {max_retries!r}")
+    if not isinstance(max_rate_limit_wait, int | float) or max_rate_limit_wait < 0:
+        raise ValidationError(
+            f"max_rate_limit_wait must be a number >= 0, got {max_rate_limit_wait!r}"
+        )
+    return Options(_check_base_url(base_url), timeout, max_retries, float(max_rate_limit_wait))

@@ -1,0 +1,17 @@
+"""Defaults, in one place."""
+
+from __future__ import annotations
+
+DEFAULT_BASE_URL = "https://api.digitalocean.com"
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_RETRIES = 3
+#: The longest a request waits on a budget the server paused (after a 429) before
+#: ``RateLimitedError`` is raised instead. Ordinary budget waits are never cut short.
+DEFAULT_MAX_RATE_LIMIT_WAIT = 120.0
+#: ``list()`` asks for the largest page the API allows: fewer requests against the budget.
+DEFAULT_PER_PAGE = 200
+MAX_PER_PAGE = 200
+#: How long after creating an endpoint a 404 on GET is taken as the API's lag, not an answer.
+CREATE_LAG_WINDOW = 30.0
+TOKEN_ENV = "DIGITALOCEAN_TOKEN"
+LOG_ENV = "CDN_ASYNC_LOG"

@@ -1,0 +1,281 @@
+"""``cdn.endpoints``: the six CDN Endpoints operations. Each validates, calls the session,
+and structures the answer; budgets, retries and errors live in the session layer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from . import _validation as check
+from ._constants import CREATE_LAG_WINDOW, DEFAULT_PER_PAGE
+from ._logs import logger
+from ._models import CDNEndpoint, Page, converter
+from ._purge import PurgeEngine, PurgeReport
+from ._sentinel import NOT_GIVEN, NotGiven
+from ._session import Session
+from .errors import APIConnectionError, APIResponseError, InternalServerError, ValidationError
+
+PATH = "/v2/cdn/endpoints"
+
+
+def _structure_endpoint(data: Any, status: int) -> CDNEndpoint:
+    try:
+        return converter.structure(data["endpoint"], CDNEndpoint)
+    except Exception as exc:  # any shape error is the server's, reported as one error type
+        raise APIResponseError(
+            f"the API answered {status} with a body that is not a CDN endpoint: {exc}",
+            status=status,
+            body_excerpt=repr(data)[:200],
+        ) from None
+
+
+class Endpoints:
+    """CDN endpoints of the account: ``cdn.endpoints``."""
+
+    def __init__(self, session: Session, purge_engine: PurgeEngine) -> None:
+        self._session = session
+        self._purge = purge_engine
+
+    async def list(self, *, per_page: int = DEFAULT_PER_PAGE) -> AsyncIterator[CDNEndpoint]:
+        """Every endpoint of the account, fetched lazily a page at a time.
+
+        Args:
+            per_page: Endpoints per request, 1..200 (200 spends the least budget).
+
+        Yields:
+            Each ``CDNEndpoint``, in the API's order.
+
+        Raises:
+            ValidationError: ``per_page`` is out of range.
+        """
+        async for page in self.pages(per_page=per_page):
+            for endpoint in page.endpoints:
+                yield endpoint
+
+    async def pages(self, *, per_page: int = DEFAULT_PER_PAGE) -> AsyncIterator[Page]:
+        """Every page of endpoints, each with ``meta.total``; follows ``links.pages.next``.
+
+        Args:
+            per_page: Endpoints per page, 1..200.
+
+        Yields:
+            Each ``Page``.
+        """
+        per_page = check.per_page(per_page)
+        page_no = 1
+        while True:
+            resp = await self._session.request(
+                "GET", PATH, params={"page": page_no, "per_page": per_page}
+            )
+            page = _structure_page(resp.data, resp.status, page_no)
+            yield page
+            next_no = _next_page(resp.data)
+            # Only the page number is taken from the link: the token is never sent to a
+            # host the link names, and a link that does not advance cannot loop forever.
+            if next_no is None or next_no <= page_no or not page.endpoints:
+                return
+            page_no = next_no
+
+    async def get(self, cdn_id: str) -> CDNEndpoint:
+        """The endpoint with this id.
+
+        A GET of an endpoint this client created in the last 30 s that answers 404 is retried
+        briefly: the API can lag a few seconds after a create.
+
+        Raises:
+            ValidationError: ``cdn_id`` is not a UUID.
+            NotFoundError: No such endpoint.
+        """
+        cdn_id = check.uuid_str("cdn_id", cdn_id)
+        created = self._session.recently_created.get(cdn_id)
+        lagging = created is not None and self._session.now() - created < CREATE_LAG_WINDOW
+        resp = await self._session.request(
+            "GET", f"{PATH}/{cdn_id}", endpoint_id=cdn_id, retry_not_found=lagging
+        )
+        return _structure_endpoint(resp.data, resp.status)
+
+    async def create(
+        self,
+        origin: str,
+        *,
+        ttl: int | NotGiven = NOT_GIVEN,
+        custom_domain: str | NotGiven = NOT_GIVEN,
+        certificate_id: str | NotGiven = NOT_GIVEN,
+    ) -> CDNEndpoint:
+        """Create an endpoint that serves the Space ``origin``.
+
+        Args:
+            origin: The Space's hostname, e.g. ``static.nyc3.digitaloceanspaces.com``.
+            ttl: Edge cache lifetime (a ``TTL``); the server uses 3600 when not given.
+            custom_domain: A custom subdomain to serve on; needs ``certificate_id``.
+            certificate_id: The subdomain's certificate UUID, or ``"needs-cloudflare-cert"``.
+
+        Returns:
+            The new endpoint.
+
+        Raises:
+            ValidationError: An argument is invalid (nothing is sent).
+            UnprocessableEntityError: The API refused it (an origin already in use...).
+
+        A create is never sent twice blindly: when an attempt fails after it may have reached
+        the server, the client looks the origin up (origins are unique) before trying again.
+        """
+        body: dict[str, Any] = {"origin": check.hostname("origin", origin)}
+        if not isinstance(ttl, NotGiven):
+            body["ttl"] = int(check.ttl(ttl))
+        body.update(_domain_fields(custom_domain, certificate_id, allow_removal=False))
+        try:
+            resp = await self._session.request("POST", PATH, json=body)
+        except (APIConnectionError, InternalServerError) as exc:
+            found = await self._find_by_origin(body["origin"])
+            if found is None:
+                logger.info(
+                    "create of %s failed ambiguously (%s); not created, sending again", origin, exc
+                )
+                resp = await self._session.request("POST", PATH, json=body)
+            else:
+                logger.info("create of %s failed ambiguously but the endpoint exists", origin)
+                self._mark_created(found.id)
+                return found
+        endpoint = _structure_endpoint(resp.data, resp.status)
+        self._mark_created(endpoint.id)
+        return endpoint
+
+    async def update(
+        self,
+        cdn_id: str,
+        *,
+        ttl: int | NotGiven = NOT_GIVEN,
+        custom_domain: str | NotGiven | None = NOT_GIVEN,
+        certificate_id: str | NotGiven | None = NOT_GIVEN,
+    ) -> CDNEndpoint:
+        """Change an endpoint; only the fields given are sent.
+
+        Args:
+            cdn_id: The endpoint's UUID.
+            ttl: A new cache lifetime.
+            custom_domain: A new custom subdomain (needs ``certificate_id``), or None to remove
+                the custom domain (its certificate goes with it).
+            certificate_id: A new certificate UUID or ``"needs-cloudflare-cert"``.
+
+        Raises:
+            ValidationError: Nothing to change, or an invalid argument.
+            NotFoundError: No such endpoint.
+        """
+        cdn_id = check.uuid_str("cdn_id", cdn_id)
+        body: dict[str, Any] = {}
+        if not isinstance(ttl, NotGiven):
+            body["ttl"] = int(check.ttl(ttl))
+        body.update(_domain_fields(custom_domain, certificate_id, allow_removal=True))
+        if not body:
+            raise ValidationError("update needs at least one of ttl, custom_domain, certificate_id")
+        resp = await self._session.request("PUT", f"{PATH}/{cdn_id}", endpoint_id=cdn_id, json=body)
+        return _structure_endpoint(resp.data, resp.status)
+
+    async def delete(self, cdn_id: str) -> None:
+        """Delete an endpoint.
+
+        Raises:
+            ValidationError: ``cdn_id`` is not a UUID.
+            NotFoundError: No such endpoint.
+        """
+        cdn_id = check.uuid_str("cdn_id", cdn_id)
+        await self._session.request("DELETE", f"{PATH}/{cdn_id}", endpoint_id=cdn_id)
+        self._session.recently_created.pop(cdn_id, None)
+
+    async def purge(
+        self,
+        cdn_id: str,
+        files: Iterable[str],
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> PurgeReport:
+        """Purge cached paths of an endpoint; any number of them, each purged once.
+
+        Paths are normalised (a leading ``/`` dropped), de-duplicated, dropped when a wildcard
+        ``dir/*`` of the same call covers them, and sent in batches of at most the file budget
+        (50), each as soon as the budgets allow. ``["*"]`` purges everything.
+
+        Args:
+            cdn_id: The endpoint's UUID.
+            files: The paths; wildcards such as ``css/*`` allowed.
+            on_progress: Called as ``on_progress(done, total)`` after each batch.
+
+        Returns:
+            The report: which paths were purged, requests sent, time spent on budgets.
+
+        Raises:
+            ValidationError: ``files`` is empty, a bare string, or holds a bad path.
+            PurgeError: Some paths failed (after retries); ``.report`` says which.
+        """
+        cdn_id = check.uuid_str("cdn_id", cdn_id)
+        paths = check.files(files)
+        return await self._purge.purge(cdn_id, paths, on_progress=on_progress)
+
+    def _mark_created(self, cdn_id: str) -> None:
+        now = self._session.now()
+        created = self._session.recently_created
+        created[cdn_id] = now
+        # Prune so a long-lived client creating many endpoints does not grow without bound.
+        for stale in [k for k, t in created.items() if now - t >= CREATE_LAG_WINDOW]:
+            del created[stale]
+
+    async def _find_by_origin(self, origin: str) -> CDNEndpoint | None:
+        async for endpoint in self.list():
+            if endpoint.origin == origin:
+                return endpoint
+        return None
+
+
+def _domain_fields(
+    custom_domain: str | NotGiven | None,
+    certificate_id: str | NotGiven | None,
+    *,
+    allow_removal: bool,
+) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    if custom_domain is None or certificate_id is None:
+        if not allow_removal:
+            raise ValidationError("custom_domain and certificate_id cannot be None on create")
+        if not (custom_domain is None or isinstance(custom_domain, NotGiven)):
+            raise ValidationError(
+                "certificate_id=None removes the custom domain; pass custom_domain=None too"
+            )
+        # Removing a custom domain sends both as empty strings, as the official clients do.
+        return {"custom_domain": "", "certificate_id": ""}
+    if not isinstance(custom_domain, NotGiven):
+        fields["custom_domain"] = check.hostname("custom_domain", custom_domain)
+        if isinstance(certificate_id, NotGiven):
+            raise ValidationError(
+                "custom_domain needs certificate_id (a certificate UUID or 'needs-cloudflare-cert')"
+            )
+    if not isinstance(certificate_id, NotGiven):
+        fields["certificate_id"] = check.certificate_id(certificate_id)
+    return fields
+
+
+def _structure_page(data: Any, status: int, page_no: int) -> Page:
+    try:
+        endpoints = tuple(converter.structure(e, CDNEndpoint) for e in data.get("endpoints") or ())
+        total = int(data["meta"]["total"])
+    except Exception as exc:
+        raise APIResponseError(
+            f"the API answered {status} with a body that is not a page of endpoints: {exc}",
+            status=status,
+            body_excerpt=repr(data)[:200],
+        ) from None
+    return Page(endpoints, total, page_no, _next_page(data) is not None)
+
+
+def _next_page(data: Any) -> int | None:
+    links = data.get("links") if isinstance(data, dict) else None
+    pages = links.get("pages") if isinstance(links, dict) else None
+    nxt = pages.get("next") if isinstance(pages, dict) else None
+    if not isinstance(nxt, str):
+        return None
+    values = parse_qs(urlsplit(nxt).query).get("page")
+    try:
+        return int(values[0]) if values else None
+    except ValueError:
+        return None

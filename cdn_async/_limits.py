@@ -1,0 +1,212 @@
+"""Rate-limit policy: which budgets exist and what one request claims from each.
+
+This module is pure data. The stores that enforce the budgets (``_budgets.py`` in memory,
+``_redis.py`` across processes) all speak the ``BudgetStore`` protocol at the bottom.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import attrs
+
+Scope = Literal["token", "endpoint"]
+Unit = Literal["request", "file"]
+
+
+def _positive_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Budget.{attribute.name} must be a positive int, got {value!r}")
+
+
+def _positive_float(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ValueError(f"Budget.{attribute.name} must be a positive number, got {value!r}")
+
+
+@attrs.frozen
+class Budget:
+    """One budget the server enforces: at most ``limit`` units in any window of ``period`` s.
+
+    Args:
+        name: A short name, unique within a ``RateLimits`` (``"cdn"``, ``"hourly"``...).
+        limit: Units allowed in any sliding window of ``period`` seconds.
+        period: The window length in seconds.
+        scope: ``"token"``: one window for every request made with the token.
+            ``"endpoint"``: one window per CDN endpoint id (requests without one, such as
+            list and create, share a window of their own).
+        unit: ``"request"``: every request costs 1. ``"file"``: a purge costs the number
+            of paths it sends (a wildcard path is one); other requests cost nothing.
+    """
+
+    name: str
+    limit: int = attrs.field(validator=_positive_int)
+    period: float = attrs.field(validator=_positive_float)
+    scope: Scope = attrs.field(
+        default="token", validator=attrs.validators.in_(("token", "endpoint"))
+    )
+    unit: Unit = attrs.field(default="request", validator=attrs.validators.in_(("request", "file")))
+
+    def units(self, files: int) -> int:
+        """How many units a request carrying ``files`` purge paths costs (0 for non-purges)."""
+        return 1 if self.unit == "request" else files
+
+
+@attrs.frozen
+class Claim:
+    """What one request takes from one budget window.
+
+    ``key`` names the window (``"cdn"``, or ``"cdn:<endpoint id>"`` for endpoint scope);
+    stores keep one ledger per key.
+    """
+
+    key: str
+    limit: int
+    period: float
+    units: int
+    budget: str
+
+
+@attrs.frozen
+class RateLimits:
+    """The set of budgets every request is held to.
+
+    ``RateLimits.documented()`` is DigitalOcean's published set. All budgets are exact
+    sliding windows: a request holds its units from the moment it is sent until ``period``
+    seconds after its answer arrives.
+    """
+
+    budgets: tuple[Budget, ...] = attrs.field(converter=tuple[Budget, ...])
+
+    @budgets.validator
+    def _unique_names(
+        self, attribute: attrs.Attribute[tuple[Budget, ...]], value: tuple[Budget, ...]
+    ) -> None:
+        names = [b.name for b in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"budget names must be unique, got {names}")
+
+    @classmethod
+    def documented(cls) -> RateLimits:
+        """DigitalOcean's documented budgets, all per token.
+
+        5,000 requests / hour and 250 / minute over the whole API, 5 requests / 10 s over all
+        ``/v2/cdn/endpoints`` calls, and 50 purged paths / 20 s.
+        """
+        return cls(
+            (
+                Budget("hourly", 5000, 3600.0),
+                Budget("minute", 250, 60.0),
+                Budget("cdn", 5, 10.0),
+                Budget("purge_files", 50, 20.0, unit="file"),
+            )
+        )
+
+    def scaled(self, factor: float) -> RateLimits:
+        """A copy with every period multiplied by ``factor`` (for tests and the fake server)."""
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"scale factor must be a positive number, got {factor!r}")
+        return RateLimits(tuple(attrs.evolve(b, period=b.period * factor) for b in self.budgets))
+
+    def get(self, name: str) -> Budget | None:
+        """The budget called ``name``, or None."""
+        for b in self.budgets:
+            if b.name == name:
+                return b
+        return None
+
+    @property
+    def purge_batch_size(self) -> int:
+        """The most paths one purge request may carry without exceeding a file budget alone."""
+        sizes = [b.limit for b in self.budgets if b.unit == "file"]
+        return min(sizes, default=50)
+
+    def claims(self, endpoint_id: str | None = None, files: int = 0) -> tuple[Claim, ...]:
+        """What one request for ``endpoint_id`` carrying ``files`` purge paths takes."""
+        out = []
+        for b in self.budgets:
+            units = b.units(files)
+            if units <= 0:
+                continue
+            key = b.name if b.scope == "token" else f"{b.name}:{endpoint_id or '-'}"
+            out.append(Claim(key, b.limit, b.period, units, b.name))
+        return tuple(out)
+
+    def claim_for_header(self, limit: int, claims: Sequence[Claim]) -> Claim | None:
+        """Which of a request's claims a ``ratelimit-limit: <limit>`` header describes.
+
+        The server reports one budget per answer and names it only by its limit, so the match
+        is on the limit among the budgets counted in requests (file budgets never match).
+        """
+        for c in claims:
+            b = self.get(c.budget)
+            if b is not None and b.unit == "request" and c.limit == limit:
+                return c
+        return None
+
+
+class Lease(Protocol):
+    """A store's record of one admitted request; handed back to ``BudgetStore.release``."""
+
+
+class BudgetStore(Protocol):
+    """Keeps the budget windows and admits requests into them.
+
+    Times given to a store are durations in seconds from "now" as the store's own clock sees
+    it, so a store stamped by another clock (Redis's) never mixes clocks.
+    """
+
+    async def acquire(self, claims: Sequence[Claim], *, max_wait: float | None = None) -> Lease:
+        """Wait until every claim fits, then take them all at once and return the lease.
+
+        Waiters contending for the same keys are admitted in arrival order; a waiter
+        cancelled before admission takes nothing. Raises ``RateLimitedError`` at once when a
+        key is paused (after a 429) for longer than ``max_wait`` seconds.
+        """
+        ...
+
+    def release(self, lease: Lease) -> None:
+        """The request's answer (or failure) arrived: its units free ``period`` s from now."""
+        ...
+
+    def sync(self, claim: Claim, remaining: int, reset_after: float) -> None:
+        """Apply server headers: until ``reset_after`` s from now, admit no more than
+        ``remaining`` further units on ``claim.key`` (another client may be spending them)."""
+        ...
+
+    def pause(self, claim: Claim, resume_after: float) -> None:
+        """The server answered 429 for this key: admit nothing on it for ``resume_after`` s."""
+        ...
+
+    def snapshot(self) -> dict[str, BudgetState]:
+        """The state of every live key, for users to read and log."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release resources (timers, connections)."""
+        ...
+
+
+@attrs.frozen
+class BudgetState:
+    """A point-in-time view of one budget window.
+
+    Args:
+        key: The window's key (``"cdn"``, ``"cdn:<endpoint id>"``...).
+        limit: Units allowed per window.
+        used: Units counted now (in flight, in their window, or held by server sync).
+        remaining: ``limit - used``, floored at 0.
+        next_free_in: Seconds until the next unit frees (0.0 when some are free now).
+        waiters: Requests queued on this key.
+        paused_for: Seconds left of a pause imposed by a 429 (0.0 if none).
+    """
+
+    key: str
+    limit: int
+    used: int
+    remaining: int
+    next_free_in: float
+    waiters: int
+    paused_for: float = 0.0

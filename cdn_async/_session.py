@@ -1,0 +1,344 @@
+"""The session layer: the one place a request is sent.
+
+Every call goes through ``Session.request``, which takes the request's budgets, sends it,
+applies the answer's rate-limit headers, retries what is safe to retry and maps failures to
+the typed errors of ``cdn_async.errors``. Resources above it only validate and structure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json as jsonlib
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+import attrs
+
+from . import __version__
+from ._limits import BudgetStore, Claim, RateLimits
+from ._logs import logger
+from ._retry import Failure, backoff, parse_retry_after, should_retry
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APIResponseError,
+    APITimeoutError,
+    RateLimitInfo,
+    TooManyRequestsError,
+    error_class_for,
+)
+
+#: A GET of an endpoint created moments ago may 404 while the API catches up; this many
+#: attempts (with backoff) are made before the 404 is believed.
+NOT_FOUND_ATTEMPTS = 5
+_EXCERPT = 200
+_TAGS = re.compile(r"<[^>]+>")
+
+
+@attrs.frozen
+class Options:
+    """What a client can change per copy (``CDNClient.with_options``)."""
+
+    base_url: str
+    timeout: float | None
+    max_retries: int
+    max_rate_limit_wait: float
+
+
+@attrs.frozen
+class Response:
+    """A successful answer.
+
+    Args:
+        status: The HTTP status (2xx).
+        data: The parsed JSON body, or None for an empty body (204).
+        rate_limit: The answer's rate-limit headers.
+        attempts: Attempts made, this one included.
+        budget_wait: Seconds spent waiting on budgets, over all attempts.
+    """
+
+    status: int
+    data: Any
+    rate_limit: RateLimitInfo
+    attempts: int
+    budget_wait: float
+
+
+class Session:
+    """Sends requests under the budgets, with retries. Shared by every copy of a client."""
+
+    def __init__(
+        self,
+        *,
+        token: str,
+        options: Options,
+        limits: RateLimits,
+        store: BudgetStore,
+        http: aiohttp.ClientSession | None,
+        owns_http: bool,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall_clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.options = options
+        self.limits = limits
+        self.store = store
+        self._pool = _Pool(http, owns_http)
+        self._sleep = sleep
+        self._wall_clock = wall_clock
+        self._rand = rand
+        # The token lives only inside this header dict: never in a repr, log or error.
+        self._headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            "User-Agent": f"cdn-async/{__version__}",
+        }
+        self.last_rate_limit: RateLimitInfo | None = None
+        #: Endpoint id -> loop time of its creation by this client (for the 404 lag rule).
+        self.recently_created: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return f"<Session base_url={self.options.base_url!r}>"
+
+    def copy(self, options: Options) -> Session:
+        """A session with other options that shares the connection pool, budgets and state."""
+        clone = object.__new__(Session)
+        clone.__dict__.update(self.__dict__)
+        clone.options = options
+        return clone
+
+    async def aclose(self) -> None:
+        """Close the connection pool if this session opened it."""
+        await self._pool.aclose()
+
+    def now(self) -> float:
+        """The event loop's clock (virtual under looptime)."""
+        return asyncio.get_running_loop().time()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        endpoint_id: str | None = None,
+        files: int = 0,
+        json: Any = None,
+        params: Mapping[str, str | int] | None = None,
+        retry_not_found: bool = False,
+    ) -> Response:
+        """Send one logical request, retrying what is safe, and return its successful answer.
+
+        Args:
+            method: The HTTP method.
+            path: The URL path below ``base_url``.
+            endpoint_id: The CDN endpoint the request is about (for per-endpoint budgets).
+            files: How many purge paths it carries (for the file budget).
+            json: The JSON body, if any; or a function that makes it, called once, when the
+                budgets first admit the request (the purge engine seals its batch then).
+            params: Query parameters.
+            retry_not_found: Treat a 404 as the API's lag after a create and retry briefly.
+
+        Returns:
+            The 2xx answer.
+
+        Raises:
+            APIError: The final answer was an error status (a subclass per status).
+            APIConnectionError: No answer arrived, after the retries allowed.
+            RateLimitedError: The server paused a budget for longer than allowed to wait.
+            APIResponseError: A 2xx answer whose body is not JSON.
+        """
+        opts = self.options
+        claims = self.limits.claims(endpoint_id, files)
+        url = opts.base_url + path
+        timeout = aiohttp.ClientTimeout(total=opts.timeout)
+        make_body = json if callable(json) else None
+        retries = 0
+        budget_wait = 0.0
+        attempt = 0
+        while True:
+            attempt += 1
+            started = self.now()
+            lease = await self.store.acquire(claims, max_wait=opts.max_rate_limit_wait)
+            sent = self.now()
+            budget_wait += sent - started
+            if sent - started >= 0.001:
+                logger.info("%s %s waited %.3f s for rate budgets", method, path, sent - started)
+            if make_body is not None:
+                json, make_body = make_body(), None
+            failure: Failure | None = None
+            error: BaseException | None = None
+            status = 0
+            body = b""
+            headers: Mapping[str, str] = {}
+            try:
+                async with self._pool.get().request(
+                    method, url, json=json, params=params, headers=self._headers, timeout=timeout
+                ) as resp:
+                    body = await resp.read()
+                    status = resp.status
+                    headers = resp.headers
+            except aiohttp.ClientConnectorError as exc:
+                failure, error = "connect", exc
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                failure, error = "transport", exc
+            finally:
+                # Held until now, freed one period from now: the server stamped it in between.
+                self.store.release(lease)
+            elapsed_ms = (self.now() - sent) * 1000
+            request_id = headers.get("x-request-id")
+            logger.debug(
+                "%s %s -> %s in %.1f ms (request_id=%s, attempt %d)",
+                method,
+                path,
+                status or type(error).__name__,
+                elapsed_ms,
+                request_id,
+                attempt,
+            )
+
+            if error is not None:
+                if should_retry(method, None, failure) and retries < opts.max_retries:
+                    retries += 1
+                    await self.backoff(method, path, retries, type(error).__name__)
+                    continue
+                kind = (
+                    APITimeoutError
+                    if isinstance(error, asyncio.TimeoutError)
+                    else APIConnectionError
+                )
+                what = "timed out" if kind is APITimeoutError else f"failed: {type(error).__name__}"
+                raise kind(
+                    f"{method} {path} {what} after {attempt} attempt(s)",
+                    method=method,
+                    path=path,
+                    attempts=attempt,
+                ) from error
+
+            info = RateLimitInfo.from_headers(headers)
+            self.last_rate_limit = info
+            self._apply_headers(info, claims)
+
+            if 200 <= status < 300:
+                return Response(status, _parse_body(status, body), info, attempt, budget_wait)
+
+            if status == 429:
+                wait = parse_retry_after(headers, self._wall_clock())
+                if wait is None:
+                    wait = min(c.period for c in claims)
+                if retries >= opts.max_retries or wait > opts.max_rate_limit_wait:
+                    raise self._error(status, body, headers, info, attempt, method, path)
+                retries += 1
+                self._pause(info, claims, wait)
+                logger.info("%s %s got 429; budget paused %.3f s, then retried", method, path, wait)
+                continue
+
+            if status == 404 and retry_not_found and attempt < NOT_FOUND_ATTEMPTS:
+                await self.backoff(method, path, attempt, "404 soon after create")
+                continue
+
+            if should_retry(method, status, None) and retries < opts.max_retries:
+                retries += 1
+                await self.backoff(method, path, retries, str(status))
+                continue
+
+            raise self._error(status, body, headers, info, attempt, method, path)
+
+    async def backoff(self, method: str, path: str, retry: int, why: str) -> None:
+        """Sleep before retry number ``retry``, as the retry policy says, and log why."""
+        delay = backoff(retry, self._rand())
+        logger.info("%s %s: %s; retry %d in %.3f s", method, path, why, retry, delay)
+        await self._sleep(delay)
+
+    def _apply_headers(self, info: RateLimitInfo, claims: tuple[Claim, ...]) -> None:
+        if info.limit is None or info.remaining is None or info.reset is None:
+            return
+        claim = self.limits.claim_for_header(info.limit, claims)
+        if claim is not None:
+            self.store.sync(claim, info.remaining, info.reset - self._wall_clock())
+
+    def _pause(self, info: RateLimitInfo, claims: tuple[Claim, ...], wait: float) -> None:
+        # The 429 names its budget only by ratelimit-limit; when that budget is not the one
+        # that is spent, every budget of the request is paused (the server did not say which).
+        described = self.limits.claim_for_header(info.limit, claims) if info.limit else None
+        targets = [described] if described is not None and info.remaining == 0 else list(claims)
+        for claim in targets:
+            self.store.pause(claim, wait)
+
+    @staticmethod
+    def _error(
+        status: int,
+        body: bytes,
+        headers: Mapping[str, str],
+        info: RateLimitInfo,
+        attempts: int,
+        method: str,
+        path: str,
+    ) -> APIError:
+        error_id: str | None = None
+        request_id = headers.get("x-request-id")
+        try:
+            data = jsonlib.loads(body)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            error_id = data.get("id") if isinstance(data.get("id"), str) else None
+            message = str(data.get("message") or "")
+            request_id = data.get("request_id") or request_id
+        else:
+            # A proxy's HTML page: keep a short, readable excerpt.
+            message = _excerpt(body) or "(empty body)"
+        cls = error_class_for(status)
+        kwargs: dict[str, Any] = {
+            "status": status,
+            "error_id": error_id,
+            "request_id": request_id,
+            "attempts": attempts,
+            "rate_limit": info,
+            "method": method,
+            "path": path,
+        }
+        if cls is TooManyRequestsError:
+            return TooManyRequestsError(message, **kwargs)
+        return cls(message, **kwargs)
+
+
+class _Pool:
+    """The aiohttp session, made on first use and shared by every copy of a client."""
+
+    def __init__(self, http: aiohttp.ClientSession | None, owns: bool) -> None:
+        self._http = http
+        self._owns = owns
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            # Made lazily: an aiohttp session must be created inside the running loop.
+            self._http = aiohttp.ClientSession()
+            self._owns = True
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None and self._owns:
+            await self._http.close()
+            self._http = None
+
+
+def _excerpt(body: bytes) -> str:
+    text = " ".join(_TAGS.sub(" ", body.decode("utf-8", "replace")).split())
+    return text[:_EXCERPT] + ("..." if len(text) > _EXCERPT else "")
+
+
+def _parse_body(status: int, body: bytes) -> Any:
+    if not body.strip():
+        return None
+    try:
+        return jsonlib.loads(body)
+    except ValueError:
+        raise APIResponseError(
+            f"the API answered {status} with a body that is not JSON: {_excerpt(body)!r}",
+            status=status,
+            body_excerpt=_excerpt(body),
+        ) from None

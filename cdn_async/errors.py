@@ -1,0 +1,266 @@
+"""Every error cdn_async raises.
+
+::
+
+    CDNError
+    ├── ValidationError (also ValueError)       bad input, raised before anything is sent
+    ├── APIConnectionError                      the request did not get an answer
+    │   └── APITimeoutError                     ... because the timeout ran out
+    ├── APIResponseError                        a 2xx whose body is not what the API sends
+    ├── RateLimitedError                        a budget is paused longer than max_rate_limit_wait
+    ├── APIError                                the API answered with an error status
+    │   ├── BadRequestError          400
+    │   ├── AuthenticationError      401
+    │   ├── PermissionDeniedError    403
+    │   ├── NotFoundError            404
+    │   ├── ConflictError            409
+    │   ├── UnprocessableEntityError 422
+    │   ├── TooManyRequestsError     429 (also a RateLimitedError)
+    │   └── InternalServerError      5xx
+    └── PurgeError                              some paths of a purge failed; carries the report
+
+No message, attribute or repr of these errors contains the API token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from ._purge import PurgeReport
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIResponseError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "CDNError",
+    "ConflictError",
+    "InternalServerError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PurgeError",
+    "RateLimitInfo",
+    "RateLimitedError",
+    "TooManyRequestsError",
+    "UnprocessableEntityError",
+    "ValidationError",
+]
+
+
+@attrs.frozen
+class RateLimitInfo:
+    """The ``ratelimit-*`` headers of one answer (each None when absent or unreadable).
+
+    Args:
+        limit: ``ratelimit-limit``: the size of the budget the server reports on.
+        remaining: ``ratelimit-remaining``: units left in that budget's window.
+        reset: ``ratelimit-reset``: epoch seconds when the oldest counted request expires.
+        retry_after: ``Retry-After`` in seconds, when given.
+    """
+
+    limit: int | None = None
+    remaining: int | None = None
+    reset: float | None = None
+    retry_after: float | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> RateLimitInfo:
+        """Read the headers; a malformed value reads as None rather than failing the call."""
+        return cls(
+            limit=_int(headers.get("ratelimit-limit")),
+            remaining=_int(headers.get("ratelimit-remaining")),
+            reset=_float(headers.get("ratelimit-reset")),
+            retry_after=_float(headers.get("retry-after")),
+        )
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class CDNError(Exception):
+    """The root of every error cdn_async raises."""
+
+
+class ValidationError(CDNError, ValueError):
+    """An argument is invalid; raised before any request is sent."""
+
+
+class APIConnectionError(CDNError):
+    """No answer arrived: connection refused, reset or dropped.
+
+    Args:
+        message: What happened.
+        method: The HTTP method.
+        path: The URL path (never the full URL with credentials; there are none in it).
+        attempts: How many attempts were made.
+    """
+
+    def __init__(
+        self, message: str, *, method: str = "", path: str = "", attempts: int = 1
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.method = method
+        self.path = path
+        self.attempts = attempts
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out before an answer arrived."""
+
+
+class APIResponseError(CDNError):
+    """The API answered 2xx with a body that is not the JSON it documents."""
+
+    def __init__(self, message: str, *, status: int, body_excerpt: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.body_excerpt = body_excerpt
+
+
+class RateLimitedError(CDNError):
+    """A budget is paused by the server for longer than the client may wait.
+
+    Args:
+        message: What happened.
+        reset_at: Epoch seconds when the budget frees again, when known.
+        budget: The name of the budget, when known.
+    """
+
+    def __init__(
+        self, message: str, *, reset_at: float | None = None, budget: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reset_at = reset_at
+        self.budget = budget
+
+
+class APIError(CDNError):
+    """The API answered with an error status.
+
+    Attributes:
+        status: The HTTP status.
+        error_id: The body's ``id`` (``"not_found"``...), or None when the body had none.
+        message: The body's ``message``, or a short excerpt of a non-JSON body.
+        request_id: The body's ``request_id``, else the ``x-request-id`` header.
+        attempts: How many attempts were made before this answer was final.
+        rate_limit: The answer's rate-limit headers.
+    """
+
+    status: int = 0
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        error_id: str | None = None,
+        request_id: str | None = None,
+        attempts: int = 1,
+        rate_limit: RateLimitInfo | None = None,
+        method: str = "",
+        path: str = "",
+    ) -> None:
+        self.status = status
+        self.error_id = error_id
+        self.message = message
+        self.request_id = request_id
+        self.attempts = attempts
+        self.rate_limit = rate_limit or RateLimitInfo()
+        self.method = method
+        self.path = path
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        where = f" {self.method} {self.path}" if self.method else ""
+        rid = f" (request_id={self.request_id})" if self.request_id else ""
+        return f"{self.status} {self.error_id or 'error'}{where}: {self.message}{rid}"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(status={self.status}, error_id={self.error_id!r}, "
+            f"message={self.message!r}, request_id={self.request_id!r}, attempts={self.attempts})"
+        )
+
+
+class BadRequestError(APIError):
+    """400: the request was malformed (for example ``per_page`` out of range)."""
+
+
+class AuthenticationError(APIError):
+    """401: the token is missing, unknown or revoked."""
+
+
+class PermissionDeniedError(APIError):
+    """403: the token lacks the scope this operation needs (``cdn:read``...)."""
+
+
+class NotFoundError(APIError):
+    """404: no CDN endpoint with that id."""
+
+
+class ConflictError(APIError):
+    """409: the request conflicts with one in progress (an identical purge)."""
+
+
+class UnprocessableEntityError(APIError):
+    """422: the body was refused (bad origin, TTL, domain, or an origin already in use)."""
+
+
+class TooManyRequestsError(APIError, RateLimitedError):
+    """429: a budget was exceeded; raised only when retries could not absorb it."""
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        APIError.__init__(self, message, **kwargs)
+        self.reset_at = self.rate_limit.reset
+        self.budget = None
+
+
+class InternalServerError(APIError):
+    """5xx: the server failed."""
+
+
+_BY_STATUS: dict[int, type[APIError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: TooManyRequestsError,
+}
+
+
+def error_class_for(status: int) -> type[APIError]:
+    """The APIError subclass for an HTTP status."""
+    if status >= 500:
+        return InternalServerError
+    return _BY_STATUS.get(status, APIError)
+
+
+class PurgeError(CDNError):
+    """Some paths of a purge failed. ``report`` says which, and which were purged."""
+
+    def __init__(self, report: PurgeReport) -> None:
+        self.report = report
+        failed = len(report.failed)
+        super().__init__(f"{failed} of {failed + len(report.purged)} paths failed to purge")

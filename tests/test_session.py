@@ -1,0 +1,309 @@
+"""The session layer against mocked HTTP (aioresponses): retries, error mapping, 429s, logs.
+
+Sleeps are virtual (looptime), so backoff and 429 waits cost no real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+from unittest import mock
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+
+from cdn_async import CDNClient, RateLimits
+from cdn_async.errors import (
+    APIConnectionError,
+    APIError,
+    APIResponseError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    InternalServerError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
+    TooManyRequestsError,
+    UnprocessableEntityError,
+)
+
+from ._support import BASE, TOKEN, endpoint_json, rl_headers
+
+pytestmark = pytest.mark.looptime
+
+ID = "892071a0-bb95-49bc-8021-3afd67a210bf"
+GET_URL = f"{BASE}/v2/cdn/endpoints/{ID}"
+LIST_URL = re.compile(rf"^{re.escape(BASE)}/v2/cdn/endpoints\?.*$")
+
+
+def connect_error() -> aiohttp.ClientConnectorError:
+    return aiohttp.ClientConnectorError(
+        mock.Mock(ssl=False, host="h", port=443), OSError(111, "refused")
+    )
+
+
+@pytest.fixture
+async def cdn() -> Any:
+    # Generous budgets: these tests are about the session, not the windows.
+    limits = RateLimits.documented().scaled(0.001)
+    async with CDNClient(TOKEN, base_url=BASE, limits=limits) as client:
+        yield client
+
+
+def calls(m: aioresponses, method: str = "GET") -> list[Any]:
+    return [c for (meth, _url), cs in m.requests.items() if meth == method for c in cs]
+
+
+async def test_sends_bearer_token_user_agent_and_accept(cdn: CDNClient) -> None:
+    with aioresponses() as m:
+        m.get(GET_URL, payload={"endpoint": endpoint_json(id=ID)})
+        await cdn.endpoints.get(ID)
+        headers = calls(m)[0].kwargs["headers"]
+    assert headers["Authorization"] == f"Bearer {TOKEN}"
+    assert headers["User-Agent"].startswith("cdn-async/")
+    assert headers["Accept"] == "application/json"
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_get_retries_5xx_then_succeeds(cdn: CDNClient, status: int) -> None:
+    with aioresponses() as m:
+        m.get(GET_URL, status=status, payload={"id": "server_error", "message": "boom"})
+        m.get(GET_URL, status=status, payload={"id": "server_error", "message": "boom"})
+        m.get(GET_URL, payload={"endpoint": endpoint_json(id=ID)})
+        ep = await cdn.endpoints.get(ID)
+        assert len(calls(m)) == 3
+    assert ep.id == ID
+
+
+async def test_gives_up_after_max_retries_and_counts_attempts(cdn: CDNClient) -> None:
+    with aioresponses() as m:
+        for _ in range(4):
+            m.get(GET_URL, status=503, payload={"id": "unavailable", "message": "down"})
+        with pytest.raises(InternalServerError) as info:
+            await cdn.endpoints.get(ID)
+        assert len(calls(m)) == 4  # 1 + max_retries (3)
+    assert info.value.attempts == 4
+    assert info.value.status == 503
+
+
+async def test_backoff_sleeps_grow_exponentially_in_virtual_time(cdn: CDNClient) -> None:
+    loop = asyncio.get_running_loop()
+    cdn._session._rand = lambda: 1.0  # the ceiling of each full-jitter wait
+    with aioresponses() as m:
+        for _ in range(3):
+            m.get(GET_URL, status=500, payload={"id": "e", "message": "m"})
+        m.get(GET_URL, payload={"endpoint": endpoint_json(id=ID)})
+        start = loop.time()
+        await cdn.endpoints.get(ID)
+    assert loop.time() - start == pytest.approx(0.5 + 1.0 + 2.0, abs=0.01)
+
+
+async def test_post_is_not_retried_after_a_5xx_but_looks_the_origin_up(cdn: CDNClient) -> None:
+    created = endpoint_json(origin="assets.nyc3.digitaloceanspaces.com")
+    with aioresponses() as m:
+        m.post(
+            f"{BASE}/v2/cdn/endpoints", status=500, payload={"id": "server_error", "message": "x"}
+        )
+        m.get(LIST_URL, payload={"endpoints": [created], "links": {}, "meta": {"total": 1}})
+        ep = await cdn.endpoints.create("assets.nyc3.digitaloceanspaces.com")
+        assert len(calls(m, "POST")) == 1  # never sent blindly twice
+    assert ep.id == created["id"]
+
+
+async def test_post_after_ambiguous_failure_is_sent_again_only_if_not_created(
+    cdn: CDNClient,
+) -> None:
+    created = endpoint_json(origin="assets.nyc3.digitaloceanspaces.com")
+    with aioresponses() as m:
+        m.post(f"{BASE}/v2/cdn/endpoints", exception=aiohttp.ServerDisconnectedError())
+        m.get(LIST_URL, payload={"endpoints": [], "meta": {"total": 0}})
+        m.post(f"{BASE}/v2/cdn/endpoints", status=201, payload={"endpoint": created})
+        ep = await cdn.endpoints.create("assets.nyc3.digitaloceanspaces.com")
+        assert len(calls(m, "POST")) == 2
+    assert ep.id == created["id"]
+
+
+async def test_post_is_retried_when_the_connection_was_never_made(cdn: CDNClient) -> None:
+    created = endpoint_json()
+    with aioresponses() as m:
+        m.post(f"{BASE}/v2/cdn/endpoints", exception=connect_error())
+        m.post(f"{BASE}/v2/cdn/endpoints", status=201, payload={"endpoint": created})
+        ep = await cdn.endpoints.create("static.nyc3.digitaloceanspaces.com")
+        assert len(calls(m, "POST")) == 2
+        assert not calls(m, "GET")  # no look-up needed: it surely did not arrive
+    assert ep.id == created["id"]
+
+
+async def test_connection_errors_on_get_are_retried_then_raised(cdn: CDNClient) -> None:
+    with aioresponses() as m:
+        for _ in range(4):
+            m.get(GET_URL, exception=aiohttp.ServerDisconnectedError())
+        with pytest.raises(APIConnectionError) as info:
+            await cdn.endpoints.get(ID)
+    assert info.value.attempts == 4
+    assert "ServerDisconnectedError" in str(info.value)
+    assert not isinstance(info.value, APITimeoutError)
+
+
+async def test_timeout_is_a_typed_timeout_error(cdn: CDNClient) -> None:
+    client = cdn.with_options(max_retries=0)
+    with aioresponses() as m:
+        m.get(GET_URL, exception=TimeoutError())
+        with pytest.raises(APITimeoutError, match="timed out after 1 attempt"):
+            await client.endpoints.get(ID)
+
+
+@pytest.mark.parametrize(
+    ("status", "cls", "error_id"),
+    [
+        (400, BadRequestError, "bad_request"),
+        (401, AuthenticationError, "unauthorized"),
+        (403, PermissionDeniedError, "forbidden"),
+        (404, NotFoundError, "not_found"),
+        (409, ConflictError, "conflict"),
+        (422, UnprocessableEntityError, "unprocessable_entity"),
+    ],
+)
+async def test_error_statuses_map_to_typed_errors(
+    cdn: CDNClient, status: int, cls: type[APIError], error_id: str
+) -> None:
+    with aioresponses() as m:
+        m.get(
+            GET_URL,
+            status=status,
+            payload={"id": error_id, "message": "it went wrong", "request_id": "req-123"},
+            headers=rl_headers(remaining=3),
+        )
+        with pytest.raises(cls) as info:
+            await cdn.endpoints.get(ID)
+        assert len(calls(m)) == 1  # 4xx are final
+    err = info.value
+    assert (err.status, err.error_id, err.message, err.request_id) == (
+        status,
+        error_id,
+        "it went wrong",
+        "req-123",
+    )
+    assert err.attempts == 1
+    assert err.rate_limit.limit == 5 and err.rate_limit.remaining == 3
+    assert f"{status} {error_id}" in str(err)
+
+
+async def test_request_id_falls_back_to_the_header(cdn: CDNClient) -> None:
+    with aioresponses() as m:
+        m.get(
+            GET_URL,
+            status=404,
+            payload={"id": "not_found", "message": "gone"},
+            headers={"x-request-id": "hdr-9"},
+        )
+        with pytest.raises(NotFoundError) as info:
+            await cdn.endpoints.get(ID)
+    assert info.value.request_id == "hdr-9"
+
+
+async def test_non_json_error_body_still_yields_typed_error_with_excerpt(cdn: CDNClient) -> None:
+    html = "<html><body><h1>502 Bad Gateway</h1>" + "<p>nginx</p>" * 100 + "</body></html>"
+    client = cdn.with_options(max_retries=0)
+    with aioresponses() as m:
+        m.get(GET_URL, status=502, body=html, content_type="text/html")
+        with pytest.raises(InternalServerError) as info:
+            await client.endpoints.get(ID)
+    assert info.value.status == 502
+    assert info.value.message.startswith("502 Bad Gateway nginx")
+    assert len(info.value.message) <= 203
+    assert info.value.error_id is None
+
+
+async def test_2xx_with_non_json_body_is_a_clear_error(cdn: CDNClient) -> None:
+    with aioresponses() as m:
+        m.get(GET_URL, status=200, body="<html>maintenance</html>", content_type="text/html")
+        with pytest.raises(APIResponseError, match="not JSON"):
+            await cdn.endpoints.get(ID)
+
+
+async def test_2xx_with_unexpected_json_shape_is_a_clear_error(cdn: CDNClient) -> None:
+    with aioresponses() as m:
+        m.get(GET_URL, status=200, payload={"something": "else"})
+        with pytest.raises(APIResponseError, match="not a CDN endpoint"):
+            await cdn.endpoints.get(ID)
+
+
+async def test_429_waits_retry_after_then_retries(cdn: CDNClient) -> None:
+    loop = asyncio.get_running_loop()
+    with aioresponses() as m:
+        m.get(
+            GET_URL,
+            status=429,
+            payload={"id": "too_many_requests", "message": "slow"},
+            headers={"retry-after": "7"},
+        )
+        m.get(GET_URL, payload={"endpoint": endpoint_json(id=ID)})
+        start = loop.time()
+        await cdn.endpoints.get(ID)
+        assert len(calls(m)) == 2
+    assert loop.time() - start == pytest.approx(7.0, abs=0.05)
+
+
+async def test_429_longer_than_max_rate_limit_wait_raises_at_once_with_reset(
+    cdn: CDNClient,
+) -> None:
+    loop = asyncio.get_running_loop()
+    client = cdn.with_options(max_rate_limit_wait=5)
+    with aioresponses() as m:
+        m.get(
+            GET_URL,
+            status=429,
+            payload={"id": "too_many_requests", "message": "slow"},
+            headers={"retry-after": "60"},
+        )
+        start = loop.time()
+        with pytest.raises(RateLimitedError) as info:
+            await client.endpoints.get(ID)
+    assert loop.time() - start < 0.01
+    assert isinstance(info.value, TooManyRequestsError)
+    assert info.value.status == 429
+
+
+async def test_404_soon_after_create_is_retried_briefly(cdn: CDNClient) -> None:
+    created = endpoint_json()
+    url = f"{BASE}/v2/cdn/endpoints/{created['id']}"
+    with aioresponses() as m:
+        m.post(f"{BASE}/v2/cdn/endpoints", status=201, payload={"endpoint": created})
+        m.get(url, status=404, payload={"id": "not_found", "message": "lag"})
+        m.get(url, status=404, payload={"id": "not_found", "message": "lag"})
+        m.get(url, payload={"endpoint": created})
+        ep = await cdn.endpoints.create(created["origin"])
+        assert (await cdn.endpoints.get(ep.id)).id == ep.id
+
+
+async def test_404_of_an_id_not_just_created_is_raised_at_once(cdn: CDNClient) -> None:
+    with aioresponses() as m:
+        m.get(GET_URL, status=404, payload={"id": "not_found", "message": "no"})
+        with pytest.raises(NotFoundError):
+            await cdn.endpoints.get(ID)
+        assert len(calls(m)) == 1
+
+
+async def test_debug_line_per_attempt_and_info_per_retry(
+    cdn: CDNClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="cdn_async")
+    with aioresponses() as m:
+        m.get(GET_URL, status=500, payload={"id": "e", "message": "m"})
+        m.get(
+            GET_URL, payload={"endpoint": endpoint_json(id=ID)}, headers={"x-request-id": "rid-7"}
+        )
+        await cdn.endpoints.get(ID)
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(debug) == 2
+    assert re.search(
+        rf"GET /v2/cdn/endpoints/{ID} -> 200 in [\d.]+ ms \(request_id=rid-7, attempt 2\)", debug[1]
+    )
+    assert any("500; retry 1 in" in line for line in info)
