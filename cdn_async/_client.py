@@ -117,7 +117,7 @@ class CDNClient:
             owns_http=session is None,
         )
         self._owner = True
-        self._purge = PurgeEngine(self._session)
+        self._purge = PurgeEngine()
         self.endpoints = Endpoints(self._session, self._purge)
 
     def __repr__(self) -> str:

@@ -211,7 +211,7 @@ class Endpoints:
         """
         cdn_id = check.uuid_str("cdn_id", cdn_id)
         paths = check.files(files)
-        return await self._purge.purge(cdn_id, paths, on_progress=on_progress)
+        return await self._purge.purge(self._session, cdn_id, paths, on_progress=on_progress)
 
     def _mark_created(self, cdn_id: str) -> None:
         now = self._session.now()

@@ -156,22 +156,22 @@ class _Lane:
 class PurgeEngine:
     """Coalesces, batches and sends purges for one client (and its copies)."""
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    def __init__(self) -> None:
         self._lanes: dict[str, _Lane] = {}
-
-    @property
-    def batch_size(self) -> int:
-        return self._session.limits.purge_batch_size
 
     async def purge(
         self,
+        session: Session,
         cdn_id: str,
         paths: Sequence[str],
         *,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> PurgeReport:
-        """Purge ``paths`` (already validated and normalised) of ``cdn_id``; see ``Endpoints.purge``."""
+        """Purge ``paths`` (already validated and normalised) of ``cdn_id``; see ``Endpoints.purge``.
+
+        A batch shared by callers of several client copies is sent with the options (retries,
+        timeout) of the caller that opened the endpoint's lane.
+        """
         mapping = plan(paths)
         call = _Call(cdn_id, list(mapping), on_progress)
         lane = self._lanes.setdefault(cdn_id, _Lane())
@@ -181,7 +181,7 @@ class PurgeEngine:
                 entry = lane.pending[target] = _Entry()
             entry.waiters.append((call, own))
         if lane.task is None or lane.task.done():
-            lane.task = asyncio.get_running_loop().create_task(self._send_lane(cdn_id, lane))
+            lane.task = asyncio.get_running_loop().create_task(self._send_lane(session, cdn_id, lane))
         # Cancelling this caller cancels only its own future, never the shared sender.
         await call.finished
         report = call.report()
@@ -189,10 +189,10 @@ class PurgeEngine:
             raise PurgeError(report)
         return report
 
-    async def _send_lane(self, cdn_id: str, lane: _Lane) -> None:
+    async def _send_lane(self, session: Session, cdn_id: str, lane: _Lane) -> None:
         try:
             while lane.pending:
-                await self._send_batch(cdn_id, lane)
+                await self._send_batch(session, cdn_id, lane)
         except asyncio.CancelledError:
             self._fail_all(lane, CDNError("the client was closed before these paths were purged"))
             raise
@@ -200,8 +200,10 @@ class PurgeEngine:
             if not lane.pending and self._lanes.get(cdn_id) is lane:
                 del self._lanes[cdn_id]
 
-    async def _send_batch(self, cdn_id: str, lane: _Lane) -> None:
-        size = min(self.batch_size, len(lane.pending))
+    async def _send_batch(self, session: Session, cdn_id: str, lane: _Lane) -> None:
+        # The size is fixed now, so the file budget is claimed exactly; paths that arrive
+        # while this batch waits for its budget go in the next one.
+        size = min(session.limits.purge_batch_size, len(lane.pending))
         batch: list[tuple[str, _Entry]] = []
 
         def seal() -> dict[str, list[str]]:
@@ -214,18 +216,18 @@ class PurgeEngine:
         path = f"/v2/cdn/endpoints/{cdn_id}/cache"
         error: CDNError | None = None
         wait = 0.0
-        retries = self._session.options.max_retries
+        retries = session.options.max_retries
         try:
             for attempt in range(retries + 1):
                 try:
-                    resp = await self._session.request(
+                    resp = await session.request(
                         "DELETE", path, endpoint_id=cdn_id, files=size, json=seal
                     )
                 except ConflictError as exc:
                     # An identical purge (another process's) is in progress: wait, send again.
                     error = exc
                     if attempt < retries:
-                        await self._session.backoff("DELETE", path, attempt + 1, "409 conflict")
+                        await session.backoff("DELETE", path, attempt + 1, "409 conflict")
                     continue
                 except CDNError as exc:
                     error = exc

@@ -1,0 +1,191 @@
+"""The purge engine: plan, batch, coalesce, report. Virtual time; mocked HTTP.
+
+Integration against the fake server (faults, 409s, budgets) is in test_integration.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+import pytest
+from aioresponses import CallbackResult, aioresponses
+
+from cdn_async import CDNClient, RateLimits
+from cdn_async._purge import plan
+from cdn_async.errors import InternalServerError, PurgeError
+
+from ._support import BASE, TOKEN
+
+pytestmark = pytest.mark.looptime
+
+ID = "892071a0-bb95-49bc-8021-3afd67a210bf"
+PURGE = re.compile(rf"^{re.escape(BASE)}/v2/cdn/endpoints/[0-9a-f-]+/cache$")
+
+
+@pytest.mark.parametrize(
+    ("paths", "expected"),
+    [
+        (["a", "b", "a"], {"a": "a", "b": "b"}),
+        (["a", "*", "b"], {"a": "*", "*": "*", "b": "*"}),
+        (["css/a.css", "css/*", "js/x.js"], {"css/a.css": "css/*", "css/*": "css/*", "js/x.js": "js/x.js"}),
+        (["a/b/c", "a/b/*", "a/*"], {"a/b/c": "a/*", "a/b/*": "a/*", "a/*": "a/*"}),
+        (["css*", "css/a"], {"css*": "css*", "css/a": "css/a"}),  # only "dir/*" covers
+        (["a/*", "ab/c"], {"a/*": "a/*", "ab/c": "ab/c"}),  # a prefix, not a directory
+    ],
+)
+def test_plan_dedupes_and_drops_covered_paths(paths: list[str], expected: dict[str, str]) -> None:
+    assert plan(paths) == expected
+
+
+class Recorder:
+    """A fake purge endpoint that records batches and how many were in flight at once."""
+
+    def __init__(self, latency: float = 0.05, fail: int = 0, status: int = 500) -> None:
+        self.batches: list[list[str]] = []
+        self.in_flight: list[frozenset[str]] = []
+        self.overlaps = 0
+        self.latency = latency
+        self.fail = fail
+        self.status = status
+
+    async def handle(self, url: Any, **kwargs: Any) -> CallbackResult:
+        files = kwargs["json"]["files"]
+        key = frozenset(files)
+        if key in self.in_flight:
+            self.overlaps += 1
+        self.in_flight.append(key)
+        self.batches.append(files)
+        await asyncio.sleep(self.latency)
+        self.in_flight.remove(key)
+        if self.fail > 0:
+            self.fail -= 1
+            return CallbackResult(status=self.status, body=json.dumps({"id": "server_error", "message": "boom"}))
+        return CallbackResult(status=204)
+
+
+@pytest.fixture
+async def cdn() -> Any:
+    async with CDNClient(TOKEN, base_url=BASE, limits=RateLimits.documented()) as client:
+        yield client
+
+
+async def test_10000_unique_paths_make_200_requests_at_the_file_budget_pace(cdn: CDNClient) -> None:
+    rec = Recorder(latency=0.0)
+    paths = [f"img/{i}.png" for i in range(10_000)]
+    loop = asyncio.get_running_loop()
+    with aioresponses() as m:
+        m.delete(PURGE, callback=rec.handle, repeat=True)
+        start = loop.time()
+        report = await cdn.endpoints.purge(ID, paths)
+    assert len(rec.batches) == 200
+    assert all(len(b) == 50 for b in rec.batches)
+    assert sorted(p for b in rec.batches for p in b) == sorted(paths)
+    assert report.requests == 200 and len(report.purged) == 10_000 and report.ok
+    # 50 paths / 20 s: batch k may go at 20 s * k, so the last one leaves at 199 * 20 s.
+    assert loop.time() - start == pytest.approx(199 * 20, rel=0.001)
+    assert report.budget_wait == pytest.approx(199 * 20, rel=0.001)
+
+
+async def test_20_concurrent_identical_purges_reach_the_server_at_most_twice(cdn: CDNClient) -> None:
+    rec = Recorder()
+    with aioresponses() as m:
+        m.delete(PURGE, callback=rec.handle, repeat=True)
+        reports = await asyncio.gather(*(cdn.endpoints.purge(ID, ["a.png", "b/*"]) for _ in range(20)))
+    assert len(rec.batches) <= 2
+    assert all(r.ok and set(r.purged) == {"a.png", "b/*"} for r in reports)
+    assert rec.overlaps == 0
+
+
+async def test_a_caller_never_joins_a_request_already_sent(cdn: CDNClient) -> None:
+    rec = Recorder(latency=1.0)
+    with aioresponses() as m:
+        m.delete(PURGE, callback=rec.handle, repeat=True)
+        first = asyncio.create_task(cdn.endpoints.purge(ID, ["a.png"]))
+        await asyncio.sleep(0.5)  # the first request is on the wire now
+        second = await cdn.endpoints.purge(ID, ["a.png"])
+        await first
+    assert rec.batches == [["a.png"], ["a.png"]]  # content changed after the first went out
+    assert rec.overlaps == 0  # and the two identical requests never overlapped
+    assert second.ok
+
+
+async def test_pending_wildcard_covers_a_later_callers_path(cdn: CDNClient) -> None:
+    rec = Recorder()
+    with aioresponses() as m:
+        m.delete(PURGE, callback=rec.handle, repeat=True)
+        # Spend the file budget so the next batch waits (stays pending) for 20 s.
+        await cdn.endpoints.purge(ID, [f"x/{i}" for i in range(50)])
+        a = asyncio.create_task(cdn.endpoints.purge(ID, ["css/*"]))
+        await asyncio.sleep(1)
+        b = await cdn.endpoints.purge(ID, ["css/site.css", "js/app.js"])
+        assert (await a).ok
+    # css/site.css shared the pending wildcard; js/app.js came after the wildcard's batch
+    # had claimed its budget, so it went in the next request.
+    assert rec.batches[1:] == [["css/*"], ["js/app.js"]]
+    assert set(b.purged) == {"css/site.css", "js/app.js"}
+
+
+async def test_failed_batch_is_retried_then_every_path_reported(cdn: CDNClient) -> None:
+    rec = Recorder(fail=7)  # 3 + 3 attempts fail two batches; the third succeeds on retry
+    paths = [f"p{i}" for i in range(120)]
+    with aioresponses() as m:
+        m.delete(PURGE, callback=rec.handle, repeat=True)
+        with pytest.raises(PurgeError) as info:
+            await cdn.with_options(max_retries=2).endpoints.purge(ID, paths)
+    report = info.value.report
+    assert set(report.purged) | set(report.failed) == set(paths)  # nothing dropped
+    assert len(report.failed) == 100 and len(report.purged) == 20
+    assert all(isinstance(e, InternalServerError) and e.attempts == 3 for e in report.failed.values())
+    assert len(rec.batches) == 3 + 3 + 2
+
+
+async def test_progress_is_reported_after_each_batch(cdn: CDNClient) -> None:
+    rec = Recorder(latency=0.0)
+    seen: list[tuple[int, int]] = []
+    with aioresponses() as m:
+        m.delete(PURGE, callback=rec.handle, repeat=True)
+        await cdn.endpoints.purge(ID, [f"p{i}" for i in range(120)], on_progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(50, 120), (100, 120), (120, 120)]
+
+
+async def test_cancelling_one_caller_never_cancels_the_shared_request(cdn: CDNClient) -> None:
+    rec = Recorder(latency=1.0)
+    with aioresponses() as m:
+        m.delete(PURGE, callback=rec.handle, repeat=True)
+        quitter = asyncio.create_task(cdn.endpoints.purge(ID, ["shared.png"]))
+        stayer = asyncio.create_task(cdn.endpoints.purge(ID, ["shared.png"]))
+        await asyncio.sleep(0.5)
+        quitter.cancel()
+        report = await stayer
+    assert report.ok and report.purged == ("shared.png",)
+    assert quitter.cancelled()
+    assert rec.batches == [["shared.png"]]
+
+
+async def test_purges_of_different_endpoints_do_not_wait_for_each_other(cdn: CDNClient) -> None:
+    other = "2e8c8dc6-9d0c-4fd7-8b83-3e3c0c4ad2d2"
+    rec = Recorder(latency=5.0)
+    loop = asyncio.get_running_loop()
+    with aioresponses() as m:
+        m.delete(PURGE, callback=rec.handle, repeat=True)
+        start = loop.time()
+        await asyncio.gather(cdn.endpoints.purge(ID, ["a"]), cdn.endpoints.purge(other, ["a"]))
+    assert loop.time() - start == pytest.approx(5.0, abs=0.1)  # in parallel, not 10 s
+
+
+async def test_closing_the_client_reports_unsent_paths_failed() -> None:
+    rec = Recorder(latency=0.0)
+    cdn = CDNClient(TOKEN, base_url=BASE)
+    with aioresponses() as m:
+        m.delete(PURGE, callback=rec.handle, repeat=True)
+        job = asyncio.create_task(cdn.endpoints.purge(ID, [f"p{i}" for i in range(200)]))
+        await asyncio.sleep(30)  # the first two batches are through; the rest wait on budget
+        await cdn.close()
+        with pytest.raises(PurgeError) as info:
+            await job
+    report = info.value.report
+    assert len(report.purged) == 100 and len(report.failed) == 100
+    assert "closed" in str(next(iter(report.failed.values())))
