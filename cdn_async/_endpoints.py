@@ -181,7 +181,10 @@ class Endpoints:
             NotFoundError: No such endpoint.
         """
         cdn_id = check.uuid_str("cdn_id", cdn_id)
-        await self._session.request("DELETE", f"{PATH}/{cdn_id}", endpoint_id=cdn_id)
+        # A retry that finds it gone means the failed-looking attempt deleted it.
+        await self._session.request(
+            "DELETE", f"{PATH}/{cdn_id}", endpoint_id=cdn_id, gone_is_done=True
+        )
         self._session.recently_created.pop(cdn_id, None)
 
     async def purge(

@@ -181,7 +181,9 @@ class PurgeEngine:
                 entry = lane.pending[target] = _Entry()
             entry.waiters.append((call, own))
         if lane.task is None or lane.task.done():
-            lane.task = asyncio.get_running_loop().create_task(self._send_lane(session, cdn_id, lane))
+            lane.task = asyncio.get_running_loop().create_task(
+                self._send_lane(session, cdn_id, lane)
+            )
         # Cancelling this caller cancels only its own future, never the shared sender.
         await call.finished
         report = call.report()

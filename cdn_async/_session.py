@@ -129,6 +129,7 @@ class Session:
         json: Any = None,
         params: Mapping[str, str | int] | None = None,
         retry_not_found: bool = False,
+        gone_is_done: bool = False,
     ) -> Response:
         """Send one logical request, retrying what is safe, and return its successful answer.
 
@@ -141,6 +142,8 @@ class Session:
                 budgets first admit the request (the purge engine seals its batch then).
             params: Query parameters.
             retry_not_found: Treat a 404 as the API's lag after a create and retry briefly.
+            gone_is_done: A 404 after an attempt that may have reached the server (a 5xx or
+                a broken connection) means that attempt did the work: return it as success.
 
         Returns:
             The 2xx answer.
@@ -159,6 +162,7 @@ class Session:
         retries = 0
         budget_wait = 0.0
         attempt = 0
+        maybe_done = False  # an earlier attempt may have been carried out
         while True:
             attempt += 1
             started = self.now()
@@ -201,6 +205,7 @@ class Session:
             )
 
             if error is not None:
+                maybe_done = maybe_done or failure == "transport"
                 if should_retry(method, None, failure) and retries < opts.max_retries:
                     retries += 1
                     await self.backoff(method, path, retries, type(error).__name__)
@@ -236,10 +241,15 @@ class Session:
                 logger.info("%s %s got 429; budget paused %.3f s, then retried", method, path, wait)
                 continue
 
+            if status == 404 and gone_is_done and maybe_done:
+                logger.info("%s %s: 404 after an ambiguous attempt; it was done", method, path)
+                return Response(status, None, info, attempt, budget_wait)
+
             if status == 404 and retry_not_found and attempt < NOT_FOUND_ATTEMPTS:
                 await self.backoff(method, path, attempt, "404 soon after create")
                 continue
 
+            maybe_done = maybe_done or status >= 500
             if should_retry(method, status, None) and retries < opts.max_retries:
                 retries += 1
                 await self.backoff(method, path, retries, str(status))
@@ -317,6 +327,10 @@ class _Pool:
         if self._http is None:
             # Made lazily: an aiohttp session must be created inside the running loop.
             self._http = aiohttp.ClientSession()
+            # aiohttp silently re-sends an idempotent request once when a kept-alive
+            # connection drops; the server would count two requests where the budgets
+            # counted one. Retries are the session layer's job, each through the budgets.
+            self._http._retry_connection = False
             self._owns = True
         return self._http
 

@@ -30,7 +30,10 @@ PURGE = re.compile(rf"^{re.escape(BASE)}/v2/cdn/endpoints/[0-9a-f-]+/cache$")
     [
         (["a", "b", "a"], {"a": "a", "b": "b"}),
         (["a", "*", "b"], {"a": "*", "*": "*", "b": "*"}),
-        (["css/a.css", "css/*", "js/x.js"], {"css/a.css": "css/*", "css/*": "css/*", "js/x.js": "js/x.js"}),
+        (
+            ["css/a.css", "css/*", "js/x.js"],
+            {"css/a.css": "css/*", "css/*": "css/*", "js/x.js": "js/x.js"},
+        ),
         (["a/b/c", "a/b/*", "a/*"], {"a/b/c": "a/*", "a/b/*": "a/*", "a/*": "a/*"}),
         (["css*", "css/a"], {"css*": "css*", "css/a": "css/a"}),  # only "dir/*" covers
         (["a/*", "ab/c"], {"a/*": "a/*", "ab/c": "ab/c"}),  # a prefix, not a directory
@@ -62,7 +65,9 @@ class Recorder:
         self.in_flight.remove(key)
         if self.fail > 0:
             self.fail -= 1
-            return CallbackResult(status=self.status, body=json.dumps({"id": "server_error", "message": "boom"}))
+            return CallbackResult(
+                status=self.status, body=json.dumps({"id": "server_error", "message": "boom"})
+            )
         return CallbackResult(status=204)
 
 
@@ -89,11 +94,15 @@ async def test_10000_unique_paths_make_200_requests_at_the_file_budget_pace(cdn:
     assert report.budget_wait == pytest.approx(199 * 20, rel=0.001)
 
 
-async def test_20_concurrent_identical_purges_reach_the_server_at_most_twice(cdn: CDNClient) -> None:
+async def test_20_concurrent_identical_purges_reach_the_server_at_most_twice(
+    cdn: CDNClient,
+) -> None:
     rec = Recorder()
     with aioresponses() as m:
         m.delete(PURGE, callback=rec.handle, repeat=True)
-        reports = await asyncio.gather(*(cdn.endpoints.purge(ID, ["a.png", "b/*"]) for _ in range(20)))
+        reports = await asyncio.gather(
+            *(cdn.endpoints.purge(ID, ["a.png", "b/*"]) for _ in range(20))
+        )
     assert len(rec.batches) <= 2
     assert all(r.ok and set(r.purged) == {"a.png", "b/*"} for r in reports)
     assert rec.overlaps == 0
@@ -138,7 +147,9 @@ async def test_failed_batch_is_retried_then_every_path_reported(cdn: CDNClient) 
     report = info.value.report
     assert set(report.purged) | set(report.failed) == set(paths)  # nothing dropped
     assert len(report.failed) == 100 and len(report.purged) == 20
-    assert all(isinstance(e, InternalServerError) and e.attempts == 3 for e in report.failed.values())
+    assert all(
+        isinstance(e, InternalServerError) and e.attempts == 3 for e in report.failed.values()
+    )
     assert len(rec.batches) == 3 + 3 + 2
 
 
@@ -147,7 +158,9 @@ async def test_progress_is_reported_after_each_batch(cdn: CDNClient) -> None:
     seen: list[tuple[int, int]] = []
     with aioresponses() as m:
         m.delete(PURGE, callback=rec.handle, repeat=True)
-        await cdn.endpoints.purge(ID, [f"p{i}" for i in range(120)], on_progress=lambda d, t: seen.append((d, t)))
+        await cdn.endpoints.purge(
+            ID, [f"p{i}" for i in range(120)], on_progress=lambda d, t: seen.append((d, t))
+        )
     assert seen == [(50, 120), (100, 120), (120, 120)]
 
 

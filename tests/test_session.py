@@ -307,3 +307,15 @@ async def test_debug_line_per_attempt_and_info_per_retry(
         rf"GET /v2/cdn/endpoints/{ID} -> 200 in [\d.]+ ms \(request_id=rid-7, attempt 2\)", debug[1]
     )
     assert any("500; retry 1 in" in line for line in info)
+
+
+async def test_delete_that_finds_it_gone_after_an_ambiguous_failure_succeeds(
+    cdn: CDNClient,
+) -> None:
+    with aioresponses() as m:
+        m.delete(GET_URL, status=503, payload={"id": "unavailable", "message": "x"})
+        m.delete(GET_URL, status=404, payload={"id": "not_found", "message": "gone"})
+        await cdn.endpoints.delete(ID)  # the first attempt did delete it
+        m.delete(GET_URL, status=404, payload={"id": "not_found", "message": "gone"})
+        with pytest.raises(NotFoundError):
+            await cdn.endpoints.delete(ID)  # a plain 404 is still an error

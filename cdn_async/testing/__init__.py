@@ -1,0 +1,68 @@
+"""Test helpers: a fake of DigitalOcean's CDN Endpoints API.
+
+``FakeCDNServer`` serves the six CDN operations over real HTTP on loopback, with the official
+response shapes, scopes, validation, the documented rate-limit budgets as exact sliding
+windows (periods multiplied by ``time_scale``), the identical-purge rule, switchable faults
+(``server.faults``) and a journal of every request (``server.journal``, ``server.counters``)::
+
+    from cdn_async.testing import FakeCDNServer
+
+    async with FakeCDNServer(time_scale=0.01) as server:
+        ...  # point a client at server.url with server.token
+
+With pytest and pytest-asyncio, the ``fake_cdn`` fixture (installed with the package as a
+pytest plugin) yields a running server; ``@pytest.mark.fake_cdn(time_scale=0.01)`` passes
+constructor options. ``python -m cdn_async.testing --port 8080`` runs one from the shell.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._faults import FaultRule, Faults
+    from ._journal import Counters, JournalEntry
+    from ._server import ALL_SCOPES, FakeCDNServer, serve
+    from ._windows import DOCUMENTED_BUDGETS, BudgetSpec
+
+__all__ = [
+    "ALL_SCOPES",
+    "DOCUMENTED_BUDGETS",
+    "BudgetSpec",
+    "Counters",
+    "FakeCDNServer",
+    "FaultRule",
+    "Faults",
+    "JournalEntry",
+    "serve",
+]
+
+# Loaded on first use: the pytest plugin imports this package in every pytest run, and the
+# server pulls in aiohttp.web, which a run that never uses the fake should not pay for.
+_HOME = {
+    "ALL_SCOPES": "._server",
+    "DOCUMENTED_BUDGETS": "._windows",
+    "BudgetSpec": "._windows",
+    "Counters": "._journal",
+    "FakeCDNServer": "._server",
+    "FaultRule": "._faults",
+    "Faults": "._faults",
+    "JournalEntry": "._journal",
+    "serve": "._server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name], __name__), name)
+    if callable(value):
+        # Tracebacks and reprs name the public module, not the private one.
+        value.__module__ = __name__
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

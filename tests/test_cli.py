@@ -1,0 +1,381 @@
+"""The ``cdn-async`` command, run as a subprocess against a fake API server.
+
+Every run goes through ``run_cli``, which also checks that the API token appears nowhere in
+the command's stdout or stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+from typing import Any
+
+import attrs
+import pytest
+
+from cdn_async._cli import EXTRA_HINT
+from cdn_async.testing import FakeCDNServer
+
+SCALE = 0.01  # budgets 100x faster: the files budget is 50 paths / 0.2 s
+ENDPOINT_KEYS = {"id", "origin", "endpoint", "ttl", "created_at", "certificate_id", "custom_domain"}
+REPORT_KEYS = {"endpoint_id", "purged", "failed", "requests", "budget_wait"}
+API_ERROR_LINE = re.compile(r"^error: 404 not_found: .+ \(request_id=[0-9a-f-]{36}\)$")
+UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
+
+
+@attrs.frozen
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def cli_env(server: FakeCDNServer | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CDN_ASYNC", "DIGITALOCEAN"))}
+    env.pop("COLUMNS", None)
+    if server is not None:
+        env.update(
+            DIGITALOCEAN_TOKEN=server.token,
+            CDN_ASYNC_BASE_URL=server.url,
+            CDN_ASYNC_TIME_SCALE=str(SCALE),
+        )
+    env.update(extra)
+    return env
+
+
+async def start_cli(
+    *args: str, server: FakeCDNServer | None, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cdn_async",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env if env is not None else cli_env(server),
+    )
+
+
+async def finish(
+    proc: asyncio.subprocess.Process, secret: str | None, stdin: str | None = None
+) -> Result:
+    out, err = await asyncio.wait_for(
+        proc.communicate(stdin.encode() if stdin is not None else None), timeout=60
+    )
+    result = Result(proc.returncode or 0, out.decode(), err.decode())
+    if secret is not None:
+        assert secret not in result.out, "token leaked to stdout"
+        assert secret not in result.err, "token leaked to stderr"
+    return result
+
+
+async def run_cli(
+    *args: str,
+    server: FakeCDNServer | None,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Result:
+    proc = await start_cli(*args, server=server, env=env)
+    return await finish(proc, server.token if server is not None else None, stdin)
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_endpoint_commands_print_tables_and_json(fake_cdn: FakeCDNServer) -> None:
+    """create, list, get and update print a table by default and the endpoint JSON with --json."""
+    origin = "static.nyc3.digitaloceanspaces.com"
+    created = await run_cli("endpoints", "create", origin, "--ttl", "600", server=fake_cdn)
+    assert created.code == 0, created.err
+    assert origin in created.out and "600" in created.out and "created_at" in created.out
+
+    made = await run_cli(
+        "endpoints", "create", "assets.ams3.digitaloceanspaces.com", "--json", server=fake_cdn
+    )
+    assert made.code == 0, made.err
+    assert set(made.json()) == ENDPOINT_KEYS
+    assert made.json()["ttl"] == 3600  # the server's default: --ttl not sent
+
+    listed, table = await asyncio.gather(
+        run_cli("endpoints", "list", "--json", server=fake_cdn),
+        run_cli("endpoints", "list", server=fake_cdn),
+    )
+    assert listed.code == table.code == 0
+    assert [e["origin"] for e in listed.json()] == [origin, "assets.ams3.digitaloceanspaces.com"]
+    assert all(set(e) == ENDPOINT_KEYS for e in listed.json())
+    for column in ("id", "origin", "endpoint", "ttl", "custom_domain", "created_at"):
+        assert column in table.out
+    assert made.json()["id"] in table.out
+
+    cdn_id = made.json()["id"]
+    got, updated = await asyncio.gather(
+        run_cli("endpoints", "get", cdn_id, "--json", server=fake_cdn),
+        run_cli("endpoints", "update", cdn_id, "--ttl", "60", "--json", server=fake_cdn),
+    )
+    assert got.json()["id"] == cdn_id
+    assert updated.code == 0 and updated.json()["ttl"] == 60
+    assert fake_cdn.counters.rate_limited.total() == 0
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_exit_codes_and_error_lines(fake_cdn: FakeCDNServer) -> None:
+    """An API error is one line with status, error id and request_id (exit 1); bad input,
+    a missing token and unknown commands are usage errors (exit 2)."""
+    cdn_id = fake_cdn.add_endpoint("static.nyc3.digitaloceanspaces.com")["id"]
+    not_found, bad_id, nothing, bad_ttl, no_token, unknown, purge_404 = await asyncio.gather(
+        run_cli("endpoints", "get", UNKNOWN_ID, server=fake_cdn),
+        run_cli("endpoints", "get", "not-a-uuid", server=fake_cdn),
+        run_cli("endpoints", "update", cdn_id, server=fake_cdn),
+        run_cli("endpoints", "update", cdn_id, "--ttl", "61", server=fake_cdn),
+        run_cli(
+            "endpoints",
+            "list",
+            server=fake_cdn,
+            env=cli_env(fake_cdn, DIGITALOCEAN_TOKEN=""),
+        ),
+        run_cli("endpoint", "list", server=fake_cdn),
+        run_cli("purge", UNKNOWN_ID, "a.png", server=fake_cdn),
+    )
+    assert not_found.code == 1 and not_found.out == ""
+    assert API_ERROR_LINE.match(not_found.err.strip()), not_found.err
+    assert (bad_id.code, nothing.code, bad_ttl.code, no_token.code, unknown.code) == (2,) * 5
+    assert bad_id.err.startswith("error: cdn_id must be a UUID")
+    assert "at least one of ttl" in nothing.err
+    assert "ttl must be one of" in bad_ttl.err
+    assert "no API token: set $DIGITALOCEAN_TOKEN or pass --token" in no_token.err
+    assert "No such command" in unknown.err
+    assert purge_404.code == 1
+    assert any(API_ERROR_LINE.match(line) for line in purge_404.err.splitlines()), purge_404.err
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_token_option_and_base_url_option(fake_cdn: FakeCDNServer) -> None:
+    """--token, --base-url and --time-scale work without the environment, and --token is
+    never echoed back."""
+    env = cli_env(None)
+    result = await run_cli(
+        "endpoints",
+        "list",
+        "--json",
+        "--token",
+        fake_cdn.token,
+        "--base-url",
+        fake_cdn.url,
+        "--time-scale",
+        str(SCALE),
+        server=fake_cdn,
+        env=env,
+    )
+    assert result.code == 0, result.err
+    assert result.json() == []
+    insecure = await run_cli(
+        "endpoints", "list", "--base-url", "http://example.com", server=fake_cdn
+    )
+    assert insecure.code == 2 and "https" in insecure.err
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_delete_asks_unless_yes(fake_cdn: FakeCDNServer) -> None:
+    """delete asks on stderr; "n" keeps the endpoint (exit 1), "y" and --yes delete it."""
+    ids = [fake_cdn.add_endpoint(f"site{i}.nyc3.digitaloceanspaces.com")["id"] for i in range(3)]
+    declined = await run_cli("endpoints", "delete", ids[0], server=fake_cdn, stdin="n\n")
+    confirmed, forced = await asyncio.gather(
+        run_cli("endpoints", "delete", ids[1], server=fake_cdn, stdin="y\n"),
+        run_cli("endpoints", "delete", ids[2], "--yes", "--json", server=fake_cdn),
+    )
+    assert declined.code == 1 and "Delete CDN endpoint" in declined.err
+    assert "Not deleted" in declined.err
+    assert confirmed.code == 0 and f"Deleted CDN endpoint {ids[1]}" in confirmed.out
+    assert forced.code == 0 and forced.json() == {"deleted": ids[2]}
+    assert "Delete CDN endpoint" not in forced.err
+    assert [e["id"] for e in fake_cdn.endpoints] == [ids[0]]
+
+
+def purge_bodies(server: FakeCDNServer) -> list[list[str]]:
+    return [
+        e.body["files"]
+        for e in server.journal
+        if e.op == "purge" and e.status == 204 and isinstance(e.body, dict)
+    ]
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_purge_paths_prints_the_report_as_json(fake_cdn: FakeCDNServer) -> None:
+    """--json prints the PurgeReport; duplicates and covered paths are not sent."""
+    cdn_id = fake_cdn.add_endpoint("static.nyc3.digitaloceanspaces.com")["id"]
+    result = await run_cli(
+        "purge", cdn_id, "a.png", "/a.png", "css/*", "css/site.css", "--json", server=fake_cdn
+    )
+    assert result.code == 0, result.err
+    report = result.json()
+    assert set(report) == REPORT_KEYS
+    assert report["endpoint_id"] == cdn_id
+    assert sorted(report["purged"]) == ["a.png", "css/*", "css/site.css"]
+    assert report["failed"] == {} and report["requests"] == 1
+    assert [sorted(b) for b in purge_bodies(fake_cdn)] == [["a.png", "css/*"]]
+    assert "Purged 3 of 3 paths" in result.err  # the summary goes to stderr with --json
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_purge_from_stdin_in_batches(fake_cdn: FakeCDNServer) -> None:
+    """--from-file - reads paths from stdin (blank lines, comments skipped), sent 50 a request
+    with no 429; the summary goes to stdout."""
+    cdn_id = fake_cdn.add_endpoint("static.nyc3.digitaloceanspaces.com")["id"]
+    lines = ["# changed files", ""] + [f"img/{i}.png" for i in range(120)]
+    result = await run_cli(
+        "purge", cdn_id, "--from-file", "-", server=fake_cdn, stdin="\n".join(lines) + "\n"
+    )
+    assert result.code == 0, result.err
+    assert f"Purged 120 of 120 paths of endpoint {cdn_id} in 3 requests" in result.out
+    bodies = purge_bodies(fake_cdn)
+    assert [len(b) for b in bodies] == [50, 50, 20]
+    assert {p for b in bodies for p in b} == {f"img/{i}.png" for i in range(120)}
+    assert fake_cdn.counters.rate_limited.total() == 0
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_purge_all_is_explicit(fake_cdn: FakeCDNServer) -> None:
+    """--all sends "*"; no paths, or --all with paths, is a usage error (nothing sent)."""
+    cdn_id = fake_cdn.add_endpoint("static.nyc3.digitaloceanspaces.com")["id"]
+    everything, nothing, mixed = await asyncio.gather(
+        run_cli("purge", cdn_id, "--all", server=fake_cdn),
+        run_cli("purge", cdn_id, server=fake_cdn),
+        run_cli("purge", cdn_id, "--all", "a.png", server=fake_cdn),
+    )
+    assert everything.code == 0, everything.err
+    assert purge_bodies(fake_cdn) == [["*"]]
+    assert nothing.code == 2 and "no paths to purge" in nothing.err
+    assert mixed.code == 2 and "--all" in mixed.err
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE, purge_duration=0.25)
+async def test_ctrl_c_reports_what_was_purged(fake_cdn: FakeCDNServer) -> None:
+    """Ctrl-C during a bulk purge exits 130 after reporting the paths already purged; with
+    --json the partial report accounts for every path."""
+    cdn_id = fake_cdn.add_endpoint("static.nyc3.digitaloceanspaces.com")["id"]
+    paths = [f"img/{i}.png" for i in range(1000)]
+    proc = await start_cli(
+        "purge", cdn_id, "--from-file", "-", "--json", "--no-progress", server=fake_cdn
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(("\n".join(paths) + "\n").encode())
+    await proc.stdin.drain()
+    proc.stdin.close()
+    for _ in range(200):
+        if len(purge_bodies(fake_cdn)) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    result = await finish(proc, fake_cdn.token)
+    assert result.code == 130, result.err
+    report = result.json()
+    purged = len(report["purged"])
+    confirmed = {p for b in purge_bodies(fake_cdn) for p in b}
+    assert 100 <= purged < 1000
+    assert set(report["purged"]) <= confirmed
+    assert len(report["purged"]) + len(report["failed"]) == 1000
+    assert all("interrupted" in why for why in report["failed"].values())
+    assert f"Interrupted: {purged} of 1000 paths of endpoint {cdn_id} were purged" in result.err
+
+
+async def test_missing_extra_prints_the_install_hint() -> None:
+    """Without click (or rich) the command prints one line saying how to install them, exits
+    2, and the package itself still imports."""
+    code = (
+        "import sys; sys.modules['click'] = None; sys.modules['rich'] = None\n"
+        "import cdn_async, cdn_async.testing\n"
+        "from cdn_async._cli import main\n"
+        "sys.exit(main(['endpoints', 'list']))\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(None),
+    )
+    result = await finish(proc, None)
+    assert result.code == 2
+    assert result.err.strip() == EXTRA_HINT
+    assert result.out == ""
+
+
+async def test_fake_server_command_prints_url_and_a_token_that_works() -> None:
+    """fake-server prints its URL and its own throwaway token; the other commands work
+    against it; Ctrl-C stops it with exit 0."""
+    proc = await start_cli(
+        "fake-server", "--port", "0", "--time-scale", str(SCALE), server=None, env=cli_env(None)
+    )
+    assert proc.stdout is not None
+    banner = ""
+    while "Ctrl-C" not in banner:
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout=20)
+        assert line, "fake-server exited early"
+        banner += line.decode()
+    url = re.search(r"http://127\.0\.0\.1:\d+", banner)
+    token = re.search(r"dop_v1_[0-9a-f]+", banner)
+    assert url is not None and token is not None
+    env = cli_env(None, DIGITALOCEAN_TOKEN=token[0])
+    created = await run_cli(
+        "endpoints",
+        "create",
+        "static.nyc3.digitaloceanspaces.com",
+        "--json",
+        "--base-url",
+        url[0],
+        "--time-scale",
+        str(SCALE),
+        server=None,
+        env=env,
+    )
+    assert created.code == 0, created.err
+    assert token[0] not in created.out + created.err
+    proc.send_signal(signal.SIGINT)
+    stopped = await finish(proc, None)
+    assert stopped.code == 0
+
+
+async def test_demo_runs_the_whole_job_without_a_429() -> None:
+    """demo starts a fake API, creates and lists endpoints, bulk-purges from concurrent
+    tasks, and reports 0 x 429."""
+    proc = await start_cli(
+        "demo",
+        "--paths",
+        "600",
+        "--tasks",
+        "4",
+        "--time-scale",
+        "0.005",
+        server=None,
+        env=cli_env(None),
+    )
+    result = await finish(proc, None)
+    assert result.code == 0, result.err
+    assert re.search(r"429s from the server\s+0\b", result.out), result.out
+    assert "demo-assets.nyc3.digitaloceanspaces.com" in result.out
+    assert re.search(r"paths purged\s+\d+, 0 failed", result.out)
+    assert "budget use" in result.out
+    assert "dop_v1_" not in result.out + result.err  # the demo's token stays inside it
+
+
+async def test_help_is_written_for_users() -> None:
+    """--help lists the commands and purge's options; --version works."""
+    top, purge, version = await asyncio.gather(
+        run_cli("--help", server=None, env=cli_env(None)),
+        run_cli("purge", "--help", server=None, env=cli_env(None)),
+        run_cli("--version", server=None, env=cli_env(None)),
+    )
+    assert top.code == purge.code == version.code == 0
+    for command in ("endpoints", "purge", "fake-server", "demo"):
+        assert command in top.out
+    for option in ("--from-file", "--all", "--json", "--token", "DIGITALOCEAN_TOKEN"):
+        assert option in purge.out
+    assert "cdn-async" in version.out
