@@ -1,0 +1,57 @@
+"""Budgets shared by every process on one API token, kept in Redis.
+
+Needs the ``redis`` extra (``pip install 'cdn-async[redis]'``)::
+
+    from cdn_async import CDNClient
+    from cdn_async.redis import RedisBudgetStore, token_id_for
+
+    store = RedisBudgetStore("redis://localhost:6379/0", token_id=token_id_for(token))
+    async with CDNClient(token, budget_store=store) as cdn:
+        ...
+
+Every process (web workers, purge workers, other hosts) that uses the token points its store
+at the same Redis with the same ``token_id``; together they never exceed a budget. The windows
+are the exact ones of the in-process store (DESIGN.md, "Budgets", semantic 7), changed by one
+Lua script per attempt, stamped with Redis's clock, hash-tagged for Redis Cluster, and expiring
+when idle.
+"""
+
+from __future__ import annotations
+
+try:
+    import redis as _redis_py  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("cdn_async.redis needs redis-py: pip install 'cdn-async[redis]'") from exc
+
+from ._redis import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_INFLIGHT_TIMEOUT,
+    DEFAULT_MARKER_TTL,
+    DEFAULT_MAX_POLL_INTERVAL,
+    DEFAULT_RECOVERY_GRACE,
+    DEFAULT_UNAVAILABLE_TIMEOUT,
+    BudgetStoreUnavailableError,
+    RedisBudgetStore,
+    RedisLease,
+    token_id_for,
+)
+
+__all__ = [
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_INFLIGHT_TIMEOUT",
+    "DEFAULT_MARKER_TTL",
+    "DEFAULT_MAX_POLL_INTERVAL",
+    "DEFAULT_RECOVERY_GRACE",
+    "DEFAULT_UNAVAILABLE_TIMEOUT",
+    "BudgetStoreUnavailableError",
+    "RedisBudgetStore",
+    "RedisLease",
+    "token_id_for",
+]
+
+# Tracebacks and reprs name the public module (cdn_async.redis.RedisBudgetStore).
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) or callable(_obj):
+        _obj.__module__ = __name__
+del _name, _obj
