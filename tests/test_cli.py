@@ -278,7 +278,9 @@ async def test_ctrl_c_reports_what_was_purged(fake_cdn: FakeCDNServer) -> None:
     report = result.json()
     purged = len(report["purged"])
     confirmed = {p for b in purge_bodies(fake_cdn) for p in b}
-    assert 100 <= purged < 1000
+    # The server has answered two batches; the client surely has the first (the second was
+    # sent only after it), and may not yet have read the second's answer.
+    assert 50 <= purged < 1000
     assert set(report["purged"]) <= confirmed
     assert len(report["purged"]) + len(report["failed"]) == 1000
     assert all("interrupted" in why for why in report["failed"].values())
