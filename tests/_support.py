@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
+#: DigitalOcean's official OpenAPI document for the CDN endpoints (see openapi/SOURCE.md).
+SPEC_PATH = Path(__file__).parent / "openapi" / "cdn-endpoints.bundled.json"
 BASE = "https://api.example.test"
 TOKEN = "dop_v1_" + "f" * 56  # a throwaway, never a real token
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,21 +18,17 @@ from openapi_core.testing import MockRequest
 from cdn_async import TTL, CDNClient, RateLimits
 from cdn_async.errors import ValidationError
 
-from ._support import BASE, TOKEN, endpoint_json
+from ._support import BASE, SPEC_PATH, TOKEN, endpoint_json
 
 pytestmark = pytest.mark.looptime
 
-SPEC = (
-    Path(__file__).resolve().parents[2]
-    / "shared/reference/do-openapi/specification/cdn-endpoints.bundled.json"
-)
 ID = "892071a0-bb95-49bc-8021-3afd67a210bf"
 CERT = "2e8c8dc6-9d0c-4fd7-8b83-3e3c0c4ad2d2"
 
 
 @pytest.fixture(scope="module")
 def spec() -> OpenAPI:
-    return OpenAPI.from_file_path(str(SPEC))
+    return OpenAPI.from_file_path(str(SPEC_PATH))
 
 
 @pytest.fixture
