@@ -637,6 +637,10 @@ class MemoryBudgetStore:
             # 100,000 idle endpoint keys give their memory back.
             self._keys = dict(self._keys)
         if heap and not self._closed:
+            # The sweep may have armed a timer already (_check_idle -> _schedule_gc);
+            # replace it rather than orphan it, or the timers multiply with every sweep.
+            if self._gc_timer is not None:
+                self._gc_timer.cancel()
             at = heap[0][0]
             self._gc_timer_at = at
             self._gc_timer = self._get_loop().call_later(max(at - now, _MIN_DELAY), self._on_gc)

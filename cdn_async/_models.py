@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,16 +72,47 @@ def _structure_datetime(value: Any, _: type) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+#: value -> member: a dict lookup instead of ``TTL(value)`` (the enum machinery costs ~10x more).
+_TTL_MEMBERS: dict[int, TTL] = {m.value: m for m in TTL}
+
+
 def _structure_ttl(value: Any, _: type) -> int:
     ttl = int(value)
-    try:
-        return TTL(ttl)
-    except ValueError:
-        return ttl  # a lifetime this version does not know must not break reading
+    # A lifetime this version does not know must not break reading: it stays a plain int.
+    return _TTL_MEMBERS.get(ttl, ttl)
 
 
 def _blank_to_none(value: Any, _: type) -> str | None:
     return str(value) if value else None
+
+
+def _fast_endpoint_hook(
+    checked: Callable[[Any, type], CDNEndpoint],
+) -> Callable[[Any, type], CDNEndpoint]:
+    """Structure a well-formed endpoint directly; anything else goes to ``checked``.
+
+    ``checked`` is cattrs' generated hook, which wraps every field in its own try block to
+    report all bad fields at once; that bookkeeping is most of its cost, paid on every
+    endpoint of every page. This does the same conversions (``str`` for the strings, the
+    same hooks for the rest, absent optional keys left to their defaults), and on any error
+    runs ``checked`` instead, so a malformed body fails exactly as before.
+    """
+
+    def structure(o: Any, cl: type) -> CDNEndpoint:
+        try:
+            return CDNEndpoint(
+                str(o["id"]),
+                str(o["origin"]),
+                str(o["endpoint"]),
+                _structure_ttl(o["ttl"], int),
+                _structure_datetime(o["created_at"], datetime),
+                _blank_to_none(o["certificate_id"], str) if "certificate_id" in o else None,
+                _blank_to_none(o["custom_domain"], str) if "custom_domain" in o else None,
+            )
+        except Exception:
+            return checked(o, cl)
+
+    return structure
 
 
 def _make_converter() -> cattrs.Converter:
@@ -95,7 +127,7 @@ def _make_converter() -> cattrs.Converter:
         certificate_id=cattrs.gen.override(struct_hook=_blank_to_none),
         custom_domain=cattrs.gen.override(struct_hook=_blank_to_none),
     )
-    conv.register_structure_hook(CDNEndpoint, endpoint_hook)
+    conv.register_structure_hook(CDNEndpoint, _fast_endpoint_hook(endpoint_hook))
     conv.register_unstructure_hook(
         CDNEndpoint,
         cattrs.gen.make_dict_unstructure_fn(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json as jsonlib
+import logging
 import random
 import re
 import time
@@ -100,6 +101,12 @@ class Session:
         self.last_rate_limit: RateLimitInfo | None = None
         #: Endpoint id -> loop time of its creation by this client (for the 404 lag rule).
         self.recently_created: dict[str, float] = {}
+        self._timeout = aiohttp.ClientTimeout(total=options.timeout)
+        #: Claims by purge-file count; only when no budget is keyed by endpoint (else the
+        #: cache would grow with every endpoint id).
+        self._plans: dict[int, _Plan] | None = (
+            None if any(b.scope != "token" for b in limits.budgets) else {}
+        )
 
     def __repr__(self) -> str:
         return f"<Session base_url={self.options.base_url!r}>"
@@ -109,6 +116,7 @@ class Session:
         clone = object.__new__(Session)
         clone.__dict__.update(self.__dict__)
         clone.options = options
+        clone._timeout = aiohttp.ClientTimeout(total=options.timeout)
         return clone
 
     async def aclose(self) -> None:
@@ -155,9 +163,11 @@ class Session:
             APIResponseError: A 2xx answer whose body is not JSON.
         """
         opts = self.options
-        claims = self.limits.claims(endpoint_id, files)
+        plan = self._plan(endpoint_id, files)
+        claims = plan.claims
         url = opts.base_url + path
-        timeout = aiohttp.ClientTimeout(total=opts.timeout)
+        timeout = self._timeout
+        clock = asyncio.get_running_loop().time
         make_body = json if callable(json) else None
         retries = 0
         budget_wait = 0.0
@@ -165,9 +175,9 @@ class Session:
         maybe_done = False  # an earlier attempt may have been carried out
         while True:
             attempt += 1
-            started = self.now()
+            started = clock()
             lease = await self.store.acquire(claims, max_wait=opts.max_rate_limit_wait)
-            sent = self.now()
+            sent = clock()
             budget_wait += sent - started
             if sent - started >= 0.001:
                 logger.info("%s %s waited %.3f s for rate budgets", method, path, sent - started)
@@ -192,17 +202,16 @@ class Session:
             finally:
                 # Held until now, freed one period from now: the server stamped it in between.
                 self.store.release(lease)
-            elapsed_ms = (self.now() - sent) * 1000
-            request_id = headers.get("x-request-id")
-            logger.debug(
-                "%s %s -> %s in %.1f ms (request_id=%s, attempt %d)",
-                method,
-                path,
-                status or type(error).__name__,
-                elapsed_ms,
-                request_id,
-                attempt,
-            )
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "%s %s -> %s in %.1f ms (request_id=%s, attempt %d)",
+                    method,
+                    path,
+                    status or type(error).__name__,
+                    (clock() - sent) * 1000,
+                    headers.get("x-request-id"),
+                    attempt,
+                )
 
             if error is not None:
                 maybe_done = maybe_done or failure == "transport"
@@ -225,7 +234,7 @@ class Session:
 
             info = RateLimitInfo.from_headers(headers)
             self.last_rate_limit = info
-            self._apply_headers(info, claims)
+            self._apply_headers(info, plan)
 
             if 200 <= status < 300:
                 return Response(status, _parse_body(status, body), info, attempt, budget_wait)
@@ -263,10 +272,21 @@ class Session:
         logger.info("%s %s: %s; retry %d in %.3f s", method, path, why, retry, delay)
         await self._sleep(delay)
 
-    def _apply_headers(self, info: RateLimitInfo, claims: tuple[Claim, ...]) -> None:
+    def _plan(self, endpoint_id: str | None, files: int) -> _Plan:
+        """The claims of a request (and their header lookup), cached when they cannot depend
+        on ``endpoint_id``: the same few tuples serve every request of a session."""
+        limits = self.limits
+        if self._plans is None:
+            return _Plan.build(limits, limits.claims(endpoint_id, files))
+        plan = self._plans.get(files)
+        if plan is None:
+            plan = self._plans[files] = _Plan.build(limits, limits.claims(endpoint_id, files))
+        return plan
+
+    def _apply_headers(self, info: RateLimitInfo, plan: _Plan) -> None:
         if info.limit is None or info.remaining is None or info.reset is None:
             return
-        claim = self.limits.claim_for_header(info.limit, claims)
+        claim = plan.by_limit.get(info.limit)
         if claim is not None:
             self.store.sync(claim, info.remaining, info.reset - self._wall_clock())
 
@@ -316,6 +336,26 @@ class Session:
         return cls(message, **kwargs)
 
 
+class _Plan:
+    """A request's claims, and which of them a ``ratelimit-limit`` value describes."""
+
+    __slots__ = ("by_limit", "claims")
+
+    def __init__(self, claims: tuple[Claim, ...], by_limit: dict[int, Claim]) -> None:
+        self.claims = claims
+        self.by_limit = by_limit
+
+    @classmethod
+    def build(cls, limits: RateLimits, claims: tuple[Claim, ...]) -> _Plan:
+        # What RateLimits.claim_for_header answers, for every limit at once: the first
+        # request-counted claim with that limit wins (hence filled back to front).
+        by_limit: dict[int, Claim] = {}
+        for c in reversed(claims):
+            if limits.claim_for_header(c.limit, (c,)) is not None:
+                by_limit[c.limit] = c
+        return cls(claims, by_limit)
+
+
 class _Pool:
     """The aiohttp session, made on first use and shared by every copy of a client."""
 
@@ -346,7 +386,8 @@ def _excerpt(body: bytes) -> str:
 
 
 def _parse_body(status: int, body: bytes) -> Any:
-    if not body.strip():
+    # isspace() tests the same ASCII whitespace strip() removes, without copying the body.
+    if not body or body.isspace():
         return None
     try:
         return jsonlib.loads(body)

@@ -584,6 +584,18 @@ async def test_one_timer_per_key_however_many_wait_and_none_when_nobody_waits() 
 
 
 @pytest.mark.looptime
+async def test_idle_sweeps_never_leave_more_than_one_sweep_timer() -> None:
+    """A long-lived client's sweeps must not multiply timers (each would fire every sweep)."""
+    store = MemoryBudgetStore()
+    c = [claim("cdn", 5, 1.0), claim("minute", 250, 6.0)]
+    for _ in range(300):
+        store.release(await store.acquire(c))
+        await asyncio.sleep(0.3)
+        assert timers_of(store) <= 1
+    await store.aclose()
+
+
+@pytest.mark.looptime
 async def test_idle_endpoint_keys_are_dropped_after_their_window() -> None:
     limits = RateLimits((Budget("cdn", 5, 10.0, scope="endpoint"), Budget("minute", 10**6, 60.0)))
     store = MemoryBudgetStore()

@@ -11,7 +11,6 @@ import ast
 import asyncio
 import json
 import math
-import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -26,13 +25,8 @@ import cdn_async.testing
 from cdn_async.testing import ALL_SCOPES, FakeCDNServer, JournalEntry, serve
 from cdn_async.testing._windows import SlidingWindow
 
-SPEC = Path(
-    os.environ.get(
-        "CDN_ASYNC_OPENAPI_SPEC",
-        Path(__file__).resolve().parents[2]
-        / "shared/reference/do-openapi/specification/cdn-endpoints.bundled.json",
-    )
-)
+from ._support import SPEC_PATH
+
 REPO = Path(__file__).resolve().parents[1]
 WALL0 = 1_800_000_000.0
 CERT = "892071a0-bb95-49bc-8021-3afd67a210bf"
@@ -124,11 +118,9 @@ class Api:
 
 @pytest.fixture(scope="session")
 def openapi() -> Any:
-    if not SPEC.exists():
-        pytest.skip(f"OpenAPI spec not found at {SPEC} (set CDN_ASYNC_OPENAPI_SPEC)")
     from openapi_core import OpenAPI
 
-    return OpenAPI.from_file_path(str(SPEC))
+    return OpenAPI.from_file_path(str(SPEC_PATH))
 
 
 @pytest.fixture
@@ -962,3 +954,65 @@ async def test_python_m_cdn_async_testing(http: aiohttp.ClientSession) -> None:
     finally:
         proc.terminate()
         await proc.wait()
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A throwaway certificate and key for 127.0.0.1, written under ``tmp_path``."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_serves_https_when_given_an_ssl_context(tmp_path: Path) -> None:
+    """With ``ssl_context`` the server listens over TLS and ``url`` is ``https://``."""
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    async with FakeCDNServer(ssl_context=server_ctx) as server:
+        assert server.url.startswith("https://127.0.0.1:")
+        connector = aiohttp.TCPConnector(ssl=client_ctx)
+        async with (
+            aiohttp.ClientSession(connector=connector) as http,
+            http.get(
+                f"{server.url}/v2/cdn/endpoints",
+                headers={"Authorization": f"Bearer {server.token}"},
+            ) as resp,
+        ):
+            assert resp.status == 200
+            assert (await resp.json())["meta"] == {"total": 0}

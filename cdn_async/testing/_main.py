@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ssl
 import sys
 from collections.abc import Sequence
 
@@ -42,7 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a new endpoint 404s on GET",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (chain)")
+    parser.add_argument("--tls-key", help="the certificate's PEM private key (default: in cert)")
     return parser
+
+
+def _ssl_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if cert is None:
+        if key is not None:
+            raise SystemExit("--tls-key needs --tls-cert")
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
 
 
 def _announce(server: FakeCDNServer) -> None:
@@ -60,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status.
     """
     args = build_parser().parse_args(argv)
+    ssl_context = _ssl_context(args.tls_cert, args.tls_key)
     coro = serve(
         args.host,
         args.port,
@@ -71,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         purge_duration=args.purge_duration,
         invisible_after_create=args.invisible_after_create,
         seed=args.seed,
+        ssl_context=ssl_context,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(coro)

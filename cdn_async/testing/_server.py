@@ -24,6 +24,7 @@ import json
 import math
 import re
 import secrets
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -158,6 +159,8 @@ class FakeCDNServer:
         wall_clock: Epoch clock used to express ``ratelimit-reset``; default ``time.time``.
         budgets: Override the documented budgets (names ``hourly``, ``minute``, ``cdn``,
             ``purge_files`` drive the special rules; periods are scaled by ``time_scale``).
+        ssl_context: Serve HTTPS with this server-side context (``url`` is then
+            ``https://...``); None serves plain HTTP.
     """
 
     def __init__(
@@ -175,6 +178,7 @@ class FakeCDNServer:
         clock: Callable[[], float] | None = None,
         wall_clock: Callable[[], float] = time.time,
         budgets: Iterable[BudgetSpec] = DOCUMENTED_BUDGETS,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not (math.isfinite(time_scale) and time_scale > 0):
             raise ValueError(f"time_scale must be a positive number, got {time_scale!r}")
@@ -193,6 +197,7 @@ class FakeCDNServer:
         self.invisible_after_create = invisible_after_create
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context
         self.faults = Faults(seed)
         self.journal: list[JournalEntry] = []
         self.counters = Counters()
@@ -215,7 +220,7 @@ class FakeCDNServer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start listening; sets ``url`` (``http://<host>:<port>``) and ``port``."""
+        """Start listening; sets ``url`` (``http(s)://<host>:<port>``) and ``port``."""
         if self._runner is not None:
             raise RuntimeError("FakeCDNServer is already running")
         # A short shutdown timeout: a purge still sleeping when the test ends is abandoned
@@ -225,14 +230,15 @@ class FakeCDNServer:
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            await web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context).start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         host = f"[{self.host}]" if ":" in self.host else self.host
-        self.url = f"http://{host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        self.url = f"{scheme}://{host}:{self.port}"
 
     async def close(self) -> None:
         """Stop listening and close every connection."""

@@ -1,0 +1,539 @@
+"""Per-request cost of cdn_async vs raw aiohttp vs pydo.aio, side by side in one run.
+
+Run: ``python benchmarks/bench_overhead.py`` (``--quick`` for a shorter, noisier run; needs the
+``bench`` extra for pydo: ``pip install -e '.[bench]'``). Prints markdown tables; the figures in
+``benchmarks/RESULTS-overhead.md`` come from it.
+
+Set-up:
+
+* ``FakeCDNServer(time_scale=1e-6)`` over TLS on 127.0.0.1, in a **separate process** (so the
+  server's CPU never counts as the client's), holding 2,000 endpoints. The TLS certificate is a
+  throwaway self-signed one made at start-up in a temporary directory and deleted at exit.
+* The three clients run in this process, on one event loop, each with its own
+  ``aiohttp.ClientSession`` whose connector trusts the certificate:
+  - raw aiohttp: ``async with http.get(url, headers=auth) as r: await r.json()``;
+  - cdn_async: ``CDNClient(session=http, limits=RateLimits.documented().scaled(1e-6))``, so the
+    budgets never bind but their code runs on every request (part of our cost);
+  - pydo.aio: ``pydo.aio.Client(token, endpoint=url, transport=AioHttpTransport(session=http,
+    session_owner=False))``: azure-core's public way to hand in a session. A second pydo row
+    trusts the certificate with ``connection_verify=<ca.pem>`` instead, the way most users of a
+    private CA would; azure-core then builds a new ``SSLContext`` per request, and aiohttp keys
+    its pool on it, so every request opens a new TLS connection.
+* Each measurement is taken in rounds; the clients go in a rotated order each round and every
+  figure is the best round (least disturbed). Latency is the median of per-request wall times
+  in that round; CPU is this process's ``time.process_time()`` over the round per request (the
+  client's own cost, TLS and aiohttp included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import gc
+import ipaddress
+import json
+import multiprocessing as mp
+import os
+import platform
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import aiohttp
+
+from cdn_async import Budget, CDNClient, RateLimits
+from cdn_async._limits import BudgetState, Claim
+from cdn_async._models import CDNEndpoint, converter
+from cdn_async.testing import FakeCDNServer
+
+try:
+    import pydo.aio
+    from azure.core.pipeline.transport import AioHttpTransport
+except ImportError:  # pragma: no cover
+    pydo = None  # type: ignore[assignment]
+
+SCALE = 1e-6
+N_ENDPOINTS = 2000
+CONCURRENCY = 100
+
+Get = Callable[[str], Awaitable[Any]]
+CDN_UNCAPPED = "(diag) cdn_async, budgets of limit 1e9, real periods"
+CDN_NOBUDGET = "(diag) cdn_async, no-op budget store (session layer only)"
+
+
+# -- machine, certificate, server process ---------------------------------------------------
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"nproc={os.cpu_count()}, CPU={cpu}, Python {platform.python_version()}, "
+        f"aiohttp {aiohttp.__version__}, OpenSSL {ssl.OPENSSL_VERSION.split()[1]}"
+    )
+
+
+def make_cert(directory: str) -> tuple[str, str]:
+    """A throwaway self-signed certificate for 127.0.0.1 and localhost; (cert, key) paths."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cdn-async benchmark")])
+    now = dt.datetime.now(dt.UTC)
+    sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = os.path.join(directory, "cert.pem")
+    key_path = os.path.join(directory, "key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return cert_path, key_path
+
+
+def serve(conn: Connection, cert: str, key: str) -> None:
+    """The server process: a TLS FakeCDNServer with N_ENDPOINTS endpoints, until told to stop."""
+
+    async def run() -> None:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        async with FakeCDNServer(time_scale=SCALE, ssl_context=ctx) as server:
+            ids = [
+                server.add_endpoint(f"bench-{i}.nyc3.digitaloceanspaces.com")["id"]
+                for i in range(N_ENDPOINTS)
+            ]
+            conn.send((server.url, server.token, ids))
+            loop = asyncio.get_running_loop()
+            while True:
+                msg = await loop.run_in_executor(None, conn.recv)
+                if msg == "stats":
+                    statuses: dict[int, int] = {}
+                    for e in server.journal:
+                        statuses[e.status or 0] = statuses.get(e.status or 0, 0) + 1
+                    server.journal.clear()
+                    conn.send(statuses)
+                else:
+                    return
+
+    asyncio.run(run())
+
+
+# -- clients ---------------------------------------------------------------------------------
+
+#: The documented budgets with limits nothing reaches and real periods: the store's work per
+#: request without the documented 5-request cdn cap on requests in flight (the exactness rule
+#: holds a unit from send to answer, so 100 tasks get at most 5 in flight at any time scale).
+UNCAPPED = RateLimits(
+    (
+        Budget("hourly", 10**9, 3600.0),
+        Budget("minute", 10**9, 60.0),
+        Budget("cdn", 10**9, 10.0),
+        Budget("purge_files", 10**9, 20.0, unit="file"),
+    )
+)
+
+
+class NoBudgets:
+    """A budget store that admits everything and keeps nothing: the session layer alone."""
+
+    async def acquire(self, claims: Any, *, max_wait: float | None = None) -> object:
+        return self
+
+    def release(self, lease: object) -> None:
+        pass
+
+    def sync(self, claim: Claim, remaining: int, reset_after: float) -> None:
+        pass
+
+    def pause(self, claim: Claim, resume_after: float) -> None:
+        pass
+
+    def snapshot(self) -> dict[str, BudgetState]:
+        return {}
+
+    async def aclose(self) -> None:
+        pass
+
+
+class Clients:
+    """The three clients (plus pydo with a per-request CA file), ready to ``get`` an id."""
+
+    def __init__(self, url: str, token: str, ctx: ssl.SSLContext, ca_file: str) -> None:
+        self.url, self.token, self.ctx, self.ca_file = url, token, ctx, ca_file
+        self.auth = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        self._closers: list[Callable[[], Awaitable[Any]]] = []
+
+    def _http(self) -> aiohttp.ClientSession:
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.ctx))
+        self._closers.append(http.close)
+        return http
+
+    async def open(self) -> None:
+        self.raw_http = self._http()
+        self.cdn = CDNClient(
+            self.token,
+            base_url=self.url,
+            limits=RateLimits.documented().scaled(SCALE),
+            session=self._http(),
+        )
+        self.cdn_uncapped = CDNClient(
+            self.token, base_url=self.url, limits=UNCAPPED, session=self._http()
+        )
+        self.cdn_nobudget = CDNClient(
+            self.token,
+            base_url=self.url,
+            limits=RateLimits.documented().scaled(SCALE),
+            budget_store=NoBudgets(),
+            session=self._http(),
+        )
+        self._closers += [self.cdn.close, self.cdn_uncapped.close, self.cdn_nobudget.close]
+        self.pydo: Any = None
+        self.pydo_verify: Any = None
+        if pydo is not None:
+            transport = AioHttpTransport(session=self._http(), session_owner=False)
+            self.pydo = pydo.aio.Client(self.token, endpoint=self.url, transport=transport)
+            self.pydo_verify = pydo.aio.Client(
+                self.token, endpoint=self.url, connection_verify=self.ca_file
+            )
+            self._closers += [self.pydo.close, self.pydo_verify.close]
+
+    async def close(self) -> None:
+        for close in reversed(self._closers):
+            await close()
+
+    # One request each, returning the endpoint (an attrs object or a dict).
+    async def raw_get(self, cdn_id: str) -> Any:
+        async with self.raw_http.get(
+            f"{self.url}/v2/cdn/endpoints/{cdn_id}", headers=self.auth
+        ) as r:
+            if r.status != 200:
+                raise RuntimeError(f"raw aiohttp got {r.status}")
+            return (await r.json())["endpoint"]
+
+    async def cdn_get(self, cdn_id: str) -> Any:
+        return await self.cdn.endpoints.get(cdn_id)
+
+    async def cdn_uncapped_get(self, cdn_id: str) -> Any:
+        return await self.cdn_uncapped.endpoints.get(cdn_id)
+
+    async def cdn_nobudget_get(self, cdn_id: str) -> Any:
+        return await self.cdn_nobudget.endpoints.get(cdn_id)
+
+    async def pydo_get(self, cdn_id: str) -> Any:
+        return (await self.pydo.cdn.get_endpoint(cdn_id))["endpoint"]
+
+    async def pydo_verify_get(self, cdn_id: str) -> Any:
+        return (await self.pydo_verify.cdn.get_endpoint(cdn_id))["endpoint"]
+
+    # A whole listing of every endpoint, 200 a page.
+    async def raw_list(self) -> list[Any]:
+        out: list[Any] = []
+        page = 1
+        while True:
+            async with self.raw_http.get(
+                f"{self.url}/v2/cdn/endpoints",
+                params={"page": page, "per_page": 200},
+                headers=self.auth,
+            ) as r:
+                data = await r.json()
+            out.extend(data["endpoints"])
+            if not data["endpoints"] or "next" not in (data.get("links") or {}).get("pages", {}):
+                return out
+            page += 1
+
+    async def cdn_list(self) -> list[Any]:
+        return [ep async for ep in self.cdn.endpoints.list(per_page=200)]
+
+    async def pydo_list(self) -> list[Any]:
+        out: list[Any] = []
+        page = 1
+        while True:
+            data = await self.pydo.cdn.list_endpoints(per_page=200, page=page)
+            out.extend(data["endpoints"])
+            if not data["endpoints"] or "next" not in (data.get("links") or {}).get("pages", {}):
+                return out
+            page += 1
+
+
+# -- measurements ----------------------------------------------------------------------------
+
+
+def rotations(names: list[str], rounds: int) -> list[list[str]]:
+    return [names[r % len(names) :] + names[: r % len(names)] for r in range(rounds)]
+
+
+async def sequential(get: Get, ids: list[str], n: int, offset: int) -> tuple[float, float]:
+    """n sequential gets; (median wall us per request, CPU us per request)."""
+    times: list[int] = []
+    gc.collect()
+    cpu0 = time.process_time()
+    for i in range(n):
+        t0 = time.perf_counter_ns()
+        await get(ids[(offset + i) % len(ids)])
+        times.append(time.perf_counter_ns() - t0)
+    cpu = time.process_time() - cpu0
+    return statistics.median(times) / 1000, cpu / n * 1e6
+
+
+async def concurrent(get: Get, ids: list[str], n: int, tasks: int) -> tuple[float, float]:
+    """n gets from ``tasks`` concurrent tasks; (requests per second, CPU us per request)."""
+    it = iter(range(n))
+
+    async def worker() -> None:
+        for i in it:
+            await get(ids[i % len(ids)])
+
+    gc.collect()
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    return n / wall, cpu / n * 1e6
+
+
+async def listing(
+    fetch: Callable[[], Awaitable[list[Any]]],
+) -> tuple[float, float]:
+    """One full listing; (wall ms, CPU ms)."""
+    gc.collect()
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    got = await fetch()
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    if len(got) != N_ENDPOINTS:
+        raise RuntimeError(f"listed {len(got)} endpoints, expected {N_ENDPOINTS}")
+    return wall * 1000, cpu * 1000
+
+
+def structuring(dicts: list[dict[str, Any]], rounds: int) -> dict[str, float]:
+    """Per-endpoint cost (us) of turning parsed JSON into what a caller gets."""
+    out: dict[str, float] = {}
+    cases: dict[str, Callable[[], object]] = {
+        "dict (as parsed; pydo, raw)": lambda: list(dicts),
+        "cattrs structure -> CDNEndpoint": lambda: [
+            converter.structure(d, CDNEndpoint) for d in dicts
+        ],
+    }
+    for name, fn in cases.items():
+        best = float("inf")
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        out[name] = best / len(dicts) * 1e6
+    blob = json.dumps({"endpoints": dicts}).encode()
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        json.loads(blob)
+        best = min(best, time.perf_counter() - t0)
+    out["json.loads (for scale)"] = best / len(dicts) * 1e6
+    return out
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+    print(f"\n## {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+
+
+def x(a: float, b: float) -> str:
+    return f"{a / b:.2f} x"
+
+
+async def bench(url: str, token: str, ids: list[str], ctx: ssl.SSLContext, args: Any) -> None:
+    clients = Clients(url, token, ctx, args.ca_file)
+    await clients.open()
+    try:
+        gets: dict[str, Get] = {"raw aiohttp": clients.raw_get, "cdn_async": clients.cdn_get}
+        lists: dict[str, Callable[[], Awaitable[list[Any]]]] = {
+            "raw aiohttp": clients.raw_list,
+            "cdn_async": clients.cdn_list,
+        }
+        if clients.pydo is not None:
+            gets["pydo.aio"] = clients.pydo_get
+            lists["pydo.aio"] = clients.pydo_list
+        # Diagnostics: where cdn_async's cost goes.
+        gets[CDN_UNCAPPED] = clients.cdn_uncapped_get
+        gets[CDN_NOBUDGET] = clients.cdn_nobudget_get
+        names = list(gets)
+        # Warm-up: connections, imports, caches.
+        for get in gets.values():
+            for i in range(args.warmup):
+                await get(ids[i])
+            await concurrent(get, ids, CONCURRENCY * 2, CONCURRENCY)
+        if clients.pydo_verify is not None:
+            await clients.pydo_verify_get(ids[0])
+
+        # 1. sequential get
+        seq: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+        for r, order in enumerate(rotations(names, args.rounds)):
+            for name in order:
+                seq[name].append(await sequential(gets[name], ids, args.seq, r * args.seq))
+        seq_best = {n: (min(v[0] for v in seq[n]), min(v[1] for v in seq[n])) for n in names}
+        rows = []
+        base = seq_best["raw aiohttp"]
+        for n in names:
+            lat, cpu = seq_best[n]
+            rows.append([n, f"{lat:.0f}", x(lat, base[0]), f"{cpu:.0f}", x(cpu, base[1])])
+        if clients.pydo_verify is not None:
+            samples = [
+                await sequential(clients.pydo_verify_get, ids, args.seq_slow, r * args.seq_slow)
+                for r in range(max(2, args.rounds // 2))
+            ]
+            lat, cpu = min(s[0] for s in samples), min(s[1] for s in samples)
+            rows.append(
+                [
+                    "pydo.aio, connection_verify=ca.pem (new TLS connection per request)",
+                    f"{lat:.0f}",
+                    x(lat, base[0]),
+                    f"{cpu:.0f}",
+                    x(cpu, base[1]),
+                ]
+            )
+        table(
+            f"Sequential get(): median per request, best of {args.rounds} rounds of {args.seq}",
+            ["client", "latency us", "vs raw", "client CPU us/req", "vs raw"],
+            rows,
+        )
+        if "pydo.aio" in seq_best:
+            print(
+                f"\ncdn_async vs pydo.aio: {seq_best['pydo.aio'][0] / seq_best['cdn_async'][0]:.1f} x "
+                f"faster (latency), {seq_best['pydo.aio'][1] / seq_best['cdn_async'][1]:.1f} x "
+                "less client CPU"
+            )
+
+        # 2. concurrent get
+        conc: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+        for order in rotations(names, args.rounds):
+            for name in order:
+                conc[name].append(await concurrent(gets[name], ids, args.conc, CONCURRENCY))
+        conc_best = {n: (max(v[0] for v in conc[n]), min(v[1] for v in conc[n])) for n in names}
+        base = conc_best["raw aiohttp"]
+        rows = []
+        for n in names:
+            rps, cpu = conc_best[n]
+            rows.append([n, f"{rps:.0f}", x(base[0], rps), f"{cpu:.0f}", x(cpu, base[1])])
+        table(
+            f"{CONCURRENCY} concurrent tasks doing get(): best of {args.rounds} rounds of "
+            f"{args.conc} requests",
+            [
+                "client",
+                "requests/s",
+                "raw time / its time (cost ratio)",
+                "client CPU us/req",
+                "vs raw",
+            ],
+            rows,
+        )
+
+        # 3. list() over 2,000 endpoints
+        lst: dict[str, list[tuple[float, float]]] = {n: [] for n in lists}
+        for order in rotations(list(lists), args.rounds):
+            for name in order:
+                lst[name].append(await listing(lists[name]))
+        rows = []
+        base_l = (min(v[0] for v in lst["raw aiohttp"]), min(v[1] for v in lst["raw aiohttp"]))
+        for n in lists:
+            wall, cpu = min(v[0] for v in lst[n]), min(v[1] for v in lst[n])
+            rows.append(
+                [
+                    n,
+                    f"{wall:.1f}",
+                    x(wall, base_l[0]),
+                    f"{cpu:.1f}",
+                    f"{cpu * 1000 / N_ENDPOINTS:.1f}",
+                    x(cpu, base_l[1]),
+                ]
+            )
+        table(
+            f"list() of {N_ENDPOINTS} endpoints (10 pages of 200): best of {args.rounds}",
+            ["client", "wall ms", "vs raw", "client CPU ms", "CPU us/endpoint", "vs raw"],
+            rows,
+        )
+        dicts = await clients.raw_list()
+        s = structuring(dicts, args.rounds * 3)
+        table(
+            f"Structuring one endpoint ({N_ENDPOINTS} parsed dicts, best of {args.rounds * 3})",
+            ["step", "us per endpoint"],
+            [[k, f"{v:.2f}"] for k, v in s.items()],
+        )
+    finally:
+        await clients.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and requests")
+    args = parser.parse_args()
+    args.rounds = 3 if args.quick else 7
+    args.seq = 300 if args.quick else 1000
+    args.seq_slow = 30 if args.quick else 100
+    args.conc = 1000 if args.quick else 3000
+    args.warmup = 50 if args.quick else 200
+    print(f"# cdn_async per-request overhead\n\n{machine()}")
+    print(f"pydo {'missing' if pydo is None else 'installed'}; server in a separate process")
+    with tempfile.TemporaryDirectory(prefix="cdn-async-bench-") as tmp:
+        cert, key = make_cert(tmp)
+        args.ca_file = cert
+        ctx = ssl.create_default_context(cafile=cert)
+        mpctx = mp.get_context("spawn")
+        parent, child = mpctx.Pipe()
+        proc = mpctx.Process(target=serve, args=(child, cert, key), daemon=True)
+        proc.start()
+        try:
+            url, token, ids = parent.recv()
+            asyncio.run(bench(url, token, ids, ctx, args))
+            parent.send("stats")
+            print(f"\nServer answers by status: {parent.recv()}")
+        finally:
+            with contextlib.suppress(OSError):
+                parent.send("stop")
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
