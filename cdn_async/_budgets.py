@@ -275,7 +275,8 @@ class MemoryBudgetStore:
 
         If the server counts more than this store does (``limit - remaining`` > units in
         flight + unexpired), another client spent the difference: that many phantom units are
-        held until the reset, replacing any earlier hold on the key.
+        held for ``reset_after`` s. A live hold is raised by a later sync, never lowered
+        (answers arrive out of order; an older one must not clear what a newer one saw).
 
         Args:
             claim: The claim the headers describe (its key, limit and period).
@@ -318,7 +319,9 @@ class MemoryBudgetStore:
         for w in queued:
             if w.max_wait is not None and paused_for > w.max_wait:
                 touched.extend(self._remove(w))
-                w.fut.set_exception(self._paused_error(claim.budget, k.key, paused_for))
+                # A waiter cancelled in this same tick already has a done future.
+                if not w.fut.done():
+                    w.fut.set_exception(self._paused_error(claim.budget, k.key, paused_for))
         self._dispatch(touched)
         for t in touched:
             self._check_idle(t, now)

@@ -75,12 +75,16 @@ class CDNClient:
         base_url: The API's address; https only (http only for loopback hosts).
         limits: The budgets every request is held to (``RateLimits.documented()``).
         budget_store: Where the budget windows live: None keeps them in this process; a
-            ``cdn_async.redis.RedisBudgetStore`` shares them between processes.
+            ``cdn_async.redis.RedisBudgetStore`` shares them between processes. A store you
+            pass is yours to close (``await store.aclose()``): clients may share one.
         timeout: Seconds an attempt may take, or None for no limit.
         max_retries: Retries after 5xx answers, broken connections and 429s.
         max_rate_limit_wait: The longest a request waits on a budget the server paused (after
             a 429) before ``RateLimitedError`` is raised instead.
         session: An ``aiohttp.ClientSession`` of your own; the client then never closes it.
+            Create it with ``raise_for_status=False`` (the default). aiohttp re-sends a GET,
+            PUT or DELETE once on its own when a kept-alive connection drops, a request the
+            budgets cannot see; the client turns that off only in the session it creates.
 
     Raises:
         ValidationError: No token, or a ``base_url`` that is not https.
@@ -103,7 +107,12 @@ class CDNClient:
         token = token if token is not None else os.environ.get(TOKEN_ENV)
         if not token:
             raise ValidationError(f"no API token: pass token=... or set ${TOKEN_ENV}")
+        if not token.isprintable() or any(c.isspace() for c in token):
+            # Typically a token read from a file with its newline; never echo the token.
+            raise ValidationError("the API token contains whitespace or control characters")
         options = _options(base_url, timeout, max_retries, max_rate_limit_wait)
+        # A store the user passed in may be shared with other clients: theirs to close.
+        self._owns_store = budget_store is None
         if budget_store is None:
             from ._budgets import MemoryBudgetStore
 
@@ -151,6 +160,7 @@ class CDNClient:
         clone = object.__new__(CDNClient)
         clone._session = self._session.copy(options)
         clone._owner = False
+        clone._owns_store = False
         clone._purge = self._purge  # one engine: purges through copies still coalesce
         clone.endpoints = Endpoints(clone._session, self._purge)
         return clone
@@ -166,7 +176,8 @@ class CDNClient:
             return
         await self._purge.aclose()
         await self._session.aclose()
-        await self._session.store.aclose()
+        if self._owns_store:
+            await self._session.store.aclose()
 
     async def __aenter__(self) -> CDNClient:
         return self

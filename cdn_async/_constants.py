@@ -13,5 +13,7 @@ DEFAULT_PER_PAGE = 200
 MAX_PER_PAGE = 200
 #: How long after creating an endpoint a 404 on GET is taken as the API's lag, not an answer.
 CREATE_LAG_WINDOW = 30.0
+#: How long such a GET keeps retrying a 404 before believing it.
+NOT_FOUND_PATIENCE = 10.0
 TOKEN_ENV = "DIGITALOCEAN_TOKEN"
 LOG_ENV = "CDN_ASYNC_LOG"

@@ -8,13 +8,19 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from . import _validation as check
-from ._constants import CREATE_LAG_WINDOW, DEFAULT_PER_PAGE
+from ._constants import CREATE_LAG_WINDOW, DEFAULT_PER_PAGE, NOT_FOUND_PATIENCE
 from ._logs import logger
 from ._models import CDNEndpoint, Page, converter
 from ._purge import PurgeEngine, PurgeReport
 from ._sentinel import NOT_GIVEN, NotGiven
 from ._session import Session
-from .errors import APIConnectionError, APIResponseError, InternalServerError, ValidationError
+from .errors import (
+    APIConnectionError,
+    APIResponseError,
+    InternalServerError,
+    UnprocessableEntityError,
+    ValidationError,
+)
 
 PATH = "/v2/cdn/endpoints"
 
@@ -91,7 +97,10 @@ class Endpoints:
         created = self._session.recently_created.get(cdn_id)
         lagging = created is not None and self._session.now() - created < CREATE_LAG_WINDOW
         resp = await self._session.request(
-            "GET", f"{PATH}/{cdn_id}", endpoint_id=cdn_id, retry_not_found=lagging
+            "GET",
+            f"{PATH}/{cdn_id}",
+            endpoint_id=cdn_id,
+            retry_not_found=NOT_FOUND_PATIENCE if lagging else 0.0,
         )
         return _structure_endpoint(resp.data, resp.status)
 
@@ -133,7 +142,15 @@ class Endpoints:
                 logger.info(
                     "create of %s failed ambiguously (%s); not created, sending again", origin, exc
                 )
-                resp = await self._session.request("POST", PATH, json=body)
+                try:
+                    resp = await self._session.request("POST", PATH, json=body)
+                except UnprocessableEntityError:
+                    # "Origin in use": the first attempt did create it, and the list lagged.
+                    found = await self._find_by_origin(body["origin"])
+                    if found is None:
+                        raise
+                    self._mark_created(found.id)
+                    return found
             else:
                 logger.info("create of %s failed ambiguously but the endpoint exists", origin)
                 self._mark_created(found.id)
@@ -244,6 +261,11 @@ def _domain_fields(
         if not (custom_domain is None or isinstance(custom_domain, NotGiven)):
             raise ValidationError(
                 "certificate_id=None removes the custom domain; pass custom_domain=None too"
+            )
+        if not (certificate_id is None or isinstance(certificate_id, NotGiven)):
+            raise ValidationError(
+                "custom_domain=None removes the custom domain and its certificate; "
+                "do not pass a certificate_id with it"
             )
         # Removing a custom domain sends both as empty strings, as the official clients do.
         return {"custom_domain": "", "certificate_id": ""}

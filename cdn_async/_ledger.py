@@ -105,19 +105,23 @@ class WindowLedger:
         """Apply the server's view: only ``remaining`` units are left until ``now + reset_after``.
 
         If the server counts more than this ledger does, another client spent the difference:
-        hold that many phantom units until the reset. The hold replaces any earlier one and is
-        never negative (when this ledger counts more, the server simply has not stamped ours yet
-        or has already expired some; either way counting more is the safe side).
+        hold that many phantom units until ``now + reset_after``. Answers can arrive out of
+        order, so an unexpired hold is only ever raised, never lowered, by a later answer (an
+        older answer would otherwise clear what a newer one saw). The hold is never negative:
+        when this ledger counts more, the server has not stamped ours yet or has already
+        expired some; either way counting more is the safe side.
         """
         self.expire(now)
         remaining = min(max(remaining, 0), self.limit)
         phantom = (self.limit - remaining) - (self.in_flight + self.unexpired)
-        if phantom > 0 and reset_after > 0:
+        if phantom <= 0 or reset_after <= 0:
+            return
+        if self.held and self.hold_until > now:
+            self.held = max(self.held, phantom)
+            self.hold_until = max(self.hold_until, now + reset_after)
+        else:
             self.held = phantom
             self.hold_until = now + reset_after
-        else:
-            self.held = 0
-            self.hold_until = -math.inf
 
     def pause(self, resume_after: float, now: float) -> None:
         """Admit nothing until ``now + resume_after``; extends, never shortens, a pause."""

@@ -172,8 +172,9 @@ class BudgetStore(Protocol):
         ...
 
     def sync(self, claim: Claim, remaining: int, reset_after: float) -> None:
-        """Apply server headers: until ``reset_after`` s from now, admit no more than
-        ``remaining`` further units on ``claim.key`` (another client may be spending them)."""
+        """Apply server headers: for ``reset_after`` s from now, admit no more than
+        ``remaining`` further units on ``claim.key`` (another client may be spending them).
+        A hold still in force may be raised by a later call, never lowered."""
         ...
 
     def pause(self, claim: Claim, resume_after: float) -> None:

@@ -12,7 +12,7 @@ a time per endpoint also means two identical purges are never in flight together
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -153,6 +153,21 @@ class _Lane:
         return None
 
 
+class _NothingToSend(Exception):
+    """Raised by a batch's seal when every path it was to carry was abandoned."""
+
+
+def _abandon(lane: _Lane, call: _Call, joined: Iterable[tuple[str, _Entry]]) -> None:
+    """A cancelled caller leaves the paths it waits on that are not yet sent; a path no one
+    else waits on is not sent at all (an already-sealed batch goes out regardless)."""
+    for key, entry in joined:
+        if lane.pending.get(key) is not entry:
+            continue  # sealed (on the wire or done): it stays shared
+        entry.waiters = [(c, own) for c, own in entry.waiters if c is not call]
+        if not entry.waiters:
+            del lane.pending[key]
+
+
 class PurgeEngine:
     """Coalesces, batches and sends purges for one client (and its copies)."""
 
@@ -175,17 +190,23 @@ class PurgeEngine:
         mapping = plan(paths)
         call = _Call(cdn_id, list(mapping), on_progress)
         lane = self._lanes.setdefault(cdn_id, _Lane())
+        joined: dict[int, tuple[str, _Entry]] = {}
         for own, target in mapping.items():
             entry = lane.covering(target)
             if entry is None:
                 entry = lane.pending[target] = _Entry()
             entry.waiters.append((call, own))
+            joined[id(entry)] = (target, entry)
         if lane.task is None or lane.task.done():
             lane.task = asyncio.get_running_loop().create_task(
                 self._send_lane(session, cdn_id, lane)
             )
-        # Cancelling this caller cancels only its own future, never the shared sender.
-        await call.finished
+        try:
+            # Cancelling this caller cancels only its own future, never the shared sender.
+            await call.finished
+        except asyncio.CancelledError:
+            _abandon(lane, call, joined.values())
+            raise
         report = call.report()
         if report.failed:
             raise PurgeError(report)
@@ -195,8 +216,14 @@ class PurgeEngine:
         try:
             while lane.pending:
                 await self._send_batch(session, cdn_id, lane)
-        except asyncio.CancelledError:
-            self._fail_all(lane, CDNError("the client was closed before these paths were purged"))
+        except BaseException as exc:
+            # Whatever stops the sender, every caller still gets an answer for every path.
+            why = (
+                "the client was closed before these paths were purged"
+                if isinstance(exc, asyncio.CancelledError)
+                else f"the purge sender stopped: {type(exc).__name__}"
+            )
+            self._fail_all(lane, CDNError(why))
             raise
         finally:
             if not lane.pending and self._lanes.get(cdn_id) is lane:
@@ -213,6 +240,8 @@ class PurgeEngine:
             if not batch:
                 for path in list(lane.pending)[:size]:
                     batch.append((path, lane.pending.pop(path)))
+            if not batch:  # every caller of these paths was cancelled while it waited
+                raise _NothingToSend
             return {"files": [path for path, _ in batch]}
 
         path = f"/v2/cdn/endpoints/{cdn_id}/cache"
@@ -231,22 +260,30 @@ class PurgeEngine:
                     if attempt < retries:
                         await session.backoff("DELETE", path, attempt + 1, "409 conflict")
                     continue
+                except _NothingToSend:
+                    return
                 except CDNError as exc:
                     error = exc
+                except Exception as exc:  # a bug or a misused session: still report the paths
+                    error = CDNError(f"purge request failed: {type(exc).__name__}: {exc}")
                 else:
                     error, wait = None, resp.budget_wait
                 break
         except asyncio.CancelledError:
-            seal()  # the sealed paths are reported, never dropped
+            sent = bool(batch)
+            if lane.pending or batch:
+                seal()  # the sealed paths are reported, never dropped
             self._resolve(
                 batch,
                 CDNError("the client was closed while these paths were purged"),
                 0.0,
-                sent=True,
+                sent=sent,
             )
             raise
-        seal()  # a no-op unless it failed before the budgets admitted it
-        self._resolve(batch, error, wait, sent=True)
+        sent = bool(batch)  # empty when it failed before the budgets admitted it
+        if not sent and lane.pending:
+            seal()
+        self._resolve(batch, error, wait, sent=sent)
         if isinstance(error, _FATAL):
             self._fail_all(lane, error)
 

@@ -28,14 +28,15 @@ from .errors import (
     APIError,
     APIResponseError,
     APITimeoutError,
+    CDNError,
+    RateLimitedError,
     RateLimitInfo,
     TooManyRequestsError,
     error_class_for,
 )
 
-#: A GET of an endpoint created moments ago may 404 while the API catches up; this many
-#: attempts (with backoff) are made before the 404 is believed.
-NOT_FOUND_ATTEMPTS = 5
+#: The shortest sleep between 404 retries after a create (full jitter alone can be ~0).
+NOT_FOUND_MIN_DELAY = 0.25
 _EXCERPT = 200
 _TAGS = re.compile(r"<[^>]+>")
 
@@ -136,7 +137,7 @@ class Session:
         files: int = 0,
         json: Any = None,
         params: Mapping[str, str | int] | None = None,
-        retry_not_found: bool = False,
+        retry_not_found: float = 0.0,
         gone_is_done: bool = False,
     ) -> Response:
         """Send one logical request, retrying what is safe, and return its successful answer.
@@ -149,7 +150,8 @@ class Session:
             json: The JSON body, if any; or a function that makes it, called once, when the
                 budgets first admit the request (the purge engine seals its batch then).
             params: Query parameters.
-            retry_not_found: Treat a 404 as the API's lag after a create and retry briefly.
+            retry_not_found: For this many seconds from the first attempt, treat a 404 as the
+                API's lag after a create and retry (with backoff).
             gone_is_done: A 404 after an attempt that may have reached the server (a 5xx or
                 a broken connection) means that attempt did the work: return it as success.
 
@@ -173,6 +175,7 @@ class Session:
         budget_wait = 0.0
         attempt = 0
         maybe_done = False  # an earlier attempt may have been carried out
+        not_found_until = clock() + retry_not_found
         while True:
             attempt += 1
             started = clock()
@@ -181,16 +184,26 @@ class Session:
             budget_wait += sent - started
             if sent - started >= 0.001:
                 logger.info("%s %s waited %.3f s for rate budgets", method, path, sent - started)
-            if make_body is not None:
-                json, make_body = make_body(), None
             failure: Failure | None = None
             error: BaseException | None = None
             status = 0
             body = b""
             headers: Mapping[str, str] = {}
             try:
-                async with self._pool.get().request(
-                    method, url, json=json, params=params, headers=self._headers, timeout=timeout
+                http = self._pool.get()
+                if make_body is not None:
+                    json, make_body = make_body(), None
+                # No redirects: the token must not follow a Location header, and one budget
+                # unit must mean one request. No raise_for_status: statuses are mapped here.
+                async with http.request(
+                    method,
+                    url,
+                    json=json,
+                    params=params,
+                    headers=self._headers,
+                    timeout=timeout,
+                    allow_redirects=False,
+                    raise_for_status=False,
                 ) as resp:
                     body = await resp.read()
                     status = resp.status
@@ -224,13 +237,16 @@ class Session:
                     if isinstance(error, asyncio.TimeoutError)
                     else APIConnectionError
                 )
-                what = "timed out" if kind is APITimeoutError else f"failed: {type(error).__name__}"
+                what = "timed out" if kind is APITimeoutError else "failed"
+                # Not chained: aiohttp's exceptions can carry the request headers (and so the
+                # token) in their repr. Their str() does not, so it goes in the message.
                 raise kind(
-                    f"{method} {path} {what} after {attempt} attempt(s)",
+                    f"{method} {path} {what} after {attempt} attempt(s): "
+                    f"{type(error).__name__}: {error}",
                     method=method,
                     path=path,
                     attempts=attempt,
-                ) from error
+                ) from None
 
             info = RateLimitInfo.from_headers(headers)
             self.last_rate_limit = info
@@ -241,12 +257,19 @@ class Session:
 
             if status == 429:
                 wait = parse_retry_after(headers, self._wall_clock())
-                if wait is None:
+                if not wait:
+                    # No usable reset (absent, or already past by a skewed local clock): any
+                    # budget of the request surely frees something within its period.
                     wait = min(c.period for c in claims)
-                if retries >= opts.max_retries or wait > opts.max_rate_limit_wait:
-                    raise self._error(status, body, headers, info, attempt, method, path)
-                retries += 1
+                # Paused even when this request gives up, so the others fail fast or wait
+                # instead of drawing more 429s.
                 self._pause(info, claims, wait)
+                if retries >= opts.max_retries or wait > opts.max_rate_limit_wait:
+                    err = self._error(status, body, headers, info, attempt, method, path)
+                    if isinstance(err, RateLimitedError) and err.reset_at is None:
+                        err.reset_at = self._wall_clock() + wait
+                    raise err
+                retries += 1
                 logger.info("%s %s got 429; budget paused %.3f s, then retried", method, path, wait)
                 continue
 
@@ -254,8 +277,10 @@ class Session:
                 logger.info("%s %s: 404 after an ambiguous attempt; it was done", method, path)
                 return Response(status, None, info, attempt, budget_wait)
 
-            if status == 404 and retry_not_found and attempt < NOT_FOUND_ATTEMPTS:
-                await self.backoff(method, path, attempt, "404 soon after create")
+            if status == 404 and clock() < not_found_until:
+                delay = max(NOT_FOUND_MIN_DELAY, backoff(attempt, self._rand()))
+                logger.info("%s %s: 404 soon after create; retry in %.3f s", method, path, delay)
+                await self._sleep(delay)
                 continue
 
             maybe_done = maybe_done or status >= 500
@@ -288,7 +313,9 @@ class Session:
             return
         claim = plan.by_limit.get(info.limit)
         if claim is not None:
-            self.store.sync(claim, info.remaining, info.reset - self._wall_clock())
+            # Units another client spent were stamped before now, so none counts longer than
+            # a period from now; ratelimit-reset frees only the oldest of them.
+            self.store.sync(claim, info.remaining, claim.period)
 
     def _pause(self, info: RateLimitInfo, claims: tuple[Claim, ...], wait: float) -> None:
         # The 429 names its budget only by ratelimit-limit; when that budget is not the one
@@ -364,6 +391,8 @@ class _Pool:
         self._owns = owns
 
     def get(self) -> aiohttp.ClientSession:
+        if self._http is not None and self._http.closed:
+            raise CDNError("the aiohttp session used by this client is closed")
         if self._http is None:
             # Made lazily: an aiohttp session must be created inside the running loop.
             self._http = aiohttp.ClientSession()

@@ -45,6 +45,13 @@ def max_in_window(stamps: Sequence[tuple[float, int]], period: float) -> int:
     return best
 
 
+def lift_hold(store: MemoryBudgetStore, key: str) -> None:
+    """End a server-sync hold at this very instant (as its timer would), and dispatch."""
+    k = store._keys[key]
+    k.held, k.hold_until = 0, -math.inf
+    store._dispatch([k])
+
+
 def timers_of(store: MemoryBudgetStore) -> int:
     """Live loop timers that belong to ``store`` (its per-key timers and its idle sweep)."""
     loop = asyncio.get_running_loop()
@@ -112,18 +119,22 @@ async def test_ledger_fit_delay_counts_hold_end_and_pause() -> None:
     assert ledger.fit_delay(1, now=0.0) == 20.0
 
 
-async def test_ledger_sync_holds_what_another_client_spent_and_replaces_the_hold() -> None:
+async def test_ledger_sync_holds_what_another_client_spent_and_never_lowers_a_live_hold() -> None:
     ledger = WindowLedger(limit=5, period=10.0)
     ledger.take(1)
     ledger.sync(remaining=2, reset_after=8.0, now=0.0)  # server counts 3, we count 1
     assert (ledger.held, ledger.used(0.0)) == (2, 3)
-    ledger.sync(remaining=3, reset_after=8.0, now=1.0)  # replaces: server counts 2
-    assert ledger.held == 1
+    # Answers arrive out of order: an older one (more remaining) must not clear the hold.
+    ledger.sync(remaining=3, reset_after=8.0, now=1.0)
+    assert ledger.held == 2
     ledger.sync(remaining=5, reset_after=8.0, now=1.0)  # server counts less than we do
-    assert ledger.held == 0
-    ledger.sync(remaining=1, reset_after=2.0, now=1.0)
-    assert ledger.used(2.999) == 4
-    assert ledger.used(3.0) == 1  # the hold ended at reset
+    assert ledger.held == 2
+    ledger.sync(remaining=0, reset_after=8.0, now=1.0)  # a newer answer sees more spent
+    assert ledger.held == 4 and ledger.used(1.0) == 5
+    assert ledger.used(8.999) == 5
+    assert ledger.used(9.0) == 1  # the hold ended: only our own unit counts
+    ledger.sync(remaining=4, reset_after=2.0, now=9.0)  # no live hold: set afresh
+    assert ledger.used(9.0) == 1 and ledger.held == 0
 
 
 async def test_ledger_pause_extends_and_never_shortens() -> None:
@@ -393,7 +404,7 @@ async def test_admission_in_the_same_instant_as_cancellation_gives_the_units_bac
     store.sync(c, remaining=0, reset_after=100.0)  # another client holds the only unit
     task = asyncio.create_task(store.acquire([c]))
     await settle()
-    store.sync(c, remaining=1, reset_after=100.0)  # the hold is gone: admitted right here
+    lift_hold(store, "cdn")  # the hold ends: admitted right here
     task.cancel()  # ... and cancelled before the task could run
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -413,7 +424,7 @@ async def test_waiter_cancelled_before_its_task_runs_is_skipped_by_dispatch() ->
     second = asyncio.create_task(store.acquire([c]))
     await settle()
     first.cancel()  # its future is cancelled; its handler has not run yet
-    store.sync(c, remaining=1, reset_after=100.0)  # dispatch must pass over it
+    lift_hold(store, "cdn")  # dispatch must pass over it
     store.release(await second)
     assert first.cancelled()
     assert now() == 0.0
@@ -458,15 +469,18 @@ async def test_sync_holds_units_another_client_spent_until_the_reset() -> None:
 
 
 @pytest.mark.looptime
-async def test_sync_replaces_the_previous_hold() -> None:
+async def test_sync_raises_a_live_hold_but_never_lowers_it() -> None:
     store = MemoryBudgetStore()
     c = claim("cdn", 5, 10.0)
-    store.sync(c, remaining=0, reset_after=60.0)
-    assert store.snapshot()["cdn"].used == 5
     store.sync(c, remaining=4, reset_after=60.0)
     assert store.snapshot()["cdn"].used == 1
-    store.sync(c, remaining=5, reset_after=60.0)
+    store.sync(c, remaining=0, reset_after=60.0)  # a newer answer: more spent
+    assert store.snapshot()["cdn"].used == 5
+    store.sync(c, remaining=5, reset_after=60.0)  # maybe an older answer: ignored
+    assert store.snapshot()["cdn"].used == 5
+    await asyncio.sleep(60.0)
     assert "cdn" not in store.snapshot()
+    await store.aclose()
 
 
 @pytest.mark.looptime
@@ -661,4 +675,18 @@ async def test_store_can_be_built_outside_a_running_loop(
     task = asyncio.create_task(store.acquire([claim("cdn", 1, 10.0)]))
     store.release(await task)
     assert now() == 15.0  # it reads the loop's (virtual) clock
+    await store.aclose()
+
+
+@pytest.mark.looptime
+async def test_pause_in_the_same_tick_as_a_cancellation_does_not_fail() -> None:
+    store = MemoryBudgetStore()
+    c = claim("cdn", 1, 10.0)
+    store.sync(c, remaining=0, reset_after=100.0)
+    waiter = asyncio.create_task(store.acquire([c], max_wait=1.0))
+    await settle()
+    waiter.cancel()  # its future is cancelled; its handler has not run yet
+    store.pause(c, 50.0)  # must pass over it, not set an exception on a done future
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
     await store.aclose()

@@ -123,3 +123,34 @@ def test_public_names_are_exported_and_documented() -> None:
         if isinstance(obj, type):
             assert obj.__module__ == "cdn_async", name
             assert obj.__doc__, name
+
+
+@pytest.mark.parametrize("token", [TOKEN + "\n", " " + TOKEN, TOKEN[:10] + "\x00" + TOKEN[10:]])
+def test_a_token_with_whitespace_is_refused_without_echoing_it(token: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        CDNClient(token, base_url=BASE)
+    assert TOKEN[7:] not in str(info.value)
+
+
+async def test_a_budget_store_passed_in_is_shared_and_left_open() -> None:
+    from cdn_async._budgets import MemoryBudgetStore
+
+    store = MemoryBudgetStore()
+    a = CDNClient(TOKEN, base_url=BASE, budget_store=store)
+    b = CDNClient(TOKEN, base_url=BASE, budget_store=store)
+    with aioresponses() as m:
+        m.get(
+            f"{BASE}/v2/cdn/endpoints/{ID}", payload={"endpoint": endpoint_json(id=ID)}, repeat=True
+        )
+        await a.endpoints.get(ID)
+        await a.close()
+        await b.endpoints.get(ID)  # still works: a did not close the shared store
+        assert b.budget_snapshot().budgets["cdn"].used == 2  # one budget for both
+    await b.close()
+    await store.aclose()
+
+
+def test_update_refuses_a_certificate_with_a_removal() -> None:
+    cdn = CDNClient(TOKEN, base_url=BASE)
+    with pytest.raises(ValidationError, match="do not pass a certificate_id"):
+        cdn.endpoints.update(ID, custom_domain=None, certificate_id=ID).send(None)

@@ -202,3 +202,39 @@ async def test_closing_the_client_reports_unsent_paths_failed() -> None:
     report = info.value.report
     assert len(report.purged) == 100 and len(report.failed) == 100
     assert "closed" in str(next(iter(report.failed.values())))
+
+
+async def test_a_cancelled_sole_caller_stops_its_unsent_paths(cdn: CDNClient) -> None:
+    rec = Recorder(latency=0.0)
+    with aioresponses() as m:
+        m.delete(PURGE, callback=rec.handle, repeat=True)
+        job = asyncio.create_task(cdn.endpoints.purge(ID, [f"p{i}" for i in range(2000)]))
+        await asyncio.sleep(30)  # two batches are through; the rest wait on the file budget
+        job.cancel()
+        await asyncio.sleep(15 * 60)
+    assert len(rec.batches) == 2  # nobody waits for the rest: they are not sent
+
+
+async def test_a_cancelled_caller_leaves_shared_paths_to_the_others(cdn: CDNClient) -> None:
+    rec = Recorder(latency=0.0)
+    with aioresponses() as m:
+        m.delete(PURGE, callback=rec.handle, repeat=True)
+        await cdn.endpoints.purge(ID, [f"x{i}" for i in range(50)])  # spend the file budget
+        quitter = asyncio.create_task(cdn.endpoints.purge(ID, ["shared", "mine"]))
+        stayer = asyncio.create_task(cdn.endpoints.purge(ID, ["shared"]))
+        await asyncio.sleep(1)
+        quitter.cancel()
+        report = await stayer
+    assert report.purged == ("shared",)
+    assert rec.batches[1:] == [["shared"]]  # "mine" was abandoned with its only caller
+
+
+async def test_an_unexpected_exception_is_reported_not_a_hang(cdn: CDNClient) -> None:
+    async def boom(url: Any, **kwargs: Any) -> CallbackResult:
+        raise RuntimeError("unexpected")
+
+    with aioresponses() as m:
+        m.delete(PURGE, callback=boom, repeat=True)
+        with pytest.raises(PurgeError) as info:
+            await asyncio.wait_for(cdn.endpoints.purge(ID, [f"p{i}" for i in range(60)]), 120)
+    assert len(info.value.report.failed) == 60

@@ -23,12 +23,23 @@ ID = "892071a0-bb95-49bc-8021-3afd67a210bf"
 ANY_CDN = re.compile(rf"^{re.escape(BASE)}/v2/cdn/endpoints.*$")
 
 
+def leaky_request_info() -> aiohttp.RequestInfo:
+    """What aiohttp attaches to its response errors: the request's headers, token included."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+    from yarl import URL
+
+    url = URL(f"{BASE}/v2/cdn/endpoints/{ID}")
+    headers = CIMultiDictProxy(CIMultiDict({"Authorization": f"Bearer {SECRET}"}))
+    return aiohttp.RequestInfo(url, "GET", headers, url)
+
+
 def texts_of(exc: BaseException) -> list[str]:
     out = [str(exc), repr(exc), "".join(traceback.format_exception(exc))]
     for value in vars(exc).values():
         out.append(repr(value))
-    if exc.__cause__ is not None:
-        out += texts_of(exc.__cause__)
+    for linked in (exc.__cause__, exc.__context__):
+        if linked is not None:
+            out += texts_of(linked)
     return out
 
 
@@ -78,9 +89,13 @@ async def test_token_never_appears_in_reprs_logs_or_errors(
             ),
             ("get", {"exception": aiohttp.ClientConnectionError("connection reset")}),
             ("get", {"status": 200, "body": "not json"}),
+            ("get", {"status": 302, "headers": {"Location": f"{BASE}/v2/cdn/endpoints/{ID}"}}),
+            ("get", {"exception": aiohttp.TooManyRedirects(leaky_request_info(), ())}),
         ]
-        for method, kwargs in failures:
-            eps = cdn.with_options(max_retries=0).endpoints
+    for method, kwargs in failures:
+        # A fresh client each: the 429 case pauses its budgets, which would stop the rest.
+        async with CDNClient(SECRET, base_url=BASE, max_retries=0) as fresh:
+            eps = fresh.endpoints
             with aioresponses() as m:
                 getattr(m, method)(ANY_CDN, repeat=True, **kwargs)
                 with pytest.raises(CDNError) as info:

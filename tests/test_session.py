@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from typing import Any
 from unittest import mock
 
@@ -23,10 +24,12 @@ from cdn_async.errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    CDNError,
     ConflictError,
     InternalServerError,
     NotFoundError,
     PermissionDeniedError,
+    PurgeError,
     RateLimitedError,
     TooManyRequestsError,
     UnprocessableEntityError,
@@ -319,3 +322,94 @@ async def test_delete_that_finds_it_gone_after_an_ambiguous_failure_succeeds(
         m.delete(GET_URL, status=404, payload={"id": "not_found", "message": "gone"})
         with pytest.raises(NotFoundError):
             await cdn.endpoints.delete(ID)  # a plain 404 is still an error
+
+
+async def test_redirects_are_not_followed_and_map_to_an_error(cdn: CDNClient) -> None:
+    with aioresponses() as m:
+        m.get(GET_URL, status=302, headers={"Location": "https://elsewhere.example/steal"})
+        with pytest.raises(APIError) as info:
+            await cdn.endpoints.get(ID)
+        assert len(calls(m)) == 1  # the token never followed the Location header
+    assert info.value.status == 302
+
+
+async def test_429_that_is_not_retried_still_pauses_the_budget_and_says_when(
+    cdn: CDNClient,
+) -> None:
+    client = cdn.with_options(max_retries=0)
+    with aioresponses() as m:
+        m.get(
+            GET_URL,
+            status=429,
+            payload={"id": "too_many_requests", "message": "x"},
+            headers={"retry-after": "9"},
+        )
+        with pytest.raises(TooManyRequestsError) as info:
+            await client.endpoints.get(ID)
+    assert info.value.reset_at == pytest.approx(time.time() + 9, abs=2)
+    assert max(s.paused_for for s in cdn.budget_snapshot().budgets.values()) == pytest.approx(
+        9, abs=0.1
+    )
+
+
+async def test_429_with_a_reset_already_past_waits_a_period_not_zero(cdn: CDNClient) -> None:
+    loop = asyncio.get_running_loop()
+    with aioresponses() as m:
+        m.get(
+            GET_URL,
+            status=429,
+            payload={"id": "too_many_requests", "message": "x"},
+            headers={"ratelimit-limit": "5", "ratelimit-remaining": "0", "ratelimit-reset": "1"},
+        )
+        m.get(GET_URL, payload={"endpoint": endpoint_json(id=ID)})
+        start = loop.time()
+        await cdn.endpoints.get(ID)
+    # A skewed local clock makes the reset look past; the cdn period (scaled: 0.01 s) is waited.
+    assert loop.time() - start == pytest.approx(0.01, abs=0.005)
+
+
+async def test_404_after_create_keeps_retrying_for_seconds_not_attempts(cdn: CDNClient) -> None:
+    created = endpoint_json()
+    url = f"{BASE}/v2/cdn/endpoints/{created['id']}"
+    loop = asyncio.get_running_loop()
+    cdn._session._rand = lambda: 0.0  # the shortest waits: the patience is what bounds it
+    with aioresponses() as m:
+        m.post(f"{BASE}/v2/cdn/endpoints", status=201, payload={"endpoint": created})
+        for _ in range(20):
+            m.get(url, status=404, payload={"id": "not_found", "message": "lag"})
+        m.get(url, payload={"endpoint": created})
+        ep = await cdn.endpoints.create(created["origin"])
+        start = loop.time()
+        assert (await cdn.endpoints.get(ep.id)).id == ep.id
+    assert loop.time() - start == pytest.approx(20 * 0.25, abs=0.05)
+
+
+async def test_a_closed_user_session_is_a_clear_error() -> None:
+    http = aiohttp.ClientSession()
+    await http.close()
+    async with CDNClient(TOKEN, base_url=BASE, session=http) as cdn:
+        with pytest.raises(CDNError, match="aiohttp session used by this client is closed"):
+            await cdn.endpoints.get(ID)
+        with pytest.raises(PurgeError) as info:  # reported, never a hang
+            await cdn.endpoints.purge(ID, ["a", "b"])
+    assert set(info.value.report.failed) == {"a", "b"}
+    assert info.value.report.requests == 0  # nothing was sent
+
+
+async def test_create_that_finds_its_origin_in_use_after_an_ambiguous_failure_returns_it(
+    cdn: CDNClient,
+) -> None:
+    created = endpoint_json(origin="assets.nyc3.digitaloceanspaces.com")
+    with aioresponses() as m:
+        m.post(
+            f"{BASE}/v2/cdn/endpoints", status=502, payload={"id": "bad_gateway", "message": "x"}
+        )
+        m.get(LIST_URL, payload={"endpoints": [], "meta": {"total": 0}})  # the list lags
+        m.post(
+            f"{BASE}/v2/cdn/endpoints",
+            status=422,
+            payload={"id": "unprocessable_entity", "message": "in use"},
+        )
+        m.get(LIST_URL, payload={"endpoints": [created], "meta": {"total": 1}})
+        ep = await cdn.endpoints.create("assets.nyc3.digitaloceanspaces.com")
+    assert ep.id == created["id"]
