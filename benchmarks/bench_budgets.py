@@ -1,6 +1,7 @@
 """Benchmarks of the in-memory budget store, each a side-by-side ratio taken in one run.
 
-Run: ``python benchmarks/bench_budgets.py`` (``--quick`` for a shorter, noisier run). Prints a
+Run: ``python benchmarks/bench_budgets.py`` (``--quick`` for a shorter, noisier run;
+``--only drain --limit 100 --period 1.0`` for the drain at another budget). Prints a
 table per benchmark; the figures in ``benchmarks/RESULTS.md`` come from it.
 
 1. uncontended: acquire + release of the documented four-budget stack (purge: hourly, minute,
@@ -372,13 +373,22 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=["uncontended", "drain", "fairness", "memory"], default=None
     )
+    parser.add_argument(
+        "--limit", type=int, default=500, help="drain: the budget's limit (default 500)"
+    )
+    parser.add_argument(
+        "--period", type=float, default=0.25, help="drain: the budget's period in s (default 0.25)"
+    )
+    parser.add_argument(
+        "--waiters", type=int, default=10_000, help="drain: waiters (default 10,000)"
+    )
     args = parser.parse_args()
     print(f"# bench_budgets ({machine()})")
     if args.only in (None, "uncontended"):
         it, rep = (20_000, 3) if args.quick else (100_000, 7)
         asyncio.run(bench_uncontended(it, rep))
     if args.only in (None, "drain"):
-        asyncio.run(bench_drain(10_000, 500, 0.25))
+        asyncio.run(bench_drain(args.waiters, args.limit, args.period))
     if args.only in (None, "fairness"):
         bench_fairness(600, 5, 10.0, 1.5)
     if args.only in (None, "memory"):
