@@ -22,7 +22,6 @@ import asyncio
 import gc
 import itertools
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import looptime
+from _report import machine, table
 from aiolimiter import AsyncLimiter
 
 from cdn_async._budgets import MemoryBudgetStore
@@ -44,24 +44,6 @@ except ImportError:  # pragma: no cover
     Limiter = None  # type: ignore[assignment,misc]
 
 HUGE = 10**9
-
-
-def machine() -> str:
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"nproc={os.cpu_count()}, CPU={cpu}, Python {platform.python_version()}"
-
-
-def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
-    print(f"\n## {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
 
 
 # -- 1. uncontended ---------------------------------------------------------------------------

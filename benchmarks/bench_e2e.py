@@ -28,7 +28,6 @@ import asyncio
 import itertools
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import aiohttp
+from _report import machine, table
 from aiolimiter import AsyncLimiter
 
 from cdn_async import CDNClient, RateLimits
@@ -45,24 +45,6 @@ from cdn_async.testing import FakeCDNServer
 ORIGIN = "bench.nyc3.digitaloceanspaces.com"
 CDN_LIMIT = 5
 CDN_PERIOD = 10.0
-
-
-def machine() -> str:
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"nproc={os.cpu_count()}, CPU={cpu}, Python {platform.python_version()}"
-
-
-def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
-    print(f"\n## {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
 
 
 def server_span(server: FakeCDNServer) -> tuple[float, int]:

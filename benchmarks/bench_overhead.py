@@ -36,7 +36,6 @@ import ipaddress
 import json
 import multiprocessing as mp
 import os
-import platform
 import ssl
 import statistics
 import sys
@@ -49,6 +48,7 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import aiohttp
+from _report import machine, table
 
 from cdn_async import Budget, CDNClient, RateLimits
 from cdn_async._limits import BudgetState, Claim
@@ -71,19 +71,6 @@ CDN_NOBUDGET = "(diag) cdn_async, no-op budget store (session layer only)"
 
 
 # -- machine, certificate, server process ---------------------------------------------------
-
-
-def machine() -> str:
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"nproc={os.cpu_count()}, CPU={cpu}, Python {platform.python_version()}, "
-        f"aiohttp {aiohttp.__version__}, OpenSSL {ssl.OPENSSL_VERSION.split()[1]}"
-    )
 
 
 def make_cert(directory: str) -> tuple[str, str]:
@@ -369,14 +356,6 @@ def structuring(dicts: list[dict[str, Any]], rounds: int) -> dict[str, float]:
 # -- report ----------------------------------------------------------------------------------
 
 
-def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
-    print(f"\n## {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
-
-
 def x(a: float, b: float) -> str:
     return f"{a / b:.2f} x"
 
@@ -511,7 +490,9 @@ def main() -> int:
     args.seq_slow = 30 if args.quick else 100
     args.conc = 1000 if args.quick else 3000
     args.warmup = 50 if args.quick else 200
-    print(f"# cdn_async per-request overhead\n\n{machine()}")
+    print(
+        f"# cdn_async per-request overhead\n\n{machine(f'aiohttp {aiohttp.__version__}, OpenSSL {ssl.OPENSSL_VERSION.split()[1]}')}"
+    )
     print(f"pydo {'missing' if pydo is None else 'installed'}; server in a separate process")
     with tempfile.TemporaryDirectory(prefix="cdn-async-bench-") as tmp:
         cert, key = make_cert(tmp)

@@ -31,7 +31,6 @@ import asyncio
 import itertools
 import math
 import os
-import platform
 import random
 import statistics
 import sys
@@ -42,6 +41,7 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import aiohttp
+from _report import machine, table
 
 from cdn_async import CDNClient, RateLimits
 from cdn_async._retry import parse_retry_after
@@ -52,24 +52,6 @@ FILES_LIMIT = 50
 FILES_PERIOD = 20.0
 CDN_LIMIT = 5
 CDN_PERIOD = 10.0
-
-
-def machine() -> str:
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"nproc={os.cpu_count()}, CPU={cpu}, Python {platform.python_version()}"
-
-
-def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
-    print(f"\n## {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
 
 
 def build_paths(seed: int = 7) -> tuple[list[str], set[str]]:
