@@ -64,18 +64,6 @@ if TYPE_CHECKING:
 
     from ._limits import BudgetStore
 
-__all__ = [
-    "DEFAULT_HEARTBEAT_INTERVAL",
-    "DEFAULT_INFLIGHT_TIMEOUT",
-    "DEFAULT_MARKER_TTL",
-    "DEFAULT_MAX_POLL_INTERVAL",
-    "DEFAULT_RECOVERY_GRACE",
-    "DEFAULT_UNAVAILABLE_TIMEOUT",
-    "BudgetStoreUnavailableError",
-    "RedisBudgetStore",
-    "RedisLease",
-    "token_id_for",
-]
 
 #: Seconds after which a request that is neither answered nor kept alive by its process's
 #: heartbeat counts as answered (its process died); it then frees ``period`` later.
