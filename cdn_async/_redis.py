@@ -239,13 +239,16 @@ elseif op == 'sync' then
   local limit, remaining = tonumber(ARGV[6]), tonumber(ARGV[7])
   local reset, period = tonumber(ARGV[8]), tonumber(ARGV[9])
   expire(1, period)
-  local f, r = state(1)
+  local f, r, h, hu = state(1)
   remaining = math.min(math.max(remaining, 0), limit)
   local phantom = (limit - remaining) - (f + r)
+  -- Answers arrive out of order: a live hold is only ever raised (as in the memory store).
   if phantom > 0 and reset > 0 then
-    redis.call('HSET', KEYS[4], 'h', phantom, 'hu', fmt(now + reset))
-  else
-    redis.call('HSET', KEYS[4], 'h', 0, 'hu', 0)
+    if h > 0 then
+      redis.call('HSET', KEYS[4], 'h', math.max(h, phantom), 'hu', fmt(math.max(hu, now + reset)))
+    else
+      redis.call('HSET', KEYS[4], 'h', phantom, 'hu', fmt(now + reset))
+    end
   end
   touch(1, period)
   return {epoch}

@@ -315,6 +315,20 @@ async def test_sync_hold_is_shared(redis_server: RedisServer) -> None:
         await s.aclose()
 
 
+async def test_a_later_sync_never_lowers_a_live_hold(redis_server: RedisServer) -> None:
+    """Answers arrive out of order: an older one (all remaining) must not clear a newer hold."""
+    a, b = store_for(redis_server), store_for(redis_server)
+    c = claim("cdn", 5, 0.1)
+    a.sync(c, 0, 0.3)
+    b.sync(c, 5, 0.3)
+    await asyncio.sleep(0.03)
+    t0 = time.monotonic()
+    b.release(await b.acquire([c]))
+    assert time.monotonic() - t0 >= 0.2
+    for s in (a, b):
+        await s.aclose()
+
+
 async def test_dead_process_frees_its_slots_in_bounded_time(redis_server: RedisServer) -> None:
     """A process that dies with requests in flight holds them ``inflight_timeout + period`` at
     most, and no less than its heartbeat kept them."""
