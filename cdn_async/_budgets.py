@@ -291,9 +291,11 @@ class MemoryBudgetStore:
             if remaining >= claim.limit or reset_after <= 0:
                 return  # nothing to hold; do not create a key just to forget it
             k = self._keys[claim.key] = _Key(claim.key, claim.limit, claim.period, claim.budget)
-        k.sync(remaining, reset_after, now)
-        self._dispatch([k])
-        self._check_idle(k, now)
+        # Every answer syncs; most change nothing (a lone client never holds), so only a
+        # changed hold re-dispatches. Expiries are the key's timer's business.
+        if k.sync(remaining, reset_after, now):
+            self._dispatch([k])
+            self._check_idle(k, now)
 
     def pause(self, claim: Claim, resume_after: float) -> None:
         """The server answered 429 for this key: admit nothing on it for ``resume_after`` s.

@@ -101,7 +101,7 @@ class WindowLedger:
             ex.append(units)
         return expiry
 
-    def sync(self, remaining: int, reset_after: float, now: float) -> None:
+    def sync(self, remaining: int, reset_after: float, now: float) -> bool:
         """Apply the server's view: only ``remaining`` units are left until ``now + reset_after``.
 
         If the server counts more than this ledger does, another client spent the difference:
@@ -110,18 +110,24 @@ class WindowLedger:
         older answer would otherwise clear what a newer one saw). The hold is never negative:
         when this ledger counts more, the server has not stamped ours yet or has already
         expired some; either way counting more is the safe side.
+
+        Returns:
+            Whether the hold changed (else there is nothing to re-dispatch).
         """
         self.expire(now)
         remaining = min(max(remaining, 0), self.limit)
         phantom = (self.limit - remaining) - (self.in_flight + self.unexpired)
         if phantom <= 0 or reset_after <= 0:
-            return
+            return False
         if self.held and self.hold_until > now:
+            if phantom <= self.held and now + reset_after <= self.hold_until:
+                return False
             self.held = max(self.held, phantom)
             self.hold_until = max(self.hold_until, now + reset_after)
         else:
             self.held = phantom
             self.hold_until = now + reset_after
+        return True
 
     def pause(self, resume_after: float, now: float) -> None:
         """Admit nothing until ``now + resume_after``; extends, never shortens, a pause."""

@@ -263,7 +263,7 @@ class Session:
                     wait = min(c.period for c in claims)
                 # Paused even when this request gives up, so the others fail fast or wait
                 # instead of drawing more 429s.
-                self._pause(info, claims, wait)
+                self._pause(info, plan, wait)
                 if retries >= opts.max_retries or wait > opts.max_rate_limit_wait:
                     err = self._error(status, body, headers, info, attempt, method, path)
                     if isinstance(err, RateLimitedError) and err.reset_at is None:
@@ -317,11 +317,11 @@ class Session:
             # a period from now; ratelimit-reset frees only the oldest of them.
             self.store.sync(claim, info.remaining, claim.period)
 
-    def _pause(self, info: RateLimitInfo, claims: tuple[Claim, ...], wait: float) -> None:
+    def _pause(self, info: RateLimitInfo, plan: _Plan, wait: float) -> None:
         # The 429 names its budget only by ratelimit-limit; when that budget is not the one
         # that is spent, every budget of the request is paused (the server did not say which).
-        described = self.limits.claim_for_header(info.limit, claims) if info.limit else None
-        targets = [described] if described is not None and info.remaining == 0 else list(claims)
+        described = plan.by_limit.get(info.limit) if info.limit is not None else None
+        targets = [described] if described is not None and info.remaining == 0 else plan.claims
         for claim in targets:
             self.store.pause(claim, wait)
 

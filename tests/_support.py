@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +32,12 @@ def rl_headers(limit: int = 5, remaining: int = 4, reset: float = 0) -> dict[str
         "ratelimit-remaining": str(remaining),
         "ratelimit-reset": str(int(reset)),
     }
+
+
+def max_in_window(stamps: Sequence[tuple[float, int]], period: float) -> int:
+    """The most units stamped in any half-open window ``[t, t + period)``."""
+    ordered = sorted(stamps)
+    best = 0
+    for i, (start, _) in enumerate(ordered):
+        best = max(best, sum(u for t, u in ordered[i:] if t < start + period))
+    return best

@@ -21,6 +21,8 @@ from cdn_async._ledger import WindowLedger
 from cdn_async._limits import Budget, Claim, RateLimits
 from cdn_async.errors import CDNError, RateLimitedError, ValidationError
 
+from ._support import max_in_window
+
 
 def claim(key: str, limit: int, period: float, units: int = 1, budget: str | None = None) -> Claim:
     return Claim(key, limit, period, units, budget or key.split(":")[0])
@@ -34,15 +36,6 @@ async def settle() -> None:
     """Let every ready task run until it blocks (no virtual time passes)."""
     for _ in range(10):
         await asyncio.sleep(0)
-
-
-def max_in_window(stamps: Sequence[tuple[float, int]], period: float) -> int:
-    """The most units stamped in any half-open window ``[t, t + period)``."""
-    ordered = sorted(stamps)
-    best = 0
-    for i, (start, _) in enumerate(ordered):
-        best = max(best, sum(u for t, u in ordered[i:] if t < start + period))
-    return best
 
 
 def lift_hold(store: MemoryBudgetStore, key: str) -> None:

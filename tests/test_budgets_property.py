@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import defaultdict
-from collections.abc import Sequence
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +17,8 @@ from hypothesis import strategies as st
 
 from cdn_async._budgets import MemoryBudgetStore
 from cdn_async._limits import Claim
+
+from ._support import max_in_window
 
 GRID = 0.25
 
@@ -51,15 +52,6 @@ def claims_for(req: dict[str, object]) -> list[Claim]:
     if files:
         out.append(Claim("f", *KEYS["f"], files, "f"))
     return out
-
-
-def max_in_window(stamps: Sequence[tuple[float, int]], period: float) -> int:
-    """The most units stamped in any half-open window ``[t, t + period)``."""
-    ordered = sorted(stamps)
-    best = 0
-    for i, (start, _) in enumerate(ordered):
-        best = max(best, sum(u for t, u in ordered[i:] if t < start + period))
-    return best
 
 
 @pytest.mark.looptime

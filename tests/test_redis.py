@@ -30,6 +30,7 @@ from cdn_async.redis import (
 )
 from cdn_async.testing import FakeCDNServer
 
+from ._support import max_in_window
 from .redis_server import RedisServer, find_redis_server, free_port
 
 WORKER = Path(__file__).with_name("redis_server.py")
@@ -71,15 +72,6 @@ def claim(key: str, limit: int, period: float, units: int = 1) -> Claim:
 def store_for(server: RedisServer, **kwargs: object) -> RedisBudgetStore:
     options: dict[str, object] = {**FAST, "recovery_grace": 0.0, **kwargs}
     return RedisBudgetStore(server.url, **options)  # type: ignore[arg-type]
-
-
-def max_in_window(stamps: Sequence[tuple[float, int]], period: float) -> int:
-    """The most units stamped in any half-open window ``[t, t + period)``."""
-    ordered = sorted(stamps)
-    best = 0
-    for i, (start, _) in enumerate(ordered):
-        best = max(best, sum(u for t, u in ordered[i:] if t < start + period))
-    return best
 
 
 async def hammer(
