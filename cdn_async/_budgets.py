@@ -269,6 +269,22 @@ class MemoryBudgetStore:
             if k.gc_at is None:
                 self._schedule_gc(k, expiry)
 
+    def give_back(self, lease: Lease) -> None:
+        """The request never reached the server, or the server refused it without counting
+        it (a 429): its units are uncounted at once, not one period from now.
+
+        Idempotent, and a no-op for a lease already released.
+
+        Args:
+            lease: A lease this store returned from ``acquire``.
+
+        Raises:
+            ValueError: ``lease`` did not come from this store.
+        """
+        if not isinstance(lease, BudgetLease) or lease._store is not self:
+            raise ValueError(f"not a lease of this store: {lease!r}")
+        self._give_back(lease)
+
     def sync(self, claim: Claim, remaining: int, reset_after: float) -> None:
         """Apply server headers: until ``reset_after`` s from now, admit at most ``remaining``
         more units on ``claim.key``.
@@ -300,13 +316,16 @@ class MemoryBudgetStore:
     def pause(self, claim: Claim, resume_after: float) -> None:
         """The server answered 429 for this key: admit nothing on it for ``resume_after`` s.
 
-        Extends, never shortens, a pause. Queued waiters whose ``max_wait`` is shorter than the
-        pause fail at once with ``RateLimitedError``.
+        Extends, never shortens, a pause. A pause is capped at ``claim.period``: a period after
+        now every unit in any window has expired, so no answer justifies waiting longer (a
+        wrong ``ratelimit-reset`` or clock must not stall the key for an hour). Queued waiters
+        whose ``max_wait`` is shorter than the pause fail at once with ``RateLimitedError``.
 
         Args:
             claim: The claim whose key the 429 concerns.
             resume_after: Seconds from now (``ratelimit-reset`` or ``Retry-After``).
         """
+        resume_after = min(resume_after, claim.period)
         if self._closed or resume_after <= 0:
             return
         now = self._clock()

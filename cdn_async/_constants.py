@@ -4,6 +4,10 @@ from __future__ import annotations
 
 DEFAULT_BASE_URL = "https://api.digitalocean.com"
 DEFAULT_TIMEOUT = 30.0
+#: How long an attempt whose caller stopped waiting (a cancel, a timeout) may still get its
+#: answer: its units stay counted until then. Front proxies drop requests that wait longer,
+#: so none is stamped later than this after it was sent.
+ANSWER_HORIZON = 300.0
 DEFAULT_MAX_RETRIES = 3
 #: The longest a request waits on a budget the server paused (after a 429) before
 #: ``RateLimitedError`` is raised instead. Ordinary budget waits are never cut short.

@@ -39,6 +39,8 @@ class Budget:
             list and create, share a window of their own).
         unit: ``"request"``: every request costs 1. ``"file"``: a purge costs the number
             of paths it sends (a wildcard path is one); other requests cost nothing.
+        reserve: Units of every window this client never takes, left for other tools on the
+            same token (doctl, Terraform, a dashboard). 0 to ``limit - 1``; default 0.
     """
 
     name: str
@@ -48,6 +50,20 @@ class Budget:
         default="token", validator=attrs.validators.in_(("token", "endpoint"))
     )
     unit: Unit = attrs.field(default="request", validator=attrs.validators.in_(("request", "file")))
+    reserve: int = attrs.field(default=0, kw_only=True)
+
+    @reserve.validator
+    def _reserve_below_limit(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.limit:
+            raise ValueError(
+                f"Budget.reserve must be an int from 0 to limit - 1 ({self.limit - 1}), "
+                f"got {value!r}"
+            )
+
+    @property
+    def capacity(self) -> int:
+        """The units of a window this client may take: ``limit - reserve``."""
+        return self.limit - self.reserve
 
     def units(self, files: int) -> int:
         """How many units a request carrying ``files`` purge paths costs (0 for non-purges)."""
@@ -110,6 +126,22 @@ class RateLimits:
             raise ValueError(f"scale factor must be a positive number, got {factor!r}")
         return RateLimits(tuple(attrs.evolve(b, period=b.period * factor) for b in self.budgets))
 
+    def with_reserve(self, fraction: float) -> RateLimits:
+        """A copy that leaves ``fraction`` of every budget to other clients of the token.
+
+        Each budget keeps ``ceil(limit * fraction)`` units of every window free (at most
+        ``limit - 1``, so the client can still send), for doctl, Terraform or a dashboard on
+        the same token. ``0`` takes the whole budget (the default).
+        """
+        if not (isinstance(fraction, int | float) and 0 <= fraction < 1):
+            raise ValueError(f"reserve must be a fraction in [0, 1), got {fraction!r}")
+        return RateLimits(
+            tuple(
+                attrs.evolve(b, reserve=min(b.limit - 1, math.ceil(b.limit * fraction)))
+                for b in self.budgets
+            )
+        )
+
     def get(self, name: str) -> Budget | None:
         """The budget called ``name``, or None."""
         for b in self.budgets:
@@ -120,21 +152,24 @@ class RateLimits:
     @property
     def purge_batch_size(self) -> int:
         """The most paths one purge request may carry without exceeding a file budget alone."""
-        sizes = [b.limit for b in self.budgets if b.unit == "file"]
+        sizes = [b.capacity for b in self.budgets if b.unit == "file"]
         return min(sizes, default=50)
 
     def claims(self, endpoint_id: str | None = None, files: int = 0) -> tuple[Claim, ...]:
-        """What one request for ``endpoint_id`` carrying ``files`` purge paths takes."""
+        """What one request for ``endpoint_id`` carrying ``files`` purge paths takes.
+
+        A claim's ``limit`` is the budget's ``capacity``: the stores never see the reserve.
+        """
         out = []
         for b in self.budgets:
             units = b.units(files)
             if units <= 0:
                 continue
             key = b.name if b.scope == "token" else f"{b.name}:{endpoint_id or '-'}"
-            out.append(Claim(key, b.limit, b.period, units, b.name))
+            out.append(Claim(key, b.capacity, b.period, units, b.name))
         return tuple(out)
 
-    def claim_for_header(self, limit: int, claims: Sequence[Claim]) -> Claim | None:
+    def claim_for_header(self, limit: int, claims: Sequence[Claim]) -> tuple[Claim, Budget] | None:
         """Which of a request's claims a ``ratelimit-limit: <limit>`` header describes.
 
         The server reports one budget per answer and names it only by its limit, so the match
@@ -142,8 +177,8 @@ class RateLimits:
         """
         for c in claims:
             b = self.get(c.budget)
-            if b is not None and b.unit == "request" and c.limit == limit:
-                return c
+            if b is not None and b.unit == "request" and b.limit == limit:
+                return c, b
         return None
 
 
@@ -171,6 +206,11 @@ class BudgetStore(Protocol):
         """The request's answer (or failure) arrived: its units free ``period`` s from now."""
         ...
 
+    def give_back(self, lease: Lease) -> None:
+        """The request never reached the server, or the server refused it without counting
+        it (a 429): uncount its units at once. Idempotent; after ``release`` it does nothing."""
+        ...
+
     def sync(self, claim: Claim, remaining: int, reset_after: float) -> None:
         """Apply server headers: for ``reset_after`` s from now, admit no more than
         ``remaining`` further units on ``claim.key`` (another client may be spending them).
@@ -178,7 +218,9 @@ class BudgetStore(Protocol):
         ...
 
     def pause(self, claim: Claim, resume_after: float) -> None:
-        """The server answered 429 for this key: admit nothing on it for ``resume_after`` s."""
+        """The server answered 429 for this key: admit nothing on it for ``resume_after`` s,
+        capped at ``claim.period`` (every unit of a window has expired a period later, so no
+        answer can justify a longer pause; a skewed clock must not stall every process)."""
         ...
 
     def snapshot(self) -> dict[str, BudgetState]:

@@ -8,19 +8,22 @@ the typed errors of ``cdn_async.errors``. Resources above it only validate and s
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json as jsonlib
 import logging
 import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, TypeVar
 
 import aiohttp
 import attrs
 
 from . import __version__
-from ._limits import BudgetStore, Claim, RateLimits
+from ._constants import ANSWER_HORIZON
+from ._limits import BudgetStore, Claim, Lease, RateLimits
 from ._logs import logger
 from ._retry import Failure, backoff, parse_retry_after, should_retry
 from .errors import (
@@ -29,7 +32,6 @@ from .errors import (
     APIResponseError,
     APITimeoutError,
     CDNError,
-    RateLimitedError,
     RateLimitInfo,
     TooManyRequestsError,
     error_class_for,
@@ -38,6 +40,7 @@ from .errors import (
 #: The shortest sleep between 404 retries after a create (full jitter alone can be ~0).
 NOT_FOUND_MIN_DELAY = 0.25
 _EXCERPT = 200
+_T = TypeVar("_T")
 _TAGS = re.compile(r"<[^>]+>")
 
 
@@ -102,7 +105,7 @@ class Session:
         self.last_rate_limit: RateLimitInfo | None = None
         #: Endpoint id -> loop time of its creation by this client (for the 404 lag rule).
         self.recently_created: dict[str, float] = {}
-        self._timeout = aiohttp.ClientTimeout(total=options.timeout)
+        self._timeout = _exchange_timeout(options.timeout)
         #: Claims by purge-file count; only when no budget is keyed by endpoint (else the
         #: cache would grow with every endpoint id).
         self._plans: dict[int, _Plan] | None = (
@@ -117,11 +120,16 @@ class Session:
         clone = object.__new__(Session)
         clone.__dict__.update(self.__dict__)
         clone.options = options
-        clone._timeout = aiohttp.ClientTimeout(total=options.timeout)
+        clone._timeout = _exchange_timeout(options.timeout)
         return clone
 
+    def shut(self) -> None:
+        """Stop every call of this session and its copies: see ``_Pool.shut``."""
+        self._pool.shut()
+
     async def aclose(self) -> None:
-        """Close the connection pool if this session opened it."""
+        """Stop every call, end exchanges left on the wire, and close the connection pool if
+        this session opened it."""
         await self._pool.aclose()
 
     def now(self) -> float:
@@ -139,6 +147,7 @@ class Session:
         params: Mapping[str, str | int] | None = None,
         retry_not_found: float = 0.0,
         gone_is_done: bool = False,
+        max_retries: int | None = None,
     ) -> Response:
         """Send one logical request, retrying what is safe, and return its successful answer.
 
@@ -148,12 +157,14 @@ class Session:
             endpoint_id: The CDN endpoint the request is about (for per-endpoint budgets).
             files: How many purge paths it carries (for the file budget).
             json: The JSON body, if any; or a function that makes it, called once, when the
-                budgets first admit the request (the purge engine seals its batch then).
+                budgets first admit the request (the purge engine seals its batch then). If
+                it raises, the request is not sent and its units are given back.
             params: Query parameters.
             retry_not_found: For this many seconds from the first attempt, treat a 404 as the
                 API's lag after a create and retry (with backoff).
             gone_is_done: A 404 after an attempt that may have reached the server (a 5xx or
                 a broken connection) means that attempt did the work: return it as success.
+            max_retries: Retries allowed for this call; None: the client's ``max_retries``.
 
         Returns:
             The 2xx answer.
@@ -163,58 +174,71 @@ class Session:
             APIConnectionError: No answer arrived, after the retries allowed.
             RateLimitedError: The server paused a budget for longer than allowed to wait.
             APIResponseError: A 2xx answer whose body is not JSON.
+            CDNError: The client was closed ("client closed").
         """
         opts = self.options
+        pool = self._pool
+        pool.check_open()
+        retries_allowed = opts.max_retries if max_retries is None else max_retries
         plan = self._plan(endpoint_id, files)
         claims = plan.claims
         url = opts.base_url + path
-        timeout = self._timeout
-        clock = asyncio.get_running_loop().time
+        loop = asyncio.get_running_loop()
+        clock = loop.time
         make_body = json if callable(json) else None
         retries = 0
         budget_wait = 0.0
+        wait = 0.0  # the pause the last 429 set
         attempt = 0
         maybe_done = False  # an earlier attempt may have been carried out
         not_found_until = clock() + retry_not_found
         while True:
             attempt += 1
             started = clock()
-            lease = await self.store.acquire(claims, max_wait=opts.max_rate_limit_wait)
+            lease = await self._while_open(
+                self.store.acquire(claims, max_wait=opts.max_rate_limit_wait)
+            )
             sent = clock()
             budget_wait += sent - started
             if sent - started >= 0.001:
                 logger.info("%s %s waited %.3f s for rate budgets", method, path, sent - started)
+            try:
+                http = pool.get()
+                if make_body is not None:
+                    json, make_body = make_body(), None
+            except BaseException:
+                self.store.give_back(lease)  # nothing was sent
+                raise
+            wire = _Wire(written=not pool.traced)
+            exchange = loop.create_task(self._exchange(http, method, url, json, params, wire))
+            try:
+                # Waiting on the task, not awaiting it: a cancelled caller must not cancel an
+                # exchange that is already on the wire (see _abandon).
+                done, _ = await asyncio.wait((exchange,), timeout=opts.timeout)
+            except asyncio.CancelledError:
+                self._abandon(exchange, wire, lease, plan)
+                raise
             failure: Failure | None = None
             error: BaseException | None = None
+            info: RateLimitInfo | None = None
             status = 0
             body = b""
             headers: Mapping[str, str] = {}
-            try:
-                http = self._pool.get()
-                if make_body is not None:
-                    json, make_body = make_body(), None
-                # No redirects: the token must not follow a Location header, and one budget
-                # unit must mean one request. No raise_for_status: statuses are mapped here.
-                async with http.request(
-                    method,
-                    url,
-                    json=json,
-                    params=params,
-                    headers=self._headers,
-                    timeout=timeout,
-                    allow_redirects=False,
-                    raise_for_status=False,
-                ) as resp:
-                    body = await resp.read()
-                    status = resp.status
-                    headers = resp.headers
-            except aiohttp.ClientConnectorError as exc:
-                failure, error = "connect", exc
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                failure, error = "transport", exc
-            finally:
-                # Held until now, freed one period from now: the server stamped it in between.
-                self.store.release(lease)
+            if not done:
+                self._abandon(exchange, wire, lease, plan)
+                failure = "transport" if wire.written else "connect"
+                error = TimeoutError(f"no answer within {opts.timeout} s")
+            else:
+                try:
+                    status, body, headers = exchange.result()
+                except aiohttp.ClientConnectorError as exc:
+                    failure, error = "connect", exc
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    failure, error = ("transport" if wire.written else "connect"), exc
+                except BaseException:
+                    self.store.release(lease)
+                    raise
+                info, wait = self._settle(lease, plan, status, headers, failure)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
                     "%s %s -> %s in %.1f ms (request_id=%s, attempt %d)",
@@ -227,10 +251,13 @@ class Session:
                 )
 
             if error is not None:
+                pool.check_open()
                 maybe_done = maybe_done or failure == "transport"
-                if should_retry(method, None, failure) and retries < opts.max_retries:
+                if should_retry(method, None, failure) and retries < retries_allowed:
                     retries += 1
-                    await self.backoff(method, path, retries, type(error).__name__)
+                    await self._while_open(
+                        self.backoff(method, path, retries, type(error).__name__)
+                    )
                     continue
                 kind = (
                     APITimeoutError
@@ -248,26 +275,16 @@ class Session:
                     attempts=attempt,
                 ) from None
 
-            info = RateLimitInfo.from_headers(headers)
-            self.last_rate_limit = info
-            self._apply_headers(info, plan)
-
+            assert info is not None  # an answer: _settle read its headers
             if 200 <= status < 300:
                 return Response(status, _parse_body(status, body), info, attempt, budget_wait)
 
             if status == 429:
-                wait = parse_retry_after(headers, self._wall_clock())
-                if not wait:
-                    # No usable reset (absent, or already past by a skewed local clock): any
-                    # budget of the request surely frees something within its period.
-                    wait = min(c.period for c in claims)
-                # Paused even when this request gives up, so the others fail fast or wait
-                # instead of drawing more 429s.
-                self._pause(info, plan, wait)
-                if retries >= opts.max_retries or wait > opts.max_rate_limit_wait:
+                if retries >= retries_allowed or wait > opts.max_rate_limit_wait:
                     err = self._error(status, body, headers, info, attempt, method, path)
-                    if isinstance(err, RateLimitedError) and err.reset_at is None:
+                    if isinstance(err, TooManyRequestsError):
                         err.reset_at = self._wall_clock() + wait
+                        err.budget = plan.budget_for(info)
                     raise err
                 retries += 1
                 logger.info("%s %s got 429; budget paused %.3f s, then retried", method, path, wait)
@@ -280,16 +297,133 @@ class Session:
             if status == 404 and clock() < not_found_until:
                 delay = max(NOT_FOUND_MIN_DELAY, backoff(attempt, self._rand()))
                 logger.info("%s %s: 404 soon after create; retry in %.3f s", method, path, delay)
-                await self._sleep(delay)
+                await self._while_open(self._sleep(delay))
                 continue
 
             maybe_done = maybe_done or status >= 500
-            if should_retry(method, status, None) and retries < opts.max_retries:
+            if should_retry(method, status, None) and retries < retries_allowed:
                 retries += 1
-                await self.backoff(method, path, retries, str(status))
+                await self._while_open(self.backoff(method, path, retries, str(status)))
                 continue
 
             raise self._error(status, body, headers, info, attempt, method, path)
+
+    async def _exchange(
+        self,
+        http: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        json: Any,
+        params: Mapping[str, str | int] | None,
+        wire: _Wire,
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        """One HTTP exchange: send, read the whole answer."""
+        # No redirects: the token must not follow a Location header, and one budget unit
+        # must mean one request. No raise_for_status: statuses are mapped by the caller.
+        async with http.request(
+            method,
+            url,
+            json=json,
+            params=params,
+            headers=self._headers,
+            timeout=self._timeout,
+            allow_redirects=False,
+            raise_for_status=False,
+            trace_request_ctx={"wire": wire},
+        ) as resp:
+            return resp.status, await resp.read(), resp.headers
+
+    def _abandon(self, exchange: asyncio.Task[Any], wire: _Wire, lease: Lease, plan: _Plan) -> None:
+        """The caller stopped waiting (cancelled, or its timeout passed) for an exchange.
+
+        A request that was never written cannot be stamped by the server: the exchange is
+        cancelled and its units given back at once. One that may have been written can still
+        be stamped, after any uplink delay, until the server answers or closes the connection,
+        so the exchange is left to finish on its own and its units count until one period
+        after that (docs/design.md, "An attempt that got no answer").
+        """
+        if not exchange.done() and not wire.written:
+            exchange.cancel()
+            exchange.add_done_callback(_consume)
+            self.store.give_back(lease)
+            return
+        self._pool.detached.add(exchange)
+        exchange.add_done_callback(lambda task: self._finish_detached(task, lease, plan))
+
+    def _finish_detached(self, task: asyncio.Task[Any], lease: Lease, plan: _Plan) -> None:
+        self._pool.detached.discard(task)
+        if task.cancelled():  # the client closed: the connection is gone, count from now
+            self.store.release(lease)
+            return
+        exc = task.exception()
+        if exc is None:
+            status, _, headers = task.result()
+            self._settle(lease, plan, status, headers, None)
+        elif isinstance(exc, aiohttp.ClientConnectorError):
+            self.store.give_back(lease)
+        else:
+            self.store.release(lease)
+
+    def _settle(
+        self,
+        lease: Lease,
+        plan: _Plan,
+        status: int,
+        headers: Mapping[str, str],
+        failure: Failure | None,
+    ) -> tuple[RateLimitInfo | None, float]:
+        """Account for one finished exchange; returns the answer's rate-limit headers (None
+        without an answer) and the pause a 429 set (else 0.0).
+
+        Units of a request never written are given back; so are a 429's, which the server
+        refused without counting (counting them would make this client think another one
+        spent them). Every other outcome counts until one period from now. The answer's
+        headers are applied after that, so the server's count is compared with ours alone.
+        """
+        if failure == "connect":
+            self.store.give_back(lease)
+            return None, 0.0
+        if failure is not None:
+            self.store.release(lease)
+            return None, 0.0
+        if status == 429:
+            self.store.give_back(lease)
+        else:
+            self.store.release(lease)
+        info = RateLimitInfo.from_headers(headers)
+        self.last_rate_limit = info
+        self._apply_headers(info, plan)
+        if status != 429:
+            return info, 0.0
+        wait = parse_retry_after(headers, server_now(headers, self._wall_clock()))
+        if not wait:
+            # No usable reset: any budget of the request surely frees something within its
+            # period.
+            wait = min(c.period for c in plan.claims)
+        # Paused even when this request gives up, so the others fail fast or wait instead of
+        # drawing more 429s. Each store caps the pause at its budget's period.
+        return info, self._pause(info, plan, wait)
+
+    async def _while_open(self, aw: Awaitable[_T]) -> _T:
+        """Await ``aw``; if the client is closed meanwhile, raise ``CDNError("client closed")``.
+
+        Waits that may last (budget queues, backoff sleeps) are registered so ``shut`` can
+        end them: after ``close()`` no request leaves, whatever store the budgets live in.
+        """
+        pool = self._pool
+        task = asyncio.current_task()
+        assert task is not None
+        pool.waiting.add(task)
+        try:
+            return await aw
+        except asyncio.CancelledError:
+            if task in pool.interrupted:
+                pool.interrupted.discard(task)
+                if task.uncancel() == 0:
+                    raise CDNError("client closed") from None
+            raise
+        finally:
+            pool.waiting.discard(task)
 
     async def backoff(self, method: str, path: str, retry: int, why: str) -> None:
         """Sleep before retry number ``retry``, as the retry policy says, and log why."""
@@ -311,19 +445,27 @@ class Session:
     def _apply_headers(self, info: RateLimitInfo, plan: _Plan) -> None:
         if info.limit is None or info.remaining is None or info.reset is None:
             return
-        claim = plan.by_limit.get(info.limit)
-        if claim is not None:
+        found = plan.by_limit.get(info.limit)
+        if found is not None:
+            claim, reserve = found
             # Units another client spent were stamped before now, so none counts longer than
-            # a period from now; ratelimit-reset frees only the oldest of them.
-            self.store.sync(claim, info.remaining, claim.period)
+            # a period from now; ratelimit-reset frees only the oldest of them. The store
+            # knows only the capacity (limit - reserve): the reserve is never ours to take.
+            self.store.sync(claim, info.remaining - reserve, claim.period)
 
-    def _pause(self, info: RateLimitInfo, plan: _Plan, wait: float) -> None:
+    def _pause(self, info: RateLimitInfo, plan: _Plan, wait: float) -> float:
+        """Pause the budget a 429 names (every budget of the request when it names none);
+        returns the pause as the stores apply it (capped at the paused budgets' period)."""
         # The 429 names its budget only by ratelimit-limit; when that budget is not the one
         # that is spent, every budget of the request is paused (the server did not say which).
         described = plan.by_limit.get(info.limit) if info.limit is not None else None
-        targets = [described] if described is not None and info.remaining == 0 else plan.claims
+        if described is not None and info.remaining == 0:
+            targets: tuple[Claim, ...] = (described[0],)
+        else:
+            targets = plan.claims
         for claim in targets:
             self.store.pause(claim, wait)
+        return min(wait, max(c.period for c in targets))
 
     @staticmethod
     def _error(
@@ -364,11 +506,12 @@ class Session:
 
 
 class _Plan:
-    """A request's claims, and which of them a ``ratelimit-limit`` value describes."""
+    """A request's claims, and which of them (with its reserve) a ``ratelimit-limit`` value
+    describes."""
 
     __slots__ = ("by_limit", "claims")
 
-    def __init__(self, claims: tuple[Claim, ...], by_limit: dict[int, Claim]) -> None:
+    def __init__(self, claims: tuple[Claim, ...], by_limit: dict[int, tuple[Claim, int]]) -> None:
         self.claims = claims
         self.by_limit = by_limit
 
@@ -376,37 +519,139 @@ class _Plan:
     def build(cls, limits: RateLimits, claims: tuple[Claim, ...]) -> _Plan:
         # What RateLimits.claim_for_header answers, for every limit at once: the first
         # request-counted claim with that limit wins (hence filled back to front).
-        by_limit: dict[int, Claim] = {}
+        by_limit: dict[int, tuple[Claim, int]] = {}
         for c in reversed(claims):
-            if limits.claim_for_header(c.limit, (c,)) is not None:
-                by_limit[c.limit] = c
+            found = limits.claim_for_header(_server_limit(limits, c), (c,))
+            if found is not None:
+                claim, budget = found
+                by_limit[budget.limit] = (claim, budget.reserve)
         return cls(claims, by_limit)
+
+    def budget_for(self, info: RateLimitInfo) -> str | None:
+        """The name of the budget an answer's ``ratelimit-limit`` describes, if one of ours."""
+        found = self.by_limit.get(info.limit) if info.limit is not None else None
+        return found[0].budget if found is not None else None
+
+
+def _server_limit(limits: RateLimits, claim: Claim) -> int:
+    budget = limits.get(claim.budget)
+    return budget.limit if budget is not None else claim.limit
+
+
+class _Wire:
+    """Whether an attempt's request may have been written to a connection yet.
+
+    Set by a trace hook on the sessions the client creates; an attempt on a session we
+    cannot trace starts as written (the safe side: its units then wait for its answer).
+    """
+
+    __slots__ = ("written",)
+
+    def __init__(self, written: bool) -> None:
+        self.written = written
+
+
+async def _on_headers_sent(
+    session: aiohttp.ClientSession,
+    ctx: SimpleNamespace,
+    params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    trace = ctx.trace_request_ctx
+    wire = trace.get("wire") if isinstance(trace, Mapping) else None
+    if isinstance(wire, _Wire):
+        wire.written = True
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    # A cancelled exchange may still end in an error; mark it seen (no "never retrieved").
+    if not task.cancelled():
+        task.exception()
+
+
+def server_now(headers: Mapping[str, str], wall: float) -> float:
+    """The server's clock at the answer, in epoch seconds.
+
+    ``ratelimit-reset`` is an epoch second of the server's clock, so a wait computed from it
+    with a wrong local clock is wrong by as much (an hour slow: an hour's pause). The answer's
+    ``Date`` header is the server's clock to the second: the local clock is used only when it
+    agrees with it (it has sub-second precision), else ``Date`` is.
+    """
+    date = headers.get("date")
+    if date is None:
+        return wall
+    try:
+        when = email.utils.parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return wall
+    # Date is truncated to the second: the server's time lies in [when, when + 1), and a
+    # wait computed from ``when`` is at most a second long, never short.
+    return wall if when - 1.0 <= wall <= when + 2.0 else when
 
 
 class _Pool:
-    """The aiohttp session, made on first use and shared by every copy of a client."""
+    """The aiohttp session, made on first use, and the client's lifetime: shared by every
+    copy of a client."""
 
     def __init__(self, http: aiohttp.ClientSession | None, owns: bool) -> None:
         self._http = http
         self._owns = owns
+        #: Only sessions the client creates carry the trace hook that tells "written".
+        self.traced = False
+        self.closed = False
+        #: Tasks waiting on a budget or a backoff (ended by ``shut``), and those of them
+        #: that ``shut`` cancelled.
+        self.waiting: set[asyncio.Task[Any]] = set()
+        self.interrupted: set[asyncio.Task[Any]] = set()
+        #: Exchanges still on the wire whose caller stopped waiting.
+        self.detached: set[asyncio.Task[Any]] = set()
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise CDNError("client closed")
 
     def get(self) -> aiohttp.ClientSession:
+        self.check_open()
         if self._http is not None and self._http.closed:
             raise CDNError("the aiohttp session used by this client is closed")
         if self._http is None:
+            trace = aiohttp.TraceConfig()
+            trace.on_request_headers_sent.append(_on_headers_sent)
             # Made lazily: an aiohttp session must be created inside the running loop.
-            self._http = aiohttp.ClientSession()
+            self._http = aiohttp.ClientSession(trace_configs=[trace])
             # aiohttp silently re-sends an idempotent request once when a kept-alive
             # connection drops; the server would count two requests where the budgets
             # counted one. Retries are the session layer's job, each through the budgets.
             self._http._retry_connection = False
             self._owns = True
+            self.traced = True
         return self._http
 
+    def shut(self) -> None:
+        """From now on no request leaves: new calls and every wait end in "client closed"."""
+        self.closed = True
+        for task in list(self.waiting):
+            if not task.done() and task not in self.interrupted:
+                self.interrupted.add(task)
+                task.cancel()
+
     async def aclose(self) -> None:
+        self.shut()
+        detached = list(self.detached)
+        for task in detached:
+            task.cancel()
+        await asyncio.gather(*detached, return_exceptions=True)
         if self._http is not None and self._owns:
             await self._http.close()
             self._http = None
+
+
+def _exchange_timeout(timeout: float | None) -> aiohttp.ClientTimeout:
+    # The caller stops waiting after ``timeout``; the exchange itself may go on, so its
+    # units are counted until the server answers (see Session._abandon), for at most
+    # ANSWER_HORIZON. Without a timeout, neither is bounded.
+    if timeout is None:
+        return aiohttp.ClientTimeout(total=None)
+    return aiohttp.ClientTimeout(total=max(timeout, ANSWER_HORIZON))
 
 
 def _excerpt(body: bytes) -> str:

@@ -188,7 +188,9 @@ class APIError(CDNError):
         self.rate_limit = rate_limit or RateLimitInfo()
         self.method = method
         self.path = path
-        super().__init__(self.__str__())
+        # Straight to Exception: a cooperative super() would reach RateLimitedError.__init__
+        # in TooManyRequestsError and overwrite ``message`` with the whole text.
+        Exception.__init__(self, self.__str__())
 
     def __str__(self) -> str:
         where = f" {self.method} {self.path}" if self.method else ""
@@ -229,10 +231,10 @@ class UnprocessableEntityError(APIError):
 class TooManyRequestsError(APIError, RateLimitedError):
     """429: a budget was exceeded; raised only when retries could not absorb it."""
 
-    def __init__(self, message: str, **kwargs: Any) -> None:
+    def __init__(self, message: str, *, budget: str | None = None, **kwargs: Any) -> None:
         APIError.__init__(self, message, **kwargs)
         self.reset_at = self.rate_limit.reset
-        self.budget = None
+        self.budget = budget
 
 
 class InternalServerError(APIError):

@@ -491,7 +491,7 @@ async def test_sync_adds_no_hold_when_we_count_more_than_the_server() -> None:
 @pytest.mark.looptime
 async def test_pause_admits_nothing_until_it_ends_and_is_never_shortened() -> None:
     store = MemoryBudgetStore()
-    c = claim("cdn", 5, 10.0)
+    c = claim("cdn", 5, 60.0)
     store.pause(c, 30.0)
     store.pause(c, 10.0)
     assert store.snapshot()["cdn"].paused_for == 30.0
@@ -506,7 +506,7 @@ async def test_pause_admits_nothing_until_it_ends_and_is_never_shortened() -> No
 @pytest.mark.looptime
 async def test_pause_takes_back_reservations_and_restores_them_in_order() -> None:
     store = MemoryBudgetStore()
-    x, y = claim("x", 1, 10.0), claim("y", 5, 10.0)
+    x, y = claim("x", 1, 10.0), claim("y", 5, 30.0)
     hold_x = await store.acquire([x])
     log: list[tuple[str, float]] = []
     head = asyncio.create_task(acquire_at(store, [x, y], log, "head"))  # reserves on y
@@ -524,7 +524,7 @@ async def test_pause_takes_back_reservations_and_restores_them_in_order() -> Non
 @pytest.mark.looptime
 async def test_max_wait_shorter_than_a_pause_raises_at_once_with_reset_at() -> None:
     store = MemoryBudgetStore(wall_clock=lambda: 1_000_000.0)
-    c = claim("cdn", 5, 10.0)
+    c = claim("cdn", 5, 60.0)
     store.pause(c, 30.0)
     await asyncio.sleep(5.0)
     with pytest.raises(RateLimitedError) as err:
@@ -542,7 +542,7 @@ async def test_max_wait_shorter_than_a_pause_raises_at_once_with_reset_at() -> N
 @pytest.mark.looptime
 async def test_queued_waiter_fails_when_a_longer_pause_than_its_max_wait_arrives() -> None:
     store = MemoryBudgetStore(wall_clock=lambda: 500.0)
-    c = claim("cdn", 1, 10.0)
+    c = claim("cdn", 1, 60.0)
     holder = await store.acquire([c])
     patient = asyncio.create_task(store.acquire([c]))
     hasty = asyncio.create_task(store.acquire([c], max_wait=10.0))
@@ -682,4 +682,36 @@ async def test_pause_in_the_same_tick_as_a_cancellation_does_not_fail() -> None:
     store.pause(c, 50.0)  # must pass over it, not set an exception on a done future
     with pytest.raises(asyncio.CancelledError):
         await waiter
+    await store.aclose()
+
+
+@pytest.mark.looptime
+async def test_a_pause_is_capped_at_the_period_of_its_budget() -> None:
+    # A period from now every unit of any window has expired: no 429 justifies a longer
+    # pause, whatever a wrong clock or header says.
+    store = MemoryBudgetStore()
+    c = claim("cdn", 5, 10.0)
+    store.pause(c, 3600.0)
+    assert store.snapshot()["cdn"].paused_for == 10.0
+    log: list[tuple[str, float]] = []
+    store.release(await acquire_at(store, [c], log, "w"))
+    assert log == [("w", 10.0)]
+    await store.aclose()
+
+
+@pytest.mark.looptime
+async def test_give_back_uncounts_at_once_and_lets_the_next_waiter_in() -> None:
+    store = MemoryBudgetStore()
+    c = claim("cdn", 1, 10.0)
+    lease = await store.acquire([c])
+    log: list[tuple[str, float]] = []
+    waiter = asyncio.create_task(acquire_at(store, [c], log, "next"))
+    await settle()
+    store.give_back(lease)  # never sent: it cannot be in any window
+    store.give_back(lease)  # idempotent
+    store.release(lease)  # and a release after it does nothing
+    store.release(await waiter)
+    assert log == [("next", 0.0)]
+    with pytest.raises(ValueError):
+        store.give_back(object())  # type: ignore[arg-type]
     await store.aclose()

@@ -53,7 +53,7 @@ def connect_error() -> aiohttp.ClientConnectorError:
 @pytest.fixture
 async def cdn() -> Any:
     # Generous budgets: these tests are about the session, not the windows.
-    limits = RateLimits.documented().scaled(0.001)
+    limits = RateLimits.documented().scaled(0.1)
     async with CDNClient(TOKEN, base_url=BASE, limits=limits) as client:
         yield client
 
@@ -364,8 +364,8 @@ async def test_429_with_a_reset_already_past_waits_a_period_not_zero(cdn: CDNCli
         m.get(GET_URL, payload={"endpoint": endpoint_json(id=ID)})
         start = loop.time()
         await cdn.endpoints.get(ID)
-    # A skewed local clock makes the reset look past; the cdn period (scaled: 0.01 s) is waited.
-    assert loop.time() - start == pytest.approx(0.01, abs=0.005)
+    # A skewed local clock makes the reset look past; the cdn period (scaled: 1 s) is waited.
+    assert loop.time() - start == pytest.approx(1.0, abs=0.005)
 
 
 async def test_404_after_create_keeps_retrying_for_seconds_not_attempts(cdn: CDNClient) -> None:
@@ -413,3 +413,135 @@ async def test_create_that_finds_its_origin_in_use_after_an_ambiguous_failure_re
         m.get(LIST_URL, payload={"endpoints": [created], "meta": {"total": 1}})
         ep = await cdn.endpoints.create("assets.nyc3.digitaloceanspaces.com")
     assert ep.id == created["id"]
+
+
+# -- 429s: pauses from the server's clock, bounded, errors said once (issue 11) --------------
+
+
+async def test_a_wrong_local_clock_does_not_turn_a_429_into_an_hours_pause(
+    cdn: CDNClient,
+) -> None:
+    # The local clock is an hour slow; ratelimit-reset is 3 s after the answer's Date.
+    cdn._session._wall_clock = lambda: time.time() - 3600
+    server_now = int(time.time())
+    date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(server_now))
+    client = cdn.with_options(max_retries=0)
+    with aioresponses() as m:
+        m.get(
+            GET_URL,
+            status=429,
+            payload={"id": "too_many_requests", "message": "x"},
+            headers={
+                "ratelimit-limit": "250",
+                "ratelimit-remaining": "0",
+                "ratelimit-reset": str(server_now + 3),
+                "date": date,
+            },
+        )
+        with pytest.raises(TooManyRequestsError):
+            await client.endpoints.get(ID)
+    paused = cdn.budget_snapshot().budgets["minute"].paused_for
+    # The true wait is in (2, 3] s (Date has whole seconds); it is read no shorter, and at
+    # most a second longer.
+    assert 2.0 < paused <= 3.0
+
+
+async def test_a_pause_is_never_longer_than_the_period_of_the_budget_it_pauses(
+    cdn: CDNClient,
+) -> None:
+    client = cdn.with_options(max_retries=0)
+    with aioresponses() as m:
+        m.get(
+            GET_URL,
+            status=429,
+            payload={"id": "too_many_requests", "message": "x"},
+            headers={"ratelimit-limit": "5", "ratelimit-remaining": "0", "retry-after": "86400"},
+        )
+        with pytest.raises(TooManyRequestsError) as info:
+            await client.endpoints.get(ID)
+    budgets = cdn.budget_snapshot().budgets
+    assert budgets["cdn"].paused_for == pytest.approx(1.0)  # the cdn period (scaled by 0.1)
+    assert budgets["minute"].paused_for == 0.0  # the 429 named the cdn budget only
+    assert info.value.reset_at == pytest.approx(time.time() + 1.0, abs=0.5)
+
+
+async def test_a_429_error_says_its_text_once_and_names_its_budget(cdn: CDNClient) -> None:
+    client = cdn.with_options(max_retries=0)
+    with aioresponses() as m:
+        m.get(
+            GET_URL,
+            status=429,
+            payload={"id": "too_many_requests", "message": "slow down", "request_id": "rq-1"},
+            headers={"ratelimit-limit": "5", "ratelimit-remaining": "0", "retry-after": "0.5"},
+        )
+        with pytest.raises(TooManyRequestsError) as info:
+            await client.endpoints.get(ID)
+    err = info.value
+    assert err.message == "slow down"
+    assert str(err).count("slow down") == 1
+    assert str(err).count("rq-1") == 1
+    assert err.budget == "cdn"
+    assert isinstance(err, RateLimitedError)
+
+
+async def test_a_429_is_not_counted_against_our_own_budget(cdn: CDNClient) -> None:
+    # The server refused the request without counting it: neither do we (else our estimate
+    # of what other clients spend would be short by our own refused requests).
+    client = cdn.with_options(max_retries=0)
+    with aioresponses() as m:
+        m.get(
+            GET_URL,
+            status=429,
+            payload={"id": "too_many_requests", "message": "x"},
+            headers={
+                "ratelimit-limit": "5",
+                "ratelimit-remaining": "3",
+                "ratelimit-reset": str(int(time.time()) + 1),
+                "retry-after": "0.5",
+            },
+        )
+        with pytest.raises(TooManyRequestsError):
+            await client.endpoints.get(ID)
+    cdn_state = cdn.budget_snapshot().budgets["cdn"]
+    # 2 units the server counts are another client's (held); ours, refused, is not counted.
+    assert cdn_state.used == 2
+
+
+# -- close(): nothing leaves after it (issue 11) ------------------------------------------------
+
+
+async def test_after_close_calls_raise_client_closed_and_no_session_is_opened() -> None:
+    client = CDNClient(TOKEN, base_url=BASE)
+    with aioresponses() as m:
+        m.get(GET_URL, payload={"endpoint": endpoint_json(id=ID)})
+        await client.endpoints.get(ID)
+        await client.close()
+        with pytest.raises(CDNError, match="client closed"):
+            await client.endpoints.get(ID)
+        with pytest.raises(CDNError, match="client closed"):
+            await client.with_options(timeout=5).endpoints.get(ID)
+        assert len(calls(m)) == 1
+    assert client._session._pool._http is None  # closed, and never opened again
+
+
+async def test_close_ends_calls_waiting_in_a_shared_store_and_in_backoff() -> None:
+    from cdn_async._budgets import MemoryBudgetStore
+
+    store = MemoryBudgetStore()  # the user's: shared, left open by close()
+    limits = RateLimits.documented().scaled(0.1)
+    client = CDNClient(TOKEN, base_url=BASE, limits=limits, budget_store=store)
+    with aioresponses() as m:
+        m.get(GET_URL, payload={"endpoint": endpoint_json(id=ID)}, repeat=True)
+        m.get(f"{BASE}/v2/cdn/endpoints/{'1' * 8}-0000-4000-8000-{'0' * 12}", status=503)
+        # 5 fill the cdn window; 10 more wait in the store; one sleeps in a 5xx backoff.
+        await asyncio.gather(*(client.endpoints.get(ID) for _ in range(5)))
+        waiting = [asyncio.create_task(client.endpoints.get(ID)) for _ in range(10)]
+        await asyncio.sleep(0.01)
+        sent_before = len(calls(m))
+        await client.close()
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        await asyncio.sleep(5)  # long after the window frees: nothing more is sent
+        assert len(calls(m)) == sent_before
+    assert all(isinstance(r, CDNError) and "client closed" in str(r) for r in results), results
+    assert sum(s.waiters for s in store.snapshot().values()) == 0
+    await store.aclose()
