@@ -31,6 +31,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -40,7 +41,10 @@ from _report import machine, table
 from aiolimiter import AsyncLimiter
 
 from cdn_async import CDNClient, RateLimits
-from cdn_async.testing import FakeCDNServer
+from cdn_async.testing import FakeCDNServer, JournalEntry
+
+#: Called with a copy of the server's journal once a run is over (``benchmarks/charts.py``).
+OnJournal = Callable[[list[JournalEntry]], None]
 
 ORIGIN = "bench.nyc3.digitaloceanspaces.com"
 CDN_LIMIT = 5
@@ -54,7 +58,12 @@ def server_span(server: FakeCDNServer) -> tuple[float, int]:
 
 
 async def run_cdn_async(
-    scale: float, requests: int, tasks: int, latency: tuple[float, float, float], seed: int
+    scale: float,
+    requests: int,
+    tasks: int,
+    latency: tuple[float, float, float],
+    seed: int,
+    on_journal: OnJournal | None = None,
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     async with FakeCDNServer(time_scale=scale, seed=seed) as server:
@@ -74,6 +83,8 @@ async def run_cdn_async(
             await asyncio.gather(*(worker() for _ in range(tasks)))
             wall = loop.time() - t0
         span, counted = server_span(server)
+        if on_journal is not None:
+            on_journal(list(server.journal))
         return {
             "wall": wall,
             "span": span,
@@ -85,7 +96,12 @@ async def run_cdn_async(
 
 
 async def run_aiolimiter(
-    scale: float, requests: int, tasks: int, latency: tuple[float, float, float], seed: int
+    scale: float,
+    requests: int,
+    tasks: int,
+    latency: tuple[float, float, float],
+    seed: int,
+    on_journal: OnJournal | None = None,
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     async with FakeCDNServer(time_scale=scale, seed=seed) as server:
@@ -119,6 +135,8 @@ async def run_aiolimiter(
             await asyncio.gather(*(worker() for _ in range(tasks)))
             wall = loop.time() - t0
         span, counted = server_span(server)
+        if on_journal is not None:
+            on_journal(list(server.journal))
         return {
             "wall": wall,
             "span": span,

@@ -36,6 +36,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -45,9 +46,12 @@ from _report import machine, table
 
 from cdn_async import CDNClient, RateLimits
 from cdn_async._retry import parse_retry_after
-from cdn_async.testing import FakeCDNServer
+from cdn_async.testing import FakeCDNServer, JournalEntry
 
 ORIGIN = "bench.nyc3.digitaloceanspaces.com"
+#: Called with a copy of the server's journal once a run is over (``benchmarks/charts.py``).
+OnJournal = Callable[[list[JournalEntry]], None]
+
 FILES_LIMIT = 50
 FILES_PERIOD = 20.0
 CDN_LIMIT = 5
@@ -87,7 +91,9 @@ def purge_stats(server: FakeCDNServer, scale: float) -> dict[str, Any]:
     }
 
 
-async def run_cdn_async(scale: float, paths: list[str], must: set[str]) -> dict[str, Any]:
+async def run_cdn_async(
+    scale: float, paths: list[str], must: set[str], on_journal: OnJournal | None = None
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     async with FakeCDNServer(time_scale=scale) as server:
         ep_id = server.add_endpoint(ORIGIN)["id"]
@@ -97,6 +103,8 @@ async def run_cdn_async(scale: float, paths: list[str], must: set[str]) -> dict[
             report = await cdn.endpoints.purge(ep_id, paths)
             wall = loop.time() - t0
         r = purge_stats(server, scale)
+        if on_journal is not None:
+            on_journal(list(server.journal))
         sent: Counter[str] = r["sent"]
         assert set(sent) == must, "sent paths differ from the unique uncovered set"
         assert max(sent.values()) == 1, "a path was sent twice"
@@ -111,6 +119,7 @@ async def run_by_hand(
     batch: int,
     policy: str,
     seed: int = 3,
+    on_journal: OnJournal | None = None,
 ) -> dict[str, Any]:
     """Batches of ``batch`` raw paths, all at once; 429s retried per ``policy``."""
     loop = asyncio.get_running_loop()
@@ -146,6 +155,8 @@ async def run_by_hand(
             await asyncio.gather(*(send(b) for b in batches))
             wall = loop.time() - t0
         r = purge_stats(server, scale)
+        if on_journal is not None:
+            on_journal(list(server.journal))
         r.update(wall=wall, failed=failed, batches=len(batches))
         return r
 

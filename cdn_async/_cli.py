@@ -714,6 +714,7 @@ async def _demo_command(paths: int, tasks: int, time_scale: float, *, live: bool
         rate_limited = sum(server.counters.rate_limited.values())
     windows = math.ceil(files_sent / files_budget.limit) if files_sent else 0
     bound = max(0, windows - 1) * files_budget.period
+    pace = (bound / purge_wall * 100) if purge_wall > 0 else 100
     ops = ", ".join(f"{n} {op}" for op, n in by_op.most_common())
     say(f"[bold]4.[/] Done in {time.monotonic() - demo_started:.1f} s.")
     rows = [
@@ -733,7 +734,7 @@ async def _demo_command(paths: int, tasks: int, time_scale: float, *, live: bool
         ),
         (
             "budget use",
-            f"{(bound / purge_wall * 100) if purge_wall > 0 else 100:.0f}% of the files budget's "
+            f"{pace:.0f}% of the files budget's "
             f"pace; at the real API's pace this purge takes about "
             f"{purge_wall / time_scale / 60:.1f} min",
         ),
@@ -744,6 +745,11 @@ async def _demo_command(paths: int, tasks: int, time_scale: float, *, live: bool
     for name, value in rows:
         table.add_row(name, value)
     say(table)
+    say(
+        f"[bold]5.[/] {pace:.0f}% of the files budget's pace, and the server counted "
+        f"{rate_limited} x 429. Charts of every window: benchmarks/budget-window.svg and "
+        "benchmarks/purge-window.svg in the cdn-async repository."
+    )
     for result in crashed:
         _err(error_line(result))
     return EXIT_OK if rate_limited == 0 and failed == 0 and not crashed else EXIT_API_ERROR

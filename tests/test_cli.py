@@ -361,10 +361,21 @@ async def test_demo_runs_the_whole_job_without_a_429() -> None:
     )
     result = await finish(proc, None)
     assert result.code == 0, result.err
-    assert re.search(r"429s from the server\s+0\b", result.out), result.out
+    counted = re.search(r"429s from the server\s+(\d+)\b", result.out)
+    assert counted and counted.group(1) == "0", result.out
     assert "demo-assets.nyc3.digitaloceanspaces.com" in result.out
     assert re.search(r"paths purged\s+\d+, 0 failed", result.out)
-    assert "budget use" in result.out
+    use = re.search(r"budget use\s+(\d+)% of the files budget's pace", result.out)
+    assert use, result.out
+    # The closing line: the same budget figure, the server's own 429 count, the charts.
+    assert re.search(
+        rf"^5\. {use.group(1)}% of the files budget's pace, and the server counted "
+        rf"{counted.group(1)} x 429\. "
+        r"Charts of every window: benchmarks/budget-window\.svg and "
+        r"benchmarks/purge-window\.svg in the cdn-async repository\.$",
+        result.out,
+        re.MULTILINE,
+    ), result.out
     assert "dop_v1_" not in result.out + result.err  # the demo's token stays inside it
 
 
