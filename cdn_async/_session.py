@@ -41,6 +41,8 @@ from .errors import (
 NOT_FOUND_MIN_DELAY = 0.25
 _EXCERPT = 200
 _T = TypeVar("_T")
+#: Periods for which room seen taken by another client stays left for it (see _apply_headers).
+OTHERS_MEMORY = 3
 _TAGS = re.compile(r"<[^>]+>")
 
 
@@ -136,7 +138,21 @@ class Session:
         """The event loop's clock (virtual under looptime)."""
         return asyncio.get_running_loop().time()
 
-    async def request(
+    async def request(self, method: str, path: str, **kwargs: Any) -> Response:
+        """Send one logical request; see ``_request`` for the arguments.
+
+        Until the server has answered once, requests go one at a time: the first answer's
+        ``ratelimit-*`` headers tell what other clients of the token already spent, and a
+        burst sent blind into their units would draw 429s (docs/design.md, "Other clients").
+        """
+        pool = self._pool
+        if not pool.heard:
+            async with pool.first_answer:
+                if not pool.heard:
+                    return await self._request(method, path, **kwargs)
+        return await self._request(method, path, **kwargs)
+
+    async def _request(
         self,
         method: str,
         path: str,
@@ -392,7 +408,8 @@ class Session:
             self.store.release(lease)
         info = RateLimitInfo.from_headers(headers)
         self.last_rate_limit = info
-        self._apply_headers(info, plan)
+        self._pool.heard = True
+        self._apply_headers(info, plan, refused=status == 429)
         if status != 429:
             return info, 0.0
         wait = parse_retry_after(headers, server_now(headers, self._wall_clock()))
@@ -442,16 +459,24 @@ class Session:
             plan = self._plans[files] = _Plan.build(limits, limits.claims(endpoint_id, files))
         return plan
 
-    def _apply_headers(self, info: RateLimitInfo, plan: _Plan) -> None:
+    def _apply_headers(self, info: RateLimitInfo, plan: _Plan, *, refused: bool) -> None:
+        """Hold back what the server counts beyond our own units: another client's.
+
+        Units another client spent were stamped before now, so none counts longer than a
+        period from now (ratelimit-reset frees only the oldest of them). But a client seen
+        spending keeps spending: the room it took is left to it for ``OTHERS_MEMORY``
+        periods after it was last seen, so our requests stop landing on its next ones (a
+        409-style race each window otherwise). A 429 says only "full now" (a refused answer
+        reads 0 whichever budget refused it): that is held for one period. The store knows
+        only the capacity (limit - reserve): the reserve is never ours to take.
+        """
         if info.limit is None or info.remaining is None or info.reset is None:
             return
         found = plan.by_limit.get(info.limit)
         if found is not None:
             claim, reserve = found
-            # Units another client spent were stamped before now, so none counts longer than
-            # a period from now; ratelimit-reset frees only the oldest of them. The store
-            # knows only the capacity (limit - reserve): the reserve is never ours to take.
-            self.store.sync(claim, info.remaining - reserve, claim.period)
+            memory = claim.period if refused else OTHERS_MEMORY * claim.period
+            self.store.sync(claim, info.remaining - reserve, memory)
 
     def _pause(self, info: RateLimitInfo, plan: _Plan, wait: float) -> float:
         """Pause the budget a 429 names (every budget of the request when it names none);
@@ -598,6 +623,10 @@ class _Pool:
         #: Only sessions the client creates carry the trace hook that tells "written".
         self.traced = False
         self.closed = False
+        #: Whether the server has answered yet, and the lock that sends requests one at a
+        #: time until it has.
+        self.heard = False
+        self.first_answer = asyncio.Lock()
         #: Tasks waiting on a budget or a backoff (ended by ``shut``), and those of them
         #: that ``shut`` cancelled.
         self.waiting: set[asyncio.Task[Any]] = set()

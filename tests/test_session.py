@@ -14,7 +14,7 @@ from unittest import mock
 
 import aiohttp
 import pytest
-from aioresponses import aioresponses
+from aioresponses import CallbackResult, aioresponses
 
 from cdn_async import CDNClient, RateLimits
 from cdn_async.errors import (
@@ -545,3 +545,21 @@ async def test_close_ends_calls_waiting_in_a_shared_store_and_in_backoff() -> No
     assert all(isinstance(r, CDNError) and "client closed" in str(r) for r in results), results
     assert sum(s.waiters for s in store.snapshot().values()) == 0
     await store.aclose()
+
+
+async def test_until_the_first_answer_requests_go_one_at_a_time(cdn: CDNClient) -> None:
+    # The first answer's headers say what other clients of the token already spent; a burst
+    # sent before it would land blind on their units.
+    loop = asyncio.get_running_loop()
+    sent_at: list[float] = []
+
+    async def slow(url: Any, **kwargs: Any) -> Any:
+        sent_at.append(loop.time())
+        await asyncio.sleep(1.0)
+        return CallbackResult(payload={"endpoint": endpoint_json(id=ID)})
+
+    with aioresponses() as m:
+        m.get(GET_URL, callback=slow, repeat=True)
+        await asyncio.gather(*(cdn.endpoints.get(ID) for _ in range(4)))
+    start = sent_at[0]
+    assert [round(t - start, 3) for t in sent_at] == [0.0, 1.0, 1.0, 1.0]
