@@ -154,3 +154,12 @@ def test_update_refuses_a_certificate_with_a_removal() -> None:
     cdn = CDNClient(TOKEN, base_url=BASE)
     with pytest.raises(ValidationError, match="do not pass a certificate_id"):
         cdn.endpoints.update(ID, custom_domain=None, certificate_id=ID).send(None)
+
+
+async def test_budget_snapshot_lists_every_budget_even_when_idle() -> None:
+    async with CDNClient(TOKEN, base_url=BASE) as cdn:
+        snapshot = cdn.budget_snapshot().budgets
+        assert set(snapshot) == {"hourly", "minute", "cdn", "purge_files"}
+        assert snapshot["cdn"].remaining == 5 and snapshot["cdn"].next_free_in == 0.0
+    async with CDNClient(TOKEN, base_url=BASE, reserve=0.2) as cdn:
+        assert cdn.budget_snapshot().budgets["purge_files"].remaining == 40
