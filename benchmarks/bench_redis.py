@@ -11,6 +11,9 @@ Run from the repository root (needs redis-server on PATH; starts its own on a fr
    ``--scale``) through ``RedisBudgetStore``: 429s and the rate reached on the binding budget
    (cdn: 5 per 10 s x scale) as a share of its bound; beside it the same processes with
    in-process budgets, and their 429s.
+
+What happens when Redis restarts, dies or stalls (and 2/4/8 processes): see
+``bench_redis_failures.py``.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ CLAIMS = [
 async def round_trips(url: str, n: int) -> dict[str, float]:
     import redis.asyncio as aioredis
 
-    store = RedisBudgetStore(url, recovery_grace=0.0, heartbeat_interval=30.0)
+    store = RedisBudgetStore(url, recovery_grace=0.0, restart_hold=False, heartbeat_interval=30.0)
     store.release(await store.acquire(CLAIMS))  # loads the script
     await asyncio.sleep(0.05)
     sent = 0
@@ -164,7 +167,10 @@ async def main() -> int:
         )
         mem = await latency(MemoryBudgetStore(), args.n)
         red = await latency(
-            RedisBudgetStore(server.url, recovery_grace=0.0, heartbeat_interval=30.0), args.n
+            RedisBudgetStore(
+                server.url, recovery_grace=0.0, restart_hold=False, heartbeat_interval=30.0
+            ),
+            args.n,
         )
         for name, lat in (("memory", mem), ("redis", red)):
             print(

@@ -13,7 +13,9 @@ Every process (web workers, purge workers, other hosts) that uses the token poin
 at the same Redis with the same ``token_id``; together they never exceed a budget. The windows
 are the exact ones of the in-process store (DESIGN.md, "Budgets", semantic 7), changed by one
 Lua script per attempt, stamped with Redis's clock, hash-tagged for Redis Cluster, and expiring
-when idle.
+when idle. For a Redis Cluster, pass the URL of any node with ``cluster=True`` (or a
+``redis.asyncio.cluster.RedisCluster``). Restarts, outages and stalls of Redis: see
+``RedisBudgetStore``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("cdn_async.redis needs redis-py: pip install 'cdn-async[redis]'") from exc
 
+from ._purge_queue import RedisPurgeQueue
 from ._redis import (
+    DEFAULT_CALL_TIMEOUT,
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_INFLIGHT_TIMEOUT,
     DEFAULT_MARKER_TTL,
@@ -37,6 +41,7 @@ from ._redis import (
 )
 
 __all__ = [
+    "DEFAULT_CALL_TIMEOUT",
     "DEFAULT_HEARTBEAT_INTERVAL",
     "DEFAULT_INFLIGHT_TIMEOUT",
     "DEFAULT_MARKER_TTL",
@@ -46,6 +51,7 @@ __all__ = [
     "BudgetStoreUnavailableError",
     "RedisBudgetStore",
     "RedisLease",
+    "RedisPurgeQueue",
     "token_id_for",
 ]
 

@@ -1,25 +1,45 @@
-"""Start and stop a throwaway redis-server on a free loopback port (for tests and benchmarks).
+"""Start and stop throwaway redis-servers on free loopback ports (for tests and benchmarks).
 
 No persistence (``--save "" --appendonly no``): a restart forgets everything, which is what
-the restart tests want. Used by ``tests/test_redis.py`` and ``benchmarks/bench_redis.py``.
+the restart tests want. ``RedisServer`` is one server (``stall``/``resume`` SIGSTOP and
+SIGCONT it); ``RedisClusterServers`` is a 3-master Redis Cluster made with ``redis-cli
+--cluster create``. Used by ``tests/test_redis*.py`` and ``benchmarks/bench_redis*.py``; run
+as a script it is a worker process (see ``_work``).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 
-__all__ = ["RedisServer", "find_redis_server", "free_port"]
+__all__ = [
+    "RedisClusterServers",
+    "RedisServer",
+    "find_redis_cli",
+    "find_redis_server",
+    "free_port",
+    "key_slot",
+]
 
 
 def find_redis_server() -> str | None:
     """The path of ``redis-server``, or None when it is not installed."""
     return shutil.which("redis-server") or (
         "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+    )
+
+
+def find_redis_cli() -> str | None:
+    """The path of ``redis-cli``, or None when it is not installed."""
+    return shutil.which("redis-cli") or (
+        "/usr/bin/redis-cli" if os.path.exists("/usr/bin/redis-cli") else None
     )
 
 
@@ -30,17 +50,79 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def command(port: int, *args: str, timeout: float = 1.0) -> bytes:
+    """Send one command to 127.0.0.1:``port`` (RESP, no client library) and return the raw
+    reply; for waiting on servers, not for the code under test."""
+    payload = f"*{len(args)}\r\n".encode()
+    for a in args:
+        data = a.encode()
+        payload += b"$%d\r\n%s\r\n" % (len(data), data)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(payload)
+        reply = s.recv(65536)
+        if reply.startswith(b"$"):
+            size = int(reply[1 : reply.index(b"\r\n")])
+            while len(reply) < size + len(str(size)) + 5:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        return reply
+
+
+def free_cluster_port() -> int:
+    """A port free on 127.0.0.1 whose cluster bus port (``port + 10000``) is free too."""
+    for _ in range(200):
+        port = random.randrange(20000, 30000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+def _crc16(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def key_slot(key: str) -> int:
+    """The Redis Cluster hash slot of ``key`` (hash tags honoured)."""
+    data = key.encode()
+    start = data.find(b"{")
+    if start != -1:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    return _crc16(data) % 16384
+
+
 class RedisServer:
     """One redis-server process on 127.0.0.1, in its own temporary directory.
 
     Args:
         binary: The redis-server executable.
         port: The port; default a free one. ``restart`` keeps it.
+        extra: More command-line options (cluster mode, for instance).
+
+    Attributes:
+        started_at: ``time.monotonic()`` just before the last start (the loop clock of the
+            default asyncio loop): Redis started no earlier than this.
     """
 
-    def __init__(self, binary: str, port: int | None = None) -> None:
+    def __init__(self, binary: str, port: int | None = None, extra: Sequence[str] = ()) -> None:
         self.binary = binary
         self.port = port or free_port()
+        self.extra = tuple(extra)
+        self.started_at = 0.0
         self._dir = tempfile.TemporaryDirectory(prefix="cdn-async-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -49,12 +131,19 @@ class RedisServer:
         """``redis://127.0.0.1:<port>/0``."""
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int:
+        """The server's process id (it must be running)."""
+        assert self._proc is not None
+        return self._proc.pid
+
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and wait until it accepts connections.
 
         Raises:
             RuntimeError: It exited or did not answer within ``timeout`` s.
         """
+        self.started_at = time.monotonic()
         self._proc = subprocess.Popen(
             [
                 self.binary,
@@ -72,6 +161,7 @@ class RedisServer:
                 "yes",
                 "--loglevel",
                 "warning",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -81,10 +171,8 @@ class RedisServer:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self._proc.returncode}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
+                if command(self.port, "PING", timeout=0.2).startswith(b"+PONG"):
+                    return
             except OSError:
                 pass
             time.sleep(0.02)
@@ -95,6 +183,7 @@ class RedisServer:
         """Kill the server (no save) and wait for it to exit."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # a stalled server must still die
             proc.kill()
             proc.wait(timeout=10)
 
@@ -103,10 +192,126 @@ class RedisServer:
         self.stop()
         self.start()
 
+    def stall(self) -> None:
+        """SIGSTOP the server: connections are accepted by the kernel, nothing answers."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a stalled server."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGCONT)
+
     def close(self) -> None:
         """Stop the server and remove its directory."""
         self.stop()
         self._dir.cleanup()
+
+
+class RedisClusterServers:
+    """A Redis Cluster of 3 masters (no replicas) on free loopback ports.
+
+    Each node runs ``redis-server --cluster-enabled yes --cluster-config-file nodes-P.conf``
+    without persistence, in its own directory; ``redis-cli --cluster create`` assigns the
+    slots. A node restarted with ``restart_node`` keeps its config file, so it comes back
+    owning the same slots, with no data.
+
+    Args:
+        binary: The redis-server executable.
+        cli: The redis-cli executable.
+    """
+
+    def __init__(self, binary: str, cli: str) -> None:
+        self.cli = cli
+        ports: list[int] = []
+        while len(ports) < 3:
+            port = free_cluster_port()
+            if all(abs(port - p) not in (0, 10000) for p in ports):
+                ports.append(port)
+        self.nodes = [RedisServer(binary, port) for port in ports]
+        for node in self.nodes:
+            node.extra = (
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{node.port}.conf",
+                "--cluster-node-timeout",
+                "1000",
+            )
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start the nodes, create the cluster and wait until every node says it is ok."""
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                self.cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+        )
+        self.wait_ok(timeout)
+
+    def wait_ok(self, timeout: float = 20.0) -> None:
+        """Wait until every node reports ``cluster_state:ok`` and knows every slot's owner.
+
+        Raises:
+            RuntimeError: Not within ``timeout`` s.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if all(
+                    b"cluster_state:ok" in command(n.port, "CLUSTER", "INFO")
+                    and b"cluster_slots_ok:16384" in command(n.port, "CLUSTER", "INFO")
+                    for n in self.nodes
+                ):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+
+    def owner(self, key: str) -> RedisServer:
+        """The node that serves ``key``'s slot (the nodes keep the slots they were given)."""
+        slot = key_slot(key)
+        for node in self.nodes:
+            reply = command(node.port, "CLUSTER", "MYID")
+            myid = reply.split(b"\r\n")[1].decode()
+            for line in command(node.port, "CLUSTER", "NODES").decode().splitlines():
+                fields = line.split()
+                if not fields or fields[0] != myid:
+                    continue
+                for part in fields[8:]:
+                    lo, _, hi = part.partition("-")
+                    if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                        return node
+        raise RuntimeError(f"no node owns slot {slot}")
+
+    def other(self, key: str) -> RedisServer:
+        """A node that does not serve ``key``'s slot."""
+        owner = self.owner(key)
+        return next(n for n in self.nodes if n is not owner)
+
+    def restart_node(self, node: RedisServer, down: float = 0.0) -> None:
+        """Kill ``node``, wait ``down`` s, start it again (same slots, no data) and wait until
+        the cluster is ok."""
+        node.stop()
+        time.sleep(down)
+        node.start()
+        self.wait_ok()
+
+    def close(self) -> None:
+        """Stop every node and remove their directories."""
+        for node in self.nodes:
+            node.close()
 
 
 # -- a worker process: many concurrent requests against a fake CDN server -------------------
@@ -128,6 +333,8 @@ async def _work(cfg: dict[str, object]) -> dict[str, object]:
             namespace=str(cfg.get("namespace", "cdn-async")),
             heartbeat_interval=float(cfg.get("heartbeat", 0.05)),  # type: ignore[arg-type]
             recovery_grace=float(cfg.get("grace", 0.3)),  # type: ignore[arg-type]
+            restart_hold=bool(cfg.get("restart_hold", True)),
+            fallback="memory" if cfg.get("fallback") == "memory" else "error",
             unavailable_timeout=10.0,
         )
     else:
@@ -157,6 +364,7 @@ async def _work(cfg: dict[str, object]) -> dict[str, object]:
         started = time.monotonic()
         await asyncio.gather(*(task(n) for n in range(int(cfg["tasks"]))))  # type: ignore[call-overload]
         elapsed = time.monotonic() - started
+    await store.aclose()  # a store passed in is the caller's to close (its heartbeat too)
     return {"ok": ok, "failed": failed, "errors": errors[:5], "elapsed": elapsed}
 
 

@@ -1,8 +1,10 @@
 """``RedisBudgetStore`` against a real redis-server (started per test on a free loopback port).
 
 Real time with small periods; assertions are on counts (a strict window checker, the fake
-server's 429 counters), not on exact timings. Without redis-server the tests skip, except on
-CI (``CI=true``), where a missing redis-server fails the run.
+server's 429 counters) and on lower bounds of waits, with generous upper bounds. Redis
+misbehaves for real: killed (``stop``), restarted empty, or stalled with SIGSTOP. Without
+redis-server the tests skip, except on CI (``CI=true``), where a missing redis-server fails
+the run. Redis Cluster: ``test_redis_cluster.py``.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 import cdn_async.redis
+from cdn_async import CDNClient, RateLimits
 from cdn_async._limits import Claim
 from cdn_async.errors import CDNError, RateLimitedError, ValidationError
 from cdn_async.redis import (
@@ -65,12 +68,22 @@ async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
         await r.aclose()
 
 
+async def until(condition: Callable[[], bool], within: float = 3.0) -> None:
+    """Poll ``condition`` every 10 ms until it holds (fail after ``within`` s): for state of
+    other tasks and processes, which no event announces."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 def claim(key: str, limit: int, period: float, units: int = 1) -> Claim:
     return Claim(key, limit, period, units, key.split(":")[0])
 
 
 def store_for(server: RedisServer, **kwargs: object) -> RedisBudgetStore:
-    options: dict[str, object] = {**FAST, "recovery_grace": 0.0, **kwargs}
+    """A store on the test server; the server is new, so no restart wait unless asked."""
+    options: dict[str, object] = {**FAST, "recovery_grace": 0.0, "restart_hold": False, **kwargs}
     return RedisBudgetStore(server.url, **options)  # type: ignore[arg-type]
 
 
@@ -99,6 +112,7 @@ async def hammer(
 def test_public_module_exports() -> None:
     """``cdn_async.redis`` exports a small ``__all__`` under its own name."""
     assert set(cdn_async.redis.__all__) == {
+        "DEFAULT_CALL_TIMEOUT",
         "DEFAULT_HEARTBEAT_INTERVAL",
         "DEFAULT_INFLIGHT_TIMEOUT",
         "DEFAULT_MARKER_TTL",
@@ -108,6 +122,7 @@ def test_public_module_exports() -> None:
         "BudgetStoreUnavailableError",
         "RedisBudgetStore",
         "RedisLease",
+        "RedisPurgeQueue",
         "token_id_for",
     }
     assert RedisBudgetStore.__module__ == "cdn_async.redis"
@@ -130,6 +145,10 @@ def test_options_are_validated() -> None:
         RedisBudgetStore("redis://127.0.0.1:1/0", inflight_timeout=0.5, heartbeat_interval=1)
     with pytest.raises(ValueError, match="braces"):
         RedisBudgetStore("redis://127.0.0.1:1/0", token_id="{x}")
+    with pytest.raises(ValueError, match="call_timeout"):
+        RedisBudgetStore("redis://127.0.0.1:1/0", call_timeout=0)
+    with pytest.raises(ValueError, match="cluster= applies to a URL"):
+        RedisBudgetStore(aioredis.Redis(), cluster=True)
 
 
 async def test_repr_shows_no_password(redis_server: RedisServer) -> None:
@@ -281,7 +300,7 @@ async def test_cancelled_waiter_takes_nothing(redis_server: RedisServer) -> None
 async def test_pause_is_shared(redis_server: RedisServer) -> None:
     """A 429 pause set by one process holds every process, and ``max_wait`` applies."""
     a, b = store_for(redis_server), store_for(redis_server)
-    c = claim("cdn", 5, 0.1)
+    c = claim("cdn", 5, 0.5)
     a.pause(c, 0.3)
     await asyncio.sleep(0.03)
     with pytest.raises(RateLimitedError) as info:
@@ -297,7 +316,7 @@ async def test_pause_is_shared(redis_server: RedisServer) -> None:
 async def test_sync_hold_is_shared(redis_server: RedisServer) -> None:
     """Headers read by one process ("0 remaining for 0.3 s") hold every process."""
     a, b = store_for(redis_server), store_for(redis_server)
-    c = claim("cdn", 5, 0.1)
+    c = claim("cdn", 5, 0.5)
     a.sync(c, 0, 0.3)
     await asyncio.sleep(0.03)
     t0 = time.monotonic()
@@ -310,13 +329,83 @@ async def test_sync_hold_is_shared(redis_server: RedisServer) -> None:
 async def test_a_later_sync_never_lowers_a_live_hold(redis_server: RedisServer) -> None:
     """Answers arrive out of order: an older one (all remaining) must not clear a newer hold."""
     a, b = store_for(redis_server), store_for(redis_server)
-    c = claim("cdn", 5, 0.1)
+    c = claim("cdn", 5, 0.5)
     a.sync(c, 0, 0.3)
     b.sync(c, 5, 0.3)
     await asyncio.sleep(0.03)
     t0 = time.monotonic()
     b.release(await b.acquire([c]))
     assert time.monotonic() - t0 >= 0.2
+    for s in (a, b):
+        await s.aclose()
+
+
+async def test_give_back_frees_units_at_once_for_every_process(redis_server: RedisServer) -> None:
+    """``give_back`` (never sent, or a 429 the server did not count) uncounts the units in
+    Redis at once, not a period later; it is idempotent and does nothing after ``release``."""
+    a, b = store_for(redis_server), store_for(redis_server)
+    c = claim("cdn", 2, 5.0)  # a released unit would hold for 5 s
+    first, second = await a.acquire([c]), await a.acquire([c])
+    a.give_back(first)
+    a.give_back(first)
+    a.release(first)  # after give_back: nothing
+    assert a.snapshot()["cdn"].used == 1
+    got = await asyncio.wait_for(b.acquire([c]), 1.0)
+    a.release(second)
+    a.give_back(second)  # after release: nothing, the unit stays counted
+    late = asyncio.create_task(b.acquire([c]))
+    await asyncio.sleep(0.3)
+    assert not late.done()
+    late.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await late
+    with pytest.raises(ValueError, match="not a lease"):
+        a.give_back(got)
+    b.release(got)
+    for s in (a, b):
+        await s.aclose()
+
+
+async def test_a_late_acquire_call_after_its_give_back_admits_nothing(
+    redis_server: RedisServer, client: aioredis.Redis
+) -> None:
+    """An acquire call that timed out may still run when Redis wakes. Its lease is given back
+    with the re-seed (a tombstone), so a call that runs after that takes nothing."""
+    store = store_for(redis_server)
+    c = claim("cdn", 1, 5.0)
+    lease = RedisLease("late-1", (c,), ((c, 1),), store)
+    store._give_backs[lease.id] = lease  # what a timed-out acquire call leaves behind
+    store._needs_restore = True
+    await store._restore()  # Redis answers again: the re-seed writes the give-back
+    res = await store._acquire_call(lease)  # the stale call runs at last
+    assert int(res[0]) == 0
+    assert await client.zcard("{cdn-async:default}:f:cdn") == 0
+    store.release(await asyncio.wait_for(store.acquire([c]), 1.0))  # the unit is free
+    await store.aclose()
+
+
+async def test_a_pause_never_outlasts_the_period(
+    redis_server: RedisServer, client: aioredis.Redis
+) -> None:
+    """A 429 pause is capped at its key's period: asked for an hour (a wrong clock), or found
+    in Redis for an hour (written by another version), every process resumes a period later,
+    and ``max_wait`` is judged against the capped pause."""
+    a, b = store_for(redis_server), store_for(redis_server)
+    c = claim("cdn", 5, 0.3)
+    a.pause(c, 3600.0)
+    assert a.snapshot()["cdn"].paused_for <= 0.3
+    await asyncio.sleep(0.02)
+    t0 = time.monotonic()
+    b.release(await asyncio.wait_for(b.acquire([c], max_wait=1.0), 2.0))
+    assert 0.2 <= time.monotonic() - t0 <= 0.3 + 0.4
+    secs, micros = await client.time()
+    now_ms = secs * 1000 + micros / 1000
+    await client.hset("{cdn-async:default}:m:cdn", "p", f"{now_ms + 3_600_000:.3f}")
+    t0 = time.monotonic()
+    b.release(await asyncio.wait_for(b.acquire([c], max_wait=1.0), 2.0))
+    assert 0.2 <= time.monotonic() - t0 <= 0.3 + 0.4
+    stored = float(await client.hget("{cdn-async:default}:m:cdn", "p") or 0)
+    assert stored <= now_ms + 300 + 200  # the first reader wrote the cap back for everyone
     for s in (a, b):
         await s.aclose()
 
@@ -419,6 +508,142 @@ async def test_memory_fallback_is_explicit_and_logged(caplog: pytest.LogCaptureF
     await store.aclose()
 
 
+async def test_fallback_starts_from_this_process_units(redis_server: RedisServer) -> None:
+    """Redis dies right after this process filled a window: the in-process fallback counts
+    those units (and waits for them to expire), then honours a 429 pause, ``max_wait`` and a
+    server-sync hold, as the in-memory store does."""
+    store = store_for(redis_server, fallback="memory", call_timeout=0.2)
+    c = claim("cdn", 2, 0.4)
+    leases = [await store.acquire([c]) for _ in range(2)]
+    for lease in leases:
+        store.release(lease)
+    released = time.monotonic()
+    redis_server.stop()
+    store.release(await asyncio.wait_for(store.acquire([c]), 2.0))
+    assert time.monotonic() - released >= 0.4 - 0.01
+    p = claim("minute", 5, 0.5)
+    store.pause(p, 0.3)
+    with pytest.raises(RateLimitedError):
+        await store.acquire([p], max_wait=0.1)
+    t0 = time.monotonic()
+    store.release(await asyncio.wait_for(store.acquire([p]), 2.0))
+    assert time.monotonic() - t0 >= 0.3 - 0.02
+    h = claim("hourly", 3, 0.5)
+    store.sync(h, 0, 0.3)  # the server says another client spent all 3
+    t0 = time.monotonic()
+    store.release(await asyncio.wait_for(store.acquire([h]), 2.0))
+    assert time.monotonic() - t0 >= 0.3 - 0.02
+    await store.aclose()
+
+
+async def test_lone_process_draws_no_429_across_an_outage(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One process with ``fallback="memory"``, 10 tasks doing 60 gets against the fake server
+    while Redis is killed and later comes back empty: every call succeeds, 0 x 429, one
+    WARNING each way and no ERROR."""
+    scale = 0.02  # cdn: 5 per 0.2 s
+    async with FakeCDNServer(time_scale=scale) as fake:
+        ids = [fake.add_endpoint(f"space-{i}.nyc3.digitaloceanspaces.com")["id"] for i in range(4)]
+        store = RedisBudgetStore(
+            redis_server.url,
+            token_id=token_id_for(fake.token),
+            fallback="memory",
+            heartbeat_interval=0.05,
+            recovery_grace=0.1,
+            call_timeout=0.2,
+        )
+        limits = RateLimits.documented().scaled(scale)
+        with caplog.at_level(logging.WARNING, logger="cdn_async"):
+            try:
+                async with CDNClient(
+                    fake.token, base_url=fake.url, limits=limits, budget_store=store, max_retries=0
+                ) as cdn:
+
+                    async def task(n: int) -> None:
+                        for i in range(6):
+                            await cdn.endpoints.get(ids[(n + i) % len(ids)])
+
+                    run = asyncio.gather(*(task(n) for n in range(10)))
+                    await until(lambda: fake.counters.requests >= 15)
+                    redis_server.stop()
+                    await until(lambda: fake.counters.requests >= 35)
+                    await asyncio.to_thread(redis_server.start)
+                    await run
+            finally:
+                await store.aclose()
+        assert fake.counters.rate_limited == {}
+        assert fake.counters.requests == 60
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("Redis unreachable" in m for m in messages) == 1, messages
+    assert sum("reachable again" in m for m in messages) == 1, messages
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_stalled_redis_raises_after_unavailable_timeout(redis_server: RedisServer) -> None:
+    """A stopped Redis (SIGSTOP: connections accepted, nothing answered): every queued acquire
+    raises ``unavailable_timeout`` after the first call stalled, not a socket timeout per
+    retry later; when Redis wakes the store admits again."""
+    store = store_for(redis_server, unavailable_timeout=0.4, call_timeout=0.1)
+    c = claim("cdn", 5, 1.0)
+    store.release(await store.acquire([claim("warm", 5, 0.05)]))  # connected
+    redis_server.stall()
+    try:
+        t0 = time.monotonic()
+        results = await asyncio.gather(
+            *(store.acquire([c]) for _ in range(5)), return_exceptions=True
+        )
+        elapsed = time.monotonic() - t0
+    finally:
+        redis_server.resume()
+    assert all(isinstance(r, BudgetStoreUnavailableError) for r in results), results
+    assert 0.4 - 0.02 <= elapsed < 0.4 + 0.5
+    await asyncio.sleep(0.3)  # the probe finds Redis again
+    store.release(await asyncio.wait_for(store.acquire([c]), 1.0))
+    await store.aclose()
+
+
+async def test_stalled_redis_falls_back_at_once_and_reseeds_when_it_wakes(
+    redis_server: RedisServer,
+) -> None:
+    """``fallback="memory"`` with a stalled Redis: the first acquire is admitted one
+    ``call_timeout`` after its call stalled, the next ones at once; when Redis wakes, what was
+    admitted meanwhile is re-seeded, so other processes count it. ``aclose`` never hangs."""
+    a = store_for(redis_server, fallback="memory", call_timeout=0.1)
+    c = claim("cdn", 3, 0.5)
+    a.release(await a.acquire([claim("warm", 5, 0.05)]))
+    redis_server.stall()
+    try:
+        t0 = time.monotonic()
+        first = await asyncio.wait_for(a.acquire([c]), 1.0)
+        assert time.monotonic() - t0 < 0.1 + 0.3
+        t0 = time.monotonic()
+        leases = [first] + [await a.acquire([c]) for _ in range(2)]
+        assert time.monotonic() - t0 < 0.1  # each call to Redis would take 0.1 s
+    finally:
+        redis_server.resume()
+    await until(lambda: a._down_since is None)
+    b = store_for(redis_server)
+    waiter = asyncio.create_task(b.acquire([c]))
+    await asyncio.sleep(0.3)
+    assert not waiter.done()  # the 3 units admitted during the stall are in Redis now
+    released = time.monotonic()
+    for lease in leases:
+        a.release(lease)
+    b.release(await asyncio.wait_for(waiter, 2.0))
+    assert time.monotonic() - released >= 0.5 - 0.02
+    lease = await a.acquire([claim("warm", 5, 0.05)])
+    redis_server.stall()
+    try:
+        a.release(lease)
+        t0 = time.monotonic()
+        await a.aclose()
+        assert time.monotonic() - t0 < 0.1 + 0.2
+    finally:
+        redis_server.resume()
+    await b.aclose()
+
+
 async def test_closed_store_refuses(redis_server: RedisServer) -> None:
     """After ``aclose``: acquire raises CDNError, release/sync/pause do nothing."""
     store = store_for(redis_server)
@@ -467,20 +692,89 @@ async def test_restart_keeps_every_held_slot(redis_server: RedisServer) -> None:
         await s.aclose()
 
 
+async def test_restart_hold_only_where_no_other_budget_bounds(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis that just started may have lost the units of processes that are gone. With the
+    documented budgets: cdn admits nothing until one of its periods after Redis started,
+    purges wait for purge_files' period, minute and hourly (which cdn bounds) add no wait of
+    their own, and a budget claimed with nothing to bound it waits its own period."""
+    limits = RateLimits.documented().scaled(0.05)  # cdn 0.5 s, purge_files 1 s, minute 3 s
+    store = store_for(redis_server, restart_hold=True)
+    started = redis_server.started_at
+    plain = limits.claims("ep")
+    alone = [c for c in plain if c.budget == "minute"]
+    with caplog.at_level(logging.WARNING, logger="cdn_async"):
+        waiter = asyncio.create_task(store.acquire(alone))
+        lease = await asyncio.wait_for(store.acquire(plain), 2.0)
+        admitted = time.monotonic()
+        purge = await asyncio.wait_for(store.acquire(limits.claims("ep", files=10)), 2.0)
+        purged = time.monotonic()
+        assert not waiter.done()
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    assert started + 0.5 <= admitted < started + 0.5 + 0.8
+    assert purged >= started + 1.0
+    assert sum("no budget history" in r.getMessage() for r in caplog.records) == 1
+    store.release(lease)
+    store.release(purge)
+    await store.aclose()
+
+
+async def test_restart_after_the_filler_is_gone_draws_no_429(redis_server: RedisServer) -> None:
+    """A process fills the cdn window and exits; Redis restarts empty; a newcomer is admitted
+    only once the lost units have left every window (0 x 429), and no later: minute and
+    hourly hold nothing."""
+    scale = 0.1  # cdn: 5 per 1 s; minute 6 s, hourly 360 s
+    period = 10.0 * scale
+    async with FakeCDNServer(time_scale=scale) as fake:
+        ids = [fake.add_endpoint(f"space-{i}.nyc3.digitaloceanspaces.com")["id"] for i in range(4)]
+        filler = await run_workers(fake, redis_server.url, 1, 5, 1, scale, ids=ids, grace=0.25)
+        assert filler[0]["failed"] == 0 and fake.counters.requests == 5
+        restarting = time.monotonic()
+        await asyncio.to_thread(redis_server.restart)
+        store = RedisBudgetStore(redis_server.url, token_id=token_id_for(fake.token), **FAST)  # type: ignore[arg-type]
+        limits = RateLimits.documented().scaled(scale)
+        try:
+            async with CDNClient(
+                fake.token, base_url=fake.url, limits=limits, budget_store=store, max_retries=0
+            ) as cdn:
+                await asyncio.gather(*(cdn.endpoints.get(ids[i % len(ids)]) for i in range(5)))
+        finally:
+            await store.aclose()
+        assert fake.counters.rate_limited == {}
+        newcomer = [e.arrival for e in fake.journal[5:]]
+    assert len(newcomer) == 5
+    assert min(newcomer) >= restarting + period - 0.02
+    assert max(newcomer) < restarting + period + 1.0
+
+
 # -- many OS processes against the fake API ---------------------------------------------------------
 
 
 async def run_workers(
-    fake: FakeCDNServer, redis_url: str, processes: int, tasks: int, requests: int, scale: float
+    fake: FakeCDNServer,
+    redis_url: str,
+    processes: int,
+    tasks: int,
+    requests: int,
+    scale: float,
+    ids: Sequence[str] | None = None,
+    **extra: object,
 ) -> list[dict[str, object]]:
-    ids = [fake.add_endpoint(f"space-{i}.nyc3.digitaloceanspaces.com")["id"] for i in range(4)]
+    """Run ``processes`` worker processes (``tests/redis_server.py``) to the end; ``extra``
+    goes into their config (``grace``, ``fallback``, ``restart_hold``...)."""
+    if ids is None:
+        ids = [fake.add_endpoint(f"space-{i}.nyc3.digitaloceanspaces.com")["id"] for i in range(4)]
     cfg = {
+        **extra,
         "store": "redis",
         "redis_url": redis_url,
         "token_id": token_id_for(fake.token),
         "url": fake.url,
         "token": fake.token,
-        "ids": ids,
+        "ids": list(ids),
         "time_scale": scale,
         "tasks": tasks,
         "requests": requests,

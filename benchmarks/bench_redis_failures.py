@@ -1,0 +1,343 @@
+"""Benchmark ``RedisBudgetStore`` when Redis misbehaves: restarts, outages, stalls.
+
+Run from the repository root (needs redis-server on PATH; starts its own on free ports)::
+
+    python benchmarks/bench_redis_failures.py          # about 2 minutes
+
+Every client uses the store's defaults (``call_timeout`` 0.5 s, ``heartbeat_interval`` 1 s,
+``recovery_grace`` 3 s) unless a row says otherwise, against ``FakeCDNServer``.
+
+1. Share of the bound: 2, 4 and 8 worker processes (200 requests in all, ``endpoints.get``)
+   through one Redis, budgets at time scale 0.05 (cdn: 5 per 0.5 s), ``max_retries=0``:
+   429s and the rate reached on cdn as a share of its bound (as in ``bench_redis.py``).
+2. A lone process with ``fallback="memory"``, one task sending gets back to back (budgets
+   at time scale 1e-4, so they never bind): the longest pause in its requests when Redis
+   dies (killed: connections refused; stalled: SIGSTOP) and when it comes back (restarted
+   empty; SIGCONT). Then 20 tasks saturating cdn (time scale 0.05) while Redis is killed
+   for 2 s and restarts empty: 429s and share of the bound over the run.
+3. Recovery after a restart, at the documented periods (time scale 1): a worker process
+   fills the cdn window (5 gets) and exits; Redis restarts empty; a newcomer sends 5 gets:
+   when it is first admitted (the rule: one cdn period, 10 s, after Redis started) and its
+   429s. Then 4 processes saturating cdn (time scale 0.05) across a restart: 429s and the
+   longest pause in the server's arrivals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _report import machine, table  # noqa: E402
+from bench_redis import saturation  # noqa: E402
+from redis_server import RedisServer, find_redis_server  # noqa: E402
+
+from cdn_async import CDNClient, RateLimits  # noqa: E402
+from cdn_async.redis import RedisBudgetStore, token_id_for  # noqa: E402
+from cdn_async.testing import FakeCDNServer  # noqa: E402
+
+WORKER = ROOT / "tests" / "redis_server.py"
+
+
+def endpoints(fake: FakeCDNServer, n: int = 8) -> list[str]:
+    return [fake.add_endpoint(f"space-{i}.nyc3.digitaloceanspaces.com")["id"] for i in range(n)]
+
+
+def longest_gap(stamps: list[float], start: float, end: float) -> float:
+    """The longest time between consecutive stamps that overlaps ``[start, end]``."""
+    stamps = sorted(stamps)
+    best = 0.0
+    for a, b in itertools.pairwise(stamps):
+        if b >= start and a <= end:
+            best = max(best, b - a)
+    return best
+
+
+async def workers(
+    fake: FakeCDNServer, url: str, ids: list[str], processes: int, tasks: int, **cfg: Any
+) -> list[dict[str, Any]]:
+    config = {
+        "store": "redis",
+        "redis_url": url,
+        "token_id": token_id_for(fake.token),
+        "url": fake.url,
+        "token": fake.token,
+        "ids": ids,
+        "tasks": tasks,
+        "requests": 1,
+        "max_retries": 0,
+        "heartbeat": 1.0,
+        "grace": 3.0,
+        **cfg,
+    }
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, str(WORKER), json.dumps(config), stdout=asyncio.subprocess.PIPE
+        )
+        for _ in range(processes)
+    ]
+    return [json.loads((await p.communicate())[0]) for p in procs]
+
+
+# -- 2. a lone process in fallback ------------------------------------------------------------
+
+
+async def resume(server: RedisServer, how: str) -> dict[str, float]:
+    """One task, gets back to back; Redis fails for 2 s (``how``: killed or stalled)."""
+    scale = 1e-4
+    loop = asyncio.get_running_loop()
+    async with FakeCDNServer(time_scale=scale) as fake:
+        ids = endpoints(fake)
+        store = RedisBudgetStore(server.url, token_id=token_id_for(fake.token), fallback="memory")
+        stamps: list[float] = []
+        running = True
+        async with CDNClient(
+            fake.token,
+            base_url=fake.url,
+            limits=RateLimits.documented().scaled(scale),
+            budget_store=store,
+            max_retries=0,
+        ) as cdn:
+
+            async def sender() -> None:
+                i = 0
+                while running:
+                    await cdn.endpoints.get(ids[i % len(ids)])
+                    stamps.append(loop.time())
+                    i += 1
+
+            task = asyncio.create_task(sender())
+            await asyncio.sleep(4.0)  # past the first use's recovery grace
+            failed = loop.time()
+            if how == "killed":
+                server.stop()
+            else:
+                server.stall()
+            await asyncio.sleep(2.0)
+            back = loop.time()
+            if how == "killed":
+                await asyncio.to_thread(server.start)
+            else:
+                server.resume()
+            await asyncio.sleep(4.5)
+            running = False
+            await task
+        await store.aclose()
+        before = [b - a for a, b in itertools.pairwise(stamps) if b < failed]
+        return {
+            "normal_ms": statistics.median(before) * 1000,
+            "stop_ms": longest_gap(stamps, failed, failed + 1.0) * 1000,
+            "return_ms": longest_gap(stamps, back, back + 4.0) * 1000,
+            "requests": len(stamps),
+            "429": sum(fake.counters.rate_limited.values()),
+        }
+
+
+async def outage_saturated(server: RedisServer) -> dict[str, Any]:
+    """20 tasks saturating cdn; Redis killed for 2 s, then back empty."""
+    scale = 0.05
+    loop = asyncio.get_running_loop()
+    async with FakeCDNServer(time_scale=scale) as fake:
+        ids = endpoints(fake)
+        store = RedisBudgetStore(server.url, token_id=token_id_for(fake.token), fallback="memory")
+        async with CDNClient(
+            fake.token,
+            base_url=fake.url,
+            limits=RateLimits.documented().scaled(scale),
+            budget_store=store,
+            max_retries=0,
+        ) as cdn:
+
+            async def task(n: int) -> None:
+                for i in range(5):
+                    await cdn.endpoints.get(ids[(n + i) % len(ids)])
+
+            run = asyncio.gather(*(task(n) for n in range(20)), return_exceptions=True)
+            await asyncio.sleep(4.0)
+            server.stop()
+            killed = loop.time()
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(server.start)
+            results = await run
+        await store.aclose()
+        ok = sorted(e.arrival for e in fake.journal if e.status == 200)
+        during = [t for t in ok if killed <= t < killed + 2.0]
+        limit, period = 5, 10.0 * scale
+        return {
+            "ok": len(ok),
+            "failed": sum(isinstance(r, BaseException) for r in results),
+            "429": sum(fake.counters.rate_limited.values()),
+            "share": (len(ok) - limit) / (ok[-1] - ok[0]) / (limit / period),
+            "during_outage": len(during),
+            "bound_during": 2.0 / period * limit,
+        }
+
+
+# -- 3. recovery after a restart -----------------------------------------------------------------
+
+
+async def restart_newcomer(server: RedisServer) -> dict[str, float]:
+    """Documented periods: a filler fills cdn and exits, Redis restarts, a newcomer asks."""
+    loop = asyncio.get_running_loop()
+    async with FakeCDNServer(time_scale=1.0) as fake:
+        ids = endpoints(fake)
+        await workers(fake, server.url, ids, 1, 5, time_scale=1.0)
+        filled = max(e.arrival for e in fake.journal)
+        restarting = loop.time()
+        await asyncio.to_thread(server.restart)
+        restarted = loop.time()
+        store = RedisBudgetStore(server.url, token_id=token_id_for(fake.token))
+        async with CDNClient(
+            fake.token, base_url=fake.url, budget_store=store, max_retries=0
+        ) as cdn:
+            await asyncio.gather(*(cdn.endpoints.get(ids[i]) for i in range(5)))
+        await store.aclose()
+        first = min(e.arrival for e in fake.journal[5:])
+        return {
+            "filled_before_restart_s": restarting - filled,
+            "restart_s": restarted - restarting,
+            "first_after_restart_s": first - restarting,
+            "first_after_filler_s": first - filled,
+            "429": sum(fake.counters.rate_limited.values()),
+        }
+
+
+async def restart_saturated(server: RedisServer) -> dict[str, Any]:
+    """4 processes x 25 tasks saturating cdn; Redis restarts empty mid-run."""
+    scale = 0.05
+    loop = asyncio.get_running_loop()
+    async with FakeCDNServer(time_scale=scale) as fake:
+        ids = endpoints(fake)
+        run = asyncio.create_task(workers(fake, server.url, ids, 4, 25, time_scale=scale))
+        while fake.counters.requests < 40 and not run.done():  # noqa: ASYNC110 (no event)
+            await asyncio.sleep(0.01)
+        restarting = loop.time()
+        await asyncio.to_thread(server.restart)
+        results = await run
+        ok = sorted(e.arrival for e in fake.journal if e.status == 200)
+        return {
+            "ok": len(ok),
+            "failed": sum(r["failed"] for r in results),
+            "429": sum(fake.counters.rate_limited.values()),
+            "gap_s": longest_gap(ok, restarting, restarting + 5.0),
+            "period_s": 10.0 * scale,
+        }
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--total", type=int, default=200, help="requests in section 1")
+    args = parser.parse_args()
+    binary = find_redis_server()
+    if binary is None:
+        print("redis-server not found", file=sys.stderr)
+        return 1
+    began = time.monotonic()
+    logging.getLogger("cdn_async").setLevel(logging.ERROR)  # the WARNINGs are expected here
+    print(f"# {machine()}")
+    server = RedisServer(binary)
+    server.start()
+    try:
+        rows = []
+        for processes in (2, 4, 8):
+            res = await saturation("redis", server.url, processes, args.total // processes, 1, 0.05)
+            rows.append(
+                [
+                    processes,
+                    f"{args.total // processes}",
+                    f"{res['requests_ok']} ok, {res['requests_failed']} failed",
+                    res["answers_429"],
+                    f"{res['rate_per_s']:.2f}/s of {res['bound_per_s']:.2f}/s",
+                    f"**{res['share_of_bound']:.1%}**",
+                ]
+            )
+        table(
+            "1. Processes sharing one Redis (cdn 5 per 0.5 s, max_retries=0)",
+            ["processes", "tasks each", "requests", "429s", "rate", "share of bound"],
+            rows,
+        )
+
+        rows = []
+        for how in ("killed", "stalled"):
+            r = await resume(server, how)
+            rows.append(
+                [
+                    f"Redis {how} for 2 s"
+                    + (" (then restarted empty)" if how == "killed" else " (SIGSTOP, SIGCONT)"),
+                    f"{r['normal_ms']:.1f} ms",
+                    f"**{r['stop_ms']:.0f} ms**",
+                    f"{r['return_ms']:.0f} ms",
+                    r["requests"],
+                    r["429"],
+                ]
+            )
+        table(
+            "2a. A lone process, fallback='memory': how long its requests stop",
+            [
+                "event",
+                "normal gap",
+                "longest gap as Redis fails",
+                "longest gap as it returns",
+                "requests",
+                "429s",
+            ],
+            rows,
+        )
+        o = await outage_saturated(server)
+        table(
+            "2b. A lone process, 20 tasks saturating cdn (5 per 0.5 s), Redis killed for 2 s",
+            ["requests", "429s", "share of bound (whole run)", "sent while Redis was down"],
+            [
+                [
+                    f"{o['ok']} ok, {o['failed']} failed",
+                    f"**{o['429']}**",
+                    f"{o['share']:.1%}",
+                    f"{o['during_outage']} (bound {o['bound_during']:.0f})",
+                ]
+            ],
+        )
+
+        n = await restart_newcomer(server)
+        s = await restart_saturated(server)
+        table(
+            "3. Recovery after a restart",
+            ["case", "result"],
+            [
+                [
+                    "filler (1 process) fills cdn (5 per 10 s) and exits; Redis restarts; "
+                    "a newcomer sends 5 gets",
+                    f"filler's last request {n['filled_before_restart_s']:.2f} s before the "
+                    f"restart (restart took {n['restart_s']:.2f} s); newcomer first admitted "
+                    f"**{n['first_after_restart_s']:.2f} s** after the restart "
+                    f"({n['first_after_filler_s']:.2f} s after the filler's last); "
+                    f"429s: **{n['429']}**",
+                ],
+                [
+                    "4 processes x 25 tasks saturating cdn (5 per 0.5 s); Redis restarts "
+                    "empty mid-run",
+                    f"{s['ok']} ok, {s['failed']} failed, 429s: **{s['429']}**; longest pause "
+                    f"in arrivals {s['gap_s']:.2f} s (recovery_grace 3 s; cdn period "
+                    f"{s['period_s']:.1f} s)",
+                ],
+            ],
+        )
+    finally:
+        server.close()
+    print(f"\nWhole run: {time.monotonic() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
