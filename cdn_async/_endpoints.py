@@ -17,6 +17,7 @@ from ._session import Session
 from .errors import (
     APIConnectionError,
     APIResponseError,
+    CDNError,
     InternalServerError,
     UnprocessableEntityError,
     ValidationError,
@@ -134,30 +135,41 @@ class Endpoints:
         if not isinstance(ttl, NotGiven):
             body["ttl"] = int(check.ttl(ttl))
         body.update(_domain_fields(custom_domain, certificate_id, allow_removal=False))
-        try:
-            resp = await self._session.request("POST", PATH, json=body)
-        except (APIConnectionError, InternalServerError) as exc:
-            found = await self._find_by_origin(body["origin"])
-            if found is None:
-                logger.info(
-                    "create of %s failed ambiguously (%s); not created, sending again", origin, exc
+        session = self._session
+        origin_name = body["origin"]
+        max_retries = session.options.max_retries
+        used = 0  # attempts so far, over every request below: max_retries + 1 at most
+        ambiguous = False  # an earlier attempt may have created it
+        while True:
+            try:
+                # The session retries only what surely did not create (a connection never
+                # made, a 429); a 5xx or a lost connection comes back here to be looked up.
+                resp = await session.request(
+                    "POST", PATH, json=body, max_retries=max_retries - used
                 )
+                break
+            except UnprocessableEntityError:
+                if ambiguous:
+                    # "Origin in use": an earlier attempt did create it; the list lagged.
+                    found = await self._find_by_origin(origin_name)
+                    if found is not None:
+                        return self._mark_created(found)
+                raise
+            except (APIConnectionError, InternalServerError) as exc:
+                ambiguous = True
+                used += exc.attempts
                 try:
-                    resp = await self._session.request("POST", PATH, json=body)
-                except UnprocessableEntityError:
-                    # "Origin in use": the first attempt did create it, and the list lagged.
-                    found = await self._find_by_origin(body["origin"])
-                    if found is None:
-                        raise
-                    self._mark_created(found.id)
-                    return found
-            else:
-                logger.info("create of %s failed ambiguously but the endpoint exists", origin)
-                self._mark_created(found.id)
-                return found
-        endpoint = _structure_endpoint(resp.data, resp.status)
-        self._mark_created(endpoint.id)
-        return endpoint
+                    found = await self._find_by_origin(origin_name)
+                except CDNError:
+                    raise exc from None  # the lookup failed too: the outcome is unknown
+                if found is not None:
+                    logger.info("create of %s failed ambiguously but it exists", origin_name)
+                    return self._mark_created(found)
+                if used > max_retries:
+                    raise
+                logger.info("create of %s failed (%s); it does not exist", origin_name, exc)
+                await session.backoff("POST", PATH, used, "create not done")
+        return self._mark_created(_structure_endpoint(resp.data, resp.status))
 
     async def update(
         self,
@@ -230,16 +242,19 @@ class Endpoints:
             PurgeError: Some paths failed (after retries); ``.report`` says which.
         """
         cdn_id = check.uuid_str("cdn_id", cdn_id)
-        paths = check.files(files)
+        # Checked a chunk at a time, yielding to the loop between chunks (100,000 paths never
+        # block it for long); a bad path still raises before anything is sent.
+        paths = await check.files_async(files)
         return await self._purge.purge(self._session, cdn_id, paths, on_progress=on_progress)
 
-    def _mark_created(self, cdn_id: str) -> None:
+    def _mark_created(self, endpoint: CDNEndpoint) -> CDNEndpoint:
         now = self._session.now()
         created = self._session.recently_created
-        created[cdn_id] = now
+        created[endpoint.id] = now
         # Prune so a long-lived client creating many endpoints does not grow without bound.
         for stale in [k for k, t in created.items() if now - t >= CREATE_LAG_WINDOW]:
             del created[stale]
+        return endpoint
 
     async def _find_by_origin(self, origin: str) -> CDNEndpoint | None:
         async for endpoint in self.list():

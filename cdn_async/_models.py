@@ -1,6 +1,9 @@
-"""The API's data as frozen attrs classes, and the one cattrs converter that maps them."""
+"""The API's data as frozen attrs classes, and the one cattrs converter that maps them.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: the classes are re-exported as
+``cdn_async.CDNEndpoint`` etc. (their ``__module__`` says ``cdn_async``), where string annotations
+such as ``"datetime"`` would not resolve, so ``typing.get_type_hints`` would fail on them.
+"""
 
 import enum
 from collections.abc import Callable
@@ -29,8 +32,8 @@ class CDNEndpoint:
         id: The endpoint's UUID.
         origin: The Space the content comes from (``name.region.digitaloceanspaces.com``).
         endpoint: The hostname the CDN serves the content on.
-        ttl: Seconds the edge caches content; a ``TTL`` member (a plain int if the API ever
-            returns a value this version does not know).
+        ttl: Seconds the edge caches content: a ``TTL`` member, or a plain ``int`` when the
+            API returns a value this version does not know (it stays readable, never an error).
         created_at: When it was created (timezone-aware, UTC).
         certificate_id: The TLS certificate of ``custom_domain`` (a UUID, or
             ``"needs-cloudflare-cert"``), or None.
@@ -40,7 +43,7 @@ class CDNEndpoint:
     id: str
     origin: str
     endpoint: str
-    ttl: int
+    ttl: TTL | int
     created_at: datetime
     certificate_id: str | None = None
     custom_domain: str | None = None
@@ -76,7 +79,7 @@ def _structure_datetime(value: Any, _: type) -> datetime:
 _TTL_MEMBERS: dict[int, TTL] = {m.value: m for m in TTL}
 
 
-def _structure_ttl(value: Any, _: type) -> int:
+def _structure_ttl(value: Any, _: type) -> TTL | int:
     ttl = int(value)
     # A lifetime this version does not know must not break reading: it stays a plain int.
     return _TTL_MEMBERS.get(ttl, ttl)

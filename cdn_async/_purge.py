@@ -7,17 +7,24 @@ other callers add while it waits join the same request. A path already pending, 
 by a pending wildcard, is shared rather than sent twice; a path already *sent* is never
 joined (content changed after the request went out would stay cached). Sending one batch at
 a time per endpoint also means two identical purges are never in flight together.
+
+Planning and joining take ``CHUNK`` paths at a time and yield to the event loop in between,
+so a 100,000-path purge never blocks it for long (the sender may start on the first chunk);
+a path to be sent joins together with every path it stands for, so none of them can end up
+behind a request already sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, cast
 
 import attrs
 
 from ._logs import logger
+from ._validation import CHUNK
 from .errors import (
     AuthenticationError,
     CDNError,
@@ -63,23 +70,67 @@ def plan(paths: Sequence[str]) -> dict[str, str]:
     """Map each (normalised) path to the path that will actually be sent for it.
 
     ``"*"`` covers everything; ``dir/*`` covers every path that starts with ``dir/``; other
-    paths stand for themselves. Order of first appearance is kept.
+    paths stand for themselves. Order of first appearance is kept. Linear in the number of
+    paths (and of the ``/`` in each), whatever the number of wildcards.
     """
-    unique = list(dict.fromkeys(paths))
-    if "*" in unique:
-        return {p: "*" for p in unique}
-    prefixes = sorted({p[:-1] for p in unique if p.endswith("/*")}, key=len)
-    mapping: dict[str, str] = {}
-    for p in unique:
-        mapping[p] = _cover(p, prefixes) or p
-    return mapping
+    planned = _Plan()
+    for _ in planned.steps(paths):
+        pass
+    return planned.mapping
 
 
-def _cover(path: str, prefixes: Sequence[str]) -> str | None:
+class _Plan:
+    """``plan``'s answer, and what joining needs besides, built a chunk at a time."""
+
+    def __init__(self) -> None:
+        #: Each path -> the path sent for it.
+        self.mapping: dict[str, str] = {}
+        #: Each path sent, in order of the first path it is sent for.
+        self.targets: dict[str, None] = {}
+        #: Each wildcard sent -> every path it stands for (itself included), in order. Other
+        #: paths sent stand only for themselves.
+        self.groups: dict[str, list[str]] = {}
+
+    def steps(self, paths: Sequence[str]) -> Iterator[None]:
+        """Plan ``paths``, yielding after every ``CHUNK`` of them."""
+        unique: dict[str, None] = {}
+        prefixes: set[str] = set()  # each wildcard "dir/*" as its directory "dir/"
+        for start in range(0, len(paths), CHUNK):
+            chunk = dict.fromkeys(paths[start : start + CHUNK])
+            unique.update(chunk)
+            prefixes.update(p[:-1] for p in chunk if p.endswith("/*"))
+            yield
+        if "*" in unique:
+            self.groups["*"] = list(unique)
+            self.mapping = dict.fromkeys(unique, "*")
+            self.targets = {"*": None}
+            return
+        mapping, targets, groups = self.mapping, self.targets, self.groups
+        for i, p in enumerate(unique):
+            # A path is covered by one of its own parent directories: one lookup per "/".
+            target = _cover(p, prefixes) if prefixes else None
+            if target is None:
+                mapping[p] = p
+                targets[p] = None
+                if p.endswith("/*"):  # a wildcard sent as itself: it may stand for others
+                    groups.setdefault(p, []).append(p)
+            else:
+                mapping[p] = target
+                targets[target] = None
+                groups.setdefault(target, []).append(p)
+            if i % CHUNK == CHUNK - 1:
+                yield
+
+
+def _cover(path: str, prefixes: set[str]) -> str | None:
     """The shortest wildcard among ``prefixes`` (each ``dir/``) that covers ``path``."""
-    for prefix in prefixes:
-        if path.startswith(prefix) and path != prefix + "*":
+    cut = path.find("/")
+    while cut != -1:
+        prefix = path[: cut + 1]
+        # A wildcard covers itself only as itself ("a/*" stands for "a/*", not covered by it).
+        if prefix in prefixes and not (len(path) == cut + 2 and path[-1] == "*"):
             return prefix + "*"
+        cut = path.find("/", cut + 1)
     return None
 
 
@@ -87,16 +138,19 @@ class _Call:
     """One ``purge`` caller's tally."""
 
     def __init__(
-        self, cdn_id: str, paths: Sequence[str], on_progress: Callable[[int, int], None] | None
+        self, cdn_id: str, total: int, on_progress: Callable[[int, int], None] | None
     ) -> None:
         self.cdn_id = cdn_id
-        self.total = len(paths)
+        self.total = total
         self.purged: list[str] = []
         self.failed: dict[str, CDNError] = {}
         self.requests = 0
         self.budget_wait = 0.0
         self.on_progress = on_progress
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        #: Set when the endpoint's sender met an error every later batch would meet too (or
+        #: stopped): paths of this call not yet joined then fail with it, unsent.
+        self.stopped: CDNError | None = None
 
     def batch_done(
         self, purged: list[str], failed: list[tuple[str, CDNError]], wait: float, sent: bool
@@ -121,51 +175,94 @@ class _Call:
         )
 
 
-class _Entry:
-    """A pending path and the callers (with their own path it stands for) waiting on it."""
+class _Entry(list["_Call | str"]):
+    """The callers waiting on a pending path that more than one path or caller shares, each
+    with its own path the pending one stands for, as one flat list: ``[call, own, ...]``."""
 
-    __slots__ = ("waiters",)
+    __slots__ = ()
 
-    def __init__(self) -> None:
-        self.waiters: list[tuple[_Call, str]] = []
+    def join(self, call: _Call, own: str) -> None:
+        self += (call, own)
+
+    def pairs(self) -> Iterator[tuple[_Call, str]]:
+        """Each waiting ``(call, own path)``."""
+        it = iter(self)
+        return cast("Iterator[tuple[_Call, str]]", zip(it, it, strict=False))
+
+    def leave(self, call: _Call) -> None:
+        """Drop every path of ``call``."""
+        self[:] = [x for c, own in self.pairs() if c is not call for x in (c, own)]
+
+
+#: Who waits on a pending path: the one caller that stands only for the path itself (most
+#: paths of a large purge: kept as the caller itself, so a pending path costs no object of
+#: its own, and a 100,000-path purge leaves the garbage collector's full collections, its
+#: longest pauses, nothing more to walk), or an ``_Entry`` of several.
+_Waiting = _Call | _Entry
+
+
+def _pairs(path: str, waiting: _Waiting) -> Iterable[tuple[_Call, str]]:
+    return ((waiting, path),) if isinstance(waiting, _Call) else waiting.pairs()
 
 
 class _Lane:
     """One endpoint's pending set and its sender task."""
 
     def __init__(self) -> None:
-        self.pending: dict[str, _Entry] = {}
+        self.pending: dict[str, _Waiting] = {}
         self.task: asyncio.Task[None] | None = None
 
-    def covering(self, path: str) -> _Entry | None:
-        entry = self.pending.get(path)
-        if entry is not None:
-            return entry
+    def covering(self, path: str) -> str | None:
+        """The pending path that covers ``path``: itself, ``*`` or a parent's wildcard."""
+        if path in self.pending:
+            return path
         if "*" in self.pending:
-            return self.pending["*"]
+            return "*"
         # Walk the path's parent directories: "a/b/c.png" may be covered by "a/*" or "a/b/*".
         cut = path.find("/")
         while cut != -1:
-            entry = self.pending.get(path[: cut + 1] + "*")
-            if entry is not None and path != path[: cut + 1] + "*":
-                return entry
+            wildcard = path[: cut + 1] + "*"
+            if wildcard in self.pending and path != wildcard:
+                return wildcard
             cut = path.find("/", cut + 1)
         return None
+
+    def join(self, call: _Call, path: str, owns: Sequence[str] | None) -> str:
+        """Make ``call`` wait on ``path`` for ``owns`` (None: for ``path`` itself only), sharing
+        a pending path that covers it; returns the pending path it waits on."""
+        key = self.covering(path)
+        if key is None and owns is None:
+            self.pending[path] = call
+            return path
+        if key is None:
+            key, waiting = path, _Entry()
+            self.pending[path] = waiting
+        else:
+            found = self.pending[key]
+            if isinstance(found, _Call):  # shared from now on
+                waiting = self.pending[key] = _Entry((found, key))
+            else:
+                waiting = found
+        for own in owns or (path,):
+            waiting.join(call, own)
+        return key
 
 
 class _NothingToSend(Exception):
     """Raised by a batch's seal when every path it was to carry was abandoned."""
 
 
-def _abandon(lane: _Lane, call: _Call, joined: Iterable[tuple[str, _Entry]]) -> None:
+def _abandon(lane: _Lane, call: _Call, joined: Iterable[str]) -> None:
     """A cancelled caller leaves the paths it waits on that are not yet sent; a path no one
     else waits on is not sent at all (an already-sealed batch goes out regardless)."""
-    for key, entry in joined:
-        if lane.pending.get(key) is not entry:
-            continue  # sealed (on the wire or done): it stays shared
-        entry.waiters = [(c, own) for c, own in entry.waiters if c is not call]
-        if not entry.waiters:
+    for key in joined:
+        waiting = lane.pending.get(key)  # absent: sealed (on the wire or done), stays shared
+        if waiting is call:
             del lane.pending[key]
+        elif isinstance(waiting, _Entry):  # it may be another caller's, which call is not in
+            waiting.leave(call)
+            if not waiting:
+                del lane.pending[key]
 
 
 class PurgeEngine:
@@ -187,25 +284,41 @@ class PurgeEngine:
         A batch shared by callers of several client copies is sent with the options (retries,
         timeout) of the caller that opened the endpoint's lane.
         """
-        mapping = plan(paths)
-        call = _Call(cdn_id, list(mapping), on_progress)
-        lane = self._lanes.setdefault(cdn_id, _Lane())
-        joined: dict[int, tuple[str, _Entry]] = {}
-        for own, target in mapping.items():
-            entry = lane.covering(target)
-            if entry is None:
-                entry = lane.pending[target] = _Entry()
-            entry.waiters.append((call, own))
-            joined[id(entry)] = (target, entry)
-        if lane.task is None or lane.task.done():
-            lane.task = asyncio.get_running_loop().create_task(
-                self._send_lane(session, cdn_id, lane)
-            )
+        # Planning and joining yield to the loop every CHUNK paths: a purge of 100,000 paths
+        # never blocks it for long. Until the last chunk has joined, the sender may already
+        # send the first ones (it takes what is pending when the budgets admit each batch).
+        planned = _Plan()
+        for _ in planned.steps(paths):
+            await asyncio.sleep(0)
+        call = _Call(cdn_id, len(planned.mapping), on_progress)
+        # The pending paths this call waits on, per lane.
+        joined: dict[_Lane, list[str]] = {}
         try:
+            targets, groups = iter(planned.targets), planned.groups
+            while chunk := list(itertools.islice(targets, CHUNK)):
+                if call.stopped is not None:
+                    rest = itertools.chain(chunk, targets)
+                    failed = [(own, call.stopped) for t in rest for own in groups.get(t) or (t,)]
+                    call.batch_done([], failed, 0.0, sent=False)
+                    break
+                # Looked up again after every yield: the lane's sender may have emptied it and
+                # gone (a fatal error fails every pending path), and a new lane then takes over.
+                lane = self._lanes.setdefault(cdn_id, _Lane())
+                mine = joined.setdefault(lane, [])
+                for target in chunk:
+                    # A sent path joins with every path it stands for at once, so none of them
+                    # can join a request already sent for another.
+                    mine.append(lane.join(call, target, groups.get(target)))
+                if lane.task is None or lane.task.done():
+                    lane.task = asyncio.get_running_loop().create_task(
+                        self._send_lane(session, cdn_id, lane)
+                    )
+                await asyncio.sleep(0)
             # Cancelling this caller cancels only its own future, never the shared sender.
             await call.finished
         except asyncio.CancelledError:
-            _abandon(lane, call, joined.values())
+            for lane, keys in joined.items():
+                _abandon(lane, call, keys)
             raise
         report = call.report()
         if report.failed:
@@ -233,12 +346,12 @@ class PurgeEngine:
         # The size is fixed now, so the file budget is claimed exactly; paths that arrive
         # while this batch waits for its budget go in the next one.
         size = min(session.limits.purge_batch_size, len(lane.pending))
-        batch: list[tuple[str, _Entry]] = []
+        batch: list[tuple[str, _Waiting]] = []
 
         def seal() -> dict[str, list[str]]:
             # Runs when the budgets first admit the request: from here on no caller may join.
             if not batch:
-                for path in list(lane.pending)[:size]:
+                for path in list(itertools.islice(lane.pending, size)):
                     batch.append((path, lane.pending.pop(path)))
             if not batch:  # every caller of these paths was cancelled while it waited
                 raise _NothingToSend
@@ -278,33 +391,41 @@ class PurgeEngine:
                 CDNError("the client was closed while these paths were purged"),
                 0.0,
                 sent=sent,
+                stop=True,
             )
             raise
         sent = bool(batch)  # empty when it failed before the budgets admitted it
         if not sent and lane.pending:
             seal()
-        self._resolve(batch, error, wait, sent=sent)
+        self._resolve(batch, error, wait, sent=sent, stop=isinstance(error, _FATAL))
         if isinstance(error, _FATAL):
             self._fail_all(lane, error)
 
     def _fail_all(self, lane: _Lane, error: CDNError) -> None:
         batch = list(lane.pending.items())
         lane.pending.clear()
-        self._resolve(batch, error, 0.0, sent=False)
+        self._resolve(batch, error, 0.0, sent=False, stop=True)
 
     @staticmethod
     def _resolve(
-        batch: list[tuple[str, _Entry]], error: CDNError | None, wait: float, sent: bool
+        batch: list[tuple[str, _Waiting]],
+        error: CDNError | None,
+        wait: float,
+        sent: bool,
+        stop: bool = False,
     ) -> None:
+        """Report ``batch``'s outcome to its callers; ``stop``: ``error`` ends their purge."""
         outcomes: dict[_Call, tuple[list[str], list[tuple[str, CDNError]]]] = {}
-        for _, entry in batch:
-            for call, own in entry.waiters:
+        for path, waiting in batch:
+            for call, own in _pairs(path, waiting):
                 purged, failed = outcomes.setdefault(call, ([], []))
                 if error is None:
                     purged.append(own)
                 else:
                     failed.append((own, error))
         for call, (purged, failed) in outcomes.items():
+            if stop and error is not None:
+                call.stopped = error
             call.batch_done(purged, failed, wait, sent)
 
     async def aclose(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from datetime import UTC, datetime
 
 import attrs
@@ -29,6 +30,19 @@ def test_unknown_fields_from_the_server_are_ignored() -> None:
 def test_a_ttl_this_version_does_not_know_still_reads() -> None:
     ep = converter.structure(endpoint_json(ttl=1800), CDNEndpoint)
     assert ep.ttl == 1800 and not isinstance(ep.ttl, TTL)
+
+
+def test_ttl_is_annotated_as_what_it_holds() -> None:
+    """Type checkers and IDEs see ``TTL | int``: TTL members for known values, a plain int
+    for a value from a newer API (so code that compares with ``TTL`` members type-checks and
+    code that must handle unknown values is told so)."""
+    hints = typing.get_type_hints(CDNEndpoint)
+    assert hints["ttl"] == TTL | int
+    assert hints["created_at"] is datetime
+    known = converter.structure(endpoint_json(ttl=86400), CDNEndpoint).ttl
+    unknown = converter.structure(endpoint_json(ttl=7200), CDNEndpoint).ttl
+    assert known is TTL.ONE_DAY
+    assert type(unknown) is int and unknown == 7200
 
 
 def test_empty_custom_domain_and_certificate_read_as_none() -> None:

@@ -184,6 +184,7 @@ async def test_purges_of_different_endpoints_do_not_wait_for_each_other(cdn: CDN
     loop = asyncio.get_running_loop()
     with aioresponses() as m:
         m.delete(PURGE, callback=rec.handle, repeat=True)
+        await cdn.endpoints.purge(ID, ["warm-up"])  # the first request of a client goes alone
         start = loop.time()
         await asyncio.gather(cdn.endpoints.purge(ID, ["a"]), cdn.endpoints.purge(other, ["a"]))
     assert loop.time() - start == pytest.approx(5.0, abs=0.1)  # in parallel, not 10 s

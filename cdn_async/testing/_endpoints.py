@@ -2,48 +2,30 @@
 
 from __future__ import annotations
 
-import re
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 
-#: The TTLs the API accepts (seconds).
-TTLS: frozenset[int] = frozenset({60, 600, 3600, 86400, 604800})
-DEFAULT_TTL = 3600
-#: A certificate id the API accepts and returns besides UUIDs.
-CLOUDFLARE_CERT = "needs-cloudflare-cert"
-
-# A Space's FQDN: a bucket name (3-63 lowercase letters, digits, hyphens; starts and ends with
-# a letter or digit) then a region slug such as nyc3 or sgp1.
-_SPACE_ORIGIN = re.compile(
-    r"^(?P<bucket>[a-z0-9][a-z0-9-]{1,61}[a-z0-9])\.(?P<region>[a-z]{3}[0-9])"
-    r"\.digitaloceanspaces\.com$"
+# The request rules are the client's own (one place: cdn_async._validation), so the fake and
+# the client cannot disagree on what the API accepts.
+from .._validation import (
+    CLOUDFLARE_CERT,
+    TTL_SECONDS,
+    hostname_problem,
+    is_certificate_id,
+    path_problem,
+    space_origin_problem,
 )
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+#: The TTLs the API accepts (seconds).
+TTLS: frozenset[int] = TTL_SECONDS
+DEFAULT_TTL = 3600
 
 
 class BodyError(ValueError):
     """A request body the API would refuse with 422 (``message`` is the error message)."""
-
-
-def _is_hostname(value: str) -> bool:
-    if not value or len(value) > 253:
-        return False
-    labels = value.lower().split(".")
-    return len(labels) >= 2 and all(_LABEL.match(label) for label in labels)
-
-
-def _is_certificate_id(value: str) -> bool:
-    if value == CLOUDFLARE_CERT:
-        return True
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
 
 
 @attrs.define
@@ -124,9 +106,10 @@ def check_origin(origin: object) -> str:
     Raises:
         BodyError: If it is not a Space FQDN.
     """
-    if not isinstance(origin, str) or not _SPACE_ORIGIN.match(origin):
+    if not isinstance(origin, str) or space_origin_problem(origin) is not None:
         raise BodyError(
-            "origin must be the FQDN of a Space, such as name.nyc3.digitaloceanspaces.com"
+            "origin must be the FQDN of a Space, such as name.nyc3.digitaloceanspaces.com "
+            "(the bucket 3-63 lowercase letters, digits or hyphens)"
         )
     return origin
 
@@ -141,7 +124,8 @@ def check_ttl(ttl: object) -> int:
         The ttl.
 
     Raises:
-        BodyError: If it is not one of ``TTLS``.
+        BodyError: If it is not one of ``TTLS`` (``null`` included: the spec's ``ttl`` is an
+            integer, not nullable).
     """
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl not in TTLS:
         raise BodyError("ttl must be one of 60, 600, 3600, 86400, 604800")
@@ -172,9 +156,10 @@ def check_domain_fields(body: Mapping[str, Any]) -> tuple[str | None, str | None
     """
     domain = _optional_str(body, "custom_domain")
     cert = _optional_str(body, "certificate_id")
-    if domain and not _is_hostname(domain):
-        raise BodyError("custom_domain must be a fully qualified domain name")
-    if cert and not _is_certificate_id(cert):
+    problem = hostname_problem(domain) if domain else None
+    if problem is not None:
+        raise BodyError(f"custom_domain must be a fully qualified domain name: {problem}")
+    if cert and not is_certificate_id(cert):
         raise BodyError(f"certificate_id must be a UUID or {CLOUDFLARE_CERT!r}")
     return domain, cert
 
@@ -189,13 +174,18 @@ def check_purge_files(body: Mapping[str, Any]) -> list[str]:
         The paths.
 
     Raises:
-        BodyError: If ``files`` is missing, empty, or holds anything but non-empty strings.
+        BodyError: If ``files`` is missing, empty, or holds anything but non-empty strings
+            free of control characters and lone surrogates.
     """
     files = body.get("files")
     if not isinstance(files, list) or not files:
         raise BodyError("files must be a non-empty array of paths")
-    if not all(isinstance(f, str) and f for f in files):
-        raise BodyError("every entry of files must be a non-empty string")
+    for i, f in enumerate(files):
+        if not isinstance(f, str):
+            raise BodyError("every entry of files must be a non-empty string")
+        problem = path_problem(f)
+        if problem is not None:
+            raise BodyError(f"files[{i}] {problem}")
     return files
 
 

@@ -7,7 +7,9 @@ Order in which a request is handled (each step may answer and stop):
 3. ``429 rate_limit:<budget>``: the request does not fit one of its token's budget windows
    (refused requests are not counted); otherwise it is counted in all of them at once;
 4. ``fault:*_before``: a switched-on 5xx or dropped connection (nothing changes);
-5. ``404``/``405`` for a path or method outside the API, ``403 scope`` for a missing scope;
+5. ``404``/``405`` for a path or method outside the API (a 405 names the path's methods in
+   ``Allow``; ``HEAD`` is answered as ``GET`` without the body), ``403 scope`` for a missing
+   scope;
 6. the operation: ``400 bad_request`` (query, malformed JSON), ``404 not_found``/``invisible``,
    ``422 validation``, ``409 conflict`` (identical purge in progress), else the change is
    applied (``ok``);
@@ -76,7 +78,7 @@ CdnBudgetScope = Literal["token", "endpoint"]
 HeaderBudget = Literal["cdn", "hourly"]
 
 _PREFIX = "/v2/cdn/endpoints"
-_ITEM = re.compile(r"^/v2/cdn/endpoints/(?P<id>[^/]+)(?P<cache>/cache)?$")
+_ITEM = re.compile(r"/v2/cdn/endpoints/(?P<id>[^/]+)(?P<cache>/cache)?")
 _HTML_ERROR = (
     "<html><head><title>{status} Service Unavailable</title></head>"
     "<body><center><h1>{status} Service Unavailable</h1></center></body></html>"
@@ -91,23 +93,31 @@ class _Route:
     op: str | None  # None: outside the six operations
     cdn_id: str | None
     is_cdn: bool  # under /v2/cdn/endpoints: the cdn budget applies
-    method_allowed: bool = True
+    #: The methods the path answers (the 405's ``Allow`` header); empty: no such path.
+    allowed: tuple[str, ...] = ()
+
+    @property
+    def method_allowed(self) -> bool:
+        return self.op is not None or not self.allowed
+
+
+_COLLECTION = {"GET": "list", "HEAD": "list", "POST": "create"}
+_ENDPOINT = {"GET": "get", "HEAD": "get", "PUT": "update", "DELETE": "delete"}
+_CACHE = {"DELETE": "purge"}
 
 
 def _route(method: str, path: str) -> _Route:
+    # HEAD is GET without the body: same operation, budgets and headers (aiohttp leaves the
+    # body out of a HEAD answer and keeps its Content-Length).
     if len(path) > 1 and path.endswith("/"):
         path = path[:-1]
     if path == _PREFIX:
-        op = {"GET": "list", "POST": "create"}.get(method)
-        return _Route(op, None, True, op is not None)
-    m = _ITEM.match(path)
+        return _Route(_COLLECTION.get(method), None, True, tuple(sorted(_COLLECTION)))
+    m = _ITEM.fullmatch(path)
     if m is None:
         return _Route(None, None, path.startswith(_PREFIX + "/"))
-    table = (
-        {"DELETE": "purge"} if m["cache"] else {"GET": "get", "PUT": "update", "DELETE": "delete"}
-    )
-    op = table.get(method)
-    return _Route(op, m["id"], True, op is not None)
+    table = _CACHE if m["cache"] else _ENDPOINT
+    return _Route(table.get(method), m["id"], True, tuple(sorted(table)))
 
 
 @attrs.define
@@ -119,6 +129,7 @@ class _Reply:
     body: Any = None  # dict -> JSON; str -> HTML; None -> empty
     retry_after: int | None = None
     drop: bool = False
+    headers: dict[str, str] = attrs.Factory(dict)
 
 
 def _error(status: int, error_id: str, message: str, rule: str) -> _Reply:
@@ -452,6 +463,7 @@ class FakeCDNServer:
         headers["x-request-id"] = request_id
         if reply.retry_after is not None:
             headers["Retry-After"] = str(reply.retry_after)
+        headers.update(reply.headers)
         entry = JournalEntry(
             arrival=arrival,
             method=request.method,
@@ -500,7 +512,9 @@ class FakeCDNServer:
             return self._fault_reply(rule, route)
         if route.op is None:
             if not route.method_allowed:
-                return _error(405, "method_not_allowed", "Method not allowed.", "not_found")
+                reply = _error(405, "method_not_allowed", "Method not allowed.", "not_found")
+                reply.headers["Allow"] = ", ".join(route.allowed)  # RFC 9110 15.5.6: required
+                return reply
             return _error(404, *_NOT_FOUND, "not_found")
         if SCOPE_OF[route.op] not in self._tokens[token]:
             return _error(
@@ -602,7 +616,8 @@ class FakeCDNServer:
 
     def _create(self, body: Mapping[str, Any], *, visible_at: float) -> Endpoint:
         origin = check_origin(body.get("origin"))
-        ttl = check_ttl(body["ttl"]) if body.get("ttl") is not None else DEFAULT_TTL
+        # Absent means the default; null is refused (the spec's ttl is an integer, not nullable).
+        ttl = check_ttl(body["ttl"]) if "ttl" in body else DEFAULT_TTL
         domain, cert = check_domain_fields(body)
         if domain and not cert:
             raise BodyError("certificate_id is required with custom_domain")
@@ -623,7 +638,7 @@ class FakeCDNServer:
         return endpoint
 
     def _update(self, endpoint: Endpoint, body: Mapping[str, Any]) -> None:
-        ttl = check_ttl(body["ttl"]) if body.get("ttl") is not None else endpoint.ttl
+        ttl = check_ttl(body["ttl"]) if "ttl" in body else endpoint.ttl
         domain, cert = check_domain_fields(body)
         # "" removes the field (what the official clients send to drop a custom domain).
         new_domain = endpoint.custom_domain if domain is None else (domain or None)

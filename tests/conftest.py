@@ -1,0 +1,76 @@
+"""Suite-wide: skip the aioresponses-based tests where aioresponses cannot mock this aiohttp.
+
+aioresponses 0.7.9 builds ``ClientResponse`` objects itself and cannot build aiohttp 3.14's
+(``stream_writer`` became a required argument), so the test extra pins ``aiohttp<3.14`` and
+the main test run has every test. CI also runs the suite on the newest aiohttp, what
+``pip install cdn-async`` gives users; there, and only there, the tests that mock HTTP with
+aioresponses are skipped, each with the reason. Every other test (the fake server over real
+HTTP, the budgets, the CLI...) runs on that aiohttp too.
+
+The check is a real mocked request, not a version number: once aioresponses can mock the
+newest aiohttp, nothing is skipped any more. A failure on an aiohttp older than 3.14 is never
+turned into a skip: it fails the tests as it should.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import warnings
+
+import aiohttp
+import pytest
+
+#: The first aiohttp release aioresponses 0.7.9 cannot mock.
+_FIRST_UNMOCKABLE = (3, 14)
+
+
+@functools.cache
+def aioresponses_problem() -> str | None:
+    """Why aioresponses cannot mock a request with the installed aiohttp, or None."""
+    version = tuple(int(part) for part in aiohttp.__version__.split(".")[:2] if part.isdigit())
+    if version < _FIRST_UNMOCKABLE:
+        return None
+    try:
+        from aioresponses import aioresponses
+    except ImportError as exc:
+        return f"aioresponses cannot be imported with aiohttp {aiohttp.__version__}: {exc}"
+
+    async def probe() -> None:
+        with aioresponses() as mocked:
+            mocked.get("https://probe.example.test/", payload={"ok": True})
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get("https://probe.example.test/") as resp,
+            ):
+                await resp.json()
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            asyncio.run(probe())
+    except Exception as exc:
+        return (
+            f"aioresponses cannot mock aiohttp {aiohttp.__version__} "
+            f"({type(exc).__name__}: {exc}); the main run (aiohttp<3.14) runs this test"
+        )
+    return None
+
+
+def _uses_aioresponses(function: object) -> bool:
+    try:
+        return "aioresponses(" in inspect.getsource(function)  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    problem = aioresponses_problem()
+    if problem is None:
+        return
+    skip = pytest.mark.skip(reason=problem)
+    for item in items:
+        function = getattr(item, "function", None)
+        if function is not None and _uses_aioresponses(function):
+            item.add_marker(skip)
