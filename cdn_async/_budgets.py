@@ -347,6 +347,36 @@ class MemoryBudgetStore:
         for t in touched:
             self._check_idle(t, now)
 
+    def admission_delay(self, claims: Sequence[Claim]) -> tuple[float, str]:
+        """How long, at least, a call with ``claims`` queued now would wait, and on which budget.
+
+        Each key admits in arrival order, so the units of every waiter already queued on it
+        come first; released units free at their expiry, held ones at the hold's end, and units
+        in flight no sooner than one period from now (their answers are still to come). The
+        longest of those waits over the call's keys is the estimate: a lower bound, exact
+        when nobody ahead gives up and no answer or sync changes the picture.
+
+        Returns:
+            ``(seconds, budget name)``; ``(0.0, "")`` when it would be admitted at once.
+        """
+        now = self._clock()
+        worst, budget = 0.0, ""
+        for c in claims:
+            k = self._keys.get(c.key)
+            if k is None:
+                continue
+            ahead = k.passing_units + sum(u for w, u in k.blocked or () if w.state == _WAITING)
+            need = ahead + c.units
+            delay = k.fit_delay(need, now)
+            if delay == math.inf:
+                # Only answers still to come can make room: none frees before a period; and
+                # a window admits at most `limit`, so `need` units span that many periods.
+                windows = math.ceil(need / k.limit) - 1
+                delay = max(k.period, windows * k.period, k.paused_until - now)
+            if delay > worst:
+                worst, budget = delay, k.budget
+        return worst, budget
+
     def snapshot(self) -> dict[str, BudgetState]:
         """The state of every live key (idle keys are dropped, not listed).
 

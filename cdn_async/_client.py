@@ -81,6 +81,12 @@ class CDNClient:
         max_retries: Retries after 5xx answers, broken connections and 429s.
         max_rate_limit_wait: The longest a request waits on a budget the server paused (after
             a 429) before ``RateLimitedError`` is raised instead.
+        max_budget_wait: The longest a call waits for its budgets before
+            ``BudgetWaitTimeout`` is raised (at once when the store can already tell it would
+            wait longer); None: as long as it takes. Nothing is taken by a call that times
+            out.
+        max_queued: The most calls of this client (and its copies) that may wait for their
+            budgets at once; one more raises ``QueueFullError`` at once. None: no cap.
         reserve: A fraction of every budget this client never takes, left for the other tools
             on the token (doctl, Terraform, a dashboard): 0.2 keeps 1 of the 5 cdn requests
             per 10 s and 10 of the 50 purged paths per 20 s free. Default 0: the whole budget.
@@ -105,6 +111,8 @@ class CDNClient:
         timeout: float | None = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
         max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT,
+        max_budget_wait: float | None = None,
+        max_queued: int | None = None,
         reserve: float = 0.0,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
@@ -114,7 +122,14 @@ class CDNClient:
         if not token.isprintable() or any(c.isspace() for c in token):
             # Typically a token read from a file with its newline; never echo the token.
             raise ValidationError("the API token contains whitespace or control characters")
-        options = _options(base_url, timeout, max_retries, max_rate_limit_wait)
+        options = _options(
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_rate_limit_wait=max_rate_limit_wait,
+            max_budget_wait=max_budget_wait,
+            max_queued=max_queued,
+        )
         limits = limits if limits is not None else RateLimits.documented()
         if reserve:
             try:
@@ -153,20 +168,24 @@ class CDNClient:
         timeout: float | NotGiven | None = NOT_GIVEN,
         max_retries: int | NotGiven = NOT_GIVEN,
         max_rate_limit_wait: float | NotGiven = NOT_GIVEN,
+        max_budget_wait: float | NotGiven | None = NOT_GIVEN,
+        max_queued: int | NotGiven | None = NOT_GIVEN,
     ) -> CDNClient:
         """A copy with other options that shares the connection pool and the budgets.
 
-        Closing the copy closes nothing; close the original.
+        ``max_queued`` caps the calls of this copy that wait at once (each copy counts its
+        own). Closing the copy closes nothing; close the original.
         """
-        old = self._session.options
-        options = _options(
-            old.base_url,
-            old.timeout if isinstance(timeout, NotGiven) else timeout,
-            old.max_retries if isinstance(max_retries, NotGiven) else max_retries,
-            old.max_rate_limit_wait
-            if isinstance(max_rate_limit_wait, NotGiven)
-            else max_rate_limit_wait,
-        )
+        given = {
+            "timeout": timeout,
+            "max_retries": max_retries,
+            "max_rate_limit_wait": max_rate_limit_wait,
+            "max_budget_wait": max_budget_wait,
+            "max_queued": max_queued,
+        }
+        fields = attrs.asdict(self._session.options)
+        fields.update({k: v for k, v in given.items() if not isinstance(v, NotGiven)})
+        options = _options(**fields)
         clone = object.__new__(CDNClient)
         clone._session = self._session.copy(options)
         clone._owner = False
@@ -226,7 +245,15 @@ class CDNClient:
         await self.close()
 
 
-def _options(base_url: str, timeout: Any, max_retries: Any, max_rate_limit_wait: Any) -> Options:
+def _options(
+    *,
+    base_url: str,
+    timeout: Any,
+    max_retries: Any,
+    max_rate_limit_wait: Any,
+    max_budget_wait: Any,
+    max_queued: Any,
+) -> Options:
     if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
         raise ValidationError(
             f"timeout must be a positive number of seconds or None, got {timeout!r}"
@@ -237,4 +264,23 @@ def _options(base_url: str, timeout: Any, max_retries: Any, max_rate_limit_wait:
         raise ValidationError(
             f"max_rate_limit_wait must be a number >= 0, got {max_rate_limit_wait!r}"
         )
-    return Options(_check_base_url(base_url), timeout, max_retries, float(max_rate_limit_wait))
+    if max_budget_wait is not None and not (
+        isinstance(max_budget_wait, int | float)
+        and not isinstance(max_budget_wait, bool)
+        and max_budget_wait >= 0
+    ):
+        raise ValidationError(
+            f"max_budget_wait must be a number of seconds >= 0 or None, got {max_budget_wait!r}"
+        )
+    if max_queued is not None and (
+        isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 0
+    ):
+        raise ValidationError(f"max_queued must be an int >= 0 or None, got {max_queued!r}")
+    return Options(
+        base_url=_check_base_url(base_url),
+        timeout=timeout,
+        max_retries=max_retries,
+        max_rate_limit_wait=float(max_rate_limit_wait),
+        max_budget_wait=None if max_budget_wait is None else float(max_budget_wait),
+        max_queued=max_queued,
+    )

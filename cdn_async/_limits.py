@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import attrs
 
@@ -229,6 +229,17 @@ class BudgetStore(Protocol):
 
     async def aclose(self) -> None:
         """Release resources (timers, connections)."""
+        ...
+
+
+@runtime_checkable
+class EstimatesAdmission(Protocol):
+    """A store that can tell how long a call queued now would wait (optional for stores:
+    without it, ``max_budget_wait`` is enforced by the deadline alone)."""
+
+    def admission_delay(self, claims: Sequence[Claim]) -> tuple[float, str]:
+        """A lower bound on the seconds until ``claims`` would be admitted, and the name of
+        the budget that holds them back (``(0.0, "")`` when they would pass at once)."""
         ...
 
 

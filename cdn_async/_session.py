@@ -23,7 +23,7 @@ import attrs
 
 from . import __version__
 from ._constants import ANSWER_HORIZON
-from ._limits import BudgetStore, Claim, Lease, RateLimits
+from ._limits import BudgetStore, Claim, EstimatesAdmission, Lease, RateLimits
 from ._logs import logger
 from ._retry import Failure, backoff, parse_retry_after, should_retry
 from .errors import (
@@ -31,7 +31,9 @@ from .errors import (
     APIError,
     APIResponseError,
     APITimeoutError,
+    BudgetWaitTimeout,
     CDNError,
+    QueueFullError,
     RateLimitInfo,
     TooManyRequestsError,
     error_class_for,
@@ -54,6 +56,8 @@ class Options:
     timeout: float | None
     max_retries: int
     max_rate_limit_wait: float
+    max_budget_wait: float | None = None
+    max_queued: int | None = None
 
 
 @attrs.frozen
@@ -105,6 +109,7 @@ class Session:
             "User-Agent": f"cdn-async/{__version__}",
         }
         self.last_rate_limit: RateLimitInfo | None = None
+        self._queued = 0  # calls of this session waiting for their budgets
         #: Endpoint id -> loop time of its creation by this client (for the 404 lag rule).
         self.recently_created: dict[str, float] = {}
         self._timeout = _exchange_timeout(options.timeout)
@@ -123,6 +128,7 @@ class Session:
         clone.__dict__.update(self.__dict__)
         clone.options = options
         clone._timeout = _exchange_timeout(options.timeout)
+        clone._queued = 0  # max_queued counts each copy's own calls
         return clone
 
     def shut(self) -> None:
@@ -211,9 +217,7 @@ class Session:
         while True:
             attempt += 1
             started = clock()
-            lease = await self._while_open(
-                self.store.acquire(claims, max_wait=opts.max_rate_limit_wait)
-            )
+            lease = await self._acquire(claims, opts)
             sent = clock()
             budget_wait += sent - started
             if sent - started >= 0.001:
@@ -323,6 +327,39 @@ class Session:
                 continue
 
             raise self._error(status, body, headers, info, attempt, method, path)
+
+    async def _acquire(self, claims: tuple[Claim, ...], opts: Options) -> Lease:
+        """Wait for the budgets, within the call's ``max_budget_wait`` and ``max_queued``."""
+        store = self.store
+        if opts.max_queued is not None and self._queued >= opts.max_queued:
+            raise QueueFullError(
+                f"{self._queued} calls already wait for their budgets "
+                f"(max_queued={opts.max_queued})"
+            )
+        deadline = opts.max_budget_wait
+        estimator = (
+            store if deadline is not None and isinstance(store, EstimatesAdmission) else None
+        )
+        if deadline is not None and estimator is not None:
+            delay, budget = estimator.admission_delay(claims)
+            if delay > deadline:
+                raise _wait_timeout(delay, budget, deadline, early=True)
+        self._queued += 1
+        try:
+            acquire = store.acquire(claims, max_wait=opts.max_rate_limit_wait)
+            if deadline is None:
+                return await self._while_open(acquire)
+            try:
+                async with asyncio.timeout(deadline):
+                    return await self._while_open(acquire)
+            except TimeoutError:
+                # The store took nothing: a waiter cancelled before admission never does.
+                late, budget = (
+                    estimator.admission_delay(claims) if estimator is not None else (None, "")
+                )
+                raise _wait_timeout(late, budget, deadline, early=False) from None
+        finally:
+            self._queued -= 1
 
     async def _exchange(
         self,
@@ -672,6 +709,19 @@ class _Pool:
         if self._http is not None and self._owns:
             await self._http.close()
             self._http = None
+
+
+def _wait_timeout(
+    delay: float | None, budget: str, deadline: float, *, early: bool
+) -> BudgetWaitTimeout:
+    when = f"would wait {delay:.3f} s" if delay is not None else "was not admitted"
+    where = f" on budget {budget!r}" if budget else ""
+    return BudgetWaitTimeout(
+        f"the call {when}{where}; max_budget_wait is {deadline} s"
+        + (" (raised at once)" if early else ""),
+        retry_after=delay,
+        budget=budget or None,
+    )
 
 
 def _exchange_timeout(timeout: float | None) -> aiohttp.ClientTimeout:

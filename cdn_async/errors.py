@@ -8,6 +8,8 @@
     │   └── APITimeoutError                     ... because the timeout ran out
     ├── APIResponseError                        a 2xx whose body is not what the API sends
     ├── RateLimitedError                        a budget is paused longer than max_rate_limit_wait
+    │   └── BudgetWaitTimeout                   ... or admission is further off than max_budget_wait
+    ├── QueueFullError                          max_queued calls are already waiting
     ├── APIError                                the API answered with an error status
     │   ├── BadRequestError          400
     │   ├── AuthenticationError      401
@@ -39,12 +41,14 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetWaitTimeout",
     "CDNError",
     "ConflictError",
     "InternalServerError",
     "NotFoundError",
     "PermissionDeniedError",
     "PurgeError",
+    "QueueFullError",
     "RateLimitInfo",
     "RateLimitedError",
     "TooManyRequestsError",
@@ -152,6 +156,32 @@ class RateLimitedError(CDNError):
         self.message = message
         self.reset_at = reset_at
         self.budget = budget
+
+
+class BudgetWaitTimeout(RateLimitedError):
+    """The call could not be admitted by its budgets within ``max_budget_wait``; nothing was
+    sent and nothing taken.
+
+    Raised at once when the budget store can already tell (the queue ahead and the units it
+    counts bound the earliest admission), else when the deadline passes.
+
+    Args:
+        message: What happened.
+        retry_after: Seconds from now until the call would have been admitted, when the store
+            can tell (a lower bound: the queue may move faster if callers ahead give up).
+        budget: The budget that holds it back, when known.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, budget: str | None = None
+    ) -> None:
+        super().__init__(message, budget=budget)
+        self.retry_after = retry_after
+
+
+class QueueFullError(CDNError):
+    """``max_queued`` calls of this client are already waiting for their budgets; this one
+    was refused at once, nothing sent (shed load instead of piling up tasks)."""
 
 
 class APIError(CDNError):

@@ -24,12 +24,14 @@ from cdn_async.errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BudgetWaitTimeout,
     CDNError,
     ConflictError,
     InternalServerError,
     NotFoundError,
     PermissionDeniedError,
     PurgeError,
+    QueueFullError,
     RateLimitedError,
     TooManyRequestsError,
     UnprocessableEntityError,
@@ -563,3 +565,63 @@ async def test_until_the_first_answer_requests_go_one_at_a_time(cdn: CDNClient) 
         await asyncio.gather(*(cdn.endpoints.get(ID) for _ in range(4)))
     start = sent_at[0]
     assert [round(t - start, 3) for t in sent_at] == [0.0, 1.0, 1.0, 1.0]
+
+
+# -- deadlines and a queue cap (issue 15) --------------------------------------------------------
+
+
+async def test_a_call_that_cannot_be_admitted_in_time_raises_at_once_and_takes_nothing(
+    cdn: CDNClient,
+) -> None:
+    loop = asyncio.get_running_loop()
+    hasty = cdn.with_options(max_budget_wait=0.5)
+    with aioresponses() as m:
+        m.get(GET_URL, payload={"endpoint": endpoint_json(id=ID)}, repeat=True)
+        await asyncio.gather(*(cdn.endpoints.get(ID) for _ in range(5)))  # cdn window: full
+        start = loop.time()
+        with pytest.raises(BudgetWaitTimeout) as info:
+            await hasty.endpoints.get(ID)
+        assert loop.time() == start  # the store could tell: the window frees in 1 s
+        assert info.value.budget == "cdn"
+        assert info.value.retry_after == pytest.approx(1.0, abs=0.01)
+        assert isinstance(info.value, RateLimitedError)
+        assert cdn.budget_snapshot().budgets["cdn"].used == 5  # nothing taken
+        # A deadline long enough waits and succeeds.
+        await cdn.with_options(max_budget_wait=1.5).endpoints.get(ID)
+        assert loop.time() - start == pytest.approx(1.0, abs=0.01)
+
+
+async def test_a_deadline_that_passes_while_queued_raises_then(cdn: CDNClient) -> None:
+    # Units in flight cannot be foreseen: the call waits, then gives up at its deadline.
+    loop = asyncio.get_running_loop()
+
+    async def slow(url: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(3.0)
+        return CallbackResult(payload={"endpoint": endpoint_json(id=ID)})
+
+    with aioresponses() as m:
+        m.get(GET_URL, payload={"endpoint": endpoint_json(id=ID)})
+        m.get(GET_URL, callback=slow, repeat=True)
+        await cdn.endpoints.get(ID)  # the first answer: no more slow start
+        await asyncio.sleep(1.0)  # its unit expires
+        busy = [asyncio.create_task(cdn.endpoints.get(ID)) for _ in range(5)]
+        await asyncio.sleep(0.1)
+        start = loop.time()
+        with pytest.raises(BudgetWaitTimeout):
+            await cdn.with_options(max_budget_wait=2.0).endpoints.get(ID)
+        assert loop.time() - start == pytest.approx(2.0, abs=0.01)
+        await asyncio.gather(*busy)
+    assert sum(s.waiters for s in cdn.budget_snapshot().budgets.values()) == 0
+
+
+async def test_max_queued_sheds_calls_beyond_the_cap_at_once(cdn: CDNClient) -> None:
+    capped = cdn.with_options(max_queued=3)
+    with aioresponses() as m:
+        m.get(GET_URL, payload={"endpoint": endpoint_json(id=ID)}, repeat=True)
+        await asyncio.gather(*(cdn.endpoints.get(ID) for _ in range(5)))  # window full
+        queued = [asyncio.create_task(capped.endpoints.get(ID)) for _ in range(3)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError):
+            await capped.endpoints.get(ID)
+        await asyncio.gather(*queued)  # the three in the queue are served
+        await capped.endpoints.get(ID)  # and the cap frees as they go
