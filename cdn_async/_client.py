@@ -12,6 +12,7 @@ import aiohttp
 import attrs
 
 from ._constants import (
+    BASE_URL_ENV,
     DEFAULT_BASE_URL,
     DEFAULT_MAX_RATE_LIMIT_WAIT,
     DEFAULT_MAX_RETRIES,
@@ -72,7 +73,8 @@ class CDNClient:
 
     Args:
         token: The API token; defaults to ``$DIGITALOCEAN_TOKEN``.
-        base_url: The API's address; https only (http only for loopback hosts).
+        base_url: The API's address; https only (http only for loopback hosts). Defaults to
+            ``$CDN_ASYNC_BASE_URL``, else ``https://api.digitalocean.com``.
         limits: The budgets every request is held to (``RateLimits.documented()``).
         budget_store: Where the budget windows live: None keeps them in this process; a
             ``cdn_async.redis.RedisBudgetStore`` shares them between processes. A store you
@@ -105,7 +107,7 @@ class CDNClient:
         self,
         token: str | None = None,
         *,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         limits: RateLimits | None = None,
         budget_store: BudgetStore | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
@@ -122,6 +124,8 @@ class CDNClient:
         if not token.isprintable() or any(c.isspace() for c in token):
             # Typically a token read from a file with its newline; never echo the token.
             raise ValidationError("the API token contains whitespace or control characters")
+        if base_url is None:
+            base_url = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
         options = _options(
             base_url=base_url,
             timeout=timeout,

@@ -163,3 +163,16 @@ async def test_budget_snapshot_lists_every_budget_even_when_idle() -> None:
         assert snapshot["cdn"].remaining == 5 and snapshot["cdn"].next_free_in == 0.0
     async with CDNClient(TOKEN, base_url=BASE, reserve=0.2) as cdn:
         assert cdn.budget_snapshot().budgets["purge_files"].remaining == 40
+
+
+async def test_base_url_comes_from_the_environment_like_the_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CDN_ASYNC_BASE_URL", "http://127.0.0.1:8080/")
+    async with CDNClient(TOKEN) as cdn:
+        assert repr(cdn) == "<CDNClient base_url='http://127.0.0.1:8080'>"
+    async with CDNClient(TOKEN, base_url=BASE) as cdn:  # an argument wins
+        assert BASE in repr(cdn)
+    monkeypatch.setenv("CDN_ASYNC_BASE_URL", "http://example.com")  # plain http, not loopback
+    with pytest.raises(ValidationError):
+        CDNClient(TOKEN)
