@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ._ledger import WindowLedger
-from ._limits import BudgetState, Claim, Lease
+from ._limits import BudgetState, Claim, Lease, Priority
 from .errors import CDNError, RateLimitedError, ValidationError
 
 if TYPE_CHECKING:
@@ -51,11 +51,15 @@ _GONE = 2
 # never spin at one instant; it delays an admission by at most this much.
 _MIN_DELAY = 1e-6
 
+#: How far ahead of its arrival a "high" call queues (and "low" behind): see ``acquire``.
+PRIORITY_LEAD = 30.0
+_LEAD: dict[str, float] = {"high": PRIORITY_LEAD, "normal": 0.0, "low": -PRIORITY_LEAD}
+
 
 class _Waiter:
     """One ``acquire`` call that could not be admitted at once."""
 
-    __slots__ = ("claims", "fut", "max_wait", "parts", "pending", "state")
+    __slots__ = ("claims", "fut", "max_wait", "parts", "pending", "state", "vt")
 
     def __init__(
         self,
@@ -63,8 +67,10 @@ class _Waiter:
         fut: asyncio.Future[BudgetLease],
         parts: list[tuple[_Key, int]],
         max_wait: float | None,
+        vt: float,
     ) -> None:
         self.claims = claims
+        self.vt = vt  # virtual arrival time: every queue is in this order (see _wait)
         self.fut = fut
         self.parts = parts  # (key, units) with each key once
         self.max_wait = max_wait
@@ -178,7 +184,11 @@ class MemoryBudgetStore:
     # -- public API ---------------------------------------------------------------------------
 
     async def acquire(
-        self, claims: Sequence[Claim], *, max_wait: float | None = None
+        self,
+        claims: Sequence[Claim],
+        *,
+        max_wait: float | None = None,
+        priority: Priority = "normal",
     ) -> BudgetLease:
         """Wait until every claim fits, then take them all at once.
 
@@ -186,6 +196,12 @@ class MemoryBudgetStore:
             claims: What the request takes, one claim per budget key (repeated keys add up).
             max_wait: The longest the caller will wait for a key paused by a 429; None: any.
                 Ordinary budget waits never raise, whatever ``max_wait`` says.
+            priority: Queues are ordered by a *virtual arrival time*: the arrival time plus
+                ``PRIORITY_LEAD`` s for ``"low"``, minus it for ``"high"``. So higher calls go
+                first, calls of one level in arrival order, and a call is passed only by
+                higher ones that arrive less than ``PRIORITY_LEAD`` (one level up) or twice
+                that (two levels) after it: none waits forever. Like arrival order, the
+                virtual time is one total order over every key, so stacking stays atomic.
 
         Returns:
             The lease to hand to ``release`` when the answer (or failure) arrives.
@@ -228,7 +244,7 @@ class MemoryBudgetStore:
             return BudgetLease(tuple(claims), parts, self)
         for k, u in parts:
             k.in_flight -= u
-        return await self._wait(tuple(claims), max_wait, now)
+        return await self._wait(tuple(claims), max_wait, now, now - _LEAD[priority])
 
     def release(self, lease: Lease) -> None:
         """The request's answer (or failure) arrived: its units free ``period`` s from now.
@@ -428,7 +444,7 @@ class MemoryBudgetStore:
     # -- waiting --------------------------------------------------------------------------------
 
     async def _wait(
-        self, claims: tuple[Claim, ...], max_wait: float | None, now: float
+        self, claims: tuple[Claim, ...], max_wait: float | None, now: float, vt: float
     ) -> BudgetLease:
         """The slow path: validate, queue on every key, and wait for admission."""
         merged: dict[str, int] = {}
@@ -462,8 +478,19 @@ class MemoryBudgetStore:
                     self._drop_if_idle(claims, now)
                     raise self._paused_error(k.budget, k.key, paused_for)
 
-        w = _Waiter(claims, self._get_loop().create_future(), parts, max_wait)
+        w = _Waiter(claims, self._get_loop().create_future(), parts, max_wait, vt)
+        reordered: list[_Key] = []
         for k, u in parts:
+            if k.passing and next(reversed(k.passing)).vt > vt:
+                # A higher call overtakes reserved waiters that came later in queue order:
+                # they step back behind it, and the key's frontier is settled again below.
+                self._queue_behind(k, w, u)
+                reordered.append(k)
+                continue
+            if k.blocked_live and k.blocked is not None and k.blocked[-1][0].vt > vt:
+                self._queue_behind(k, w, u)
+                reordered.append(k)
+                continue
             if not k.blocked_live:
                 k.blocked = None  # only tombstones left, if anything
                 k.expire(now)
@@ -486,6 +513,8 @@ class MemoryBudgetStore:
             # Fits everywhere (the fast path declined only for a policy change or repeats).
             self._admit(w)
             self._run_todo(now)
+        if reordered:
+            self._dispatch(reordered)
 
         try:
             return await w.fut
@@ -504,6 +533,25 @@ class MemoryBudgetStore:
             elif w.fut.done() and not w.fut.cancelled():
                 w.fut.exception()  # failed and cancelled at once: mark the error as seen
             raise
+
+    def _queue_behind(self, k: _Key, w: _Waiter, u: int) -> None:
+        """Put ``w`` in ``k``'s queue at its virtual time, ahead of later reserved waiters."""
+        passing = k.passing
+        back: list[tuple[_Waiter, int]] = []
+        while passing and next(reversed(passing)).vt > w.vt:
+            other, units = passing.popitem()
+            k.passing_units -= units
+            other.pending += 1
+            back.append((other, units))
+        blocked = k.blocked if k.blocked is not None else deque()
+        k.blocked = blocked
+        blocked.extendleft(back)  # popped last-first: extendleft restores their order
+        i = len(blocked)
+        while i > 0 and blocked[i - 1][0].vt > w.vt:
+            i -= 1
+        blocked.insert(i, (w, u))
+        k.blocked_live += 1 + len(back)
+        w.pending += 1
 
     def _paused_error(self, budget: str, key: str, paused_for: float) -> RateLimitedError:
         return RateLimitedError(

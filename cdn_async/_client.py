@@ -20,7 +20,7 @@ from ._constants import (
     TOKEN_ENV,
 )
 from ._endpoints import Endpoints
-from ._limits import BudgetState, BudgetStore, RateLimits
+from ._limits import PRIORITIES, BudgetState, BudgetStore, Priority, RateLimits
 from ._purge import PurgeEngine
 from ._sentinel import NOT_GIVEN, NotGiven
 from ._session import Options, Session
@@ -89,6 +89,10 @@ class CDNClient:
             out.
         max_queued: The most calls of this client (and its copies) that may wait for their
             budgets at once; one more raises ``QueueFullError`` at once. None: no cap.
+        priority: ``"high"``, ``"normal"`` or ``"low"``: the calls' place among waiters for
+            the same budgets (higher first, arrival order within a level; a lower call is
+            passed only by higher ones that arrive within ``PRIORITY_LEAD`` seconds of it, so
+            none waits forever). Honoured by the in-process store.
         reserve: A fraction of every budget this client never takes, left for the other tools
             on the token (doctl, Terraform, a dashboard): 0.2 keeps 1 of the 5 cdn requests
             per 10 s and 10 of the 50 purged paths per 20 s free. Default 0: the whole budget.
@@ -115,6 +119,7 @@ class CDNClient:
         max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT,
         max_budget_wait: float | None = None,
         max_queued: int | None = None,
+        priority: Priority = "normal",
         reserve: float = 0.0,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
@@ -133,6 +138,7 @@ class CDNClient:
             max_rate_limit_wait=max_rate_limit_wait,
             max_budget_wait=max_budget_wait,
             max_queued=max_queued,
+            priority=priority,
         )
         limits = limits if limits is not None else RateLimits.documented()
         if reserve:
@@ -174,6 +180,7 @@ class CDNClient:
         max_rate_limit_wait: float | NotGiven = NOT_GIVEN,
         max_budget_wait: float | NotGiven | None = NOT_GIVEN,
         max_queued: int | NotGiven | None = NOT_GIVEN,
+        priority: Priority | NotGiven = NOT_GIVEN,
     ) -> CDNClient:
         """A copy with other options that shares the connection pool and the budgets.
 
@@ -186,6 +193,7 @@ class CDNClient:
             "max_rate_limit_wait": max_rate_limit_wait,
             "max_budget_wait": max_budget_wait,
             "max_queued": max_queued,
+            "priority": priority,
         }
         fields = attrs.asdict(self._session.options)
         fields.update({k: v for k, v in given.items() if not isinstance(v, NotGiven)})
@@ -257,6 +265,7 @@ def _options(
     max_rate_limit_wait: Any,
     max_budget_wait: Any,
     max_queued: Any,
+    priority: Any,
 ) -> Options:
     if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
         raise ValidationError(
@@ -280,6 +289,8 @@ def _options(
         isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 0
     ):
         raise ValidationError(f"max_queued must be an int >= 0 or None, got {max_queued!r}")
+    if priority not in PRIORITIES:
+        raise ValidationError(f"priority must be one of {PRIORITIES}, got {priority!r}")
     return Options(
         base_url=_check_base_url(base_url),
         timeout=timeout,
@@ -287,4 +298,5 @@ def _options(
         max_rate_limit_wait=float(max_rate_limit_wait),
         max_budget_wait=None if max_budget_wait is None else float(max_budget_wait),
         max_queued=max_queued,
+        priority=priority,
     )

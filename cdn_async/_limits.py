@@ -13,6 +13,9 @@ from typing import Literal, Protocol, runtime_checkable
 import attrs
 
 Scope = Literal["token", "endpoint"]
+#: A call's place among waiters for the same budgets (see ``BudgetStore.acquire``).
+Priority = Literal["high", "normal", "low"]
+PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
 Unit = Literal["request", "file"]
 
 
@@ -193,8 +196,17 @@ class BudgetStore(Protocol):
     it, so a store stamped by another clock (Redis's) never mixes clocks.
     """
 
-    async def acquire(self, claims: Sequence[Claim], *, max_wait: float | None = None) -> Lease:
+    async def acquire(
+        self,
+        claims: Sequence[Claim],
+        *,
+        max_wait: float | None = None,
+        priority: Priority = "normal",
+    ) -> Lease:
         """Wait until every claim fits, then take them all at once and return the lease.
+
+        ``priority`` orders waiters for the same keys: higher first, in arrival order within
+        a level, and never starved (a store documents how); a store may ignore it.
 
         Waiters contending for the same keys are admitted in arrival order; a waiter
         cancelled before admission takes nothing. Raises ``RateLimitedError`` at once when a

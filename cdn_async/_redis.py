@@ -125,7 +125,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._ledger import WindowLedger
-from ._limits import BudgetState, Claim, Lease, RateLimits
+from ._limits import BudgetState, Claim, Lease, Priority, RateLimits
 from ._logs import logger
 from .errors import CDNError, RateLimitedError, ValidationError
 
@@ -768,9 +768,16 @@ class RedisBudgetStore:
     # -- the BudgetStore protocol ----------------------------------------------------------------
 
     async def acquire(
-        self, claims: Sequence[Claim], *, max_wait: float | None = None
+        self,
+        claims: Sequence[Claim],
+        *,
+        max_wait: float | None = None,
+        priority: Priority = "normal",
     ) -> RedisLease:
         """Wait until every claim fits in Redis, then take them all at once.
+
+        ``priority`` is accepted and not honoured: across processes, whichever asks first
+        when units free is admitted (see docs/design.md).
 
         One script call (one round trip) per attempt. Acquires on the same key set queue
         locally in arrival order; only the head asks Redis, sleeping what the script says is

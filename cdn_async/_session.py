@@ -23,7 +23,7 @@ import attrs
 
 from . import __version__
 from ._constants import ANSWER_HORIZON
-from ._limits import BudgetStore, Claim, EstimatesAdmission, Lease, RateLimits
+from ._limits import BudgetStore, Claim, EstimatesAdmission, Lease, Priority, RateLimits
 from ._logs import logger
 from ._retry import Failure, backoff, parse_retry_after, should_retry
 from .errors import (
@@ -58,6 +58,7 @@ class Options:
     max_rate_limit_wait: float
     max_budget_wait: float | None = None
     max_queued: int | None = None
+    priority: Priority = "normal"
 
 
 @attrs.frozen
@@ -110,6 +111,9 @@ class Session:
         }
         self.last_rate_limit: RateLimitInfo | None = None
         self._queued = 0  # calls of this session waiting for their budgets
+        #: Multiplies every retry delay: 1.0, or a time-scaled fake server's scale in tests
+        #: (``FakeCDNServer.client``), so retries keep pace with the scaled budgets.
+        self.time_scale = 1.0
         #: Endpoint id -> loop time of its creation by this client (for the 404 lag rule).
         self.recently_created: dict[str, float] = {}
         self._timeout = _exchange_timeout(options.timeout)
@@ -170,6 +174,7 @@ class Session:
         retry_not_found: float = 0.0,
         gone_is_done: bool = False,
         max_retries: int | None = None,
+        priority: Priority | None = None,
     ) -> Response:
         """Send one logical request, retrying what is safe, and return its successful answer.
 
@@ -187,6 +192,8 @@ class Session:
             gone_is_done: A 404 after an attempt that may have reached the server (a 5xx or
                 a broken connection) means that attempt did the work: return it as success.
             max_retries: Retries allowed for this call; None: the client's ``max_retries``.
+            priority: The call's place among waiters for the same budgets; None: the
+                client's ``priority``.
 
         Returns:
             The 2xx answer.
@@ -217,7 +224,7 @@ class Session:
         while True:
             attempt += 1
             started = clock()
-            lease = await self._acquire(claims, opts)
+            lease = await self._acquire(claims, opts, priority or opts.priority)
             sent = clock()
             budget_wait += sent - started
             if sent - started >= 0.001:
@@ -315,7 +322,7 @@ class Session:
                 return Response(status, None, info, attempt, budget_wait)
 
             if status == 404 and clock() < not_found_until:
-                delay = max(NOT_FOUND_MIN_DELAY, backoff(attempt, self._rand()))
+                delay = max(NOT_FOUND_MIN_DELAY, backoff(attempt, self._rand())) * self.time_scale
                 logger.info("%s %s: 404 soon after create; retry in %.3f s", method, path, delay)
                 await self._while_open(self._sleep(delay))
                 continue
@@ -328,7 +335,7 @@ class Session:
 
             raise self._error(status, body, headers, info, attempt, method, path)
 
-    async def _acquire(self, claims: tuple[Claim, ...], opts: Options) -> Lease:
+    async def _acquire(self, claims: tuple[Claim, ...], opts: Options, priority: Priority) -> Lease:
         """Wait for the budgets, within the call's ``max_budget_wait`` and ``max_queued``."""
         store = self.store
         if opts.max_queued is not None and self._queued >= opts.max_queued:
@@ -346,7 +353,7 @@ class Session:
                 raise _wait_timeout(delay, budget, deadline, early=True)
         self._queued += 1
         try:
-            acquire = store.acquire(claims, max_wait=opts.max_rate_limit_wait)
+            acquire = store.acquire(claims, max_wait=opts.max_rate_limit_wait, priority=priority)
             if deadline is None:
                 return await self._while_open(acquire)
             try:
@@ -481,7 +488,7 @@ class Session:
 
     async def backoff(self, method: str, path: str, retry: int, why: str) -> None:
         """Sleep before retry number ``retry``, as the retry policy says, and log why."""
-        delay = backoff(retry, self._rand())
+        delay = backoff(retry, self._rand()) * self.time_scale
         logger.info("%s %s: %s; retry %d in %.3f s", method, path, why, retry, delay)
         await self._sleep(delay)
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import pytest
 from aiolimiter import AsyncLimiter
 
-from cdn_async._budgets import BudgetLease, MemoryBudgetStore
+from cdn_async._budgets import PRIORITY_LEAD, BudgetLease, MemoryBudgetStore
 from cdn_async._ledger import WindowLedger
 from cdn_async._limits import Budget, Claim, RateLimits
 from cdn_async.errors import CDNError, RateLimitedError, ValidationError
@@ -714,4 +714,73 @@ async def test_give_back_uncounts_at_once_and_lets_the_next_waiter_in() -> None:
     assert log == [("next", 0.0)]
     with pytest.raises(ValueError):
         store.give_back(object())  # type: ignore[arg-type]
+    await store.aclose()
+
+
+@pytest.mark.looptime
+async def test_higher_priority_waiters_go_first_and_fifo_within_a_level() -> None:
+    store = MemoryBudgetStore()
+    c = claim("cdn", 1, 10.0)
+    store.release(await store.acquire([c]))  # the window is full until 10
+    log: list[tuple[str, float]] = []
+
+    async def take(name: str, priority: str) -> None:
+        lease = await store.acquire([c], priority=priority)  # type: ignore[arg-type]
+        log.append((name, now()))
+        store.release(lease)
+
+    tasks = []
+    for name, prio in [("n1", "normal"), ("l1", "low"), ("n2", "normal"), ("h1", "high")]:
+        tasks.append(asyncio.create_task(take(name, prio)))
+        await settle()
+    await asyncio.gather(*tasks)
+    assert [name for name, _ in log] == ["h1", "n1", "n2", "l1"]
+    assert [t for _, t in log] == [10.0, 20.0, 30.0, 40.0]
+    await store.aclose()
+
+
+@pytest.mark.looptime
+async def test_a_low_waiter_is_passed_only_by_calls_arriving_within_the_lead() -> None:
+    # No level starves: a call queues at its arrival time moved PRIORITY_LEAD ahead (high)
+    # or behind (low), so a low call waiting longer than twice the lead is passed by nobody.
+    store = MemoryBudgetStore()
+    c = claim("cdn", 1, 100.0)
+    store.release(await store.acquire([c]))  # full until 100
+    log: list[str] = []
+
+    async def take(name: str, priority: str) -> None:
+        lease = await store.acquire([c], priority=priority)  # type: ignore[arg-type]
+        log.append(name)
+        store.release(lease)
+
+    low = asyncio.create_task(take("low", "low"))
+    await asyncio.sleep(2 * PRIORITY_LEAD - 1)
+    early_high = asyncio.create_task(take("early-high", "high"))  # within 2 x lead: passes
+    await asyncio.sleep(2)
+    late_high = asyncio.create_task(take("late-high", "high"))  # after it: waits its turn
+    await asyncio.gather(low, early_high, late_high)
+    assert log == ["early-high", "low", "late-high"]
+    await store.aclose()
+
+
+@pytest.mark.looptime
+async def test_a_high_call_overtakes_reservations_of_later_queued_calls() -> None:
+    # "big" reserved its unit on y while it waits for x; a high call for y alone steps in
+    # ahead of it (big queued later in virtual time), and big still goes next.
+    store = MemoryBudgetStore()
+    x, y = claim("x", 1, 10.0), claim("y", 1, 10.0)
+    hold_x = await store.acquire([x])
+    log: list[tuple[str, float]] = []
+    big = asyncio.create_task(acquire_at(store, [x, y], log, "big"))
+    await settle()
+
+    async def urgent() -> None:
+        lease = await store.acquire([y], priority="high")
+        log.append(("urgent", now()))
+        store.release(lease)
+
+    await urgent()
+    store.release(hold_x)
+    store.release(await big)
+    assert log == [("urgent", 0.0), ("big", 10.0)]
     await store.aclose()

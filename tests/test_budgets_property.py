@@ -35,6 +35,7 @@ request = st.fixed_dictionaries(
         "latency": st.integers(0, 12).map(lambda n: n * GRID),  # 0 .. 3 s
         "stamp_at": st.integers(0, 4).map(lambda n: n / 4),  # fraction of the latency
         "cancel_after": st.none() | st.integers(0, 32).map(lambda n: n * GRID),
+        "priority": st.sampled_from(["normal", "normal", "high", "low"]),
     }
 )
 
@@ -72,7 +73,7 @@ async def test_no_window_ever_holds_more_than_the_limit_and_every_live_request_i
         await asyncio.sleep(float(req["arrival"]))  # type: ignore[arg-type]
         claims = claims_for(req)
         order[i] = next(seq)  # acquire queues synchronously, before its first suspension
-        lease = await store.acquire(claims)
+        lease = await store.acquire(claims, priority=req["priority"])  # type: ignore[arg-type]
         send = loop.time()
         admitted[i] = send
         latency = float(req["latency"])  # type: ignore[arg-type]
@@ -104,12 +105,13 @@ async def test_no_window_ever_holds_more_than_the_limit_and_every_live_request_i
         assert res is None or isinstance(res, asyncio.CancelledError), res
         if res is None:
             assert i in admitted
-    # FIFO: whoever queued first on a subset of another's keys is never admitted later.
+    # FIFO within a priority level: whoever queued first on a subset of another's keys is
+    # never admitted later. (Across levels see test_budgets.py: higher first, bounded.)
     served = sorted(admitted, key=lambda i: order[i])
     for a, b in itertools.combinations(served, 2):
         keys_a = {c.key for c in claims_for(requests[a])}
         keys_b = {c.key for c in claims_for(requests[b])}
-        if keys_a <= keys_b:
+        if keys_a <= keys_b and requests[a]["priority"] == requests[b]["priority"]:
             assert admitted[a] <= admitted[b], (requests[a], requests[b])
     # Nothing leaks: every key's count drains and every idle key is dropped.
     await asyncio.sleep(10.0)
