@@ -116,14 +116,21 @@ class BudgetLease:
 
     Attributes:
         claims: The claims the request was admitted with.
+        waited_on: The budget the request waited for last (None if it did not wait).
     """
 
-    __slots__ = ("_parts", "_store", "claims")
+    __slots__ = ("_parts", "_store", "claims", "waited_on")
 
     def __init__(
-        self, claims: tuple[Claim, ...], parts: list[tuple[_Key, int]], store: MemoryBudgetStore
+        self,
+        claims: tuple[Claim, ...],
+        parts: list[tuple[_Key, int]],
+        store: MemoryBudgetStore,
+        waited_on: str | None = None,
     ) -> None:
         self.claims = claims
+        #: The budget whose room admitted the request last, when it had to wait (else None).
+        self.waited_on = waited_on
         self._parts: list[tuple[_Key, int]] | None = parts
         self._store = store
 
@@ -569,7 +576,7 @@ class MemoryBudgetStore:
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    def _admit(self, w: _Waiter) -> None:
+    def _admit(self, w: _Waiter, waited_on: str | None = None) -> None:
         """Turn ``w``'s reservations into in-flight units on all its keys at once."""
         if w.fut.done():
             # Its task was cancelled and has not run its handler yet: drop it instead.
@@ -580,7 +587,7 @@ class MemoryBudgetStore:
             del k.passing[w]
             k.passing_units -= u
             k.in_flight += u
-        w.fut.set_result(BudgetLease(w.claims, w.parts, self))
+        w.fut.set_result(BudgetLease(w.claims, w.parts, self, waited_on))
 
     def _remove(self, w: _Waiter) -> list[_Key]:
         """Take a waiting ``w`` out of every queue; returns the keys whose room grew."""
@@ -658,7 +665,7 @@ class MemoryBudgetStore:
             w.pending -= 1
             if w.pending == 0:
                 # Leaves in_flight + passing_units unchanged on every key: no cascade.
-                self._admit(w)
+                self._admit(w, k.budget)
         if blocked is not None and not blocked:
             k.blocked = None
         self._arm(k, now)

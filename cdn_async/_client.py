@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -20,11 +21,15 @@ from ._constants import (
     TOKEN_ENV,
 )
 from ._endpoints import Endpoints
+from ._events import CAPTURE, Emitter, EventHook, ResponseMeta
 from ._limits import PRIORITIES, BudgetState, BudgetStore, Priority, RateLimits
+from ._models import CDNEndpoint
 from ._purge import PurgeEngine
 from ._sentinel import NOT_GIVEN, NotGiven
 from ._session import Options, Session
 from .errors import RateLimitInfo, ValidationError
+
+_T = TypeVar("_T")
 
 
 @attrs.frozen
@@ -96,6 +101,10 @@ class CDNClient:
         reserve: A fraction of every budget this client never takes, left for the other tools
             on the token (doctl, Terraform, a dashboard): 0.2 keeps 1 of the 5 cdn requests
             per 10 s and 10 of the 50 purged paths per 20 s free. Default 0: the whole budget.
+        event_hooks: Callables that receive every event of every call (``cdn_async.events``:
+            a budget wait and which budget, each request sent and answered with its request
+            id, each retry, each 429 pause), synchronously on the event loop. A hook that
+            raises is logged and never breaks a call; none costs nothing.
         session: An ``aiohttp.ClientSession`` of your own; the client then never closes it.
             Create it with ``raise_for_status=False`` (the default). aiohttp re-sends a GET,
             PUT or DELETE once on its own when a kept-alive connection drops, a request the
@@ -121,6 +130,7 @@ class CDNClient:
         max_queued: int | None = None,
         priority: Priority = "normal",
         reserve: float = 0.0,
+        event_hooks: Sequence[EventHook] = (),
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         token = token if token is not None else os.environ.get(TOKEN_ENV)
@@ -159,6 +169,7 @@ class CDNClient:
             store=budget_store,
             http=session,
             owns_http=session is None,
+            events=Emitter(event_hooks),
         )
         self._owner = True
         self._purge = PurgeEngine()
@@ -205,6 +216,19 @@ class CDNClient:
         clone._purge = self._purge  # one engine: purges through copies still coalesce
         clone.endpoints = Endpoints(clone._session, self._purge)
         return clone
+
+    @property
+    def with_raw_response(self) -> RawClient:
+        """The same calls, returning what each answered as well as what it returns::
+
+            raw = await cdn.with_raw_response.endpoints.get(cdn_id)
+            raw.parsed  # the CDNEndpoint
+            raw.responses[-1].request_id, raw.responses[-1].rate_limit
+
+        Works for ``get``, ``create``, ``update`` and ``delete`` (a purge's request ids are in
+        its ``PurgeReport``; ``list`` is an iterator).
+        """
+        return RawClient(self)
 
     def budget_snapshot(self) -> BudgetSnapshot:
         """The budgets' state now (remaining, when the next unit frees) and the last headers.
@@ -255,6 +279,59 @@ class CDNClient:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+@attrs.frozen
+class RawResponse(Generic[_T]):
+    """A call's result and the metadata of every successful request it made.
+
+    Args:
+        parsed: What the call returns.
+        responses: One ``ResponseMeta`` per request (status, request id, rate-limit headers,
+            attempts, budget wait), in order; a create that looked its origin up has several.
+    """
+
+    parsed: _T
+    responses: tuple[ResponseMeta, ...]
+
+
+class RawClient:
+    """``CDNClient.with_raw_response``: ``.endpoints`` with every call's answers attached."""
+
+    def __init__(self, client: CDNClient) -> None:
+        self.endpoints = _RawEndpoints(client.endpoints)
+
+
+class _RawEndpoints:
+    def __init__(self, endpoints: Endpoints) -> None:
+        self._endpoints = endpoints
+
+    async def _call(
+        self, fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any
+    ) -> RawResponse[_T]:
+        seen: list[ResponseMeta] = []
+        token = CAPTURE.set(seen)
+        try:
+            parsed = await fn(*args, **kwargs)
+        finally:
+            CAPTURE.reset(token)
+        return RawResponse(parsed, tuple(seen))
+
+    async def get(self, cdn_id: str, **kwargs: Any) -> RawResponse[CDNEndpoint]:
+        """``endpoints.get`` with its answers."""
+        return await self._call(self._endpoints.get, cdn_id, **kwargs)
+
+    async def create(self, origin: str, **kwargs: Any) -> RawResponse[CDNEndpoint]:
+        """``endpoints.create`` with its answers."""
+        return await self._call(self._endpoints.create, origin, **kwargs)
+
+    async def update(self, cdn_id: str, **kwargs: Any) -> RawResponse[CDNEndpoint]:
+        """``endpoints.update`` with its answers."""
+        return await self._call(self._endpoints.update, cdn_id, **kwargs)
+
+    async def delete(self, cdn_id: str, **kwargs: Any) -> RawResponse[None]:
+        """``endpoints.delete`` with its answers."""
+        return await self._call(self._endpoints.delete, cdn_id, **kwargs)
 
 
 def _options(

@@ -23,6 +23,16 @@ import attrs
 
 from . import __version__
 from ._constants import ANSWER_HORIZON
+from ._events import (
+    CAPTURE,
+    BudgetWaited,
+    Emitter,
+    RateLimitPaused,
+    RequestSent,
+    ResponseMeta,
+    ResponseReceived,
+    RetryScheduled,
+)
 from ._limits import BudgetStore, Claim, EstimatesAdmission, Lease, Priority, RateLimits
 from ._logs import logger
 from ._retry import Failure, backoff, parse_retry_after, should_retry
@@ -95,6 +105,7 @@ class Session:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        events: Emitter | None = None,
     ) -> None:
         self.options = options
         self.limits = limits
@@ -103,6 +114,7 @@ class Session:
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._rand = rand
+        self._events = events if events is not None else Emitter(())
         # The token lives only inside this header dict: never in a repr, log or error.
         self._headers = {
             "Authorization": f"Bearer {token}",
@@ -228,7 +240,7 @@ class Session:
             sent = clock()
             budget_wait += sent - started
             if sent - started >= 0.001:
-                logger.info("%s %s waited %.3f s for rate budgets", method, path, sent - started)
+                self._waited(method, path, attempt, lease, sent - started)
             try:
                 http = pool.get()
                 if make_body is not None:
@@ -238,6 +250,8 @@ class Session:
                 raise
             wire = _Wire(written=not pool.traced)
             exchange = loop.create_task(self._exchange(http, method, url, json, params, wire))
+            if self._events:
+                self._events.emit(RequestSent(method, path, attempt))
             try:
                 # Waiting on the task, not awaiting it: a cancelled caller must not cancel an
                 # exchange that is already on the wire (see _abandon).
@@ -266,16 +280,8 @@ class Session:
                     self.store.release(lease)
                     raise
                 info, wait = self._settle(lease, plan, status, headers, failure)
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "%s %s -> %s in %.1f ms (request_id=%s, attempt %d)",
-                    method,
-                    path,
-                    status or type(error).__name__,
-                    (clock() - sent) * 1000,
-                    headers.get("x-request-id"),
-                    attempt,
-                )
+            if self._events or logger.isEnabledFor(logging.DEBUG):
+                self._answered(method, path, attempt, status, error, clock() - sent, headers, info)
 
             if error is not None:
                 pool.check_open()
@@ -304,6 +310,13 @@ class Session:
 
             assert info is not None  # an answer: _settle read its headers
             if 200 <= status < 300:
+                capture = CAPTURE.get()
+                if capture is not None:
+                    capture.append(
+                        ResponseMeta(
+                            status, headers.get("x-request-id"), info, attempt, budget_wait
+                        )
+                    )
                 return Response(status, _parse_body(status, body), info, attempt, budget_wait)
 
             if status == 429:
@@ -314,7 +327,24 @@ class Session:
                         err.budget = plan.budget_for(info)
                     raise err
                 retries += 1
-                logger.info("%s %s got 429; budget paused %.3f s, then retried", method, path, wait)
+                budget = plan.budget_for(info)
+                logger.info(
+                    "%s %s got 429; budget %s paused %.3f s, then retried",
+                    method,
+                    path,
+                    budget,
+                    wait,
+                    extra={
+                        "method": method,
+                        "path": path,
+                        "status": 429,
+                        "budget": budget,
+                        "wait_s": wait,
+                        "attempt": attempt,
+                    },
+                )
+                if self._events:
+                    self._events.emit(RateLimitPaused(method, path, budget, wait))
                 continue
 
             if status == 404 and gone_is_done and maybe_done:
@@ -489,8 +519,87 @@ class Session:
     async def backoff(self, method: str, path: str, retry: int, why: str) -> None:
         """Sleep before retry number ``retry``, as the retry policy says, and log why."""
         delay = backoff(retry, self._rand()) * self.time_scale
-        logger.info("%s %s: %s; retry %d in %.3f s", method, path, why, retry, delay)
+        logger.info(
+            "%s %s: %s; retry %d in %.3f s",
+            method,
+            path,
+            why,
+            retry,
+            delay,
+            extra={
+                "method": method,
+                "path": path,
+                "attempt": retry + 1,
+                "reason": why,
+                "wait_s": delay,
+            },
+        )
+        if self._events:
+            self._events.emit(RetryScheduled(method, path, retry, why, delay))
         await self._sleep(delay)
+
+    def _waited(self, method: str, path: str, attempt: int, lease: Lease, wait: float) -> None:
+        budget = getattr(lease, "waited_on", None)
+        logger.info(
+            "%s %s waited %.3f s for rate budget %s",
+            method,
+            path,
+            wait,
+            budget or "(unknown)",
+            extra={
+                "method": method,
+                "path": path,
+                "attempt": attempt,
+                "budget": budget,
+                "wait_s": wait,
+            },
+        )
+        if self._events:
+            self._events.emit(BudgetWaited(method, path, attempt, budget, wait))
+
+    def _answered(
+        self,
+        method: str,
+        path: str,
+        attempt: int,
+        status: int,
+        error: BaseException | None,
+        elapsed: float,
+        headers: Mapping[str, str],
+        info: RateLimitInfo | None,
+    ) -> None:
+        request_id = headers.get("x-request-id")
+        elapsed_ms = elapsed * 1000
+        logger.debug(
+            "%s %s -> %s in %.1f ms (request_id=%s, attempt %d)",
+            method,
+            path,
+            status or type(error).__name__,
+            elapsed_ms,
+            request_id,
+            attempt,
+            extra={
+                "method": method,
+                "path": path,
+                "status": status or None,
+                "attempt": attempt,
+                "request_id": request_id,
+                "elapsed_ms": elapsed_ms,
+            },
+        )
+        if self._events:
+            self._events.emit(
+                ResponseReceived(
+                    method,
+                    path,
+                    attempt,
+                    status or None,
+                    type(error).__name__ if error is not None else None,
+                    elapsed_ms,
+                    request_id,
+                    info,
+                )
+            )
 
     def _plan(self, endpoint_id: str | None, files: int) -> _Plan:
         """The claims of a request (and their header lookup), cached when they cannot depend

@@ -1,0 +1,44 @@
+"""What a client reports as it works: typed events for ``CDNClient(event_hooks=[...])``, and the
+raw answers of a call (``CDNClient.with_raw_response``).
+
+::
+
+    def on_event(event: events.Event) -> None:
+        if isinstance(event, events.BudgetWaited):
+            metrics.observe("cdn_budget_wait", event.wait_s, budget=event.budget)
+
+    cdn = CDNClient(event_hooks=[on_event])
+
+Every record of the ``cdn_async`` logger also carries its fields as ``extra`` (``method``,
+``path``, ``status``, ``attempt``, ``request_id``, ``budget``, ``wait_s``, ``elapsed_ms``), so a
+JSON log handler gets them without parsing text.
+"""
+
+from ._client import RawResponse
+from ._events import (
+    BudgetWaited,
+    Event,
+    EventHook,
+    RateLimitPaused,
+    RequestSent,
+    ResponseMeta,
+    ResponseReceived,
+    RetryScheduled,
+)
+
+__all__ = [
+    "BudgetWaited",
+    "Event",
+    "EventHook",
+    "RateLimitPaused",
+    "RawResponse",
+    "RequestSent",
+    "ResponseMeta",
+    "ResponseReceived",
+    "RetryScheduled",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith("cdn_async._"):
+        _obj.__module__ = "cdn_async.events"
