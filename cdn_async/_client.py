@@ -21,7 +21,7 @@ from ._constants import (
     TOKEN_ENV,
 )
 from ._endpoints import Endpoints
-from ._events import CAPTURE, Emitter, EventHook, ResponseMeta
+from ._events import CAPTURE, Emitter, EventHook, ResponseMeta, Telemetry
 from ._limits import PRIORITIES, BudgetState, BudgetStore, Priority, RateLimits
 from ._models import CDNEndpoint
 from ._purge import PurgeEngine
@@ -105,6 +105,8 @@ class CDNClient:
             a budget wait and which budget, each request sent and answered with its request
             id, each retry, each 429 pause), synchronously on the event loop. A hook that
             raises is logged and never breaks a call; none costs nothing.
+        telemetry: ``cdn_async.otel.OpenTelemetry()`` (extra ``otel``): a span per call, the
+            budget wait as a child span, and metrics. None: no telemetry, at no cost.
         session: An ``aiohttp.ClientSession`` of your own; the client then never closes it.
             Create it with ``raise_for_status=False`` (the default). aiohttp re-sends a GET,
             PUT or DELETE once on its own when a kept-alive connection drops, a request the
@@ -131,6 +133,7 @@ class CDNClient:
         priority: Priority = "normal",
         reserve: float = 0.0,
         event_hooks: Sequence[EventHook] = (),
+        telemetry: Telemetry | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         token = token if token is not None else os.environ.get(TOKEN_ENV)
@@ -169,8 +172,14 @@ class CDNClient:
             store=budget_store,
             http=session,
             owns_http=session is None,
-            events=Emitter(event_hooks),
+            events=Emitter(
+                (*event_hooks, telemetry) if telemetry is not None else tuple(event_hooks)
+            ),
+            telemetry=telemetry,
         )
+        if telemetry is not None:
+            store = self._session.store
+            telemetry.bind(lambda: sum(s.waiters for s in store.snapshot().values()))
         self._owner = True
         self._purge = PurgeEngine()
         self.endpoints = Endpoints(self._session, self._purge)

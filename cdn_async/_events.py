@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
 
 import attrs
 
@@ -94,6 +96,22 @@ class RateLimitPaused:
 Event = BudgetWaited | RequestSent | ResponseReceived | RetryScheduled | RateLimitPaused
 #: A hook: called with each event, synchronously, on the event loop; keep it quick.
 EventHook = Callable[[Event], None]
+
+
+class Telemetry(Protocol):
+    """What ``CDNClient(telemetry=...)`` takes (``cdn_async.otel.OpenTelemetry`` is one)."""
+
+    def call(self, method: str, path: str) -> AbstractContextManager[None]:
+        """Wraps one logical call; the call's events are delivered inside it."""
+        ...
+
+    def __call__(self, event: Event) -> None:
+        """Receives every event, as a hook does."""
+        ...
+
+    def bind(self, queue_depth: Callable[[], int]) -> None:
+        """Tells where to read how many calls wait for their budgets."""
+        ...
 
 
 class Emitter:

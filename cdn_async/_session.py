@@ -32,6 +32,7 @@ from ._events import (
     ResponseMeta,
     ResponseReceived,
     RetryScheduled,
+    Telemetry,
 )
 from ._limits import BudgetStore, Claim, EstimatesAdmission, Lease, Priority, RateLimits
 from ._logs import logger
@@ -106,6 +107,7 @@ class Session:
         wall_clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         events: Emitter | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.options = options
         self.limits = limits
@@ -115,6 +117,7 @@ class Session:
         self._wall_clock = wall_clock
         self._rand = rand
         self._events = events if events is not None else Emitter(())
+        self._telemetry = telemetry
         # The token lives only inside this header dict: never in a repr, log or error.
         self._headers = {
             "Authorization": f"Bearer {token}",
@@ -167,6 +170,12 @@ class Session:
         ``ratelimit-*`` headers tell what other clients of the token already spent, and a
         burst sent blind into their units would draw 429s (docs/design.md, "Other clients").
         """
+        if self._telemetry is not None:
+            with self._telemetry.call(method, path):
+                return await self._gated(method, path, **kwargs)
+        return await self._gated(method, path, **kwargs)
+
+    async def _gated(self, method: str, path: str, **kwargs: Any) -> Response:
         pool = self._pool
         if not pool.heard:
             async with pool.first_answer:
