@@ -68,6 +68,8 @@ CONCURRENCY = 100
 Get = Callable[[str], Awaitable[Any]]
 CDN_UNCAPPED = "(diag) cdn_async, budgets of limit 1e9, real periods"
 CDN_NOBUDGET = "(diag) cdn_async, no-op budget store (session layer only)"
+CDN_HOOKED = "(diag) cdn_async, budgets of limit 1e9, a no-op event hook"
+CDN_OTEL = "(diag) cdn_async, budgets of limit 1e9, OpenTelemetry (SDK, no exporter)"
 
 
 # -- machine, certificate, server process ---------------------------------------------------
@@ -156,10 +158,15 @@ UNCAPPED = RateLimits(
 class NoBudgets:
     """A budget store that admits everything and keeps nothing: the session layer alone."""
 
-    async def acquire(self, claims: Any, *, max_wait: float | None = None) -> object:
+    async def acquire(
+        self, claims: Any, *, max_wait: float | None = None, priority: str = "normal"
+    ) -> object:
         return self
 
     def release(self, lease: object) -> None:
+        pass
+
+    def give_back(self, lease: object) -> None:
         pass
 
     def sync(self, claim: Claim, remaining: int, reset_after: float) -> None:
@@ -206,7 +213,35 @@ class Clients:
             budget_store=NoBudgets(),
             session=self._http(),
         )
+        self.cdn_hooked = CDNClient(
+            self.token,
+            base_url=self.url,
+            limits=UNCAPPED,
+            session=self._http(),
+            event_hooks=[lambda event: None],
+        )
         self._closers += [self.cdn.close, self.cdn_uncapped.close, self.cdn_nobudget.close]
+        self._closers.append(self.cdn_hooked.close)
+        self.cdn_otel: Any = None
+        try:
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.trace import TracerProvider
+
+            from cdn_async.otel import OpenTelemetry
+        except ImportError:
+            pass
+        else:
+            telemetry = OpenTelemetry(
+                tracer_provider=TracerProvider(), meter_provider=MeterProvider()
+            )
+            self.cdn_otel = CDNClient(
+                self.token,
+                base_url=self.url,
+                limits=UNCAPPED,
+                session=self._http(),
+                telemetry=telemetry,
+            )
+            self._closers.append(self.cdn_otel.close)
         self.pydo: Any = None
         self.pydo_verify: Any = None
         if pydo is not None:
@@ -238,6 +273,12 @@ class Clients:
 
     async def cdn_nobudget_get(self, cdn_id: str) -> Any:
         return await self.cdn_nobudget.endpoints.get(cdn_id)
+
+    async def cdn_hooked_get(self, cdn_id: str) -> Any:
+        return await self.cdn_hooked.endpoints.get(cdn_id)
+
+    async def cdn_otel_get(self, cdn_id: str) -> Any:
+        return await self.cdn_otel.endpoints.get(cdn_id)
 
     async def pydo_get(self, cdn_id: str) -> Any:
         return (await self.pydo.cdn.get_endpoint(cdn_id))["endpoint"]
@@ -375,6 +416,9 @@ async def bench(url: str, token: str, ids: list[str], ctx: ssl.SSLContext, args:
         # Diagnostics: where cdn_async's cost goes.
         gets[CDN_UNCAPPED] = clients.cdn_uncapped_get
         gets[CDN_NOBUDGET] = clients.cdn_nobudget_get
+        gets[CDN_HOOKED] = clients.cdn_hooked_get
+        if clients.cdn_otel is not None:
+            gets[CDN_OTEL] = clients.cdn_otel_get
         names = list(gets)
         # Warm-up: connections, imports, caches.
         for get in gets.values():
