@@ -50,7 +50,10 @@ async def test_token_never_appears_in_reprs_logs_or_errors(
     seen: list[str] = []
     ep = endpoint_json(id=ID)
     async with CDNClient(
-        SECRET, base_url=BASE, limits=RateLimits.documented().scaled(0.001)
+        SECRET,
+        base_url=BASE,
+        limits=RateLimits.documented().scaled(0.001),
+        event_hooks=[lambda event: seen.append(repr(event))],
     ) as cdn:
         seen += [repr(cdn), repr(cdn._session), repr(cdn.endpoints), repr(cdn.budget_snapshot())]
         seen += [repr(cdn.with_options(timeout=1))]
@@ -110,6 +113,8 @@ async def test_token_never_appears_in_reprs_logs_or_errors(
                 seen += texts_of(info.value)
 
     seen += [r.getMessage() for r in caplog.records] + [caplog.text]
+    seen += [repr(vars(r)) for r in caplog.records]  # the structured fields too
+    assert any("ResponseReceived" in t for t in seen)  # the hook saw the calls
     assert len(caplog.records) > 10  # the DEBUG lines were really produced
     for text in seen:
         assert SECRET not in text
