@@ -11,7 +11,7 @@ from ._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from ._limits import Budget, BudgetState, RateLimits
 from ._logs import setup_from_env as _setup_logging
 from ._models import TTL, CDNEndpoint, Page
-from ._purge import PurgeReport
+from ._purge import PurgePlan, PurgeProgress, PurgeReport, plan_purge
 from ._sentinel import NOT_GIVEN
 
 __all__ = [
@@ -25,9 +25,12 @@ __all__ = [
     "CDNClient",
     "CDNEndpoint",
     "Page",
+    "PurgePlan",
+    "PurgeProgress",
     "PurgeReport",
     "RateLimits",
     "__version__",
+    "plan_purge",
 ]
 
 # Tracebacks and reprs name the public path (cdn_async.CDNClient), not the private module.

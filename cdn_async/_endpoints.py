@@ -9,9 +9,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from . import _validation as check
 from ._constants import CREATE_LAG_WINDOW, DEFAULT_PER_PAGE, NOT_FOUND_PATIENCE
+from ._limits import PRIORITIES, Priority
 from ._logs import logger
 from ._models import CDNEndpoint, Page, converter
-from ._purge import PurgeEngine, PurgeReport
+from ._purge import PurgeEngine, PurgeProgress, PurgeReport
 from ._sentinel import NOT_GIVEN, NotGiven
 from ._session import Session
 from .errors import (
@@ -44,11 +45,15 @@ class Endpoints:
         self._session = session
         self._purge = purge_engine
 
-    async def list(self, *, per_page: int = DEFAULT_PER_PAGE) -> AsyncIterator[CDNEndpoint]:
+    async def list(
+        self, *, per_page: int = DEFAULT_PER_PAGE, priority: Priority | None = None
+    ) -> AsyncIterator[CDNEndpoint]:
         """Every endpoint of the account, fetched lazily a page at a time.
 
         Args:
             per_page: Endpoints per request, 1..200 (200 spends the least budget).
+            priority: ``"high"``, ``"normal"`` or ``"low"``: the requests' place among
+                waiters for the same budgets; None: the client's ``priority``.
 
         Yields:
             Each ``CDNEndpoint``, in the API's order.
@@ -56,24 +61,28 @@ class Endpoints:
         Raises:
             ValidationError: ``per_page`` is out of range.
         """
-        async for page in self.pages(per_page=per_page):
+        async for page in self.pages(per_page=per_page, priority=priority):
             for endpoint in page.endpoints:
                 yield endpoint
 
-    async def pages(self, *, per_page: int = DEFAULT_PER_PAGE) -> AsyncIterator[Page]:
+    async def pages(
+        self, *, per_page: int = DEFAULT_PER_PAGE, priority: Priority | None = None
+    ) -> AsyncIterator[Page]:
         """Every page of endpoints, each with ``meta.total``; follows ``links.pages.next``.
 
         Args:
             per_page: Endpoints per page, 1..200.
+            priority: The requests' place among waiters for budgets (as in ``list``).
 
         Yields:
             Each ``Page``.
         """
         per_page = check.per_page(per_page)
+        priority = _priority(priority)
         page_no = 1
         while True:
             resp = await self._session.request(
-                "GET", PATH, params={"page": page_no, "per_page": per_page}
+                "GET", PATH, params={"page": page_no, "per_page": per_page}, priority=priority
             )
             page = _structure_page(resp.data, resp.status, page_no)
             yield page
@@ -84,17 +93,19 @@ class Endpoints:
                 return
             page_no = next_no
 
-    async def get(self, cdn_id: str) -> CDNEndpoint:
+    async def get(self, cdn_id: str, *, priority: Priority | None = None) -> CDNEndpoint:
         """The endpoint with this id.
 
         A GET of an endpoint this client created in the last 30 s that answers 404 is retried
-        briefly: the API can lag a few seconds after a create.
+        briefly: the API can lag a few seconds after a create. ``priority``: the request's
+        place among waiters for budgets (as in ``list``).
 
         Raises:
             ValidationError: ``cdn_id`` is not a UUID.
             NotFoundError: No such endpoint.
         """
         cdn_id = check.uuid_str("cdn_id", cdn_id)
+        priority = _priority(priority)
         created = self._session.recently_created.get(cdn_id)
         lagging = created is not None and self._session.now() - created < CREATE_LAG_WINDOW
         resp = await self._session.request(
@@ -102,6 +113,7 @@ class Endpoints:
             f"{PATH}/{cdn_id}",
             endpoint_id=cdn_id,
             retry_not_found=NOT_FOUND_PATIENCE if lagging else 0.0,
+            priority=priority,
         )
         return _structure_endpoint(resp.data, resp.status)
 
@@ -112,6 +124,7 @@ class Endpoints:
         ttl: int | NotGiven = NOT_GIVEN,
         custom_domain: str | NotGiven = NOT_GIVEN,
         certificate_id: str | NotGiven = NOT_GIVEN,
+        priority: Priority | None = None,
     ) -> CDNEndpoint:
         """Create an endpoint that serves the Space ``origin``.
 
@@ -120,6 +133,7 @@ class Endpoints:
             ttl: Edge cache lifetime (a ``TTL``); the server uses 3600 when not given.
             custom_domain: A custom subdomain to serve on; needs ``certificate_id``.
             certificate_id: The subdomain's certificate UUID, or ``"needs-cloudflare-cert"``.
+            priority: The requests' place among waiters for budgets (as in ``list``).
 
         Returns:
             The new endpoint.
@@ -132,6 +146,7 @@ class Endpoints:
         the server, the client looks the origin up (origins are unique) before trying again.
         """
         body: dict[str, Any] = {"origin": check.hostname("origin", origin)}
+        priority = _priority(priority)
         if not isinstance(ttl, NotGiven):
             body["ttl"] = int(check.ttl(ttl))
         body.update(_domain_fields(custom_domain, certificate_id, allow_removal=False))
@@ -145,13 +160,13 @@ class Endpoints:
                 # The session retries only what surely did not create (a connection never
                 # made, a 429); a 5xx or a lost connection comes back here to be looked up.
                 resp = await session.request(
-                    "POST", PATH, json=body, max_retries=max_retries - used
+                    "POST", PATH, json=body, max_retries=max_retries - used, priority=priority
                 )
                 break
             except UnprocessableEntityError:
                 if ambiguous:
                     # "Origin in use": an earlier attempt did create it; the list lagged.
-                    found = await self._find_by_origin(origin_name)
+                    found = await self._find_by_origin(origin_name, priority)
                     if found is not None:
                         return self._mark_created(found)
                 raise
@@ -159,7 +174,7 @@ class Endpoints:
                 ambiguous = True
                 used += exc.attempts
                 try:
-                    found = await self._find_by_origin(origin_name)
+                    found = await self._find_by_origin(origin_name, priority)
                 except CDNError:
                     raise exc from None  # the lookup failed too: the outcome is unknown
                 if found is not None:
@@ -178,6 +193,7 @@ class Endpoints:
         ttl: int | NotGiven = NOT_GIVEN,
         custom_domain: str | NotGiven | None = NOT_GIVEN,
         certificate_id: str | NotGiven | None = NOT_GIVEN,
+        priority: Priority | None = None,
     ) -> CDNEndpoint:
         """Change an endpoint; only the fields given are sent.
 
@@ -187,32 +203,37 @@ class Endpoints:
             custom_domain: A new custom subdomain (needs ``certificate_id``), or None to remove
                 the custom domain (its certificate goes with it).
             certificate_id: A new certificate UUID or ``"needs-cloudflare-cert"``.
+            priority: The request's place among waiters for budgets (as in ``list``).
 
         Raises:
             ValidationError: Nothing to change, or an invalid argument.
             NotFoundError: No such endpoint.
         """
         cdn_id = check.uuid_str("cdn_id", cdn_id)
+        priority = _priority(priority)
         body: dict[str, Any] = {}
         if not isinstance(ttl, NotGiven):
             body["ttl"] = int(check.ttl(ttl))
         body.update(_domain_fields(custom_domain, certificate_id, allow_removal=True))
         if not body:
             raise ValidationError("update needs at least one of ttl, custom_domain, certificate_id")
-        resp = await self._session.request("PUT", f"{PATH}/{cdn_id}", endpoint_id=cdn_id, json=body)
+        resp = await self._session.request(
+            "PUT", f"{PATH}/{cdn_id}", endpoint_id=cdn_id, json=body, priority=priority
+        )
         return _structure_endpoint(resp.data, resp.status)
 
-    async def delete(self, cdn_id: str) -> None:
-        """Delete an endpoint.
+    async def delete(self, cdn_id: str, *, priority: Priority | None = None) -> None:
+        """Delete an endpoint. ``priority``: as in ``list``.
 
         Raises:
             ValidationError: ``cdn_id`` is not a UUID.
             NotFoundError: No such endpoint.
         """
         cdn_id = check.uuid_str("cdn_id", cdn_id)
+        priority = _priority(priority)
         # A retry that finds it gone means the failed-looking attempt deleted it.
         await self._session.request(
-            "DELETE", f"{PATH}/{cdn_id}", endpoint_id=cdn_id, gone_is_done=True
+            "DELETE", f"{PATH}/{cdn_id}", endpoint_id=cdn_id, gone_is_done=True, priority=priority
         )
         self._session.recently_created.pop(cdn_id, None)
 
@@ -222,6 +243,8 @@ class Endpoints:
         files: Iterable[str],
         *,
         on_progress: Callable[[int, int], None] | None = None,
+        on_batch: Callable[[PurgeProgress], None] | None = None,
+        priority: Priority | None = None,
     ) -> PurgeReport:
         """Purge cached paths of an endpoint; any number of them, each purged once.
 
@@ -233,19 +256,42 @@ class Endpoints:
             cdn_id: The endpoint's UUID.
             files: The paths; wildcards such as ``css/*`` allowed.
             on_progress: Called as ``on_progress(done, total)`` after each batch.
+            on_batch: Called with a ``PurgeProgress`` after each batch: which of the call's
+                paths it confirmed purged (and which failed). Every confirmed path is
+                delivered once, as soon as its batch is answered: use it to checkpoint a job.
+            priority: ``"high"`` puts the paths at the front of the endpoint's pending set:
+                they go in the very next batch, ahead of a bulk purge's pending paths, and
+                that batch waits for the token's budgets at ``"high"`` (a batch already
+                waiting at a lower priority, still unsent, leaves the queue and waits again at
+                ``"high"``). ``"normal"``/``"low"``: a batch waits at the priority of the caller
+                of its first path. None: the client's ``priority``.
 
         Returns:
             The report: which paths were purged, requests sent, time spent on budgets.
 
         Raises:
             ValidationError: ``files`` is empty, a bare string, or holds a bad path.
-            PurgeError: Some paths failed (after retries); ``.report`` says which.
+            PurgeError: Some paths failed, or were not confirmed because the client was
+                closed; ``.report`` has what was confirmed (``purged``) and the rest
+                (``failed``), and ``.reason`` the one error every failed path shares, if any.
+
+        A cancelled call raises ``CancelledError``: by then ``on_batch`` (and ``on_progress``)
+        has delivered every path confirmed so far; its paths not yet sent are not sent
+        (unless another call waits on them), a batch already sent completes.
         """
         cdn_id = check.uuid_str("cdn_id", cdn_id)
+        priority = _priority(priority)
         # Checked a chunk at a time, yielding to the loop between chunks (100,000 paths never
         # block it for long); a bad path still raises before anything is sent.
         paths = await check.files_async(files)
-        return await self._purge.purge(self._session, cdn_id, paths, on_progress=on_progress)
+        return await self._purge.purge(
+            self._session,
+            cdn_id,
+            paths,
+            on_progress=on_progress,
+            on_batch=on_batch,
+            priority=priority,
+        )
 
     def _mark_created(self, endpoint: CDNEndpoint) -> CDNEndpoint:
         now = self._session.now()
@@ -256,11 +302,19 @@ class Endpoints:
             del created[stale]
         return endpoint
 
-    async def _find_by_origin(self, origin: str) -> CDNEndpoint | None:
-        async for endpoint in self.list():
+    async def _find_by_origin(
+        self, origin: str, priority: Priority | None = None
+    ) -> CDNEndpoint | None:
+        async for endpoint in self.list(priority=priority):
             if endpoint.origin == origin:
                 return endpoint
         return None
+
+
+def _priority(value: object) -> Priority | None:
+    if value is None or value in PRIORITIES:
+        return value
+    raise ValidationError(f"priority must be one of {PRIORITIES} or None, got {value!r}")
 
 
 def _domain_fields(

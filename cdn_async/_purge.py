@@ -8,6 +8,11 @@ by a pending wildcard, is shared rather than sent twice; a path already *sent* i
 joined (content changed after the request went out would stay cached). Sending one batch at
 a time per endpoint also means two identical purges are never in flight together.
 
+Urgent paths (a ``priority="high"`` purge's) go to the front of the pending set: the next batch
+the sender seals takes them first, and that batch waits for the budgets at ``"high"`` (one
+already waiting at a lower priority, unsealed, leaves the queue and waits again at ``"high"``;
+a store admits nothing to a waiter that leaves).
+
 Planning and joining take ``CHUNK`` paths at a time and yield to the event loop in between,
 so a 100,000-path purge never blocks it for long (the sender may start on the first chunk);
 a path to be sent joins together with every path it stands for, so none of them can end up
@@ -18,11 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
 import attrs
 
+from . import _validation as check
+from ._limits import Priority, RateLimits
 from ._logs import logger
 from ._validation import CHUNK
 from .errors import (
@@ -35,7 +43,10 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._session import Session
+    from ._session import Response, Session
+
+#: Why paths of a purge failed when the client was closed first (sent or not, unanswered).
+_CLOSED = "the client was closed: these paths were not confirmed purged"
 
 #: Answers after which every later batch of the endpoint would fail the same way.
 _FATAL = (AuthenticationError, PermissionDeniedError, NotFoundError)
@@ -64,6 +75,71 @@ class PurgeReport:
     def ok(self) -> bool:
         """True when every path was purged."""
         return not self.failed
+
+
+@attrs.frozen
+class PurgeProgress:
+    """What one batch of a purge call settled, given to ``purge(on_batch=...)``.
+
+    Args:
+        done: Paths of the call settled so far (purged or failed), this batch included.
+        total: Paths of the call (normalised, once each).
+        confirmed: The call's paths this batch confirmed purged (a path covered by a wildcard
+            sent is confirmed with it). Every confirmed path is delivered exactly once, so a
+            job can checkpoint them: after a cancellation, what was confirmed has been
+            delivered.
+        failed: The call's paths this batch settled as failed, each with its error.
+    """
+
+    done: int
+    total: int
+    confirmed: tuple[str, ...]
+    failed: Mapping[str, CDNError]
+
+
+@attrs.frozen
+class PurgePlan:
+    """What ``plan_purge`` predicts for one purge call.
+
+    Args:
+        paths: The paths that will be sent, in order, after normalising, dropping duplicates
+            and dropping paths a wildcard of the same call covers.
+        covered: Each path not sent itself -> the wildcard sent for it.
+        requests: Purge requests needed: ``ceil(len(paths) / batch size)``.
+        seconds: The least time from the first request to the last at the budgets' pace
+            (round trips and other clients of the token not counted).
+    """
+
+    paths: tuple[str, ...]
+    covered: Mapping[str, str]
+    requests: int
+    seconds: float
+
+
+def plan_purge(paths: Iterable[str], limits: RateLimits | None = None) -> PurgePlan:
+    """Plan a purge without sending anything: what is sent, in how many requests, how fast.
+
+    Args:
+        paths: The paths, as given to ``cdn.endpoints.purge``.
+        limits: The budgets to pace by; default ``RateLimits.documented()``.
+
+    Returns:
+        The ``PurgePlan``.
+
+    Raises:
+        ValidationError: ``paths`` is empty, a bare string, or holds a bad path.
+    """
+    limits = RateLimits.documented() if limits is None else limits
+    mapping = plan(check.files(paths))
+    sent = tuple(dict.fromkeys(mapping.values()))
+    requests = math.ceil(len(sent) / limits.purge_batch_size)
+    seconds = 0.0
+    for budget in limits.budgets:
+        units = len(sent) if budget.unit == "file" else requests
+        # The k-th window's worth of units may leave one period after the (k-1)-th.
+        seconds = max(seconds, (math.ceil(units / budget.capacity) - 1) * budget.period)
+    covered = {p: t for p, t in mapping.items() if p != t}
+    return PurgePlan(sent, covered, requests, seconds)
 
 
 def plan(paths: Sequence[str]) -> dict[str, str]:
@@ -138,9 +214,16 @@ class _Call:
     """One ``purge`` caller's tally."""
 
     def __init__(
-        self, cdn_id: str, total: int, on_progress: Callable[[int, int], None] | None
+        self,
+        cdn_id: str,
+        total: int,
+        on_progress: Callable[[int, int], None] | None,
+        on_batch: Callable[[PurgeProgress], None] | None = None,
+        priority: Priority | None = None,
     ) -> None:
         self.cdn_id = cdn_id
+        self.on_batch = on_batch
+        self.priority = priority
         self.total = total
         self.purged: list[str] = []
         self.failed: dict[str, CDNError] = {}
@@ -166,6 +249,11 @@ class _Call:
                 self.on_progress(done, self.total)
             except Exception:  # a broken callback must not lose the purge's results
                 logger.exception("on_progress callback failed")
+        if self.on_batch is not None:
+            try:
+                self.on_batch(PurgeProgress(done, self.total, tuple(purged), dict(failed)))
+            except Exception:
+                logger.exception("on_batch callback failed")
         if done >= self.total and not self.finished.done():
             self.finished.set_result(None)
 
@@ -210,7 +298,35 @@ class _Lane:
 
     def __init__(self) -> None:
         self.pending: dict[str, _Waiting] = {}
+        #: Pending paths a ``priority="high"`` caller waits on: sent first.
+        self.urgent: dict[str, None] = {}
         self.task: asyncio.Task[None] | None = None
+        #: While the next batch waits for its budgets at a priority below ``"high"``: set
+        #: when an urgent path joins, so the batch waits again at ``"high"``.
+        self.upgrade: asyncio.Future[None] | None = None
+
+    def priority(self) -> Priority | None:
+        """The priority the next batch waits at: ``"high"`` when an urgent path is pending,
+        else that of the caller of the first pending path (None: the client's)."""
+        if self.urgent:
+            return "high"
+        first = next(iter(self.pending.values()), None)
+        if isinstance(first, _Entry):
+            first = cast("_Call", first[0]) if first else None
+        return first.priority if first is not None else None
+
+    def take(self, size: int) -> list[tuple[str, _Waiting]]:
+        """Remove and return up to ``size`` pending paths, urgent ones first."""
+        batch: list[tuple[str, _Waiting]] = []
+        for key in list(itertools.islice(self.urgent, size)):
+            del self.urgent[key]
+            waiting = self.pending.pop(key, None)
+            if waiting is not None:
+                batch.append((key, waiting))
+        for key in list(itertools.islice(self.pending, size - len(batch))):
+            batch.append((key, self.pending.pop(key)))
+            self.urgent.pop(key, None)
+        return batch
 
     def covering(self, path: str) -> str | None:
         """The pending path that covers ``path``: itself, ``*`` or a parent's wildcard."""
@@ -259,10 +375,12 @@ def _abandon(lane: _Lane, call: _Call, joined: Iterable[str]) -> None:
         waiting = lane.pending.get(key)  # absent: sealed (on the wire or done), stays shared
         if waiting is call:
             del lane.pending[key]
+            lane.urgent.pop(key, None)
         elif isinstance(waiting, _Entry):  # it may be another caller's, which call is not in
             waiting.leave(call)
             if not waiting:
                 del lane.pending[key]
+                lane.urgent.pop(key, None)
 
 
 class PurgeEngine:
@@ -278,6 +396,8 @@ class PurgeEngine:
         paths: Sequence[str],
         *,
         on_progress: Callable[[int, int], None] | None = None,
+        on_batch: Callable[[PurgeProgress], None] | None = None,
+        priority: Priority | None = None,
     ) -> PurgeReport:
         """Purge ``paths`` (already validated and normalised) of ``cdn_id``; see ``Endpoints.purge``.
 
@@ -290,7 +410,13 @@ class PurgeEngine:
         planned = _Plan()
         for _ in planned.steps(paths):
             await asyncio.sleep(0)
-        call = _Call(cdn_id, len(planned.mapping), on_progress)
+        call = _Call(
+            cdn_id,
+            len(planned.mapping),
+            on_progress,
+            on_batch,
+            priority or session.options.priority,
+        )
         # The pending paths this call waits on, per lane.
         joined: dict[_Lane, list[str]] = {}
         try:
@@ -308,7 +434,12 @@ class PurgeEngine:
                 for target in chunk:
                     # A sent path joins with every path it stands for at once, so none of them
                     # can join a request already sent for another.
-                    mine.append(lane.join(call, target, groups.get(target)))
+                    key = lane.join(call, target, groups.get(target))
+                    mine.append(key)
+                    if call.priority == "high":
+                        lane.urgent[key] = None
+                        if lane.upgrade is not None and not lane.upgrade.done():
+                            lane.upgrade.set_result(None)
                 if lane.task is None or lane.task.done():
                     lane.task = asyncio.get_running_loop().create_task(
                         self._send_lane(session, cdn_id, lane)
@@ -332,9 +463,9 @@ class PurgeEngine:
         except BaseException as exc:
             # Whatever stops the sender, every caller still gets an answer for every path.
             why = (
-                "the client was closed before these paths were purged"
+                _CLOSED
                 if isinstance(exc, asyncio.CancelledError)
-                else f"the purge sender stopped: {type(exc).__name__}"
+                else f"the purge sender stopped: {type(exc).__name__} (not confirmed)"
             )
             self._fail_all(lane, CDNError(why))
             raise
@@ -346,27 +477,67 @@ class PurgeEngine:
         # The size is fixed now, so the file budget is claimed exactly; paths that arrive
         # while this batch waits for its budget go in the next one.
         size = min(session.limits.purge_batch_size, len(lane.pending))
+        priority = lane.priority()
         batch: list[tuple[str, _Waiting]] = []
 
         def seal() -> dict[str, list[str]]:
             # Runs when the budgets first admit the request: from here on no caller may join.
+            # Urgent paths that joined while it waited go first.
             if not batch:
-                for path in list(itertools.islice(lane.pending, size)):
-                    batch.append((path, lane.pending.pop(path)))
+                batch.extend(lane.take(size))
             if not batch:  # every caller of these paths was cancelled while it waited
                 raise _NothingToSend
             return {"files": [path for path, _ in batch]}
 
         path = f"/v2/cdn/endpoints/{cdn_id}/cache"
+        loop = asyncio.get_running_loop()
+        waited = 0.0  # on budgets, before a wait restarted at "high"
+
+        async def send() -> Response:
+            nonlocal priority, waited
+            while priority != "high" and not batch:
+                # Wait at this priority until admitted, or until an urgent path joins: then
+                # (the batch still unsealed) leave the queue, taking nothing, and wait again
+                # at "high".
+                upgrade = lane.upgrade = loop.create_future()
+                started = loop.time()
+                request = loop.create_task(
+                    session.request(
+                        "DELETE",
+                        path,
+                        endpoint_id=cdn_id,
+                        files=size,
+                        json=seal,
+                        priority=priority,
+                    )
+                )
+                try:
+                    await asyncio.wait((request, upgrade), return_when=asyncio.FIRST_COMPLETED)
+                    if request.done() or batch:  # answered, or admitted and on the wire
+                        return await request
+                    request.cancel()
+                    await asyncio.gather(request, return_exceptions=True)
+                except asyncio.CancelledError:
+                    request.cancel()
+                    await asyncio.gather(request, return_exceptions=True)
+                    raise
+                finally:
+                    lane.upgrade = None
+                if not request.cancelled():  # it ended on its own meanwhile
+                    return request.result()
+                waited += loop.time() - started
+                priority = "high"
+            return await session.request(
+                "DELETE", path, endpoint_id=cdn_id, files=size, json=seal, priority=priority
+            )
+
         error: CDNError | None = None
         wait = 0.0
         retries = session.options.max_retries
         try:
             for attempt in range(retries + 1):
                 try:
-                    resp = await session.request(
-                        "DELETE", path, endpoint_id=cdn_id, files=size, json=seal
-                    )
+                    resp = await send()
                 except ConflictError as exc:
                     # An identical purge (another process's) is in progress: wait, send again.
                     error = exc
@@ -380,7 +551,7 @@ class PurgeEngine:
                 except Exception as exc:  # a bug or a misused session: still report the paths
                     error = CDNError(f"purge request failed: {type(exc).__name__}: {exc}")
                 else:
-                    error, wait = None, resp.budget_wait
+                    error, wait = None, resp.budget_wait + waited
                 break
         except asyncio.CancelledError:
             sent = bool(batch)
@@ -388,7 +559,7 @@ class PurgeEngine:
                 seal()  # the sealed paths are reported, never dropped
             self._resolve(
                 batch,
-                CDNError("the client was closed while these paths were purged"),
+                CDNError(_CLOSED),
                 0.0,
                 sent=sent,
                 stop=True,
@@ -404,6 +575,7 @@ class PurgeEngine:
     def _fail_all(self, lane: _Lane, error: CDNError) -> None:
         batch = list(lane.pending.items())
         lane.pending.clear()
+        lane.urgent.clear()
         self._resolve(batch, error, 0.0, sent=False, stop=True)
 
     @staticmethod

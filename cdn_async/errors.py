@@ -290,9 +290,30 @@ def error_class_for(status: int) -> type[APIError]:
 
 
 class PurgeError(CDNError):
-    """Some paths of a purge failed. ``report`` says which, and which were purged."""
+    """Some paths of a purge failed (or were not confirmed).
+
+    Attributes:
+        report: The ``PurgeReport``: ``purged`` holds every path confirmed before the purge
+            ended, ``failed`` every other path with its error.
+        reason: The error every failed path failed with, when they all failed for the same
+            one (e.g. a ``NotFoundError`` for an unknown endpoint, an
+            ``AuthenticationError``); None when they failed for different errors. It is also
+            the exception's ``__cause__``, so ``except PurgeError as e: raise map(e.reason)``
+            or a traceback shows it directly.
+    """
 
     def __init__(self, report: PurgeReport) -> None:
         self.report = report
         failed = len(report.failed)
-        super().__init__(f"{failed} of {failed + len(report.purged)} paths failed to purge")
+        errors = list(report.failed.values())
+        first = errors[0] if errors else None
+        same = first is not None and all(
+            e is first or (type(e) is type(first) and str(e) == str(first)) for e in errors
+        )
+        self.reason: CDNError | None = first if same else None
+        message = f"{failed} of {failed + len(report.purged)} paths failed to purge"
+        if self.reason is not None:
+            message += f": {type(self.reason).__name__}: {self.reason}"
+        super().__init__(message)
+        if self.reason is not None:
+            self.__cause__ = self.reason

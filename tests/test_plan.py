@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdn_async import CDNClient
+from cdn_async import CDNClient, RateLimits, plan_purge
 from cdn_async._purge import plan
 from cdn_async._validation import CHUNK
-from cdn_async.errors import NotFoundError, PurgeError
+from cdn_async.errors import NotFoundError, PurgeError, ValidationError
 from cdn_async.testing import FakeCDNServer
 
 ORIGIN = "static.nyc3.digitaloceanspaces.com"
@@ -182,3 +182,45 @@ async def test_a_large_purge_of_a_missing_endpoint_sends_one_request() -> None:
     report = info.value.report
     assert not report.purged and set(report.failed) == set(paths)
     assert all(isinstance(e, NotFoundError) for e in report.failed.values())
+    # The one reason, reachable directly (a handler maps it to a 404).
+    assert isinstance(info.value.reason, NotFoundError)
+    assert info.value.__cause__ is info.value.reason
+
+
+# -- plan_purge: the public estimate ---------------------------------------------------------
+
+
+def test_plan_purge_says_what_is_sent_and_what_a_wildcard_covers() -> None:
+    got = plan_purge(["/css/a.css", "css/*", "js/app.js", "js/app.js"])
+    assert got.paths == ("css/*", "js/app.js")
+    assert got.covered == {"css/a.css": "css/*"}
+    assert got.requests == 1 and got.seconds == 0.0
+
+
+def test_plan_purge_estimates_requests_and_seconds_at_the_budgets_pace() -> None:
+    got = plan_purge([f"img/{i}.png" for i in range(10_000)])
+    assert got.requests == 200
+    assert got.seconds == 199 * 20.0  # 50 paths / 20 s: the last batch leaves after 199 periods
+    scaled = plan_purge([f"img/{i}.png" for i in range(120)], RateLimits.documented().scaled(0.01))
+    assert scaled.requests == 3 and scaled.seconds == pytest.approx(2 * 0.2)
+
+
+def test_plan_purge_checks_paths_as_purge_does() -> None:
+    with pytest.raises(ValidationError):
+        plan_purge("img/a.png")  # a bare string would be purged letter by letter
+
+
+@pytest.mark.looptime
+async def test_plan_purge_matches_a_real_purge() -> None:
+    paths = [f"img/{i}.png" for i in range(1_000)] + ["css/*", "css/a.css"]
+    estimate = plan_purge(paths)
+    async with FakeCDNServer() as server, CDNClient(server.token, base_url=server.url) as cdn:
+        ep = server.add_endpoint(ORIGIN)["id"]
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        report = await cdn.endpoints.purge(ep, paths)
+        elapsed = loop.time() - start
+        sent = [p for e in server.journal if e.op == "purge" for p in e.body["files"]]
+    assert report.requests == estimate.requests == 21
+    assert tuple(sent) == estimate.paths
+    assert elapsed == pytest.approx(estimate.seconds, abs=1.0)

@@ -14,8 +14,10 @@ import pytest
 from aioresponses import CallbackResult, aioresponses
 
 from cdn_async import CDNClient, RateLimits
-from cdn_async._purge import plan
-from cdn_async.errors import InternalServerError, PurgeError
+from cdn_async._limits import Priority
+from cdn_async._purge import PurgeProgress, plan
+from cdn_async.errors import InternalServerError, NotFoundError, PurgeError, ValidationError
+from cdn_async.testing import FakeCDNServer
 
 from ._support import BASE, TOKEN
 
@@ -239,3 +241,144 @@ async def test_an_unexpected_exception_is_reported_not_a_hang(cdn: CDNClient) ->
         with pytest.raises(PurgeError) as info:
             await asyncio.wait_for(cdn.endpoints.purge(ID, [f"p{i}" for i in range(60)]), 120)
     assert len(info.value.report.failed) == 60
+
+
+# -- priority, progress per batch, partial results, one reason -------------------------------
+
+
+async def test_an_urgent_purge_goes_in_the_next_batch_ahead_of_a_bulk_purge() -> None:
+    """Against the fake: a 1-path ``priority="high"`` purge asked while a 1,500-path bulk purge
+    of the same endpoint is pending is answered within one file period (20 s) plus its round
+    trip; a 1-path normal purge asked at the same moment waits behind the whole bulk."""
+    async with FakeCDNServer() as server, CDNClient(server.token, base_url=server.url) as cdn:
+        ep = server.add_endpoint("static.nyc3.digitaloceanspaces.com")["id"]
+        loop = asyncio.get_running_loop()
+        bulk = asyncio.create_task(cdn.endpoints.purge(ep, [f"bulk/{i}" for i in range(1500)]))
+        await asyncio.sleep(105)  # six batches are through, 24 still pending
+
+        async def timed(path: str, priority: Priority) -> float:
+            start = loop.time()
+            await cdn.endpoints.purge(ep, [path], priority=priority)
+            return loop.time() - start
+
+        normal = asyncio.create_task(timed("normal.png", "normal"))
+        urgent = await timed("urgent.png", "high")
+        assert urgent <= 20 + 0.5
+        assert await normal >= 23 * 20  # FIFO: after the bulk purge's remaining batches
+        assert (await bulk).ok
+        batches = [e.body["files"] for e in server.journal if e.op == "purge"]
+    assert batches[6][0] == "urgent.png" and len(batches[6]) == 50  # the very next batch
+    assert batches[-1][-1] == "normal.png"
+
+
+async def test_on_batch_reports_which_paths_each_batch_confirmed(cdn: CDNClient) -> None:
+    rec = Recorder(latency=0.0)
+    progress: list[PurgeProgress] = []
+    counts: list[tuple[int, int]] = []
+    paths = [f"p{i}" for i in range(120)]
+    with aioresponses() as m:
+        m.delete(PURGE, callback=rec.handle, repeat=True)
+        await cdn.endpoints.purge(
+            ID, paths, on_batch=progress.append, on_progress=lambda d, t: counts.append((d, t))
+        )
+    assert [p.confirmed for p in progress] == [tuple(b) for b in rec.batches]
+    assert [(p.done, p.total) for p in progress] == counts == [(50, 120), (100, 120), (120, 120)]
+    assert all(not p.failed for p in progress)
+
+
+async def test_a_cancelled_purge_has_delivered_every_confirmed_path(cdn: CDNClient) -> None:
+    rec = Recorder(latency=0.0)
+    checkpoint: list[str] = []
+    with aioresponses() as m:
+        m.delete(PURGE, callback=rec.handle, repeat=True)
+        job = asyncio.create_task(
+            cdn.endpoints.purge(
+                ID,
+                [f"p{i}" for i in range(500)],
+                on_batch=lambda p: checkpoint.extend(p.confirmed),
+            )
+        )
+        await asyncio.sleep(50)  # three batches are through
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+    assert checkpoint == [p for b in rec.batches for p in b] == [f"p{i}" for i in range(150)]
+
+
+async def test_an_interrupted_purge_reports_what_was_confirmed() -> None:
+    rec = Recorder(latency=0.0)
+    cdn = CDNClient(TOKEN, base_url=BASE)
+    with aioresponses() as m:
+        m.delete(PURGE, callback=rec.handle, repeat=True)
+        job = asyncio.create_task(cdn.endpoints.purge(ID, [f"p{i}" for i in range(200)]))
+        await asyncio.sleep(30)
+        await cdn.close()
+        with pytest.raises(PurgeError) as info:
+            await job
+    report = info.value.report
+    assert report.purged == tuple(f"p{i}" for i in range(100))
+    assert set(report.failed) == {f"p{i}" for i in range(100, 200)}
+    assert all("not confirmed" in str(e) for e in report.failed.values())
+    assert info.value.reason is report.failed["p100"]  # one reason for every failed path
+
+
+async def test_purge_error_names_the_one_reason_every_path_failed_for(cdn: CDNClient) -> None:
+    with aioresponses() as m:
+        m.delete(PURGE, status=404, payload={"id": "not_found", "message": "gone"}, repeat=True)
+        with pytest.raises(PurgeError) as info:
+            await cdn.endpoints.purge(ID, [f"p{i}" for i in range(120)])
+    assert isinstance(info.value.reason, NotFoundError)
+    assert info.value.__cause__ is info.value.reason
+    assert "NotFoundError" in str(info.value)
+
+
+async def test_purge_error_has_no_reason_when_paths_failed_differently(cdn: CDNClient) -> None:
+    statuses = iter([200, 500, 422])
+
+    async def answer(url: Any, **kwargs: Any) -> CallbackResult:
+        status = next(statuses)
+        if status == 200:
+            return CallbackResult(status=204)
+        return CallbackResult(status=status, body=json.dumps({"id": "x", "message": "no"}))
+
+    with aioresponses() as m:
+        m.delete(PURGE, callback=answer, repeat=True)
+        with pytest.raises(PurgeError) as info:
+            await cdn.with_options(max_retries=0).endpoints.purge(ID, [f"p{i}" for i in range(150)])
+    assert len(info.value.report.purged) == 50 and len(info.value.report.failed) == 100
+    assert info.value.reason is None and info.value.__cause__ is None
+
+
+async def test_an_unknown_priority_is_refused(cdn: CDNClient) -> None:
+    with pytest.raises(ValidationError, match="priority"):
+        await cdn.endpoints.purge(ID, ["a"], priority="urgent")  # type: ignore[arg-type]
+
+
+async def test_an_urgent_path_lifts_a_waiting_batch_ahead_of_other_endpoints(
+    cdn: CDNClient,
+) -> None:
+    """The file budget is the token's: another endpoint's bulk purge competes for it. A batch
+    already waiting at "normal" when an urgent path joins waits again at "high", so the urgent
+    path does not wait behind the other endpoint's batch too."""
+    other = "2e8c8dc6-9d0c-4fd7-8b83-3e3c0c4ad2d2"
+    rec = Recorder(latency=0.0)
+    loop = asyncio.get_running_loop()
+    waits: list[float] = []
+
+    async def urgent() -> None:
+        start = loop.time()
+        await cdn.endpoints.purge(ID, ["urgent.png"], priority="high")
+        waits.append(loop.time() - start)
+
+    def after_a_batch(progress: PurgeProgress) -> None:
+        if progress.done == 100:  # our next batch is now waiting, behind the other endpoint's
+            loop.call_later(1.0, lambda: tasks.append(asyncio.create_task(urgent())))
+
+    tasks: list[asyncio.Task[None]] = []
+    with aioresponses() as m:
+        m.delete(PURGE, callback=rec.handle, repeat=True)
+        bulk_other = asyncio.create_task(cdn.endpoints.purge(other, [f"o{i}" for i in range(300)]))
+        await asyncio.sleep(1)
+        mine = await cdn.endpoints.purge(ID, [f"m{i}" for i in range(300)], on_batch=after_a_batch)
+        await asyncio.gather(bulk_other, *tasks)
+    assert mine.ok and waits and waits[0] <= 20.0  # not about 39 s behind the other's batch

@@ -44,6 +44,9 @@ if pytest_asyncio is not None:
     async def fake_cdn(request: pytest.FixtureRequest) -> AsyncIterator[FakeCDNServer]:
         """A running ``FakeCDNServer``; options from ``@pytest.mark.fake_cdn(...)``.
 
+        ``async with fake_cdn.client(**options) as cdn:`` gives a ``CDNClient`` for it: its URL
+        and token, budgets and retry backoff scaled by its ``time_scale``.
+
         Args:
             request: The pytest fixture request (for the marker).
 

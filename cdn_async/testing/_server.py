@@ -22,6 +22,7 @@ Every answer carries ``x-request-id`` and ``ratelimit-limit/-remaining/-reset``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import re
@@ -29,8 +30,8 @@ import secrets
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 from aiohttp import web
@@ -50,6 +51,9 @@ from ._endpoints import (
 from ._faults import FaultRule, Faults
 from ._journal import Counters, JournalEntry
 from ._windows import DOCUMENTED_BUDGETS, BudgetSpec, SlidingWindow
+
+if TYPE_CHECKING:
+    from .._client import CDNClient
 
 #: Every scope the CDN operations use.
 ALL_SCOPES: tuple[str, ...] = ("cdn:read", "cdn:create", "cdn:update", "cdn:delete")
@@ -263,6 +267,36 @@ class FakeCDNServer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    @contextlib.asynccontextmanager
+    async def client(self, **options: Any) -> AsyncIterator[CDNClient]:
+        """A ``CDNClient`` for this server, closed on exit::
+
+            async with fake_cdn.client(max_retries=1) as cdn:
+                await cdn.endpoints.purge(endpoint_id, ["*"])
+
+        The client gets the server's ``url`` and ``token``, the documented budgets scaled by
+        ``time_scale`` (``RateLimits.documented().scaled(time_scale)``), and retry backoff
+        scaled the same way, so a test at ``time_scale=0.01`` waits 1/100 of every delay.
+
+        Args:
+            **options: ``CDNClient`` keyword arguments; they override the defaults above
+                (``token=``, ``base_url=``, ``limits=``...).
+
+        Yields:
+            The open client.
+        """
+        from .._client import CDNClient
+        from .._limits import RateLimits
+
+        if not self.url:
+            raise RuntimeError("the FakeCDNServer is not started: use it as 'async with'")
+        options.setdefault("token", self.token)
+        options.setdefault("base_url", self.url)
+        options.setdefault("limits", RateLimits.documented().scaled(self.time_scale))
+        async with CDNClient(**options) as cdn:
+            cdn._session.time_scale = self.time_scale
+            yield cdn
 
     # -- configuration and inspection --------------------------------------------------------
 
