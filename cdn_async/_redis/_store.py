@@ -1,0 +1,471 @@
+"""``RedisBudgetStore``: the ``BudgetStore`` protocol over the Lua operations, the mirror and
+the connection (the package docstring has the design)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import secrets
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Literal
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from .._limits import BudgetState, Claim, Lease, Priority, RateLimits
+from .._logs import logger
+from ..errors import CDNError
+from . import _link, _scripts
+from ._errors import BudgetStoreUnavailableError, Unavailable, paused_error
+from ._lease import RedisLease, merge
+from ._link import RedisLink
+from ._queue import Group
+
+if TYPE_CHECKING:
+    from .._limits import BudgetStore
+    from ._scripts import AcquireReply
+
+
+# A sleep never shorter than this (Redis time is in ms; avoid spinning on rounding).
+_MIN_SLEEP = 0.0005
+# A sleep never longer than this: a sync hold or pause may be replaced by a shorter one.
+_MAX_SLEEP = 1.0
+
+
+class RedisBudgetStore(RedisLink):
+    """Budget windows kept in Redis, shared by every process that uses one API token.
+
+    Pass it to ``CDNClient(budget_store=...)`` in every process (web workers, purge workers,
+    hosts) with the same Redis and ``token_id``; together they never exceed a budget::
+
+        from cdn_async import CDNClient
+        from cdn_async.redis import RedisBudgetStore, token_id_for
+
+        store = RedisBudgetStore("redis://localhost:6379/0", token_id=token_id_for(token))
+        async with CDNClient(token, budget_store=store) as cdn:
+            ...
+
+    Redis Cluster: pass the URL of any node (``cluster=True`` makes a cluster client at once;
+    the default switches to one on the first ``MOVED``), or a
+    ``redis.asyncio.cluster.RedisCluster``. A token's keys share one hash tag, so each script
+    runs on one node; a failover or restart of that node is an outage like any other.
+
+    Within a process, acquires on the same key set queue in arrival order and only the head
+    polls Redis; across processes, the first to ask when the units fit is admitted. What
+    happens when Redis restarts, stalls or cannot be reached is in the package docstring
+    (``cdn_async._redis``): no budget is exceeded across a restart; a lone process is exact
+    across an outage with ``fallback="memory"``, and ``N`` processes spend at most ``N`` times
+    a budget while Redis is away.
+
+    Args:
+        redis: A URL (the store makes, and closes, its own client, with ``call_timeout``
+            socket timeouts), a ``redis.asyncio.Redis`` or a
+            ``redis.asyncio.cluster.RedisCluster`` client (not closed by the store; its calls
+            are bounded by ``call_timeout`` too).
+        namespace: Prefix of every key (``{<namespace>:<token_id>}:...``).
+        token_id: Which token's budgets these are, when several tokens share one Redis. Use
+            ``token_id_for(token)``; never the token itself.
+        fallback: What to do when Redis cannot be reached: ``"error"`` (default) raises
+            ``BudgetStoreUnavailableError`` once it has been unreachable for
+            ``unavailable_timeout`` s; ``"memory"`` admits at once from this process's own
+            record of its units, pauses and holds (the rules of ``MemoryBudgetStore``),
+            logging a WARNING, until Redis answers again.
+        cluster: With a URL: ``True`` makes a Redis Cluster client (the URL of any node);
+            ``None`` (default) makes a plain client and switches to a cluster client the first
+            time Redis answers ``MOVED``; ``False`` never does.
+        limits: The budgets the clients on this token use (default
+            ``RateLimits.documented()``). Only which budgets are token-wide and counted per
+            request is read, to know which need no hold after a restart (package docstring).
+        inflight_timeout: A request whose process stops heartbeating counts as answered this
+            many seconds after its last heartbeat (its slot frees ``period`` after that).
+            Must exceed ``heartbeat_interval``.
+        heartbeat_interval: How often a process with state in Redis refreshes its in-flight
+            deadlines and checks that Redis kept its state.
+        recovery_grace: After Redis lost its state (restart), nothing is admitted for this
+            long, so every process can re-seed its requests. Must exceed ``heartbeat_interval``
+            plus a reconnect; 0 turns the wait off (then only processes that saw the outage
+            re-seed before admitting).
+        restart_hold: After Redis lost its state, a budget that no other budget of the
+            request bounds admits nothing until one of its periods has passed since Redis
+            started (units of processes that are gone are unknown). ``False`` skips that: only
+            for a Redis known to be new (tests); a restart may then admit a period's worth of
+            requests twice.
+        max_poll_interval: The longest a queued acquire sleeps before asking Redis again when
+            only an answer can free its slot.
+        unavailable_timeout: How long Redis may be unreachable before ``acquire`` raises
+            (``fallback="error"``).
+        call_timeout: The longest one Redis call may take; a slower one counts as Redis being
+            unreachable (a stalled server).
+        marker_ttl: How long the epoch marker outlives the last use; an empty Redis within
+            this time is treated as restarted (with the recovery wait).
+        clock: Monotonic seconds for this process's own waits and mirror; default the running
+            loop's ``time``. Windows in Redis are stamped with Redis's clock.
+
+    Raises:
+        ValueError: An option is out of range.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis | RedisCluster | str,
+        *,
+        namespace: str = "cdn-async",
+        token_id: str | None = None,
+        fallback: Literal["error", "memory"] = "error",
+        cluster: bool | None = None,
+        limits: RateLimits | None = None,
+        inflight_timeout: float = _link.DEFAULT_INFLIGHT_TIMEOUT,
+        heartbeat_interval: float = _link.DEFAULT_HEARTBEAT_INTERVAL,
+        recovery_grace: float = _link.DEFAULT_RECOVERY_GRACE,
+        restart_hold: bool = True,
+        max_poll_interval: float = _link.DEFAULT_MAX_POLL_INTERVAL,
+        unavailable_timeout: float = _link.DEFAULT_UNAVAILABLE_TIMEOUT,
+        call_timeout: float = _link.DEFAULT_CALL_TIMEOUT,
+        marker_ttl: float = _link.DEFAULT_MARKER_TTL,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__(
+            redis,
+            namespace=namespace,
+            token_id=token_id,
+            fallback=fallback,
+            cluster=cluster,
+            inflight_timeout=inflight_timeout,
+            heartbeat_interval=heartbeat_interval,
+            recovery_grace=recovery_grace,
+            max_poll_interval=max_poll_interval,
+            unavailable_timeout=unavailable_timeout,
+            call_timeout=call_timeout,
+            marker_ttl=marker_ttl,
+            clock=clock,
+        )
+        limits = limits if limits is not None else RateLimits.documented()
+        self._restart_holds = _scripts.RestartHolds(
+            # Budgets every request claims once, one window for the whole token.
+            universal=frozenset(
+                b.name for b in limits.budgets if b.unit == "request" and b.scope == "token"
+            ),
+            per_request=frozenset(b.name for b in limits.budgets if b.unit == "request"),
+            hold=restart_hold,
+        )
+        self._poll = max_poll_interval
+        self._ids = itertools.count()
+        self._id_prefix = secrets.token_hex(6) + "-"
+        self._groups: dict[tuple[str, ...], Group] = {}
+        self._lost_warned: str | None = None  # epoch whose restart hold was logged
+
+    def __repr__(self) -> str:
+        # The prefix names the namespace and token id (a hash), never a password or token.
+        return f"<RedisBudgetStore {self._prefix} fallback={self._fallback!r}>"
+
+    # -- the BudgetStore protocol ----------------------------------------------------------------
+
+    async def acquire(
+        self,
+        claims: Sequence[Claim],
+        *,
+        max_wait: float | None = None,
+        priority: Priority = "normal",
+    ) -> RedisLease:
+        """Wait until every claim fits in Redis, then take them all at once.
+
+        ``priority`` is accepted and not honoured: across processes, whichever asks first
+        when units free is admitted (see docs/design.md).
+
+        One script call (one round trip) per attempt. Acquires on the same key set queue
+        locally in arrival order; only the head asks Redis, sleeping what the script says is
+        left (at most ``max_poll_interval`` when only an answer can free the slot, and waking
+        at once when this process gets an answer).
+
+        Args:
+            claims: What the request takes, one claim per budget key (repeated keys add up).
+            max_wait: The longest the caller will wait for a key paused by a 429; None: any.
+
+        Returns:
+            The lease to hand to ``release`` (or ``give_back``) when the attempt is over.
+
+        Raises:
+            RateLimitedError: A key is paused for longer than ``max_wait``.
+            ValidationError: A claim has fewer than 1 unit or more than its limit.
+            BudgetStoreUnavailableError: Redis has been unreachable for
+                ``unavailable_timeout`` s (with ``fallback="error"``).
+            CDNError: The store is closed.
+        """
+        if self._closed:
+            raise CDNError("budget store closed")
+        parts = merge(claims)
+        for c, _ in parts:
+            self._mirror.ledger(c)
+        self._check_local_pause(parts, max_wait)
+        keyset = tuple(c.key for c, _ in parts)
+        group = self._groups.get(keyset)
+        if group is None:
+            group = self._groups[keyset] = Group()
+        group.count += 1
+        try:
+            async with group.lock:
+                return await self._acquire_head(tuple(claims), parts, max_wait, group)
+        finally:
+            group.count -= 1
+            if group.count == 0 and self._groups.get(keyset) is group:
+                del self._groups[keyset]
+
+    def release(self, lease: Lease) -> None:
+        """The request's answer (or failure) arrived: its units free ``period`` s from now.
+
+        The Redis call runs in a task (``aclose`` waits for it); this process's mirror
+        records the release at once, so a restart or an outage cannot lose it. Idempotent,
+        and a no-op after ``give_back``.
+
+        Args:
+            lease: A lease this store returned from ``acquire``.
+
+        Raises:
+            ValueError: ``lease`` did not come from this store.
+        """
+        self._finish(lease, give_back=False)
+
+    def give_back(self, lease: Lease) -> None:
+        """The request was never sent, or the server refused it with a 429 without counting
+        it: its units are uncounted at once (here and in Redis), not one period from now.
+
+        Idempotent, and a no-op after ``release``. Written to Redis in a task, like
+        ``release``; while Redis is unreachable it waits in the mirror for the re-seed.
+
+        Args:
+            lease: A lease this store returned from ``acquire``.
+
+        Raises:
+            ValueError: ``lease`` did not come from this store.
+        """
+        self._finish(lease, give_back=True)
+
+    def sync(self, claim: Claim, remaining: int, reset_after: float) -> None:
+        """Apply server headers for every process: until ``reset_after`` s from now (at most
+        ``claim.period``), admit at most ``remaining`` more units on ``claim.key``.
+
+        As in ``MemoryBudgetStore``: when the server counts more than Redis holds (in flight
+        and released, over all processes), the difference is held until the reset; a live
+        hold is raised, never lowered.
+
+        Args:
+            claim: The claim the headers describe.
+            remaining: ``ratelimit-remaining``.
+            reset_after: Seconds from now until ``ratelimit-reset``.
+        """
+        if self._closed:
+            return
+        reset_after = min(reset_after, claim.period)
+        self._mirror.sync(claim, remaining, reset_after, self._clock())
+        self._write_later(_scripts.sync(claim, remaining, reset_after))
+
+    def pause(self, claim: Claim, resume_after: float) -> None:
+        """The server answered 429 for this key: every process admits nothing on it for
+        ``resume_after`` s, capped at ``claim.period`` (extends, never shortens, a pause).
+
+        Args:
+            claim: The claim whose key the 429 concerns.
+            resume_after: Seconds from now.
+        """
+        resume_after = min(resume_after, claim.period)
+        if self._closed or resume_after <= 0:
+            return
+        self._mirror.pause(claim, resume_after, self._clock())
+        self._wake_all()
+        self._write_later(_scripts.pause(claim, resume_after))
+
+    def snapshot(self) -> dict[str, BudgetState]:
+        """This process's view of its keys (sync: it reads no Redis).
+
+        ``used`` counts this process's own units (in flight and unexpired) plus what its
+        answers' headers said others spent (sync holds), ``waiters`` its own queued acquires
+        and ``paused_for`` the pauses it knows of. Other processes' units are in Redis only.
+
+        Returns:
+            ``{key: BudgetState}`` for every key this process holds units on or waits for.
+        """
+        now = self._clock()
+        self._prune(now)
+        waiters: dict[str, int] = {}
+        for keyset, group in self._groups.items():
+            for key in keyset:
+                waiters[key] = waiters.get(key, 0) + group.count
+        return self._mirror.snapshot(now, waiters)
+
+    async def aclose(self) -> None:
+        """Finish pending Redis calls (each bounded by ``call_timeout``), stop the heartbeat,
+        close the client if the store made it. Queued acquires fail with ``CDNError``; later
+        calls raise or do nothing, as for ``MemoryBudgetStore``.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._wake_all()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._conn.aclose()
+
+    # -- acquiring --------------------------------------------------------------------------------
+
+    def _finish(self, lease: Lease, *, give_back: bool) -> None:
+        """``release`` or ``give_back``: in the mirror at once, in Redis in a task (or with
+        the next re-seed while Redis is unreachable)."""
+        if not isinstance(lease, RedisLease) or lease._store is not self:
+            raise ValueError(f"not a lease of this store: {lease!r}")
+        if lease.released:
+            return
+        lease.released = True
+        if self._closed:
+            return
+        if give_back:
+            self._mirror.give_back(lease)
+        else:
+            self._mirror.release(lease, self._clock())
+        self._wake_all()
+        if self._down_since is not None:
+            if give_back:
+                self._mirror.give_backs[lease.id] = lease
+            self._needs_restore = True  # written with the re-seed when Redis answers
+        else:
+            self._spawn(self._release_remote(lease, give_back=give_back))
+
+    async def _acquire_head(
+        self,
+        claims: tuple[Claim, ...],
+        parts: tuple[tuple[Claim, int], ...],
+        max_wait: float | None,
+        group: Group,
+    ) -> RedisLease:
+        while True:
+            if self._closed:
+                raise CDNError("budget store closed")
+            down = self._down_since
+            if down is not None:
+                if self._fallback == "memory":
+                    got = await self._acquire_local(claims, parts, max_wait, group)
+                    if got is not None:
+                        return got
+                    continue  # Redis answers again
+                left = down + self._unavailable_timeout - self._clock()
+                if left <= 0:
+                    raise BudgetStoreUnavailableError(
+                        f"Redis unreachable for {self._clock() - down:.1f} s; not admitting "
+                        "requests, which could exceed a budget shared with other processes "
+                        "(pass fallback='memory' to use in-process budgets)"
+                    )
+                await group.nap(self._get_loop(), min(left, _MAX_SLEEP))  # woken when Redis answers
+                continue
+            lease = RedisLease(self._new_id(), claims, parts, self)
+            try:
+                reply = await self._attempt(lease)
+            except Unavailable as exc:
+                self._mark_down(exc)
+                continue
+            if reply.admitted:
+                return lease
+            if max_wait is not None and reply.paused > max_wait:
+                pidx = reply.paused_index
+                raise paused_error(parts[pidx - 1][0] if pidx else parts[0][0], reply.paused)
+            delay = max(reply.wait, self._poll) if reply.unknown else reply.wait
+            await group.nap(self._get_loop(), min(max(delay, _MIN_SLEEP), _MAX_SLEEP))
+
+    async def _attempt(self, lease: RedisLease) -> AcquireReply:
+        """One acquire script call; the lease is in the mirror as soon as Redis may hold it."""
+        task = asyncio.ensure_future(self._acquire_call(lease))
+        try:
+            reply = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The script may still admit the lease: give it back, it was never sent.
+            task.add_done_callback(lambda t: self._after_cancel(t, lease))
+            raise
+        if reply.admitted:
+            self._admitted(lease)
+        if reply.lost > 0 and self._lost_warned != self._epoch:
+            self._lost_warned = self._epoch
+            flags = self._restart_holds.flags(lease._parts)
+            logger.warning(
+                "Redis holds no budget history (it restarted, or is new): admitting nothing "
+                "on %s for up to %.1f s more, in case processes that are gone spent it",
+                ", ".join(c.key for (c, _), f in zip(lease._parts, flags, strict=True) if f == "1"),
+                reply.lost,
+            )
+        return reply
+
+    async def _acquire_call(self, lease: RedisLease) -> AcquireReply:
+        flags = self._restart_holds.flags(lease._parts)
+        self._max_period = max(self._max_period, *(c.period for c, _ in lease._parts))
+        try:
+            return await self._eval(_scripts.acquire(lease.id, lease._parts, flags))
+        except Unavailable as exc:
+            if exc.sent:
+                # It may still run when Redis wakes: give it back with the re-seed.
+                self._mirror.give_backs[lease.id] = lease
+            raise
+
+    def _after_cancel(self, task: asyncio.Future[AcquireReply], lease: RedisLease) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        if task.result().admitted and not self._closed:
+            lease.released = True
+            if self._down_since is not None:
+                self._mirror.give_backs[lease.id] = lease
+            else:
+                self._spawn(self._release_remote(lease, give_back=True))
+
+    def _admitted(self, lease: RedisLease) -> None:
+        self._mirror.admitted(lease)
+        self._ensure_heartbeat()
+
+    async def _acquire_local(
+        self,
+        claims: tuple[Claim, ...],
+        parts: tuple[tuple[Claim, int], ...],
+        max_wait: float | None,
+        group: Group,
+    ) -> RedisLease | None:
+        """Admit from this process's ledgers while Redis is unreachable (``fallback="memory"``).
+
+        Returns None as soon as Redis answers again (the caller asks Redis then).
+        """
+        while self._down_since is not None:
+            if self._closed:
+                raise CDNError("budget store closed")
+            self._check_local_pause(parts, max_wait)
+            delay = self._mirror.fit_delay(parts, self._clock())
+            if delay <= 0:
+                lease = RedisLease(self._new_id(), claims, parts, self)
+                self._admitted(lease)  # re-seeded into Redis when it answers
+                return lease
+            # inf: only an answer frees room; release() wakes this nap.
+            await group.nap(self._get_loop(), min(max(delay, _MIN_SLEEP), _MAX_SLEEP))
+        return None
+
+    def _check_local_pause(
+        self, parts: tuple[tuple[Claim, int], ...], max_wait: float | None
+    ) -> None:
+        if max_wait is None:
+            return
+        paused = self._mirror.paused(parts, max_wait, self._clock())
+        if paused is not None:
+            raise paused_error(*paused)
+
+    def _wake_all(self) -> None:
+        for group in self._groups.values():
+            group.wake()
+
+    # -- Redis calls ----------------------------------------------------------------------------
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
+
+
+if TYPE_CHECKING:
+
+    def _conforms(store: RedisBudgetStore) -> BudgetStore:
+        return store

@@ -1,0 +1,25 @@
+-- release: the request was answered (its units free one period from now), or given back
+-- (never counted: its units free at once, and a tombstone stops a late acquire call).
+-- ARGV after the header: lease id, '1' to give back; then per key i: period ms, units.
+local lease, give_back = ARGV[HEADER + 1], ARGV[HEADER + 2] == '1'
+local function key_args(i)
+  local b = HEADER + 3 + 2 * (i - 1)
+  return tonumber(ARGV[b]), tonumber(ARGV[b+1])
+end
+
+if give_back then tombstone(lease) end
+for i = 1, nkeys do
+  local period, units = key_args(i)
+  expire(i, period)
+  local mem = lease .. ':' .. units
+  local m = KEYS[3*i+2]
+  if redis.call('ZREM', KEYS[3*i], mem) == 1 then redis.call('HINCRBY', m, 'f', -units) end
+  if give_back then
+    if redis.call('ZREM', KEYS[3*i+1], mem) == 1 then redis.call('HINCRBY', m, 'r', -units) end
+  elseif redis.call('ZADD', KEYS[3*i+1], 'GT', fmt(now + period), mem) == 1 then
+    -- Also when the entry is missing (lost in a restart): counting it is the safe side.
+    redis.call('HINCRBY', m, 'r', units)
+  end
+  touch(i, period)
+end
+return done()

@@ -1,0 +1,21 @@
+-- sync: the server's ratelimit headers for one key; hold what it counts beyond Redis.
+-- ARGV after the header: limit, remaining, reset ms, period ms.
+local limit = tonumber(ARGV[HEADER + 1])
+local remaining = tonumber(ARGV[HEADER + 2])
+local period = tonumber(ARGV[HEADER + 4])
+local reset = math.min(tonumber(ARGV[HEADER + 3]), period)
+
+expire(1, period)
+local f, r, h, hu = state(1, period)
+remaining = math.min(math.max(remaining, 0), limit)
+local phantom = (limit - remaining) - (f + r)
+-- Answers arrive out of order: a live hold is only ever raised (as in the memory store).
+if phantom > 0 and reset > 0 then
+  if h > 0 then
+    redis.call('HSET', KEYS[5], 'h', math.max(h, phantom), 'hu', fmt(math.max(hu, now + reset)))
+  else
+    redis.call('HSET', KEYS[5], 'h', phantom, 'hu', fmt(now + reset))
+  end
+end
+touch(1, period)
+return done()
