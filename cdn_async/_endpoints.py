@@ -284,14 +284,15 @@ class Endpoints:
         # Checked a chunk at a time, yielding to the loop between chunks (100,000 paths never
         # block it for long); a bad path still raises before anything is sent.
         paths = await check.files_async(files)
-        return await self._purge.purge(
-            self._session,
-            cdn_id,
-            paths,
-            on_progress=on_progress,
-            on_batch=on_batch,
-            priority=priority,
-        )
+        with self._session.span("PURGE", f"{PATH}/{cdn_id}/cache"):
+            return await self._purge.purge(
+                self._session,
+                cdn_id,
+                paths,
+                on_progress=on_progress,
+                on_batch=on_batch,
+                priority=priority,
+            )
 
     def _mark_created(self, endpoint: CDNEndpoint) -> CDNEndpoint:
         now = self._session.now()

@@ -92,8 +92,34 @@ class RateLimitPaused:
     pause_s: float
 
 
+@attrs.frozen
+class PurgeBatchSent:
+    """A purge request went out for one batch of an endpoint's pending paths.
+
+    Args:
+        endpoint_id: The endpoint.
+        paths: The paths the request carried.
+        callers: How many ``purge`` calls it served (a batch is shared).
+        ok: Whether the server confirmed it.
+        request_id: The answer's request id (of the error, when it failed), if any.
+    """
+
+    endpoint_id: str
+    paths: tuple[str, ...]
+    callers: int
+    ok: bool
+    request_id: str | None
+
+
 #: Every event a hook may receive.
-Event = BudgetWaited | RequestSent | ResponseReceived | RetryScheduled | RateLimitPaused
+Event = (
+    BudgetWaited
+    | RequestSent
+    | ResponseReceived
+    | RetryScheduled
+    | RateLimitPaused
+    | PurgeBatchSent
+)
 #: A hook: called with each event, synchronously, on the event loop; keep it quick.
 EventHook = Callable[[Event], None]
 
@@ -111,6 +137,14 @@ class Telemetry(Protocol):
 
     def bind(self, queue_depth: Callable[[], int]) -> None:
         """Tells where to read how many calls wait for their budgets."""
+        ...
+
+    def capture(self) -> object | None:
+        """The current span's context, to link to later (None outside a span)."""
+        ...
+
+    def link(self, contexts: Sequence[object]) -> None:
+        """Add links from the current span to the spans of ``contexts``."""
         ...
 
 

@@ -30,10 +30,12 @@ from typing import TYPE_CHECKING, cast
 import attrs
 
 from . import _validation as check
+from ._events import PurgeBatchSent
 from ._limits import Priority, RateLimits
 from ._logs import logger
 from ._validation import CHUNK
 from .errors import (
+    APIError,
     AuthenticationError,
     CDNError,
     ConflictError,
@@ -63,6 +65,8 @@ class PurgeReport:
         failed: Path -> the error that made it fail, for every path that was not purged.
         requests: Purge requests that carried this call's paths (shared ones included).
         budget_wait: Seconds those requests spent waiting on rate budgets.
+        request_ids: The server's request ids of those requests (of their final answers,
+            errors included), in order; for support tickets and logs.
     """
 
     endpoint_id: str
@@ -70,6 +74,7 @@ class PurgeReport:
     failed: Mapping[str, CDNError]
     requests: int
     budget_wait: float
+    request_ids: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -229,6 +234,9 @@ class _Call:
         self.failed: dict[str, CDNError] = {}
         self.requests = 0
         self.budget_wait = 0.0
+        self.request_ids: list[str] = []
+        #: The caller's telemetry span, which every batch that carries its paths links to.
+        self.trace: object | None = None
         self.on_progress = on_progress
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         #: Set when the endpoint's sender met an error every later batch would meet too (or
@@ -236,13 +244,20 @@ class _Call:
         self.stopped: CDNError | None = None
 
     def batch_done(
-        self, purged: list[str], failed: list[tuple[str, CDNError]], wait: float, sent: bool
+        self,
+        purged: list[str],
+        failed: list[tuple[str, CDNError]],
+        wait: float,
+        sent: bool,
+        request_id: str | None = None,
     ) -> None:
         self.purged.extend(purged)
         self.failed.update(failed)
         if sent:
             self.requests += 1
             self.budget_wait += wait
+            if request_id:
+                self.request_ids.append(request_id)
         done = len(self.purged) + len(self.failed)
         if self.on_progress is not None:
             try:
@@ -259,7 +274,12 @@ class _Call:
 
     def report(self) -> PurgeReport:
         return PurgeReport(
-            self.cdn_id, tuple(self.purged), dict(self.failed), self.requests, self.budget_wait
+            self.cdn_id,
+            tuple(self.purged),
+            dict(self.failed),
+            self.requests,
+            self.budget_wait,
+            tuple(self.request_ids),
         )
 
 
@@ -417,6 +437,7 @@ class PurgeEngine:
             on_batch,
             priority or session.options.priority,
         )
+        call.trace = session.trace_context()
         # The pending paths this call waits on, per lane.
         joined: dict[_Lane, list[str]] = {}
         try:
@@ -485,6 +506,9 @@ class PurgeEngine:
             # Urgent paths that joined while it waited go first.
             if not batch:
                 batch.extend(lane.take(size))
+                # The request's span links to the span of every caller it serves.
+                callers = {c for p, w in batch for c, _ in _pairs(p, w) if c.trace is not None}
+                session.link([c.trace for c in callers])
             if not batch:  # every caller of these paths was cancelled while it waited
                 raise _NothingToSend
             return {"files": [path for path, _ in batch]}
@@ -533,6 +557,7 @@ class PurgeEngine:
 
         error: CDNError | None = None
         wait = 0.0
+        request_id: str | None = None
         retries = session.options.max_retries
         try:
             for attempt in range(retries + 1):
@@ -552,6 +577,7 @@ class PurgeEngine:
                     error = CDNError(f"purge request failed: {type(exc).__name__}: {exc}")
                 else:
                     error, wait = None, resp.budget_wait + waited
+                    request_id = resp.request_id
                 break
         except asyncio.CancelledError:
             sent = bool(batch)
@@ -568,7 +594,17 @@ class PurgeEngine:
         sent = bool(batch)  # empty when it failed before the budgets admitted it
         if not sent and lane.pending:
             seal()
-        self._resolve(batch, error, wait, sent=sent, stop=isinstance(error, _FATAL))
+        if isinstance(error, APIError):
+            request_id = error.request_id
+        served = self._resolve(
+            batch, error, wait, sent=sent, stop=isinstance(error, _FATAL), request_id=request_id
+        )
+        if sent:
+            session.emit(
+                PurgeBatchSent(
+                    cdn_id, tuple(p for p, _ in batch), served, error is None, request_id
+                )
+            )
         if isinstance(error, _FATAL):
             self._fail_all(lane, error)
 
@@ -585,8 +621,10 @@ class PurgeEngine:
         wait: float,
         sent: bool,
         stop: bool = False,
-    ) -> None:
-        """Report ``batch``'s outcome to its callers; ``stop``: ``error`` ends their purge."""
+        request_id: str | None = None,
+    ) -> int:
+        """Report ``batch``'s outcome to its callers (``stop``: ``error`` ends their purge);
+        returns how many callers it served."""
         outcomes: dict[_Call, tuple[list[str], list[tuple[str, CDNError]]]] = {}
         for path, waiting in batch:
             for call, own in _pairs(path, waiting):
@@ -598,7 +636,8 @@ class PurgeEngine:
         for call, (purged, failed) in outcomes.items():
             if stop and error is not None:
                 call.stopped = error
-            call.batch_done(purged, failed, wait, sent)
+            call.batch_done(purged, failed, wait, sent, request_id)
+        return len(outcomes)
 
     async def aclose(self) -> None:
         """Cancel the senders; paths not yet purged are reported failed to their callers."""

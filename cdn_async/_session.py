@@ -15,6 +15,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ from ._events import (
     CAPTURE,
     BudgetWaited,
     Emitter,
+    Event,
     RateLimitPaused,
     RequestSent,
     ResponseMeta,
@@ -82,6 +84,7 @@ class Response:
         rate_limit: The answer's rate-limit headers.
         attempts: Attempts made, this one included.
         budget_wait: Seconds spent waiting on budgets, over all attempts.
+        request_id: The answer's ``x-request-id``, when given.
     """
 
     status: int
@@ -89,6 +92,7 @@ class Response:
     rate_limit: RateLimitInfo
     attempts: int
     budget_wait: float
+    request_id: str | None = None
 
 
 class Session:
@@ -326,7 +330,14 @@ class Session:
                             status, headers.get("x-request-id"), info, attempt, budget_wait
                         )
                     )
-                return Response(status, _parse_body(status, body), info, attempt, budget_wait)
+                return Response(
+                    status,
+                    _parse_body(status, body),
+                    info,
+                    attempt,
+                    budget_wait,
+                    headers.get("x-request-id"),
+                )
 
             if status == 429:
                 if retries >= retries_allowed or wait > opts.max_rate_limit_wait:
@@ -546,6 +557,26 @@ class Session:
         if self._events:
             self._events.emit(RetryScheduled(method, path, retry, why, delay))
         await self._sleep(delay)
+
+    def emit(self, event: Event) -> None:
+        """Hand an event of a layer above (the purge engine's) to the hooks."""
+        if self._events:
+            self._events.emit(event)
+
+    def span(self, method: str, path: str) -> AbstractContextManager[None]:
+        """A telemetry span around a call of a layer above (a purge); a no-op without one."""
+        if self._telemetry is None:
+            return nullcontext()
+        return self._telemetry.call(method, path)
+
+    def trace_context(self) -> object | None:
+        """The telemetry's current span context (to link to later), or None."""
+        return self._telemetry.capture() if self._telemetry is not None else None
+
+    def link(self, contexts: list[object]) -> None:
+        """Link the current call's span to other spans (a shared purge batch's callers)."""
+        if self._telemetry is not None and contexts:
+            self._telemetry.link(contexts)
 
     def _waited(self, method: str, path: str, attempt: int, lease: Lease, wait: float) -> None:
         budget = getattr(lease, "waited_on", None)

@@ -11,7 +11,9 @@ Each logical call (``cdn.endpoints.get(...)``, one purge request...) is one span
 ``cdn_async <METHOD> <route>``, with the attributes ``http.request.method``, ``url.path``,
 ``http.response.status_code``, ``cdn_async.attempts``, ``cdn_async.request_id``,
 ``cdn_async.budget_wait_s``; a wait for the budgets is a child span ``cdn_async budget wait``
-(attribute ``cdn_async.budget``). Metrics: ``cdn_async.requests`` (counter, by status),
+(attribute ``cdn_async.budget``). A ``purge`` call is a span ``cdn_async PURGE ...`` of its
+own, and each purge request, sent once for every caller whose paths it carries, links to every
+such caller's span. Metrics: ``cdn_async.requests`` (counter, by status),
 ``cdn_async.rate_limited`` (429s), ``cdn_async.retries``, ``cdn_async.budget_wait``
 (histogram in seconds, by budget) and ``cdn_async.queue_depth`` (calls waiting for budgets).
 A client without ``telemetry`` runs none of this.
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 try:
@@ -86,6 +88,16 @@ class OpenTelemetry:
             attributes={"http.request.method": method, "url.path": path},
         ):
             yield
+
+    def capture(self) -> object | None:
+        context = trace.get_current_span().get_span_context()
+        return context if context.is_valid else None
+
+    def link(self, contexts: Sequence[object]) -> None:
+        span = trace.get_current_span()
+        for context in contexts:
+            if isinstance(context, trace.SpanContext):
+                span.add_link(context)
 
     def __call__(self, event: Event) -> None:
         span = trace.get_current_span()

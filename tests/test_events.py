@@ -90,3 +90,20 @@ async def test_raw_response_gives_request_id_and_headers_of_a_success(
         assert got.parsed == raw.parsed and got.responses[0].request_id != meta.request_id
     journal_ids = {r.request_id for r in server.journal}
     assert {meta.request_id, got.responses[0].request_id} <= journal_ids
+
+
+async def test_a_shared_purge_batch_is_one_event_naming_its_callers_and_request_ids(
+    server: FakeCDNServer,
+) -> None:
+    seen: list[events.Event] = []
+    ep = server.add_endpoint(ORIGIN)
+    async with client(server, event_hooks=[seen.append]) as cdn:
+        one, two = await asyncio.gather(
+            cdn.endpoints.purge(ep["id"], ["a.png", "b.png"]),
+            cdn.endpoints.purge(ep["id"], ["b.png", "c.png"]),
+        )
+    batches = [e for e in seen if isinstance(e, events.PurgeBatchSent)]
+    assert len(batches) == 1 and batches[0].callers == 2 and batches[0].ok
+    assert set(batches[0].paths) == {"a.png", "b.png", "c.png"}
+    sent = [r.request_id for r in server.journal if r.op == "purge"]
+    assert one.request_ids == two.request_ids == (batches[0].request_id,) == tuple(sent)

@@ -87,3 +87,28 @@ def test_without_opentelemetry_the_client_works_and_the_extra_names_itself() -> 
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert "pip install 'cdn-async[otel]'" in out
+
+
+async def test_a_shared_purge_request_links_to_every_callers_span() -> None:
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    telemetry = OpenTelemetry(tracer_provider=provider, meter_provider=MeterProvider())
+    async with FakeCDNServer(time_scale=SCALE) as server:
+        ep = server.add_endpoint("static.nyc3.digitaloceanspaces.com")
+        async with CDNClient(
+            server.token,
+            base_url=server.url,
+            limits=RateLimits.documented().scaled(SCALE),
+            telemetry=telemetry,
+        ) as cdn:
+            await asyncio.gather(
+                cdn.endpoints.purge(ep["id"], ["a", "b"]),
+                cdn.endpoints.purge(ep["id"], ["b", "c"]),
+            )
+    finished = spans.get_finished_spans()
+    callers = [s for s in finished if s.name.startswith("cdn_async PURGE")]
+    (request,) = [s for s in finished if s.name.startswith("cdn_async DELETE")]
+    assert len(callers) == 2
+    linked = {link.context.span_id for link in request.links}
+    assert linked == {s.context.span_id for s in callers}
