@@ -4,8 +4,6 @@ Exact rate budgets (the SDK never provokes a 429, yet uses the whole budget), a 
 engine that de-duplicates and batches, typed errors, and a fake API for tests.
 """
 
-__version__ = "0.1.0"
-
 from ._client import BudgetSnapshot, CDNClient
 from ._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from ._limits import Budget, BudgetState, RateLimits
@@ -13,6 +11,7 @@ from ._logs import setup_from_env as _setup_logging
 from ._models import TTL, CDNEndpoint, Page
 from ._purge import PurgePlan, PurgeProgress, PurgeReport, plan_purge
 from ._sentinel import NOT_GIVEN
+from ._version import __version__
 
 __all__ = [
     "DEFAULT_MAX_RETRIES",

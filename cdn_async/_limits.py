@@ -1,7 +1,7 @@
 """Rate-limit policy: which budgets exist and what one request claims from each.
 
 This module is pure data. The stores that enforce the budgets (``_budgets.py`` in memory,
-``_redis.py`` across processes) all speak the ``BudgetStore`` protocol at the bottom.
+``_redis/`` across processes) all speak the ``BudgetStore`` protocol at the bottom.
 """
 
 from __future__ import annotations

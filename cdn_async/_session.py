@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 import aiohttp
 import attrs
 
-from . import __version__
 from ._constants import ANSWER_HORIZON
 from ._events import (
     CAPTURE,
@@ -39,6 +38,7 @@ from ._events import (
 from ._limits import BudgetStore, Claim, EstimatesAdmission, Lease, Priority, RateLimits
 from ._logs import logger
 from ._retry import Failure, backoff, parse_retry_after, should_retry
+from ._version import __version__
 from .errors import (
     APIConnectionError,
     APIError,
