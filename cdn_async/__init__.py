@@ -4,9 +4,10 @@ Exact rate budgets (the SDK never provokes a 429, yet uses the whole budget), a 
 engine that de-duplicates and batches, typed errors, and a fake API for tests.
 """
 
+from ._budgets import MemoryBudgetStore
 from ._client import BudgetSnapshot, CDNClient
 from ._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
-from ._limits import Budget, BudgetState, RateLimits
+from ._limits import Budget, BudgetState, BudgetStore, RateLimits
 from ._logs import setup_from_env as _setup_logging
 from ._models import TTL, CDNEndpoint, Page
 from ._purge import PurgePlan, PurgeProgress, PurgeReport, plan_purge
@@ -21,8 +22,10 @@ __all__ = [
     "Budget",
     "BudgetSnapshot",
     "BudgetState",
+    "BudgetStore",
     "CDNClient",
     "CDNEndpoint",
+    "MemoryBudgetStore",
     "Page",
     "PurgePlan",
     "PurgeProgress",
