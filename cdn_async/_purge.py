@@ -38,7 +38,6 @@ from .errors import (
     APIError,
     AuthenticationError,
     CDNError,
-    ConflictError,
     NotFoundError,
     PermissionDeniedError,
     PurgeError,
@@ -531,7 +530,8 @@ class PurgeEngine:
                         path,
                         endpoint_id=cdn_id,
                         files=size,
-                        json=seal,
+                        seal=seal,
+                        retry_conflict=True,
                         priority=priority,
                     )
                 )
@@ -552,33 +552,32 @@ class PurgeEngine:
                 waited += loop.time() - started
                 priority = "high"
             return await session.request(
-                "DELETE", path, endpoint_id=cdn_id, files=size, json=seal, priority=priority
+                "DELETE",
+                path,
+                endpoint_id=cdn_id,
+                files=size,
+                seal=seal,
+                priority=priority,
+                retry_conflict=True,
             )
 
         error: CDNError | None = None
         wait = 0.0
         request_id: str | None = None
-        retries = session.options.max_retries
         try:
-            for attempt in range(retries + 1):
-                try:
-                    resp = await send()
-                except ConflictError as exc:
-                    # An identical purge (another process's) is in progress: wait, send again.
-                    error = exc
-                    if attempt < retries:
-                        await session.backoff("DELETE", path, attempt + 1, "409 conflict")
-                    continue
-                except _NothingToSend:
-                    return
-                except CDNError as exc:
-                    error = exc
-                except Exception as exc:  # a bug or a misused session: still report the paths
-                    error = CDNError(f"purge request failed: {type(exc).__name__}: {exc}")
-                else:
-                    error, wait = None, resp.budget_wait + waited
-                    request_id = resp.request_id
-                break
+            # A 409 (an identical purge, another process's, in progress) is retried by the
+            # session's policy like a 5xx: `retry_conflict` above.
+            try:
+                resp = await send()
+            except _NothingToSend:
+                return
+            except CDNError as exc:
+                error = exc
+            except Exception as exc:  # a bug or a misused session: still report the paths
+                error = CDNError(f"purge request failed: {type(exc).__name__}: {exc}")
+            else:
+                error, wait = None, resp.budget_wait + waited
+                request_id = resp.request_id
         except asyncio.CancelledError:
             sent = bool(batch)
             if lane.pending or batch:

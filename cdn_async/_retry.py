@@ -6,6 +6,8 @@ import email.utils
 from collections.abc import Mapping
 from typing import Literal
 
+import attrs
+
 #: How a failed attempt failed, as far as retrying is concerned.
 #: ``"connect"``: the connection was never made, so the server surely did not see the request.
 #: ``"transport"``: the connection broke or timed out after the request may have been sent.
@@ -77,3 +79,63 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
         except ValueError:
             return None
     return None
+
+
+#: What to do after an attempt (see ``decide``).
+Verdict = Literal["return", "gone", "retry", "retry_paused", "retry_not_found", "raise"]
+
+
+@attrs.frozen
+class Attempt:
+    """What one attempt produced, and the call's state, as far as deciding what next goes.
+
+    Args:
+        method: The HTTP method.
+        status: The answer's status; None when no answer came (see ``failure``).
+        failure: How the attempt failed without an answer, else None.
+        retries: Retries made so far.
+        max_retries: Retries allowed.
+        maybe_done: This or an earlier attempt may have been carried out (a 5xx, or a
+            connection lost after the request was written).
+        gone_is_done: A 404 after ``maybe_done`` means the work was done (a DELETE).
+        not_found_open: A 404 is still read as the API's lag after a create.
+        pause: The pause a 429 set, in seconds.
+        max_pause: The longest pause the call may wait out.
+        retry_conflict: A 409 is an identical request in progress (a purge): retry it.
+    """
+
+    method: str
+    status: int | None
+    failure: Failure | None = None
+    retries: int = 0
+    max_retries: int = 0
+    maybe_done: bool = False
+    gone_is_done: bool = False
+    not_found_open: bool = False
+    pause: float = 0.0
+    max_pause: float = 0.0
+    retry_conflict: bool = False
+
+
+def decide(a: Attempt) -> Verdict:
+    """The next step after an attempt: the whole retry policy, one pure function.
+
+    ``"return"`` the answer; ``"gone"``: return as done (the 404 of a DELETE whose earlier
+    attempt did the work); ``"retry"`` after a backoff; ``"retry_paused"`` once the 429's
+    pause ends (the budget store waits it out); ``"retry_not_found"`` after a short sleep;
+    ``"raise"`` the typed error.
+    """
+    can_retry = a.retries < a.max_retries
+    if a.status is None:
+        return "retry" if can_retry and should_retry(a.method, None, a.failure) else "raise"
+    if 200 <= a.status < 300:
+        return "return"
+    if a.status == 429:
+        return "retry_paused" if can_retry and a.pause <= a.max_pause else "raise"
+    if a.status == 404 and a.gone_is_done and a.maybe_done:
+        return "gone"
+    if a.status == 404 and a.not_found_open:
+        return "retry_not_found"
+    if a.status == 409 and a.retry_conflict:
+        return "retry" if can_retry else "raise"
+    return "retry" if can_retry and should_retry(a.method, a.status, None) else "raise"

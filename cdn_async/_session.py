@@ -37,7 +37,7 @@ from ._events import (
 )
 from ._limits import BudgetStore, Claim, EstimatesAdmission, Lease, Priority, RateLimits
 from ._logs import logger
-from ._retry import Failure, backoff, parse_retry_after, should_retry
+from ._retry import Attempt, Failure, backoff, decide, parse_retry_after
 from ._version import __version__
 from .errors import (
     APIConnectionError,
@@ -200,6 +200,8 @@ class Session:
         gone_is_done: bool = False,
         max_retries: int | None = None,
         priority: Priority | None = None,
+        seal: Callable[[], Any] | None = None,
+        retry_conflict: bool = False,
     ) -> Response:
         """Send one logical request, retrying what is safe, and return its successful answer.
 
@@ -208,7 +210,8 @@ class Session:
             path: The URL path below ``base_url``.
             endpoint_id: The CDN endpoint the request is about (for per-endpoint budgets).
             files: How many purge paths it carries (for the file budget).
-            json: The JSON body, if any; or a function that makes it, called once, when the
+            json: The JSON body, if any.
+            seal: Instead of ``json``: a function that makes the body, called once, when the
                 budgets first admit the request (the purge engine seals its batch then). If
                 it raises, the request is not sent and its units are given back.
             params: Query parameters.
@@ -219,6 +222,8 @@ class Session:
             max_retries: Retries allowed for this call; None: the client's ``max_retries``.
             priority: The call's place among waiters for the same budgets; None: the
                 client's ``priority``.
+            retry_conflict: A 409 means an identical request is in progress (a purge):
+                retry it with backoff, within ``max_retries``.
 
         Returns:
             The 2xx answer.
@@ -239,7 +244,7 @@ class Session:
         url = opts.base_url + path
         loop = asyncio.get_running_loop()
         clock = loop.time
-        make_body = json if callable(json) else None
+        make_body = seal
         retries = 0
         budget_wait = 0.0
         wait = 0.0  # the pause the last 429 set
@@ -296,94 +301,57 @@ class Session:
             if self._events or logger.isEnabledFor(logging.DEBUG):
                 self._answered(method, path, attempt, status, error, clock() - sent, headers, info)
 
-            if error is not None:
-                pool.check_open()
-                maybe_done = maybe_done or failure == "transport"
-                if should_retry(method, None, failure) and retries < retries_allowed:
-                    retries += 1
-                    await self._while_open(
-                        self.backoff(method, path, retries, type(error).__name__)
-                    )
-                    continue
-                kind = (
-                    APITimeoutError
-                    if isinstance(error, asyncio.TimeoutError)
-                    else APIConnectionError
-                )
-                what = "timed out" if kind is APITimeoutError else "failed"
-                # Not chained: aiohttp's exceptions can carry the request headers (and so the
-                # token) in their repr. Their str() does not, so it goes in the message.
-                raise kind(
-                    f"{method} {path} {what} after {attempt} attempt(s): "
-                    f"{type(error).__name__}: {error}",
-                    method=method,
-                    path=path,
-                    attempts=attempt,
-                ) from None
-
-            assert info is not None  # an answer: _settle read its headers
-            if 200 <= status < 300:
-                capture = CAPTURE.get()
-                if capture is not None:
-                    capture.append(
-                        ResponseMeta(
-                            status, headers.get("x-request-id"), info, attempt, budget_wait
-                        )
-                    )
-                return Response(
-                    status,
-                    _parse_body(status, body),
-                    info,
-                    attempt,
-                    budget_wait,
-                    headers.get("x-request-id"),
-                )
-
-            if status == 429:
-                if retries >= retries_allowed or wait > opts.max_rate_limit_wait:
-                    err = self._error(status, body, headers, info, attempt, method, path)
-                    if isinstance(err, TooManyRequestsError):
-                        err.reset_at = self._wall_clock() + wait
-                        err.budget = plan.budget_for(info)
-                    raise err
-                retries += 1
-                budget = plan.budget_for(info)
-                logger.info(
-                    "%s %s got 429; budget %s paused %.3f s, then retried",
+            maybe_done = maybe_done or failure == "transport" or status >= 500
+            verdict = decide(
+                Attempt(
                     method,
-                    path,
-                    budget,
-                    wait,
-                    extra={
-                        "method": method,
-                        "path": path,
-                        "status": 429,
-                        "budget": budget,
-                        "wait_s": wait,
-                        "attempt": attempt,
-                    },
+                    status if error is None else None,
+                    failure,
+                    retries=retries,
+                    max_retries=retries_allowed,
+                    maybe_done=maybe_done,
+                    gone_is_done=gone_is_done,
+                    not_found_open=clock() < not_found_until,
+                    pause=wait,
+                    max_pause=opts.max_rate_limit_wait,
+                    retry_conflict=retry_conflict,
                 )
-                if self._events:
-                    self._events.emit(RateLimitPaused(method, path, budget, wait))
+            )
+            if verdict == "retry":
+                pool.check_open()
+                retries += 1
+                why = type(error).__name__ if error is not None else str(status)
+                await self._while_open(self.backoff(method, path, retries, why))
                 continue
-
-            if status == 404 and gone_is_done and maybe_done:
-                logger.info("%s %s: 404 after an ambiguous attempt; it was done", method, path)
-                return Response(status, None, info, attempt, budget_wait)
-
-            if status == 404 and clock() < not_found_until:
+            if verdict == "retry_paused":
+                retries += 1
+                assert info is not None  # a 429 is an answer
+                self._paused(method, path, attempt, plan.budget_for(info), wait)
+                continue
+            if verdict == "retry_not_found":
                 delay = max(NOT_FOUND_MIN_DELAY, backoff(attempt, self._rand())) * self.time_scale
                 logger.info("%s %s: 404 soon after create; retry in %.3f s", method, path, delay)
                 await self._while_open(self._sleep(delay))
                 continue
-
-            maybe_done = maybe_done or status >= 500
-            if should_retry(method, status, None) and retries < retries_allowed:
-                retries += 1
-                await self._while_open(self.backoff(method, path, retries, str(status)))
-                continue
-
-            raise self._error(status, body, headers, info, attempt, method, path)
+            if error is not None:
+                pool.check_open()
+                raise _no_answer(method, path, attempt, error) from None
+            assert info is not None  # an answer: _settle read its headers
+            if verdict == "gone":
+                logger.info("%s %s: 404 after an ambiguous attempt; it was done", method, path)
+                return Response(status, None, info, attempt, budget_wait)
+            request_id = headers.get("x-request-id")
+            if verdict == "return":
+                capture = CAPTURE.get()
+                if capture is not None:
+                    capture.append(ResponseMeta(status, request_id, info, attempt, budget_wait))
+                body_data = _parse_body(status, body)
+                return Response(status, body_data, info, attempt, budget_wait, request_id)
+            err = self._error(status, body, headers, info, attempt, method, path)
+            if isinstance(err, TooManyRequestsError):
+                err.reset_at = self._wall_clock() + wait
+                err.budget = plan.budget_for(info)
+            raise err
 
     async def _acquire(self, claims: tuple[Claim, ...], opts: Options, priority: Priority) -> Lease:
         """Wait for the budgets, within the call's ``max_budget_wait`` and ``max_queued``."""
@@ -557,6 +525,27 @@ class Session:
         if self._events:
             self._events.emit(RetryScheduled(method, path, retry, why, delay))
         await self._sleep(delay)
+
+    def _paused(
+        self, method: str, path: str, attempt: int, budget: str | None, wait: float
+    ) -> None:
+        logger.info(
+            "%s %s got 429; budget %s paused %.3f s, then retried",
+            method,
+            path,
+            budget,
+            wait,
+            extra={
+                "method": method,
+                "path": path,
+                "status": 429,
+                "budget": budget,
+                "wait_s": wait,
+                "attempt": attempt,
+            },
+        )
+        if self._events:
+            self._events.emit(RateLimitPaused(method, path, budget, wait))
 
     def emit(self, event: Event) -> None:
         """Hand an event of a layer above (the purge engine's) to the hooks."""
@@ -865,6 +854,20 @@ class _Pool:
         if self._http is not None and self._owns:
             await self._http.close()
             self._http = None
+
+
+def _no_answer(method: str, path: str, attempt: int, error: BaseException) -> APIConnectionError:
+    kind = APITimeoutError if isinstance(error, TimeoutError) else APIConnectionError
+    what = "timed out" if kind is APITimeoutError else "failed"
+    # Not chained (the caller raises it "from None"): aiohttp's exceptions can carry the
+    # request headers, and so the token, in their repr. Their str() does not, so it goes in
+    # the message.
+    return kind(
+        f"{method} {path} {what} after {attempt} attempt(s): {type(error).__name__}: {error}",
+        method=method,
+        path=path,
+        attempts=attempt,
+    )
 
 
 def _wait_timeout(

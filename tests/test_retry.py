@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdn_async._retry import backoff, parse_retry_after, should_retry
+from cdn_async._retry import Attempt, backoff, decide, parse_retry_after, should_retry
 
 
 @pytest.mark.parametrize(
@@ -81,3 +81,33 @@ def test_parse_retry_after_http_date_is_relative_to_now() -> None:
     assert parse_retry_after(
         {"retry-after": "Thu, 01 Jan 1970 00:01:40 GMT"}, 90.0
     ) == pytest.approx(10.0)
+
+
+# The whole retry policy as one table: (attempt, verdict).
+DECISIONS = [
+    (Attempt("GET", 200), "return"),
+    (Attempt("DELETE", 204), "return"),
+    (Attempt("GET", 503, retries=0, max_retries=3), "retry"),
+    (Attempt("GET", 503, retries=3, max_retries=3), "raise"),
+    (Attempt("POST", 500, retries=0, max_retries=3), "raise"),  # a create may have happened
+    (Attempt("GET", None, "transport", max_retries=1), "retry"),
+    (Attempt("POST", None, "transport", max_retries=1), "raise"),
+    (Attempt("POST", None, "connect", max_retries=1), "retry"),  # never written: safe
+    (Attempt("POST", None, "connect", retries=1, max_retries=1), "raise"),
+    (Attempt("GET", 429, max_retries=3, pause=5.0, max_pause=120.0), "retry_paused"),
+    (Attempt("GET", 429, max_retries=3, pause=300.0, max_pause=120.0), "raise"),
+    (Attempt("GET", 429, retries=3, max_retries=3, pause=1.0, max_pause=120.0), "raise"),
+    (Attempt("DELETE", 404, maybe_done=True, gone_is_done=True), "gone"),
+    (Attempt("DELETE", 404, maybe_done=False, gone_is_done=True), "raise"),
+    (Attempt("GET", 404, not_found_open=True), "retry_not_found"),
+    (Attempt("GET", 404), "raise"),
+    (Attempt("DELETE", 409, max_retries=3, retry_conflict=True), "retry"),  # a purge's 409
+    (Attempt("DELETE", 409, retries=3, max_retries=3, retry_conflict=True), "raise"),
+    (Attempt("DELETE", 409, max_retries=3), "raise"),
+    (Attempt("PUT", 422, max_retries=3), "raise"),
+]
+
+
+@pytest.mark.parametrize(("attempt", "verdict"), DECISIONS)
+def test_decide(attempt: Attempt, verdict: str) -> None:
+    assert decide(attempt) == verdict
