@@ -8,20 +8,18 @@ the typed errors of ``cdn_async.errors``. Resources above it only validate and s
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import json as jsonlib
 import logging
 import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import aiohttp
 import attrs
 
+from ._answers import api_error, no_answer, parse_body, wait_timeout
 from ._constants import ANSWER_HORIZON
 from ._events import (
     CAPTURE,
@@ -35,21 +33,17 @@ from ._events import (
     RetryScheduled,
     Telemetry,
 )
+from ._headers import Plan, server_now
 from ._limits import BudgetStore, Claim, EstimatesAdmission, Lease, Priority, RateLimits
 from ._logs import logger
+from ._pool import Pool, Wire, consume
 from ._retry import Attempt, Failure, backoff, decide, parse_retry_after
 from ._version import __version__
 from .errors import (
-    APIConnectionError,
-    APIError,
-    APIResponseError,
-    APITimeoutError,
-    BudgetWaitTimeout,
     CDNError,
     QueueFullError,
     RateLimitInfo,
     TooManyRequestsError,
-    error_class_for,
 )
 
 #: The shortest sleep between 404 retries after a create (full jitter alone can be ~0).
@@ -116,7 +110,7 @@ class Session:
         self.options = options
         self.limits = limits
         self.store = store
-        self._pool = _Pool(http, owns_http)
+        self._pool = Pool(http, owns_http)
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._rand = rand
@@ -138,7 +132,7 @@ class Session:
         self._timeout = _exchange_timeout(options.timeout)
         #: Claims by purge-file count; only when no budget is keyed by endpoint (else the
         #: cache would grow with every endpoint id).
-        self._plans: dict[int, _Plan] | None = (
+        self._plans: dict[int, Plan] | None = (
             None if any(b.scope != "token" for b in limits.budgets) else {}
         )
 
@@ -155,7 +149,7 @@ class Session:
         return clone
 
     def shut(self) -> None:
-        """Stop every call of this session and its copies: see ``_Pool.shut``."""
+        """Stop every call of this session and its copies: see ``Pool.shut``."""
         self._pool.shut()
 
     async def aclose(self) -> None:
@@ -266,7 +260,7 @@ class Session:
             except BaseException:
                 self.store.give_back(lease)  # nothing was sent
                 raise
-            wire = _Wire(written=not pool.traced)
+            wire = Wire(written=not pool.traced)
             exchange = loop.create_task(self._exchange(http, method, url, json, params, wire))
             if self._events:
                 self._events.emit(RequestSent(method, path, attempt))
@@ -335,7 +329,7 @@ class Session:
                 continue
             if error is not None:
                 pool.check_open()
-                raise _no_answer(method, path, attempt, error) from None
+                raise no_answer(method, path, attempt, error) from None
             assert info is not None  # an answer: _settle read its headers
             if verdict == "gone":
                 logger.info("%s %s: 404 after an ambiguous attempt; it was done", method, path)
@@ -345,9 +339,9 @@ class Session:
                 capture = CAPTURE.get()
                 if capture is not None:
                     capture.append(ResponseMeta(status, request_id, info, attempt, budget_wait))
-                body_data = _parse_body(status, body)
+                body_data = parse_body(status, body)
                 return Response(status, body_data, info, attempt, budget_wait, request_id)
-            err = self._error(status, body, headers, info, attempt, method, path)
+            err = api_error(status, body, headers, info, attempt, method, path)
             if isinstance(err, TooManyRequestsError):
                 err.reset_at = self._wall_clock() + wait
                 err.budget = plan.budget_for(info)
@@ -368,7 +362,7 @@ class Session:
         if deadline is not None and estimator is not None:
             delay, budget = estimator.admission_delay(claims)
             if delay > deadline:
-                raise _wait_timeout(delay, budget, deadline, early=True)
+                raise wait_timeout(delay, budget, deadline, early=True)
         self._queued += 1
         try:
             acquire = store.acquire(claims, max_wait=opts.max_rate_limit_wait, priority=priority)
@@ -382,7 +376,7 @@ class Session:
                 late, budget = (
                     estimator.admission_delay(claims) if estimator is not None else (None, "")
                 )
-                raise _wait_timeout(late, budget, deadline, early=False) from None
+                raise wait_timeout(late, budget, deadline, early=False) from None
         finally:
             self._queued -= 1
 
@@ -393,7 +387,7 @@ class Session:
         url: str,
         json: Any,
         params: Mapping[str, str | int] | None,
-        wire: _Wire,
+        wire: Wire,
     ) -> tuple[int, bytes, Mapping[str, str]]:
         """One HTTP exchange: send, read the whole answer."""
         # No redirects: the token must not follow a Location header, and one budget unit
@@ -411,7 +405,7 @@ class Session:
         ) as resp:
             return resp.status, await resp.read(), resp.headers
 
-    def _abandon(self, exchange: asyncio.Task[Any], wire: _Wire, lease: Lease, plan: _Plan) -> None:
+    def _abandon(self, exchange: asyncio.Task[Any], wire: Wire, lease: Lease, plan: Plan) -> None:
         """The caller stopped waiting (cancelled, or its timeout passed) for an exchange.
 
         A request that was never written cannot be stamped by the server: the exchange is
@@ -422,13 +416,13 @@ class Session:
         """
         if not exchange.done() and not wire.written:
             exchange.cancel()
-            exchange.add_done_callback(_consume)
+            exchange.add_done_callback(consume)
             self.store.give_back(lease)
             return
         self._pool.detached.add(exchange)
         exchange.add_done_callback(lambda task: self._finish_detached(task, lease, plan))
 
-    def _finish_detached(self, task: asyncio.Task[Any], lease: Lease, plan: _Plan) -> None:
+    def _finish_detached(self, task: asyncio.Task[Any], lease: Lease, plan: Plan) -> None:
         self._pool.detached.discard(task)
         if task.cancelled():  # the client closed: the connection is gone, count from now
             self.store.release(lease)
@@ -445,7 +439,7 @@ class Session:
     def _settle(
         self,
         lease: Lease,
-        plan: _Plan,
+        plan: Plan,
         status: int,
         headers: Mapping[str, str],
         failure: Failure | None,
@@ -630,25 +624,24 @@ class Session:
                 )
             )
 
-    def _plan(self, endpoint_id: str | None, files: int) -> _Plan:
+    def _plan(self, endpoint_id: str | None, files: int) -> Plan:
         """The claims of a request (and their header lookup), cached when they cannot depend
         on ``endpoint_id``: the same few tuples serve every request of a session."""
         limits = self.limits
         if self._plans is None:
-            return _Plan.build(limits, limits.claims(endpoint_id, files))
+            return Plan.build(limits, limits.claims(endpoint_id, files))
         plan = self._plans.get(files)
         if plan is None:
-            plan = self._plans[files] = _Plan.build(limits, limits.claims(endpoint_id, files))
+            plan = self._plans[files] = Plan.build(limits, limits.claims(endpoint_id, files))
         return plan
 
-    def _apply_headers(self, info: RateLimitInfo, plan: _Plan, *, refused: bool) -> None:
+    def _apply_headers(self, info: RateLimitInfo, plan: Plan, *, refused: bool) -> None:
         """Hold back what the server counts beyond our own units: another client's.
 
         Units another client spent were stamped before now, so none counts longer than a
         period from now (ratelimit-reset frees only the oldest of them). But a client seen
         spending keeps spending: the room it took is left to it for ``OTHERS_MEMORY``
-        periods after it was last seen, so our requests stop landing on its next ones (a
-        409-style race each window otherwise). A 429 says only "full now" (a refused answer
+        periods after it was last seen, so our requests stop landing on its next ones. A 429 says only "full now" (a refused answer
         reads 0 whichever budget refused it): that is held for one period. The store knows
         only the capacity (limit - reserve): the reserve is never ours to take.
         """
@@ -660,7 +653,7 @@ class Session:
             memory = claim.period if refused else OTHERS_MEMORY * claim.period
             self.store.sync(claim, info.remaining - reserve, memory)
 
-    def _pause(self, info: RateLimitInfo, plan: _Plan, wait: float) -> float:
+    def _pause(self, info: RateLimitInfo, plan: Plan, wait: float) -> float:
         """Pause the budget a 429 names (every budget of the request when it names none);
         returns the pause as the stores apply it (capped at the paused budgets' period)."""
         # The 429 names its budget only by ratelimit-limit; when that budget is not the one
@@ -674,214 +667,6 @@ class Session:
             self.store.pause(claim, wait)
         return min(wait, max(c.period for c in targets))
 
-    @staticmethod
-    def _error(
-        status: int,
-        body: bytes,
-        headers: Mapping[str, str],
-        info: RateLimitInfo,
-        attempts: int,
-        method: str,
-        path: str,
-    ) -> APIError:
-        error_id: str | None = None
-        request_id = headers.get("x-request-id")
-        try:
-            data = jsonlib.loads(body)
-        except ValueError:
-            data = None
-        if isinstance(data, dict):
-            error_id = data.get("id") if isinstance(data.get("id"), str) else None
-            message = str(data.get("message") or "")
-            request_id = data.get("request_id") or request_id
-        else:
-            # A proxy's HTML page: keep a short, readable excerpt.
-            message = _excerpt(body) or "(empty body)"
-        cls = error_class_for(status)
-        kwargs: dict[str, Any] = {
-            "status": status,
-            "error_id": error_id,
-            "request_id": request_id,
-            "attempts": attempts,
-            "rate_limit": info,
-            "method": method,
-            "path": path,
-        }
-        if cls is TooManyRequestsError:
-            return TooManyRequestsError(message, **kwargs)
-        return cls(message, **kwargs)
-
-
-class _Plan:
-    """A request's claims, and which of them (with its reserve) a ``ratelimit-limit`` value
-    describes."""
-
-    __slots__ = ("by_limit", "claims")
-
-    def __init__(self, claims: tuple[Claim, ...], by_limit: dict[int, tuple[Claim, int]]) -> None:
-        self.claims = claims
-        self.by_limit = by_limit
-
-    @classmethod
-    def build(cls, limits: RateLimits, claims: tuple[Claim, ...]) -> _Plan:
-        # What RateLimits.claim_for_header answers, for every limit at once: the first
-        # request-counted claim with that limit wins (hence filled back to front).
-        by_limit: dict[int, tuple[Claim, int]] = {}
-        for c in reversed(claims):
-            found = limits.claim_for_header(_server_limit(limits, c), (c,))
-            if found is not None:
-                claim, budget = found
-                by_limit[budget.limit] = (claim, budget.reserve)
-        return cls(claims, by_limit)
-
-    def budget_for(self, info: RateLimitInfo) -> str | None:
-        """The name of the budget an answer's ``ratelimit-limit`` describes, if one of ours."""
-        found = self.by_limit.get(info.limit) if info.limit is not None else None
-        return found[0].budget if found is not None else None
-
-
-def _server_limit(limits: RateLimits, claim: Claim) -> int:
-    budget = limits.get(claim.budget)
-    return budget.limit if budget is not None else claim.limit
-
-
-class _Wire:
-    """Whether an attempt's request may have been written to a connection yet.
-
-    Set by a trace hook on the sessions the client creates; an attempt on a session we
-    cannot trace starts as written (the safe side: its units then wait for its answer).
-    """
-
-    __slots__ = ("written",)
-
-    def __init__(self, written: bool) -> None:
-        self.written = written
-
-
-async def _on_headers_sent(
-    session: aiohttp.ClientSession,
-    ctx: SimpleNamespace,
-    params: aiohttp.TraceRequestHeadersSentParams,
-) -> None:
-    trace = ctx.trace_request_ctx
-    wire = trace.get("wire") if isinstance(trace, Mapping) else None
-    if isinstance(wire, _Wire):
-        wire.written = True
-
-
-def _consume(task: asyncio.Task[Any]) -> None:
-    # A cancelled exchange may still end in an error; mark it seen (no "never retrieved").
-    if not task.cancelled():
-        task.exception()
-
-
-def server_now(headers: Mapping[str, str], wall: float) -> float:
-    """The server's clock at the answer, in epoch seconds.
-
-    ``ratelimit-reset`` is an epoch second of the server's clock, so a wait computed from it
-    with a wrong local clock is wrong by as much (an hour slow: an hour's pause). The answer's
-    ``Date`` header is the server's clock to the second: the local clock is used only when it
-    agrees with it (it has sub-second precision), else ``Date`` is.
-    """
-    date = headers.get("date")
-    if date is None:
-        return wall
-    try:
-        when = email.utils.parsedate_to_datetime(date).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return wall
-    # Date is truncated to the second: the server's time lies in [when, when + 1), and a
-    # wait computed from ``when`` is at most a second long, never short.
-    return wall if when - 1.0 <= wall <= when + 2.0 else when
-
-
-class _Pool:
-    """The aiohttp session, made on first use, and the client's lifetime: shared by every
-    copy of a client."""
-
-    def __init__(self, http: aiohttp.ClientSession | None, owns: bool) -> None:
-        self._http = http
-        self._owns = owns
-        #: Only sessions the client creates carry the trace hook that tells "written".
-        self.traced = False
-        self.closed = False
-        #: Whether the server has answered yet, and the lock that sends requests one at a
-        #: time until it has.
-        self.heard = False
-        self.first_answer = asyncio.Lock()
-        #: Tasks waiting on a budget or a backoff (ended by ``shut``), and those of them
-        #: that ``shut`` cancelled.
-        self.waiting: set[asyncio.Task[Any]] = set()
-        self.interrupted: set[asyncio.Task[Any]] = set()
-        #: Exchanges still on the wire whose caller stopped waiting.
-        self.detached: set[asyncio.Task[Any]] = set()
-
-    def check_open(self) -> None:
-        if self.closed:
-            raise CDNError("client closed")
-
-    def get(self) -> aiohttp.ClientSession:
-        self.check_open()
-        if self._http is not None and self._http.closed:
-            raise CDNError("the aiohttp session used by this client is closed")
-        if self._http is None:
-            trace = aiohttp.TraceConfig()
-            trace.on_request_headers_sent.append(_on_headers_sent)
-            # Made lazily: an aiohttp session must be created inside the running loop.
-            self._http = aiohttp.ClientSession(trace_configs=[trace])
-            # aiohttp silently re-sends an idempotent request once when a kept-alive
-            # connection drops; the server would count two requests where the budgets
-            # counted one. Retries are the session layer's job, each through the budgets.
-            self._http._retry_connection = False
-            self._owns = True
-            self.traced = True
-        return self._http
-
-    def shut(self) -> None:
-        """From now on no request leaves: new calls and every wait end in "client closed"."""
-        self.closed = True
-        for task in list(self.waiting):
-            if not task.done() and task not in self.interrupted:
-                self.interrupted.add(task)
-                task.cancel()
-
-    async def aclose(self) -> None:
-        self.shut()
-        detached = list(self.detached)
-        for task in detached:
-            task.cancel()
-        await asyncio.gather(*detached, return_exceptions=True)
-        if self._http is not None and self._owns:
-            await self._http.close()
-            self._http = None
-
-
-def _no_answer(method: str, path: str, attempt: int, error: BaseException) -> APIConnectionError:
-    kind = APITimeoutError if isinstance(error, TimeoutError) else APIConnectionError
-    what = "timed out" if kind is APITimeoutError else "failed"
-    # Not chained (the caller raises it "from None"): aiohttp's exceptions can carry the
-    # request headers, and so the token, in their repr. Their str() does not, so it goes in
-    # the message.
-    return kind(
-        f"{method} {path} {what} after {attempt} attempt(s): {type(error).__name__}: {error}",
-        method=method,
-        path=path,
-        attempts=attempt,
-    )
-
-
-def _wait_timeout(
-    delay: float | None, budget: str, deadline: float, *, early: bool
-) -> BudgetWaitTimeout:
-    when = f"would wait {delay:.3f} s" if delay is not None else "was not admitted"
-    where = f" on budget {budget!r}" if budget else ""
-    return BudgetWaitTimeout(
-        f"the call {when}{where}; max_budget_wait is {deadline} s"
-        + (" (raised at once)" if early else ""),
-        retry_after=delay,
-        budget=budget or None,
-    )
-
 
 def _exchange_timeout(timeout: float | None) -> aiohttp.ClientTimeout:
     # The caller stops waiting after ``timeout``; the exchange itself may go on, so its
@@ -890,22 +675,3 @@ def _exchange_timeout(timeout: float | None) -> aiohttp.ClientTimeout:
     if timeout is None:
         return aiohttp.ClientTimeout(total=None)
     return aiohttp.ClientTimeout(total=max(timeout, ANSWER_HORIZON))
-
-
-def _excerpt(body: bytes) -> str:
-    text = " ".join(_TAGS.sub(" ", body.decode("utf-8", "replace")).split())
-    return text[:_EXCERPT] + ("..." if len(text) > _EXCERPT else "")
-
-
-def _parse_body(status: int, body: bytes) -> Any:
-    # isspace() tests the same ASCII whitespace strip() removes, without copying the body.
-    if not body or body.isspace():
-        return None
-    try:
-        return jsonlib.loads(body)
-    except ValueError:
-        raise APIResponseError(
-            f"the API answered {status} with a body that is not JSON: {_excerpt(body)!r}",
-            status=status,
-            body_excerpt=_excerpt(body),
-        ) from None

@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdn_async import Budget, CDNClient, RateLimits
-from cdn_async._session import Session, _Wire
+from cdn_async._pool import Wire
+from cdn_async._session import Session
 from cdn_async.errors import CDNError
 
 from ._support import BASE, TOKEN, max_in_window
@@ -79,7 +80,7 @@ def simulated_exchange(server: StrictServer, plans: dict[str, list[dict[str, Any
         url: str,
         json: Any,
         params: Mapping[str, str | int] | None,
-        wire: _Wire,
+        wire: Wire,
     ) -> tuple[int, bytes, Mapping[str, str]]:
         plan = plans[url].pop(0)
         await asyncio.sleep(plan["connect"])  # cancelled here: nothing was ever written

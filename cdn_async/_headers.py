@@ -1,0 +1,63 @@
+"""The answer's rate-limit headers: which of a request's claims they describe, and the server's
+clock they are read against."""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Mapping
+
+from ._limits import Claim, RateLimits
+from .errors import RateLimitInfo
+
+
+class Plan:
+    """A request's claims, and which of them (with its reserve) a ``ratelimit-limit`` value
+    describes."""
+
+    __slots__ = ("by_limit", "claims")
+
+    def __init__(self, claims: tuple[Claim, ...], by_limit: dict[int, tuple[Claim, int]]) -> None:
+        self.claims = claims
+        self.by_limit = by_limit
+
+    @classmethod
+    def build(cls, limits: RateLimits, claims: tuple[Claim, ...]) -> Plan:
+        # What RateLimits.claim_for_header answers, for every limit at once: the first
+        # request-counted claim with that limit wins (hence filled back to front).
+        by_limit: dict[int, tuple[Claim, int]] = {}
+        for c in reversed(claims):
+            found = limits.claim_for_header(_server_limit(limits, c), (c,))
+            if found is not None:
+                claim, budget = found
+                by_limit[budget.limit] = (claim, budget.reserve)
+        return cls(claims, by_limit)
+
+    def budget_for(self, info: RateLimitInfo) -> str | None:
+        """The name of the budget an answer's ``ratelimit-limit`` describes, if one of ours."""
+        found = self.by_limit.get(info.limit) if info.limit is not None else None
+        return found[0].budget if found is not None else None
+
+
+def _server_limit(limits: RateLimits, claim: Claim) -> int:
+    budget = limits.get(claim.budget)
+    return budget.limit if budget is not None else claim.limit
+
+
+def server_now(headers: Mapping[str, str], wall: float) -> float:
+    """The server's clock at the answer, in epoch seconds.
+
+    ``ratelimit-reset`` is an epoch second of the server's clock, so a wait computed from it
+    with a wrong local clock is wrong by as much (an hour slow: an hour's pause). The answer's
+    ``Date`` header is the server's clock to the second: the local clock is used only when it
+    agrees with it (it has sub-second precision), else ``Date`` is.
+    """
+    date = headers.get("date")
+    if date is None:
+        return wall
+    try:
+        when = email.utils.parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return wall
+    # Date is truncated to the second: the server's time lies in [when, when + 1), and a
+    # wait computed from ``when`` is at most a second long, never short.
+    return wall if when - 1.0 <= wall <= when + 2.0 else when
