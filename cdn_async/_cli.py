@@ -9,6 +9,11 @@ Needs the ``cli`` extra (click and rich), imported only here and only when ``mai
     cdn-async purge 19f06b6a-3ace-4315-b086-499a0e521b76 img/logo.png 'css/*'
     cdn-async demo
 
+With ``--redis URL`` (or ``$CDN_ASYNC_REDIS_URL``) every command shares the rate budgets
+(``RedisBudgetStore``) and purges go through one queue shared by every process
+(``RedisPurgeQueue``): parallel CI jobs purge a path once between them. ``purge --no-wait``
+only queues; ``cdn-async purge-worker`` sends what was queued.
+
 Results go to stdout (a table, or JSON with ``--json``); progress, prompts and errors go to
 stderr. Exit codes: 0 success, 1 API error (or a declined delete), 2 usage error, 130 Ctrl-C.
 The API token is never printed.
@@ -17,15 +22,18 @@ The API token is never printed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -44,6 +52,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
     from rich.table import Table
 
+    from ._purge_queue import RedisPurgeQueue
     from .testing import FakeCDNServer
 
 EXTRA_HINT = "The cdn-async command needs its extra: pip install 'cdn-async[cli]'"
@@ -55,6 +64,7 @@ EXIT_INTERRUPTED = 130
 
 BASE_URL_ENV = "CDN_ASYNC_BASE_URL"
 TIME_SCALE_ENV = "CDN_ASYNC_TIME_SCALE"
+REDIS_ENV = "CDN_ASYNC_REDIS_URL"
 #: How often the progress bar reads the budgets to say which one it waits for.
 _POLL_INTERVAL = 0.2
 _NOT_CONFIRMED = "interrupted before this path was confirmed purged"
@@ -102,18 +112,17 @@ class ApiOptions:
         token: The API token (never printed; hidden from the repr).
         base_url: The API's address.
         time_scale: Multiplies every budget period (only for a time-scaled fake server).
+        redis_url: A Redis to share budgets (``RedisBudgetStore``) and the purge queue
+            (``RedisPurgeQueue``) through, or None (hidden from the repr: it may hold a
+            password).
     """
 
     token: str | None = attrs.field(repr=False)
     base_url: str
     time_scale: float
+    redis_url: str | None = attrs.field(default=None, repr=False)
 
-    def client(self) -> CDNClient:
-        """A client for these options.
-
-        Raises:
-            ValidationError: No token, a bad base URL or time scale.
-        """
+    def _limits(self) -> RateLimits:
         if not self.token:
             raise ValidationError(f"no API token: set ${TOKEN_ENV} or pass --token")
         if not (math.isfinite(self.time_scale) and self.time_scale > 0):
@@ -121,7 +130,68 @@ class ApiOptions:
         limits = RateLimits.documented()
         if self.time_scale != 1.0:
             limits = limits.scaled(self.time_scale)
+        return limits
+
+    def client(self) -> CDNClient:
+        """A client for these options, with budgets in this process (``redis_url`` unused).
+
+        Raises:
+            ValidationError: No token, a bad base URL or time scale.
+        """
+        limits = self._limits()
         return CDNClient(self.token, base_url=self.base_url, limits=limits)
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[tuple[CDNClient, RedisPurgeQueue | None]]:
+        """A client for these options and the shared purge queue (None without
+        ``redis_url``); on exit the client, the queue and the budget store are closed.
+
+        With ``redis_url`` the client's budgets live in Redis (``RedisBudgetStore``) and its
+        purges go through the shared queue, both under the token's id (``token_id_for``).
+
+        Raises:
+            ValidationError: No token, a bad base URL, time scale or Redis URL, or no
+                redis-py for ``redis_url``.
+        """
+        if self.redis_url is None:
+            async with self.client() as cdn:
+                yield cdn, None
+            return
+        limits = self._limits()
+        assert self.token is not None
+        try:
+            from .redis import RedisBudgetStore, RedisPurgeQueue, token_id_for
+        except ImportError:
+            raise ValidationError(
+                "--redis needs redis-py: pip install 'cdn-async[redis]'"
+            ) from None
+        tid = token_id_for(self.token)
+        try:
+            store = RedisBudgetStore(self.redis_url, token_id=tid, limits=limits)
+        except ValueError as exc:
+            raise ValidationError(f"--redis: {exc}") from None
+        try:
+            queue = RedisPurgeQueue(self.redis_url, token_id=tid)
+            try:
+                cdn = CDNClient(
+                    self.token,
+                    base_url=self.base_url,
+                    limits=limits,
+                    budget_store=store,
+                    purge_queue=queue,
+                )
+            except BaseException:
+                await queue.aclose()
+                raise
+        except BaseException:
+            await store.aclose()
+            raise
+        try:
+            yield cdn, queue
+        finally:
+            await cdn.close()
+            await queue.aclose()
+            await store.aclose()
 
 
 def _err(message: str) -> None:
@@ -478,7 +548,7 @@ async def _purge_command(
     holder: list[PurgeTally] = []
     interrupted = False
     started = time.monotonic()
-    async with api.client() as cdn:
+    async with api.connect() as (cdn, queue):
         progress = PurgeProgress(cdn, 0, live=live, description="purging")
 
         def ready(tally: PurgeTally) -> None:
@@ -513,7 +583,13 @@ async def _purge_command(
     if interrupted:
         _err(
             f"Interrupted: {purged} of {_n(total, 'path')} of endpoint {tally.endpoint_id} were purged "
-            f"({_n(tally.requests, 'request')}); the other {total - purged} were not confirmed."
+            f"({_n(tally.requests, 'request')}); the other {total - purged} were not confirmed"
+            + (
+                " and stay in the shared purge queue (a purge-worker, or another process "
+                "waiting on them, sends them)."
+                if queue is not None
+                else "."
+            )
         )
         if as_json:
             _dump(tally.as_json())
@@ -537,11 +613,73 @@ async def _purge_command(
     return EXIT_OK
 
 
+async def _submit_command(api: ApiOptions, cdn_id: str, paths: list[str], *, as_json: bool) -> int:
+    async with api.connect() as (_, queue):
+        assert queue is not None
+        ticket = await queue.submit(cdn_id, paths)
+    _err(
+        f"Queued {_n(ticket.total, 'path')} of endpoint {ticket.endpoint_id} in the shared purge "
+        "queue; a purge-worker (or any process waiting on a purge of this endpoint) sends them."
+    )
+    if as_json:
+        _dump({"endpoint_id": ticket.endpoint_id, "queued": ticket.total})
+    return EXIT_OK
+
+
+async def _worker_command(api: ApiOptions, endpoint_ids: list[str], *, until_idle: bool) -> int:
+    counts: Counter[str] = Counter()
+
+    def on_batch(cdn_id: str, paths: int, error: CDNError | None) -> None:
+        counts["batches"] += 1
+        if error is None:
+            counts["purged"] += paths
+            _err(f"endpoint {cdn_id}: purged {_n(paths, 'path')}")
+        else:
+            counts["failed"] += paths
+            _err(f"endpoint {cdn_id}: {_n(paths, 'path')} failed: {error_line(error)}")
+
+    async with api.connect() as (cdn, queue):
+        assert queue is not None
+        _err(
+            f"purge-worker: draining the shared purge queue at {_redis_where(api.redis_url)} "
+            "(Ctrl-C or SIGTERM to stop)..."
+        )
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            await queue.work(
+                cdn, endpoints=endpoint_ids or None, until_idle=until_idle, on_batch=on_batch
+            )
+        except asyncio.CancelledError:
+            # Ctrl-C or SIGTERM: a worker's normal stop. A batch it was sending is sent
+            # again by the next drainer (its lease is released on the way out).
+            task.uncancel()
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGTERM)
+    _out(
+        f"purge-worker: {counts['batches']} batches, {counts['purged']} paths purged, "
+        f"{counts['failed']} failed."
+    )
+    return EXIT_API_ERROR if counts["failed"] else EXIT_OK
+
+
+def _redis_where(url: str | None) -> str:
+    """``host:port/db`` of a Redis URL, never its password."""
+    parts = urlsplit(url or "")
+    host = parts.hostname or parts.path or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{host}{port}{parts.path if parts.hostname else ''}"
+
+
 # -- endpoints ------------------------------------------------------------------------------
 
 
 async def _list_command(api: ApiOptions, *, per_page: int, as_json: bool) -> int:
-    async with api.client() as cdn:
+    async with api.connect() as (cdn, _):
         endpoints = [ep async for ep in cdn.endpoints.list(per_page=per_page)]
     if as_json:
         _dump([_endpoint_json(ep) for ep in endpoints])
@@ -559,7 +697,7 @@ async def _one_endpoint(
     as_json: bool,
     title: str | None = None,
 ) -> int:
-    async with api.client() as cdn:
+    async with api.connect() as (cdn, _):
         endpoint = await call(cdn)
     if as_json:
         _dump(_endpoint_json(endpoint))
@@ -569,7 +707,7 @@ async def _one_endpoint(
 
 
 async def _delete_command(api: ApiOptions, cdn_id: str, *, as_json: bool) -> int:
-    async with api.client() as cdn:
+    async with api.connect() as (cdn, _):
         await cdn.endpoints.delete(cdn_id)
     if as_json:
         _dump({"deleted": cdn_id})
@@ -783,6 +921,15 @@ def _build_cli() -> click.Group:
             metavar="URL",
         )(fn)
         fn = click.option(
+            "--redis",
+            envvar=REDIS_ENV,
+            show_envvar=True,
+            help="Share rate budgets and one purge queue with every process using this Redis "
+            "(redis://host:6379/0): parallel jobs stay within the budgets together, and a path "
+            "queued by several of them is purged once.",
+            metavar="URL",
+        )(fn)
+        fn = click.option(
             "--token",
             envvar=TOKEN_ENV,
             show_envvar=True,
@@ -796,8 +943,8 @@ def _build_cli() -> click.Group:
         "--json", "as_json", is_flag=True, help="Print JSON on stdout instead of a table."
     )
 
-    def api(token: str | None, base_url: str, time_scale: float) -> ApiOptions:
-        return ApiOptions(token, base_url, time_scale)
+    def api(token: str | None, base_url: str, time_scale: float, redis: str | None) -> ApiOptions:
+        return ApiOptions(token, base_url, time_scale, redis or None)
 
     def live_progress(no_progress: bool) -> bool:
         return not no_progress and sys.stderr.isatty()
@@ -830,11 +977,18 @@ def _build_cli() -> click.Group:
     @json_option
     @api_options
     def list_(
-        per_page: int, as_json: bool, token: str | None, base_url: str, time_scale: float
+        per_page: int,
+        as_json: bool,
+        token: str | None,
+        base_url: str,
+        time_scale: float,
+        redis: str | None,
     ) -> int:
         """List every CDN endpoint of the account."""
         return _run(
-            _list_command(api(token, base_url, time_scale), per_page=per_page, as_json=as_json)
+            _list_command(
+                api(token, base_url, time_scale, redis), per_page=per_page, as_json=as_json
+            )
         )
 
     @endpoints.command("get")
@@ -842,12 +996,17 @@ def _build_cli() -> click.Group:
     @json_option
     @api_options
     def get(
-        endpoint_id: str, as_json: bool, token: str | None, base_url: str, time_scale: float
+        endpoint_id: str,
+        as_json: bool,
+        token: str | None,
+        base_url: str,
+        time_scale: float,
+        redis: str | None,
     ) -> int:
         """Show one CDN endpoint."""
         return _run(
             _one_endpoint(
-                api(token, base_url, time_scale),
+                api(token, base_url, time_scale, redis),
                 lambda cdn: cdn.endpoints.get(endpoint_id),
                 as_json=as_json,
             )
@@ -875,11 +1034,12 @@ def _build_cli() -> click.Group:
         token: str | None,
         base_url: str,
         time_scale: float,
+        redis: str | None,
     ) -> int:
         """Create a CDN endpoint for the Space ORIGIN (name.region.digitaloceanspaces.com)."""
         return _run(
             _one_endpoint(
-                api(token, base_url, time_scale),
+                api(token, base_url, time_scale, redis),
                 lambda cdn: cdn.endpoints.create(
                     origin,
                     ttl=_given(ttl),
@@ -912,6 +1072,7 @@ def _build_cli() -> click.Group:
         token: str | None,
         base_url: str,
         time_scale: float,
+        redis: str | None,
     ) -> int:
         """Change a CDN endpoint; only the options given are sent."""
         if remove_custom_domain and (custom_domain or certificate_id):
@@ -924,7 +1085,7 @@ def _build_cli() -> click.Group:
             domain = cert = None
         return _run(
             _one_endpoint(
-                api(token, base_url, time_scale),
+                api(token, base_url, time_scale, redis),
                 lambda cdn: cdn.endpoints.update(
                     endpoint_id, ttl=_given(ttl), custom_domain=domain, certificate_id=cert
                 ),
@@ -944,6 +1105,7 @@ def _build_cli() -> click.Group:
         token: str | None,
         base_url: str,
         time_scale: float,
+        redis: str | None,
     ) -> int:
         """Delete a CDN endpoint (asks first unless --yes)."""
         if not yes and not click.confirm(
@@ -951,7 +1113,9 @@ def _build_cli() -> click.Group:
         ):
             _err("Not deleted.")
             return EXIT_API_ERROR
-        return _run(_delete_command(api(token, base_url, time_scale), endpoint_id, as_json=as_json))
+        return _run(
+            _delete_command(api(token, base_url, time_scale, redis), endpoint_id, as_json=as_json)
+        )
 
     @cli.command("purge")
     @click.argument("endpoint_id")
@@ -968,6 +1132,12 @@ def _build_cli() -> click.Group:
         "--all", "purge_all", is_flag=True, help="Purge everything cached ('*'). Never implied."
     )
     @click.option("--no-progress", is_flag=True, help="Do not draw the live progress bar.")
+    @click.option(
+        "--no-wait",
+        is_flag=True,
+        help="With --redis: queue the paths in the shared purge queue and exit at once; a "
+        "cdn-async purge-worker (or any process waiting on a purge) sends them.",
+    )
     @json_option
     @api_options
     def purge(
@@ -976,16 +1146,21 @@ def _build_cli() -> click.Group:
         from_file: TextIO | None,
         purge_all: bool,
         no_progress: bool,
+        no_wait: bool,
         as_json: bool,
         token: str | None,
         base_url: str,
         time_scale: float,
+        redis: str | None,
     ) -> int:
         """Purge cached PATHS of the CDN endpoint ENDPOINT_ID.
 
         Any number of paths: duplicates and paths under a wildcard given too (css/*) are
         dropped, and the rest go out in batches of 50 as fast as the rate limits allow, with
         a progress bar. Ctrl-C stops and reports what was already purged.
+
+        With --redis, parallel jobs share the rate budgets and one purge queue: a path queued
+        by several of them is sent once, and one batch per endpoint is in flight at a time.
 
         \b
         Examples:
@@ -1002,13 +1177,63 @@ def _build_cli() -> click.Group:
             files = ["*"]
         if not files:
             raise click.UsageError("no paths to purge: give PATH..., --from-file FILE or --all")
+        if no_wait:
+            if not redis:
+                raise click.UsageError(
+                    f"--no-wait needs a shared queue: --redis URL or ${REDIS_ENV}"
+                )
+            return _run(
+                _submit_command(
+                    api(token, base_url, time_scale, redis), endpoint_id, files, as_json=as_json
+                )
+            )
         return _run(
             _purge_command(
-                api(token, base_url, time_scale),
+                api(token, base_url, time_scale, redis),
                 endpoint_id,
                 files,
                 as_json=as_json,
                 live=live_progress(no_progress),
+            )
+        )
+
+    @cli.command("purge-worker", short_help="Send what other processes queued for purging.")
+    @click.option(
+        "--endpoint",
+        "endpoint_ids",
+        multiple=True,
+        metavar="ID",
+        help="Only this endpoint (repeatable); default every endpoint with paths queued.",
+    )
+    @click.option("--until-idle", is_flag=True, help="Exit once nothing is queued or in flight.")
+    @api_options
+    def purge_worker(
+        endpoint_ids: tuple[str, ...],
+        until_idle: bool,
+        token: str | None,
+        base_url: str,
+        time_scale: float,
+        redis: str | None,
+    ) -> int:
+        """Drain the shared purge queue in Redis, for processes that only queue paths.
+
+        Web workers that queue purges (RedisPurgeQueue.submit) and jobs run with
+        'cdn-async purge --no-wait' do not send anything themselves: run one or more of these
+        next to them. Batches of 50 go out at the rate budgets' pace (shared through the same
+        Redis), one per endpoint at a time across every worker; a worker killed mid-batch has
+        its batch sent again by another. Runs until Ctrl-C or SIGTERM (or --until-idle).
+
+        \b
+        Example:
+          CDN_ASYNC_REDIS_URL=redis://localhost:6379/0 cdn-async purge-worker
+        """
+        if not redis:
+            raise click.UsageError(
+                f"purge-worker needs the shared queue: --redis URL or ${REDIS_ENV}"
+            )
+        return _run(
+            _worker_command(
+                api(token, base_url, time_scale, redis), list(endpoint_ids), until_idle=until_idle
             )
         )
 

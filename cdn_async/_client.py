@@ -24,7 +24,7 @@ from ._endpoints import Endpoints
 from ._events import CAPTURE, Emitter, EventHook, ResponseMeta, Telemetry
 from ._limits import PRIORITIES, BudgetState, BudgetStore, Priority, RateLimits
 from ._models import CDNEndpoint
-from ._purge import PurgeEngine
+from ._purge import PurgeBackend, PurgeEngine
 from ._sentinel import NOT_GIVEN, NotGiven
 from ._session import Options, Session
 from .errors import RateLimitInfo, ValidationError
@@ -107,6 +107,9 @@ class CDNClient:
             raises is logged and never breaks a call; none costs nothing.
         telemetry: ``cdn_async.otel.OpenTelemetry()`` (extra ``otel``): a span per call, the
             budget wait as a child span, and metrics. None: no telemetry, at no cost.
+        purge_queue: A ``cdn_async.redis.RedisPurgeQueue``: ``endpoints.purge()`` goes through
+            one queue shared by every process on the token (same call, same report). Yours to
+            close. None: purges are coalesced in this process.
         session: An ``aiohttp.ClientSession`` of your own; the client then never closes it.
             Create it with ``raise_for_status=False`` (the default). aiohttp re-sends a GET,
             PUT or DELETE once on its own when a kept-alive connection drops, a request the
@@ -134,6 +137,7 @@ class CDNClient:
         reserve: float = 0.0,
         event_hooks: Sequence[EventHook] = (),
         telemetry: Telemetry | None = None,
+        purge_queue: PurgeBackend | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         token = token if token is not None else os.environ.get(TOKEN_ENV)
@@ -181,7 +185,8 @@ class CDNClient:
             store = self._session.store
             telemetry.bind(lambda: sum(s.waiters for s in store.snapshot().values()))
         self._owner = True
-        self._purge = PurgeEngine()
+        self._owns_purge = purge_queue is None
+        self._purge: PurgeBackend = purge_queue if purge_queue is not None else PurgeEngine()
         self.endpoints = Endpoints(self._session, self._purge)
 
     def __repr__(self) -> str:
@@ -222,6 +227,7 @@ class CDNClient:
         clone._session = self._session.copy(options)
         clone._owner = False
         clone._owns_store = False
+        clone._owns_purge = False
         clone._purge = self._purge  # one engine: purges through copies still coalesce
         clone.endpoints = Endpoints(clone._session, self._purge)
         return clone
@@ -273,7 +279,8 @@ class CDNClient:
         if not self._owner:
             return
         self._session.shut()
-        await self._purge.aclose()
+        if self._owns_purge:
+            await self._purge.aclose()
         await self._session.aclose()
         if self._owns_store:
             await self._session.store.aclose()

@@ -12,7 +12,7 @@ from ._constants import CREATE_LAG_WINDOW, DEFAULT_PER_PAGE, NOT_FOUND_PATIENCE
 from ._limits import PRIORITIES, Priority
 from ._logs import logger
 from ._models import CDNEndpoint, Page, converter
-from ._purge import PurgeEngine, PurgeProgress, PurgeReport
+from ._purge import PurgeBackend, PurgeProgress, PurgeReport
 from ._sentinel import NOT_GIVEN, NotGiven
 from ._session import Session
 from .errors import (
@@ -41,7 +41,7 @@ def _structure_endpoint(data: Any, status: int) -> CDNEndpoint:
 class Endpoints:
     """CDN endpoints of the account: ``cdn.endpoints``."""
 
-    def __init__(self, session: Session, purge_engine: PurgeEngine) -> None:
+    def __init__(self, session: Session, purge_engine: PurgeBackend) -> None:
         self._session = session
         self._purge = purge_engine
 

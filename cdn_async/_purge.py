@@ -25,7 +25,7 @@ import asyncio
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import attrs
 
@@ -400,6 +400,28 @@ def _abandon(lane: _Lane, call: _Call, joined: Iterable[str]) -> None:
             if not waiting:
                 del lane.pending[key]
                 lane.urgent.pop(key, None)
+
+
+class PurgeBackend(Protocol):
+    """What sends a client's purges: the in-process ``PurgeEngine``, or a queue shared by
+    processes (``cdn_async.redis.RedisPurgeQueue``)."""
+
+    async def purge(
+        self,
+        session: Session,
+        cdn_id: str,
+        paths: Sequence[str],
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+        on_batch: Callable[[PurgeProgress], None] | None = None,
+        priority: Priority | None = None,
+    ) -> PurgeReport:
+        """Purge validated, normalised ``paths``; ``PurgeError`` when any failed."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop what this process sends for it."""
+        ...
 
 
 class PurgeEngine:

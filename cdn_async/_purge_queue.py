@@ -9,12 +9,14 @@ survives the death of the process that submitted it.
 Structures (``P`` is ``{<namespace>:<token_id>}:pq``: the hash tag puts every key of a token,
 budget keys included, in one Redis Cluster slot, so each script runs on one node):
 
-* ``P:p:<endpoint>``, a sorted set of the *pending* paths, each scored by a sequence number
-  from the counter ``P:n`` (unique per entry, never reused while Redis keeps its data). The
-  score is the entry's identity and its place in line (first in, first out). Sharing needs
-  membership tests (``ZSCORE``: the path itself, ``*``, each parent wildcard ``dir/*``), and
-  taking a batch needs the oldest N atomically (``ZPOPMIN``): a sorted set does both.
-* ``P:w:<endpoint>``, a hash: pending path -> the tickets waiting on it (space-separated ids).
+* ``P:p:<endpoint>``, a sorted set of the *pending* paths, scored by their place in line: the
+  entry's sequence number (from the counter ``P:n``: first in, first out), minus 2^50 for a
+  path submitted at priority ``"high"`` (ahead of everything else). Sharing needs membership
+  tests (``ZSCORE``: the path itself, ``*``, each parent wildcard ``dir/*``), and taking a
+  batch needs the first N atomically (``ZPOPMIN``): a sorted set does both.
+* ``P:w:<endpoint>``, a hash: pending path -> ``"<seq> <tickets...>"``: the entry's sequence
+  number (its identity in results; unique, never reused while Redis keeps its data) and the
+  tickets waiting on it.
 * ``P:f:<endpoint>``, a hash: the batch *in flight*: path -> ``"<seq> <tickets...>"``, and the
   field ``""`` -> the batch id. A path there is never joined (it may be on the wire).
 * ``P:l:<endpoint>``, the endpoint's *lease*: a string (the drainer's id) with a TTL.
@@ -52,10 +54,15 @@ after ``lease_ttl``; the next drainer finds the batch in flight and sends it aga
 sent at least once and, after a crash, possibly twice; never lost. A drainer that stalls longer
 than ``lease_ttl`` (a blocked event loop, Redis unreachable) may find its batch re-sent by
 another: the same batch then goes twice, and a 409 is possible (retried, as the engine does).
+The resend is paced by the budgets too: ``RedisBudgetStore`` counts a dead process's request
+until its ``inflight_timeout`` (60 s by default) plus a period, so a takeover waits for that.
 A batch whose request fails for good (an API error, no answer after the client's retries) is
 completed as failed, like the engine's: nothing is silently dropped, each path ends purged or
-failed. A drainer whose client cannot send at all (closed, budget store unavailable) puts
-nothing in Redis: it releases the lease and the batch waits for the next drainer.
+failed. A drainer whose client sends nothing (closed, budget store unreachable, or its own
+``max_budget_wait``, ``max_rate_limit_wait`` or ``max_queued`` refused the wait) records no
+outcome: it releases the lease, the batch stays in flight unsent and the next drainer (maybe
+the same one, after the wait the error named) sends it. Those limits bound each batch's wait,
+never a path's life in the queue.
 
 Results. A submitter that waits (``purge``, or ``wait`` on a ticket) polls its tickets' result
 lists (one script per ``poll_interval`` for all tickets of the process; at once when a drainer
@@ -80,6 +87,7 @@ import contextlib
 import json
 import math
 import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -91,14 +99,16 @@ from redis.exceptions import AskError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from . import _validation as check
+from ._limits import Priority
 from ._logs import logger
-from ._purge import PurgeReport, plan
+from ._purge import PurgeProgress, PurgeReport, plan
 from .errors import (
     APIConnectionError,
     APIError,
     APIResponseError,
     APITimeoutError,
     AuthenticationError,
+    BudgetWaitTimeout,
     CDNError,
     ConflictError,
     NotFoundError,
@@ -131,16 +141,24 @@ _SOCKET_TIMEOUT = 5.0
 _MAX_NAP = 1.0
 #: Answers after which every later batch of the endpoint would fail the same way.
 _FATAL = (AuthenticationError, PermissionDeniedError, NotFoundError)
-#: Failures that say what happened to a request: they are the batch's outcome.
-_OUTCOMES = (APIError, APIConnectionError, APIResponseError, RateLimitedError)
+#: Failures that say what happened to a request that went out: they are the batch's outcome.
+#: Any other ``CDNError`` (nothing was sent: the client is closed, its budget store is
+#: unreachable, its own ``max_budget_wait``/``max_rate_limit_wait``/``max_queued`` refused the
+#: wait) says nothing about the paths: the batch stays queued for the next drainer.
+_OUTCOMES = (APIError, APIConnectionError, APIResponseError)
+#: The longest a drainer sleeps before trying again a batch its client refused to wait for.
+_MAX_LATER = 60.0
 
 # KEYS: pending zset, waiters hash, endpoints set, counter, results list. ARGV: endpoint id,
-# ticket id, result TTL ms, '1' on the first chunk of a submission, then the paths to send.
-# Returns the entry (sequence number) each path joined, or {'lost'} when a later chunk finds
-# the submission's results gone (Redis lost its data in between: submit again).
+# ticket id, result TTL ms, '1' on the first chunk of a submission, '1' for priority "high",
+# then the paths to send. Returns the entry (sequence number) each path joined, or {'lost'}
+# when a later chunk finds the submission's results gone (Redis lost its data in between).
+# An entry's score is its place in line: its sequence number, minus FRONT when it is "high".
 _SUBMIT = r"""
 local pend, wait, eps, ctr, res = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ticket = ARGV[2]
+local high = ARGV[5] == '1'
+local FRONT = 1125899906842624
 if redis.call('EXISTS', res) == 0 then
   if ARGV[4] ~= '1' then return {'lost'} end
   redis.call('RPUSH', res, 'ticket')
@@ -160,23 +178,28 @@ local function cover(path)
 end
 local joined = {}
 local out = {}
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local path = ARGV[i]
   local key = cover(path)
   if key then
-    out[#out + 1] = redis.call('ZSCORE', pend, key)
+    local w = redis.call('HGET', wait, key)
+    local seq = string.match(w, '^%S+')
+    out[#out + 1] = seq
     if not joined[key] then
       joined[key] = true
-      local w = redis.call('HGET', wait, key) or ''
-      if not string.find(' ' .. w .. ' ', ' ' .. ticket .. ' ', 1, true) then
-        if w == '' then w = ticket else w = w .. ' ' .. ticket end
-        redis.call('HSET', wait, key, w)
+      if not string.find(string.sub(w, #seq + 1) .. ' ', ' ' .. ticket .. ' ', 1, true) then
+        redis.call('HSET', wait, key, w .. ' ' .. ticket)
+      end
+      if high and tonumber(redis.call('ZSCORE', pend, key)) > 0 then
+        redis.call('ZADD', pend, tonumber(seq) - FRONT, key)
       end
     end
   else
     local seq = redis.call('INCR', ctr)
-    redis.call('ZADD', pend, seq, path)
-    redis.call('HSET', wait, path, ticket)
+    local score = seq
+    if high then score = seq - FRONT end
+    redis.call('ZADD', pend, score, path)
+    redis.call('HSET', wait, path, seq .. ' ' .. ticket)
     joined[path] = true
     out[#out + 1] = tostring(seq)
   end
@@ -187,8 +210,9 @@ return out
 
 # KEYS: lease, pending zset, waiters hash, in-flight hash, endpoints set, counter. ARGV:
 # endpoint id, drainer id, lease TTL ms, batch size. Returns {0, lease PTTL} (another drainer
-# holds the lease), {1, batch id, path, "seq tickets", ...} (a new batch), {2, ...} (the batch
-# in flight, sent again) or {3} (nothing to send: lease released, endpoint idle).
+# holds the lease), {1, batch id, '1' if it holds a "high" entry, path, "seq tickets", ...} (a
+# new batch), {2, ...} (the batch in flight, sent again) or {3} (nothing to send: lease
+# released, endpoint idle).
 _TAKE = r"""
 local lease, pend, wait, fl, eps, ctr = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local cur = redis.call('GET', lease)
@@ -196,7 +220,7 @@ if cur and cur ~= ARGV[2] then return {0, redis.call('PTTL', lease)} end
 redis.call('SET', lease, ARGV[2], 'PX', ARGV[3])
 local f = redis.call('HGETALL', fl)
 if #f > 0 then
-  local out = {2, '0'}
+  local out = {2, '0', '0'}
   for i = 1, #f, 2 do
     if f[i] == '' then out[2] = f[i + 1] else
       out[#out + 1] = f[i]
@@ -213,10 +237,11 @@ if #items == 0 then
 end
 local bid = tostring(redis.call('INCR', ctr))
 redis.call('HSET', fl, '', bid)
-local out = {1, bid}
+local out = {1, bid, '0'}
 for i = 1, #items, 2 do
   local path = items[i]
-  local v = items[i + 1] .. ' ' .. (redis.call('HGET', wait, path) or '')
+  if tonumber(items[i + 1]) < 0 then out[3] = '1' end
+  local v = redis.call('HGET', wait, path) or items[i + 1]
   redis.call('HDEL', wait, path)
   redis.call('HSET', fl, path, v)
   out[#out + 1] = path
@@ -298,6 +323,16 @@ def _ms(seconds: float) -> str:
     return str(max(1, math.ceil(seconds * 1000)))
 
 
+def _later(exc: CDNError) -> float:
+    """How long a drainer whose client refused to send (``exc``) waits before trying again."""
+    delay = 0.0
+    if isinstance(exc, BudgetWaitTimeout) and exc.retry_after is not None:
+        delay = exc.retry_after
+    elif isinstance(exc, RateLimitedError) and exc.reset_at is not None:
+        delay = exc.reset_at - time.time()
+    return min(max(delay, 0.0), _MAX_LATER)
+
+
 def _session_closed(session: Session) -> bool:
     # Session keeps whether it is closed in its pool (shared by its copies).
     return session._pool.closed
@@ -333,8 +368,10 @@ class PurgeTicket:
         self._requests = 0
         self._budget_wait = 0.0
         self._on_progress: Callable[[int, int], None] | None = None
+        self._on_batch: Callable[[PurgeProgress], None] | None = None
         self._finished: asyncio.Future[None] | None = None
         self._session: Session | None = None
+        self._high = False
 
     def __repr__(self) -> str:
         return f"<PurgeTicket {self.endpoint_id} {self.done}/{self.total}>"
@@ -370,36 +407,45 @@ class PurgeTicket:
         head, _, tail = entry.partition("\n")
         outcome = json.loads(head)
         error = _error_from(outcome["e"]) if "e" in outcome else None
-        resolved = 0
+        confirmed: list[str] = []
+        failed: dict[str, CDNError] = {}
         for word in tail.split():
             for own in part.owners.pop(int(word), ()):
                 if own in self._purged or own in self._failed:
                     continue
-                resolved += 1
                 if error is None:
                     self._purged.add(own)
+                    confirmed.append(own)
                 else:
-                    self._failed[own] = error
-        if resolved and outcome.get("s"):
+                    self._failed[own] = failed[own] = error
+        if (confirmed or failed) and outcome.get("s"):
             self._requests += 1
             self._budget_wait += float(outcome.get("w", 0.0))
-        if resolved:
-            self._progress()
+        if confirmed or failed:
+            self._progress(confirmed, failed)
 
     def _fail_rest(self, error: CDNError) -> None:
-        before = self.done
-        for own in self._mapping:
-            if own not in self._purged and own not in self._failed:
-                self._failed[own] = error
-        if self.done != before:
-            self._progress()
+        failed = {
+            own: error
+            for own in self._mapping
+            if own not in self._purged and own not in self._failed
+        }
+        self._failed.update(failed)
+        if failed:
+            self._progress([], failed)
         self._finish()
 
-    def _progress(self) -> None:
+    def _progress(self, confirmed: list[str], failed: dict[str, CDNError]) -> None:
+        """Tell the callbacks what one batch settled (each path once, as the engine does)."""
+        if self._on_batch is not None:
+            try:
+                self._on_batch(PurgeProgress(self.done, self.total, tuple(confirmed), failed))
+            except Exception:  # a broken callback must not lose the purge's results
+                logger.exception("on_batch callback failed")
         if self._on_progress is not None:
             try:
                 self._on_progress(self.done, self.total)
-            except Exception:  # a broken callback must not lose the purge's results
+            except Exception:
                 logger.exception("on_progress callback failed")
         if self.done >= self.total:
             self._finish()
@@ -412,20 +458,24 @@ class PurgeTicket:
 class _Taken:
     """What the take script answered."""
 
-    __slots__ = ("batch_id", "kind", "paths", "resend", "tickets", "ttl")
+    __slots__ = ("batch_id", "high", "kind", "paths", "resend", "seqs", "ttl")
 
     def __init__(self, raw: list[Any]) -> None:
         self.kind = int(raw[0])
         self.ttl = int(raw[1]) / 1000 if self.kind == 0 else 0.0
         self.batch_id = _str(raw[1]) if self.kind in (1, 2) else ""
         self.resend = self.kind == 2
+        #: The batch holds a path submitted at priority "high": it waits at that priority.
+        self.high = self.kind == 1 and _str(raw[2]) == "1"
         self.paths: list[str] = []
-        tickets: dict[str, None] = {}
+        #: Each waiting ticket -> the entries (sequence numbers) of the batch it waits on.
+        self.seqs: dict[str, list[str]] = {}
         if self.kind in (1, 2):
-            for i in range(2, len(raw), 2):
+            for i in range(3, len(raw), 2):
                 self.paths.append(_str(raw[i]))
-                tickets.update(dict.fromkeys(_str(raw[i + 1]).split()[1:]))
-        self.tickets = list(tickets)
+                seq, *tickets = _str(raw[i + 1]).split()
+                for ticket in tickets:
+                    self.seqs.setdefault(ticket, []).append(seq)
 
 
 class _Outcome:
@@ -498,13 +548,12 @@ def _error_from(data: Mapping[str, Any]) -> CDNError:
 class _Lane:
     """This process's view of one endpoint: who waits here, and its drainer."""
 
-    __slots__ = ("cdn_id", "session", "task", "tickets", "worker")
+    __slots__ = ("cdn_id", "task", "tickets", "worker")
 
     def __init__(self, cdn_id: str) -> None:
         self.cdn_id = cdn_id
         self.tickets: set[PurgeTicket] = set()
         self.task: asyncio.Task[None] | None = None
-        self.session: Session | None = None
         #: A worker asked for this endpoint to be drained until nothing is pending.
         self.worker = False
 
@@ -616,7 +665,9 @@ class RedisPurgeQueue:
 
     # -- public API -----------------------------------------------------------------------
 
-    async def submit(self, cdn_id: str, files: Iterable[str]) -> PurgeTicket:
+    async def submit(
+        self, cdn_id: str, files: Iterable[str], *, priority: Priority | None = None
+    ) -> PurgeTicket:
         """Queue paths of an endpoint for purging; they are in Redis when this returns.
 
         Paths are checked and planned as ``endpoints.purge`` does (normalised, duplicates and
@@ -627,6 +678,9 @@ class RedisPurgeQueue:
         Args:
             cdn_id: The endpoint's UUID.
             files: The paths; wildcards such as ``css/*`` allowed.
+            priority: ``"high"`` puts the paths (and pending paths they share) at the front
+                of the endpoint's line, ahead of every process's bulk purges; their batch
+                waits at ``"high"`` for the budgets. Otherwise first in, first out.
 
         Returns:
             A ticket for ``wait`` (only in this process); drop it to not wait at all.
@@ -639,6 +693,7 @@ class RedisPurgeQueue:
         cdn_id = check.uuid_str("cdn_id", cdn_id)
         paths = await check.files_async(files)
         ticket = PurgeTicket(cdn_id, plan(paths))
+        ticket._high = priority == "high"
         await self._submit(ticket, list(ticket._mapping))
         return ticket
 
@@ -648,6 +703,7 @@ class RedisPurgeQueue:
         client: CDNClient | None = None,
         *,
         on_progress: Callable[[int, int], None] | None = None,
+        on_batch: Callable[[PurgeProgress], None] | None = None,
     ) -> PurgeReport:
         """Wait for a submission's outcome, per path.
 
@@ -656,6 +712,8 @@ class RedisPurgeQueue:
             client: Drain the ticket's endpoint with this client while waiting; None waits
                 for other processes to drain it.
             on_progress: Called as ``on_progress(done, total)`` when outcomes arrive.
+            on_batch: Called with a ``PurgeProgress`` for each batch that settles some of
+                the ticket's paths (each confirmed path delivered once).
 
         Returns:
             The report, as ``endpoints.purge`` returns it.
@@ -664,7 +722,7 @@ class RedisPurgeQueue:
             PurgeError: Some paths failed; ``.report`` says which.
         """
         session = client._session if client is not None else None
-        return await self._wait(ticket, session, on_progress)
+        return await self._wait(ticket, session, on_progress, on_batch)
 
     async def purge(
         self,
@@ -673,12 +731,16 @@ class RedisPurgeQueue:
         paths: Sequence[str],
         *,
         on_progress: Callable[[int, int], None] | None = None,
+        on_batch: Callable[[PurgeProgress], None] | None = None,
+        priority: Priority | None = None,
     ) -> PurgeReport:
         """``PurgeEngine.purge`` through the shared queue (what ``endpoints.purge`` calls).
 
         Submits ``paths`` (already validated and normalised) and waits for their outcome,
-        draining the endpoint with ``session`` meanwhile. Cancelling it stops the wait only:
-        the paths stay queued and are purged anyway.
+        draining the endpoint with ``session`` meanwhile. ``on_progress`` and ``on_batch``
+        are called as the engine calls them; ``priority`` (None: the client's) ``"high"``
+        puts the paths at the front of the shared line (see ``submit``). Cancelling it stops
+        the wait only: the paths stay queued and are purged anyway.
 
         Raises:
             PurgeError: Some paths failed; ``.report`` says which.
@@ -686,8 +748,9 @@ class RedisPurgeQueue:
         """
         self._check_open()
         ticket = PurgeTicket(cdn_id, plan(paths))
+        ticket._high = (priority or session.options.priority) == "high"
         await self._submit(ticket, list(ticket._mapping))
-        return await self._wait(ticket, session, on_progress)
+        return await self._wait(ticket, session, on_progress, on_batch)
 
     async def work(
         self,
@@ -803,7 +866,8 @@ class RedisPurgeQueue:
                 for start in range(0, len(targets), _SUBMIT_CHUNK):
                     chunk = targets[start : start + _SUBMIT_CHUNK]
                     first = "1" if start == 0 else "0"
-                    args = [cdn_id, part.id, _ms(self._result_ttl), first, *chunk]
+                    high = "1" if ticket._high else "0"
+                    args = [cdn_id, part.id, _ms(self._result_ttl), first, high, *chunk]
                     seqs = await self._eval("submit", keys, args)
                     if seqs and _str(seqs[0]) == "lost":
                         raise _Lost
@@ -823,8 +887,10 @@ class RedisPurgeQueue:
         ticket: PurgeTicket,
         session: Session | None,
         on_progress: Callable[[int, int], None] | None,
+        on_batch: Callable[[PurgeProgress], None] | None = None,
     ) -> PurgeReport:
         ticket._on_progress = on_progress
+        ticket._on_batch = on_batch
         if ticket._finished is None or ticket._finished.done():
             ticket._finished = asyncio.get_running_loop().create_future()
         if ticket.done >= ticket.total:
@@ -922,7 +988,6 @@ class RedisPurgeQueue:
     def _ensure_drainer(self, lane: _Lane, session: Session) -> None:
         if self._closed or (lane.task is not None and not lane.task.done()):
             return
-        lane.session = session
         lane.task = asyncio.get_running_loop().create_task(self._drain(lane, session))
 
     async def _drain(self, lane: _Lane, session: Session) -> None:
@@ -950,18 +1015,21 @@ class RedisPurgeQueue:
                         await asyncio.sleep(self._poll)
                     continue
                 if taken.resend:
-                    logger.warning(
-                        "purge queue: endpoint %s: sending again a batch of %d paths whose "
-                        "drainer stopped before completing it",
+                    logger.info(
+                        "purge queue: endpoint %s: taking over a batch of %d paths another "
+                        "drainer left in flight (it stopped or died): sent at least once more",
                         cdn_id,
                         len(taken.paths),
                     )
                 outcome = await self._send_leased(session, cdn_id, taken, fatal)
-                if outcome is None:  # this client cannot send: the batch waits for another
+                if isinstance(outcome, float):  # not sent: the batch waits for a drainer
                     await self._release(cdn_id)
-                    await asyncio.sleep(self._poll)
+                    await asyncio.sleep(max(self._poll, outcome))
                     continue
-                await self._complete(cdn_id, taken, outcome)
+                if await self._complete(cdn_id, taken, outcome):
+                    # This process's own waiters learn it now, not at the next poll: a drainer
+                    # whose waiters are all answered stops before taking another batch.
+                    self._deliver(taken, outcome)
                 if isinstance(outcome.error, _FATAL):
                     fatal = outcome.error
                 for hook in list(self._batch_hooks):
@@ -983,6 +1051,8 @@ class RedisPurgeQueue:
                     if other is not None and not _session_closed(other):
                         self._ensure_drainer(lane, other)
                         break
+            if lane.task is None and not lane.wanted() and self._lanes.get(cdn_id) is lane:
+                del self._lanes[cdn_id]
 
     async def _take(self, cdn_id: str, size: int) -> _Taken:
         keys = [
@@ -998,13 +1068,13 @@ class RedisPurgeQueue:
 
     async def _send_leased(
         self, session: Session, cdn_id: str, taken: _Taken, fatal: CDNError | None
-    ) -> _Outcome | None:
+    ) -> _Outcome | float:
         """Send a batch, renewing the lease meanwhile."""
         if fatal is not None:  # the API said every batch of this endpoint fails: none is sent
             return _Outcome(fatal, sent=False)
         renew = asyncio.get_running_loop().create_task(self._renew(cdn_id))
         try:
-            return await self._send(session, cdn_id, taken.paths)
+            return await self._send(session, cdn_id, taken.paths, "high" if taken.high else None)
         finally:
             renew.cancel()
             await asyncio.gather(renew, return_exceptions=True)
@@ -1027,8 +1097,11 @@ class RedisPurgeQueue:
                 )
                 return
 
-    async def _send(self, session: Session, cdn_id: str, paths: list[str]) -> _Outcome | None:
-        """One batch's request (409s retried as the engine does); None: not sendable here."""
+    async def _send(
+        self, session: Session, cdn_id: str, paths: list[str], priority: Priority | None
+    ) -> _Outcome | float:
+        """One batch's request (409s retried as the engine does), or when this client sent
+        nothing and the batch should wait for a drainer, seconds to wait before trying again."""
         url_path = f"/v2/cdn/endpoints/{cdn_id}/cache"
         retries = session.options.max_retries
         error: CDNError | None = None
@@ -1040,6 +1113,7 @@ class RedisPurgeQueue:
                     endpoint_id=cdn_id,
                     files=len(paths),
                     json={"files": paths},
+                    priority=priority,
                 )
             except ConflictError as exc:
                 # An identical purge is in progress (a dead drainer's): wait, send again.
@@ -1047,18 +1121,13 @@ class RedisPurgeQueue:
                 if attempt < retries:
                     await session.backoff("DELETE", url_path, attempt + 1, "409 conflict")
                 continue
-            except APIError as exc:
-                return _Outcome(exc, sent=True)
-            except RateLimitedError as exc:  # refused before sending
-                return _Outcome(exc, sent=False)
             except _OUTCOMES as exc:
                 return _Outcome(exc, sent=True)
             except CDNError as exc:
-                # This client cannot send (closed; budget store unreachable): not an outcome.
                 logger.info(
-                    "purge queue: endpoint %s: batch left for another drainer (%s)", cdn_id, exc
+                    "purge queue: endpoint %s: batch not sent, left queued (%s)", cdn_id, exc
                 )
-                return None
+                return _later(exc)
             except Exception as exc:  # a bug or a misused session: still report the paths
                 return _Outcome(
                     CDNError(f"purge request failed: {type(exc).__name__}: {exc}"), sent=False
@@ -1067,28 +1136,39 @@ class RedisPurgeQueue:
             return _Outcome(None, sent=True, wait=resp.budget_wait)
         return _Outcome(error, sent=True)
 
-    async def _complete(self, cdn_id: str, taken: _Taken, outcome: _Outcome) -> None:
+    async def _complete(self, cdn_id: str, taken: _Taken, outcome: _Outcome) -> bool:
+        """Record a batch's outcome for its tickets; False if it was no longer in flight."""
         keys = [self._key("f", cdn_id), self._key("l", cdn_id)]
-        keys.extend(self._key("r", t) for t in taken.tickets)
+        keys.extend(self._key("r", t) for t in taken.seqs)
         args = [
             taken.batch_id,
             self._id,
             outcome.to_json(),
             _ms(self._result_ttl),
             _ms(self._lease_ttl),
-            *taken.tickets,
+            *taken.seqs,
         ]
         nap = self._poll
         for _ in range(5):
             try:
-                await self._eval("complete", keys, args)
-                return
+                return bool(int(await self._eval("complete", keys, args)))
             except RedisError as exc:
                 logger.warning("purge queue: cannot record a batch's outcome (%s); retrying", exc)
                 await asyncio.sleep(nap)
                 nap = min(nap * 2, _MAX_NAP)
         # Left in flight: the next drainer sends it again once the lease expires.
         logger.warning("purge queue: a batch of %s stays in flight; it will be sent again", cdn_id)
+        return False
+
+    def _deliver(self, taken: _Taken, outcome: _Outcome) -> None:
+        """Apply a completed batch to this process's waiting tickets (the poller then finds
+        the same entry in Redis, which changes nothing)."""
+        head = outcome.to_json()
+        for ticket in list(self._watching):
+            for part in ticket._parts:
+                seqs = taken.seqs.get(part.id)
+                if seqs:
+                    ticket._apply(part, head + "\n" + " ".join(seqs))
 
     async def _release(self, cdn_id: str) -> None:
         with contextlib.suppress(RedisError):

@@ -12,13 +12,19 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
 import pytest
+import redis.asyncio as aioredis
 
+from cdn_async import RateLimits
 from cdn_async._cli import EXTRA_HINT
+from cdn_async.redis import RedisBudgetStore, token_id_for
 from cdn_async.testing import FakeCDNServer
+
+from .redis_server import RedisServer, find_redis_server
 
 SCALE = 0.01  # budgets 100x faster: the files budget is 50 paths / 0.2 s
 ENDPOINT_KEYS = {"id", "origin", "endpoint", "ttl", "created_at", "certificate_id", "custom_domain"}
@@ -76,6 +82,34 @@ async def finish(
         assert secret not in result.out, "token leaked to stdout"
         assert secret not in result.err, "token leaked to stderr"
     return result
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A fresh redis-server's URL; skipped without redis-server (failed on CI)."""
+    binary = find_redis_server()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed (CI=true: .ci/run installs it)")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(binary)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+async def new_redis_for(redis_url: str, token: str) -> None:
+    """Tell the budgets this Redis is new (no process can have lost units in it), so the
+    commands' stores skip the wait a store applies to an empty Redis (``recovery_grace``)."""
+    store = RedisBudgetStore(
+        redis_url, token_id=token_id_for(token), recovery_grace=0.0, restart_hold=False
+    )
+    try:
+        store.release(await store.acquire(RateLimits.documented().scaled(SCALE).claims()))
+    finally:
+        await store.aclose()
 
 
 async def run_cli(
@@ -387,8 +421,114 @@ async def test_help_is_written_for_users() -> None:
         run_cli("--version", server=None, env=cli_env(None)),
     )
     assert top.code == purge.code == version.code == 0
-    for command in ("endpoints", "purge", "fake-server", "demo"):
+    for command in ("endpoints", "purge", "purge-worker", "fake-server", "demo"):
         assert command in top.out
-    for option in ("--from-file", "--all", "--json", "--token", "DIGITALOCEAN_TOKEN"):
+    for option in (
+        "--from-file",
+        "--all",
+        "--json",
+        "--token",
+        "DIGITALOCEAN_TOKEN",
+        "--redis",
+        "CDN_ASYNC_REDIS_URL",
+        "--no-wait",
+    ):
         assert option in purge.out
     assert "cdn-async" in version.out
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_redis_option_shares_budgets_and_the_purge_queue(
+    fake_cdn: FakeCDNServer, redis_url: str
+) -> None:
+    """$CDN_ASYNC_REDIS_URL (or --redis) on any command keeps the budgets in Redis under the
+    token's id, and purge goes through the shared queue with the same report."""
+    cdn_id = fake_cdn.add_endpoint("static.nyc3.digitaloceanspaces.com")["id"]
+    env = cli_env(fake_cdn, CDN_ASYNC_REDIS_URL=redis_url)
+    await new_redis_for(redis_url, fake_cdn.token)
+    listed = await run_cli("endpoints", "list", "--json", server=fake_cdn, env=env)
+    assert listed.code == 0, listed.err
+    assert [e["id"] for e in listed.json()] == [cdn_id]
+    purged = await run_cli(
+        "purge",
+        cdn_id,
+        "a.png",
+        "/a.png",
+        "css/*",
+        "css/site.css",
+        "--json",
+        server=fake_cdn,
+        env=env,
+    )
+    assert purged.code == 0, purged.err
+    report = purged.json()
+    assert set(report) == REPORT_KEYS and report["failed"] == {} and report["requests"] == 1
+    assert sorted(report["purged"]) == ["a.png", "css/*", "css/site.css"]
+    assert [sorted(b) for b in purge_bodies(fake_cdn)] == [["a.png", "css/*"]]
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        keys = {k async for k in redis.scan_iter(f"{{cdn-async:{token_id_for(fake_cdn.token)}}}:*")}
+    finally:
+        await redis.aclose()
+    tag = f"{{cdn-async:{token_id_for(fake_cdn.token)}}}"
+    assert f"{tag}:m:cdn" in keys and f"{tag}:m:purge_files" in keys  # shared budgets
+    assert f"{tag}:pq:n" in keys  # the shared queue numbered the paths
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_purge_no_wait_then_purge_worker_sends_each_path_once(
+    fake_cdn: FakeCDNServer, redis_url: str
+) -> None:
+    """Two jobs queue overlapping lists with purge --no-wait and exit; a purge-worker sends
+    the union once (ceil(90 / 50) = 2 requests, no 409, no 429) and stops on SIGTERM with a
+    summary. Without --redis both are usage errors."""
+    cdn_id = fake_cdn.add_endpoint("static.nyc3.digitaloceanspaces.com")["id"]
+    shared = [f"js/{i}.js" for i in range(30)]
+    lists = [shared + [f"img{k}/{i}.png" for i in range(30)] for k in range(2)]
+    env = cli_env(fake_cdn, CDN_ASYNC_REDIS_URL=redis_url)
+    await new_redis_for(redis_url, fake_cdn.token)
+    queued = await asyncio.gather(
+        *(
+            run_cli(
+                "purge",
+                cdn_id,
+                "--from-file",
+                "-",
+                "--no-wait",
+                "--json",
+                server=fake_cdn,
+                env=env,
+                stdin="\n".join(paths) + "\n",
+            )
+            for paths in lists
+        )
+    )
+    for result in queued:
+        assert result.code == 0, result.err
+        assert result.json() == {"endpoint_id": cdn_id, "queued": 60}
+        assert "Queued 60 paths" in result.err
+    assert purge_bodies(fake_cdn) == []  # nothing sent by jobs that only queue
+
+    worker = await start_cli("purge-worker", server=fake_cdn, env=env)
+    union = set(lists[0]) | set(lists[1])
+    for _ in range(400):
+        if {p for b in purge_bodies(fake_cdn) for p in b} == union:
+            break
+        await asyncio.sleep(0.025)
+    worker.send_signal(signal.SIGTERM)
+    stopped = await finish(worker, fake_cdn.token)
+    assert stopped.code == 0, stopped.err
+    assert "purge-worker: 2 batches, 90 paths purged, 0 failed." in stopped.out
+    assert f"endpoint {cdn_id}: purged 50 paths" in stopped.err
+    bodies = purge_bodies(fake_cdn)
+    assert [len(b) for b in bodies] == [50, 40]
+    assert sorted(p for b in bodies for p in b) == sorted(union)
+    assert fake_cdn.counters.conflicts == 0 and fake_cdn.counters.rate_limited.total() == 0
+
+    no_redis = cli_env(fake_cdn)
+    no_worker, no_queue = await asyncio.gather(
+        run_cli("purge-worker", server=fake_cdn, env=no_redis),
+        run_cli("purge", cdn_id, "a.png", "--no-wait", server=fake_cdn, env=no_redis),
+    )
+    assert no_worker.code == 2 and "CDN_ASYNC_REDIS_URL" in no_worker.err
+    assert no_queue.code == 2 and "--redis" in no_queue.err

@@ -1,0 +1,563 @@
+"""``RedisPurgeQueue`` against a real redis-server, with several OS processes.
+
+Each test starts a redis-server on a free port (``tests/redis_server.py``) and a time-scaled
+``FakeCDNServer`` (files budget: 50 paths / 0.2 s) in this process; the other processes are
+this module run as a script (``python -m tests.test_purge_queue '<json>'``, see ``_child``),
+each with its own ``CDNClient`` on a shared ``RedisBudgetStore`` and the queue plugged in
+with ``CDNClient(purge_queue=queue)``. Assertions read the fake server's journal and 409/429 counters.
+Without redis-server the tests skip, except on CI (``CI=true``), where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from cdn_async import CDNClient, RateLimits
+from cdn_async._purge import PurgeProgress, plan
+from cdn_async.errors import NotFoundError, PurgeError, ValidationError
+from cdn_async.redis import RedisBudgetStore, RedisPurgeQueue
+from cdn_async.testing import FakeCDNServer
+
+from .redis_server import RedisServer, find_redis_server
+
+ROOT = Path(__file__).resolve().parent.parent
+SCALE = 0.01  # files budget: 50 paths / 0.2 s
+TOKEN_ID = "t0"
+PREFIX = "{cdn-async:t0}:"
+ORIGIN = "static.nyc3.digitaloceanspaces.com"
+UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
+
+
+# -- fixtures and helpers ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh redis-server (no persistence); skipped without redis-server, failed on CI."""
+    binary = find_redis_server()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed (CI=true: .ci/run installs it)")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A plain redis-py client, to look at the queue's keys."""
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def setup(url: str, token: str, server_url: str, **opts: Any) -> tuple[CDNClient, Any, Any]:
+    """A client on a shared budget store with the queue plugged in (as in every process)."""
+    store = RedisBudgetStore(
+        url,
+        token_id=TOKEN_ID,
+        heartbeat_interval=0.05,
+        inflight_timeout=0.5,  # a killed process's request stops counting 0.5 s after it died
+        recovery_grace=float(opts.get("grace", 0.0)),
+        restart_hold=bool(opts.get("hold", False)),
+    )
+    queue = RedisPurgeQueue(
+        url,
+        token_id=TOKEN_ID,
+        lease_ttl=float(opts.get("lease", 1.0)),
+        result_ttl=float(opts.get("result_ttl", 60.0)),
+        poll_interval=0.02,
+    )
+    limits = RateLimits.documented().scaled(SCALE)
+    cdn = CDNClient(
+        token, base_url=server_url, limits=limits, budget_store=store, purge_queue=queue
+    )
+    return cdn, queue, store
+
+
+async def teardown(cdn: CDNClient, queue: Any, store: Any) -> None:
+    await cdn.close()
+    await queue.aclose()
+    await store.aclose()
+
+
+class Child:
+    """One OS process running ``_child`` with a JSON config; talks in JSON lines."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.err = ""  # its stderr (warnings), once finished
+
+    @classmethod
+    async def start(cls, **cfg: Any) -> Child:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.test_purge_queue",
+            json.dumps(cfg),
+            cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        return cls(proc)
+
+    async def line(self, within: float = 20.0) -> Any:
+        assert self.proc.stdout is not None
+        data = await asyncio.wait_for(self.proc.stdout.readline(), within)
+        if not data:
+            err = b""
+            if self.proc.stderr is not None:
+                err = await self.proc.stderr.read()
+            raise AssertionError(f"child exited early:\n{err.decode()}")
+        return json.loads(data)
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"go\n")
+
+    async def finish(self, within: float = 30.0) -> Any:
+        result = await self.line(within)
+        code = await asyncio.wait_for(self.proc.wait(), within)
+        assert self.proc.stderr is not None
+        self.err = (await self.proc.stderr.read()).decode()
+        assert code == 0, self.err
+        return result
+
+
+def cfg(redis: RedisServer, fake: FakeCDNServer, cdn_id: str, **extra: Any) -> dict[str, Any]:
+    return {"redis": redis.url, "token": fake.token, "url": fake.url, "endpoint": cdn_id, **extra}
+
+
+def purge_bodies(fake: FakeCDNServer) -> list[list[str]]:
+    """The files of every purge the server carried out (204), in arrival order."""
+    return [
+        e.body["files"]
+        for e in fake.journal
+        if e.op == "purge" and e.status == 204 and isinstance(e.body, dict)
+    ]
+
+
+def no_409_no_429(fake: FakeCDNServer) -> None:
+    assert fake.counters.conflicts == 0
+    assert fake.counters.rate_limited.total() == 0
+
+
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+# -- several processes -------------------------------------------------------------------------
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_overlapping_submissions_from_four_processes_are_sent_once(
+    redis_server: RedisServer, fake_cdn: FakeCDNServer
+) -> None:
+    """4 processes submit overlapping lists (shared paths, a wildcard covering some, duplicates,
+    leading slashes): ceil(unique uncovered paths of the union / 50) requests, each path of
+    the union sent exactly once, every process told each of its paths was purged; 0 x 409,
+    0 x 429."""
+    cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
+    shared = [f"js/{i}.js" for i in range(100)] + ["css/*"] + [f"css/{i}.css" for i in range(20)]
+    lists = []
+    for k in range(4):
+        own = [f"img{k}/{i}.png" for i in range(60)]
+        paths = [*shared, *own, "/" + shared[k], own[0]]
+        random.Random(k).shuffle(paths)
+        lists.append(paths)
+    union = [p.lstrip("/") for paths in lists for p in paths]
+    targets = set(plan(union).values())
+    assert len(targets) == 341  # 100 shared, css/*, 4 x 60 own
+
+    children = [
+        await Child.start(**cfg(redis_server, fake_cdn, cdn_id, mode="submit-wait", paths=p))
+        for p in lists
+    ]
+    for child in children:
+        assert (await child.line())["submitted"] == 181  # 121 shared + 60 own
+    for child in children:  # every list is in Redis before any process drains
+        child.go()
+    reports = [await child.finish() for child in children]
+
+    bodies = purge_bodies(fake_cdn)
+    assert len(bodies) == math.ceil(len(targets) / 50) == 7
+    sent = [p for body in bodies for p in body]
+    assert sorted(sent) == sorted(targets)  # each once
+    for paths, report in zip(lists, reports, strict=True):
+        assert report["failed"] == {}
+        assert set(report["purged"]) == set(plan([p.lstrip("/") for p in paths]))
+        assert report["requests"] >= 1
+    no_409_no_429(fake_cdn)
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE, purge_duration=0.2)
+async def test_four_processes_purging_the_same_paths_at_once_draw_no_409(
+    redis_server: RedisServer, fake_cdn: FakeCDNServer
+) -> None:
+    """The issue's measurement: 4 processes purge the same 2 paths at the same moment, each
+    purge taking 0.2 s at the server. One batch per endpoint in flight: no 409, at most 2
+    requests (a path sent is never joined: it may be queued again once), and every process
+    gets both paths purged."""
+    cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
+    paths = ["img/logo.png", "css/site.css"]
+    children = [
+        await Child.start(**cfg(redis_server, fake_cdn, cdn_id, mode="purge", paths=paths))
+        for _ in range(4)
+    ]
+    for child in children:
+        assert (await child.line())["ready"]
+    for child in children:
+        child.go()
+    reports = [await child.finish() for child in children]
+    assert all(r["purged"] == paths and r["failed"] == {} for r in reports)
+    bodies = purge_bodies(fake_cdn)
+    assert 1 <= len(bodies) <= 2
+    assert all(sorted(b) == sorted(paths) for b in bodies)
+    no_409_no_429(fake_cdn)
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE, purge_duration=0.3)
+async def test_drainer_killed_mid_batch_loses_nothing(
+    redis_server: RedisServer, fake_cdn: FakeCDNServer
+) -> None:
+    """A process is SIGKILLed while its first batch is at the server. Its lease expires
+    (lease_ttl 1 s) and another process's drainer sends that batch again, then the rest: every
+    path purged, the killed batch at least twice (at least once), no 409 (the resend comes
+    after the first request ended)."""
+    cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
+    paths = [f"img/{i}.png" for i in range(120)]
+    child = await Child.start(**cfg(redis_server, fake_cdn, cdn_id, mode="purge", paths=paths))
+    assert (await child.line())["ready"]
+    child.go()
+    # The first batch is admitted by the server (counted) and takes 0.3 s there.
+    await until(lambda: fake_cdn.used(fake_cdn.token, "purge_files") > 0)
+    child.proc.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    assert await child.proc.wait() == -signal.SIGKILL
+
+    cdn, queue, store = setup(redis_server.url, fake_cdn.token, fake_cdn.url)
+    try:
+        assert await queue.pending(cdn_id) == 120  # 50 in flight (orphaned) + 70 pending
+        await asyncio.wait_for(queue.work(cdn, until_idle=True), 20)
+        assert await queue.pending(cdn_id) == 0
+    finally:
+        await teardown(cdn, queue, store)
+
+    entries = [e for e in fake_cdn.journal if e.op == "purge" and e.status == 204]
+    first = set(entries[0].body["files"])
+    assert len(first) == 50
+    again = [e for e in entries[1:] if set(e.body["files"]) == first]
+    assert again, "the killed batch was not sent again"
+    assert again[0].arrival - killed_at > 0.5  # only after the lease expired
+    assert {p for e in entries for p in e.body["files"]} == set(paths)
+    assert len(entries) == 4  # the killed batch (answered to nobody), its resend, 50, 20
+    no_409_no_429(fake_cdn)
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_submitter_that_exits_still_gets_its_paths_purged(
+    redis_server: RedisServer, fake_cdn: FakeCDNServer, raw: aioredis.Redis
+) -> None:
+    """A process submits 70 paths and exits at once. Another process purging 30 other paths of
+    the endpoint drains them too (first in, first out: 2 requests). The exited submitter's
+    results are written (kept result_ttl = 0.5 s after the last write), then expire; nothing
+    of the queue but its counter is left in Redis."""
+    cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
+    early = [f"early/{i}.png" for i in range(70)]
+    late = [f"late/{i}.png" for i in range(30)]
+    submitter = await Child.start(**cfg(redis_server, fake_cdn, cdn_id, mode="submit", paths=early))
+    done = await submitter.finish()
+    assert done["total"] == 70
+    assert purge_bodies(fake_cdn) == []  # nothing sent by a process that only submits
+
+    waiter = await Child.start(
+        **cfg(redis_server, fake_cdn, cdn_id, mode="purge", paths=late, result_ttl=0.5)
+    )
+    assert (await waiter.line())["ready"]
+    waiter.go()
+    report = await waiter.finish()
+    assert report["purged"] == late and report["failed"] == {}
+    bodies = purge_bodies(fake_cdn)
+    assert [len(b) for b in bodies] == [50, 50]
+    assert bodies[0] == early[:50] and sorted(bodies[1]) == sorted(early[50:] + late)
+    no_409_no_429(fake_cdn)
+
+    results = f"{PREFIX}pq:r:{done['ticket']}"
+    entries = await raw.lrange(results, 1, -1)  # type: ignore[misc]
+    assert len(entries) == 2 and all('"s":1' in e and '"e"' not in e for e in entries)
+    assert 0 < await raw.pttl(results) <= 500
+    await asyncio.sleep(0.6)
+    assert [k async for k in raw.scan_iter(f"{PREFIX}pq:*")] == [f"{PREFIX}pq:n"]
+
+
+# -- Redis restarts ----------------------------------------------------------------------------
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_restart_without_persistence_loses_paths_nobody_waits_for(
+    redis_server: RedisServer, fake_cdn: FakeCDNServer
+) -> None:
+    """Stated limit: a Redis without persistence that restarts forgets what was queued. Paths
+    of a process that submitted and exited are never sent."""
+    cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
+    paths = [f"img/{i}.png" for i in range(60)]
+    submitter = await Child.start(**cfg(redis_server, fake_cdn, cdn_id, mode="submit", paths=paths))
+    await submitter.finish()
+    redis_server.restart()
+    cdn, queue, store = setup(redis_server.url, fake_cdn.token, fake_cdn.url)
+    try:
+        assert await queue.pending(cdn_id) == 0
+        await asyncio.wait_for(queue.work(cdn, until_idle=True), 10)
+    finally:
+        await teardown(cdn, queue, store)
+    assert purge_bodies(fake_cdn) == []
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_restart_without_persistence_waiters_queue_their_paths_again(
+    redis_server: RedisServer, fake_cdn: FakeCDNServer
+) -> None:
+    """A process waiting in purge() when Redis restarts (and loses the queue) notices its
+    results are gone and queues its unconfirmed paths again: every path purged (some maybe
+    twice), the call succeeds, no 409, no 429 (the budget store holds purges after the
+    restart)."""
+    cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
+    paths = [f"img/{i}.png" for i in range(200)]
+    child = await Child.start(
+        **cfg(redis_server, fake_cdn, cdn_id, mode="purge", paths=paths, grace=0.25, hold=True)
+    )
+    assert (await child.line())["ready"]
+    child.go()
+    await until(lambda: len(purge_bodies(fake_cdn)) >= 1)
+    redis_server.restart()
+    report = await child.finish()
+    assert "Redis lost" in child.err and "queueing them again" in child.err
+    assert report["failed"] == {} and sorted(report["purged"]) == sorted(paths)
+    assert {p for b in purge_bodies(fake_cdn) for p in b} == set(paths)
+    no_409_no_429(fake_cdn)
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_restart_with_aof_keeps_what_was_queued(
+    redis_server: RedisServer, fake_cdn: FakeCDNServer
+) -> None:
+    """With appendonly yes / appendfsync always every acknowledged submit survives a restart
+    (even a SIGKILL of Redis): a worker started afterwards purges it all."""
+    binary = find_redis_server()
+    assert binary is not None
+    durable = RedisServer(binary, extra=("--appendonly", "yes", "--appendfsync", "always"))
+    durable.start()
+    try:
+        cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
+        paths = [f"img/{i}.png" for i in range(60)]
+        submitter = await Child.start(**cfg(durable, fake_cdn, cdn_id, mode="submit", paths=paths))
+        await submitter.finish()
+        durable.restart()  # SIGKILL, then start again from the append-only file
+        cdn, queue, store = setup(durable.url, fake_cdn.token, fake_cdn.url)
+        try:
+            assert await queue.pending(cdn_id) == 60
+            await asyncio.wait_for(queue.work(cdn, until_idle=True), 10)
+        finally:
+            await teardown(cdn, queue, store)
+    finally:
+        durable.close()
+    assert sorted(p for b in purge_bodies(fake_cdn) for p in b) == sorted(paths)
+    no_409_no_429(fake_cdn)
+
+
+# -- one process: the engine's contract ----------------------------------------------------------
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_purge_through_the_queue_reports_like_the_engine(
+    redis_server: RedisServer, fake_cdn: FakeCDNServer, raw: aioredis.Redis
+) -> None:
+    """endpoints.purge() through the queue: the same report (covered paths purged by their
+    wildcard, progress to the total), PurgeError with the API's error class per path for an
+    unknown endpoint, ValidationError before anything is queued; every key of the queue is
+    under the token's hash tag (one cluster slot with the budgets)."""
+    cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
+    cdn, queue, store = setup(redis_server.url, fake_cdn.token, fake_cdn.url)
+    try:
+        seen: list[tuple[int, int]] = []
+        batches: list[PurgeProgress] = []
+        paths = ["css/*", "css/a.css", "/img/1.png", "img/1.png", "img/2.png"]
+        report = await cdn.endpoints.purge(
+            cdn_id, paths, on_progress=lambda d, t: seen.append((d, t)), on_batch=batches.append
+        )
+        assert report.purged == ("css/*", "css/a.css", "img/1.png", "img/2.png")
+        assert report.failed == {} and report.requests == 1 and report.endpoint_id == cdn_id
+        assert seen[-1] == (4, 4)
+        assert [(b.done, b.total, sorted(b.confirmed), b.failed) for b in batches] == [
+            (4, 4, ["css/*", "css/a.css", "img/1.png", "img/2.png"], {})
+        ]
+        assert purge_bodies(fake_cdn) == [["css/*", "img/1.png", "img/2.png"]]
+
+        with pytest.raises(PurgeError) as caught:
+            await cdn.endpoints.purge(UNKNOWN_ID, ["a.png", "b.png"])
+        failed = caught.value.report.failed
+        assert set(failed) == {"a.png", "b.png"}
+        assert all(isinstance(e, NotFoundError) and e.status == 404 for e in failed.values())
+        assert isinstance(caught.value.reason, NotFoundError)
+
+        with pytest.raises(ValidationError):
+            await queue.submit(cdn_id, ["ok.png", "bad\x00.png"])
+        ticket = await queue.submit(cdn_id, ["later.png"])  # queued, nobody drains yet
+        assert await queue.pending(cdn_id) == 1
+        keys = [k async for k in raw.scan_iter("*")]
+        assert keys and all(k.startswith(PREFIX) for k in keys)
+        assert (await queue.wait(ticket, cdn)).purged == ("later.png",)
+    finally:
+        await teardown(cdn, queue, store)
+    no_409_no_429(fake_cdn)
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_cancelled_purge_leaves_its_paths_queued(
+    redis_server: RedisServer, fake_cdn: FakeCDNServer
+) -> None:
+    """Unlike the in-process engine, cancelling purge() only stops the wait: the paths are
+    durable and a worker purges them."""
+    cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
+    cdn, queue, store = setup(redis_server.url, fake_cdn.token, fake_cdn.url)
+    paths = [f"img/{i}.png" for i in range(150)]
+    try:
+        task = asyncio.create_task(cdn.endpoints.purge(cdn_id, paths))
+        await until(lambda: len(purge_bodies(fake_cdn)) >= 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await queue.pending(cdn_id) > 0
+        await asyncio.wait_for(queue.work(cdn, until_idle=True), 10)
+    finally:
+        await teardown(cdn, queue, store)
+    assert sorted(p for b in purge_bodies(fake_cdn) for p in b) == sorted(paths)
+    no_409_no_429(fake_cdn)
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_a_client_that_will_not_wait_leaves_the_batch_queued(
+    redis_server: RedisServer, fake_cdn: FakeCDNServer
+) -> None:
+    """A drainer's own max_budget_wait bounds its wait for one batch, not the paths' life in
+    the shared queue: refused while the files budget is spent, it records no failure, and the
+    batch goes out once the budget frees."""
+    cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
+    cdn, queue, store = setup(redis_server.url, fake_cdn.token, fake_cdn.url)
+    impatient = cdn.with_options(max_budget_wait=0.01)
+    try:
+        await cdn.endpoints.purge(cdn_id, [f"a/{i}.png" for i in range(50)])  # budget spent
+        report = await impatient.endpoints.purge(cdn_id, ["b/1.png"])
+    finally:
+        await teardown(cdn, queue, store)
+    assert report.purged == ("b/1.png",) and report.failed == {}
+    assert [len(b) for b in purge_bodies(fake_cdn)] == [50, 1]
+    no_409_no_429(fake_cdn)
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_high_priority_goes_to_the_front_of_the_shared_line(
+    redis_server: RedisServer, fake_cdn: FakeCDNServer
+) -> None:
+    """priority="high" puts a call's paths ahead of every process's bulk purge: a new path,
+    and a path already pending far back in the line (shared and moved forward), both go in
+    the very next batch; the bulk follows in order."""
+    cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
+    bulk = [f"bulk/{i}.png" for i in range(150)]
+    submitter = await Child.start(**cfg(redis_server, fake_cdn, cdn_id, mode="submit", paths=bulk))
+    await submitter.finish()
+    cdn, queue, store = setup(redis_server.url, fake_cdn.token, fake_cdn.url)
+    try:
+        report = await cdn.endpoints.purge(cdn_id, ["urgent.png", bulk[120]], priority="high")
+        assert report.requests == 1 and report.failed == {}
+        await asyncio.wait_for(queue.work(cdn, until_idle=True), 10)
+    finally:
+        await teardown(cdn, queue, store)
+    bodies = purge_bodies(fake_cdn)
+    assert sorted(bodies[0][:2]) == sorted(["urgent.png", bulk[120]])  # high: by first queued
+    assert bodies[0][2:] == bulk[:48]
+    assert [p for b in bodies for p in b][2:] == [p for p in bulk if p != bulk[120]]
+    no_409_no_429(fake_cdn)
+
+
+def test_public_name() -> None:
+    """The queue is public in cdn_async.redis, under that module's name."""
+    import cdn_async.redis
+
+    assert "RedisPurgeQueue" in cdn_async.redis.__all__
+    assert RedisPurgeQueue.__module__ == "cdn_async.redis"
+    with pytest.raises(ValueError, match="lease_ttl"):
+        RedisPurgeQueue("redis://127.0.0.1:1/0", lease_ttl=0)
+
+
+# -- the other processes ---------------------------------------------------------------------------
+
+
+async def _child(config: dict[str, Any]) -> None:
+    """One process: ``mode`` is ``submit`` (queue, print the ticket, exit), ``submit-wait``
+    (queue, print, wait for "go", then wait draining) or ``purge`` (print ready, wait for
+    "go", then ``endpoints.purge``). Prints JSON lines; the last one is the result."""
+
+    def say(data: Any) -> None:
+        print(json.dumps(data), flush=True)
+
+    async def go() -> None:
+        await asyncio.to_thread(sys.stdin.readline)
+
+    opts = {k: config[k] for k in ("grace", "hold", "lease", "result_ttl") if k in config}
+    cdn, queue, store = setup(config["redis"], config["token"], config["url"], **opts)
+    try:
+        mode, cdn_id, paths = config["mode"], config["endpoint"], config["paths"]
+        if mode == "submit":
+            ticket = await queue.submit(cdn_id, paths)
+            say({"ticket": ticket._parts[0].id, "total": ticket.total})
+            return
+        if mode == "submit-wait":
+            ticket = await queue.submit(cdn_id, paths)
+            say({"submitted": ticket.total})
+            await go()
+            call = queue.wait(ticket, cdn)
+        else:
+            say({"ready": True})
+            await go()
+            call = cdn.endpoints.purge(cdn_id, paths)
+        try:
+            report = await call
+        except PurgeError as exc:
+            report = exc.report
+        say(
+            {
+                "purged": list(report.purged),
+                "failed": {p: str(e) for p, e in report.failed.items()},
+                "requests": report.requests,
+            }
+        )
+    finally:
+        await teardown(cdn, queue, store)
+
+
+if __name__ == "__main__":
+    asyncio.run(_child(json.loads(sys.argv[1])))
