@@ -10,6 +10,7 @@ from ._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from ._limits import Budget, BudgetState, BudgetStore, RateLimits
 from ._logs import setup_from_env as _setup_logging
 from ._models import TTL, CDNEndpoint, Page
+from ._public import publish as _publish
 from ._purge import PurgePlan, PurgeProgress, PurgeReport, plan_purge
 from ._sentinel import NOT_GIVEN
 from ._version import __version__
@@ -35,10 +36,6 @@ __all__ = [
     "plan_purge",
 ]
 
-# Tracebacks and reprs name the public path (cdn_async.CDNClient), not the private module.
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) and _obj.__module__.startswith("cdn_async._"):
-        _obj.__module__ = "cdn_async"
+_publish(__name__, [globals()[name] for name in __all__])
 
 _setup_logging()

@@ -561,11 +561,7 @@ class MemoryBudgetStore:
         w.pending += 1
 
     def _paused_error(self, budget: str, key: str, paused_for: float) -> RateLimitedError:
-        return RateLimitedError(
-            f"budget {budget!r} ({key}) is paused for {paused_for:.3f} s after a 429",
-            reset_at=self._wall_clock() + paused_for,
-            budget=budget,
-        )
+        return RateLimitedError.paused(budget, key, paused_for, self._wall_clock())
 
     def _drop_if_idle(self, claims: Sequence[Claim], now: float) -> None:
         # The fast path may have created keys for a request that then failed validation.

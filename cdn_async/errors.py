@@ -157,6 +157,16 @@ class RateLimitedError(CDNError):
         self.reset_at = reset_at
         self.budget = budget
 
+    @classmethod
+    def paused(cls, budget: str, key: str, paused_for: float, now: float) -> RateLimitedError:
+        """A budget store's refusal: the key is paused (after a 429) longer than the call
+        may wait. ``now``: the wall clock, epoch seconds."""
+        return cls(
+            f"budget {budget!r} ({key}) is paused for {paused_for:.3f} s after a 429",
+            reset_at=now + paused_for,
+            budget=budget,
+        )
+
 
 class BudgetWaitTimeout(RateLimitedError):
     """The call could not be admitted by its budgets within ``max_budget_wait``; nothing was

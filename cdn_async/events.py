@@ -26,6 +26,7 @@ from ._events import (
     ResponseReceived,
     RetryScheduled,
 )
+from ._public import publish as _publish
 
 __all__ = [
     "BudgetWaited",
@@ -40,7 +41,4 @@ __all__ = [
     "RetryScheduled",
 ]
 
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) and _obj.__module__.startswith("cdn_async._"):
-        _obj.__module__ = "cdn_async.events"
+_publish(__name__, [globals()[name] for name in __all__])

@@ -25,6 +25,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("cdn_async.redis needs redis-py: pip install 'cdn-async[redis]'") from exc
 
+from ._public import publish as _publish
 from ._purge_queue import RedisPurgeQueue
 from ._redis import (
     DEFAULT_CALL_TIMEOUT,
@@ -55,9 +56,4 @@ __all__ = [
     "token_id_for",
 ]
 
-# Tracebacks and reprs name the public module (cdn_async.redis.RedisBudgetStore).
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) or callable(_obj):
-        _obj.__module__ = __name__
-del _name, _obj
+_publish(__name__, [globals()[name] for name in __all__])

@@ -71,8 +71,4 @@ def reason(exc: BaseException) -> str:
 
 def paused_error(c: Claim, paused: float) -> RateLimitedError:
     """``acquire`` would wait longer than ``max_wait`` for a 429 pause on ``c``'s key."""
-    return RateLimitedError(
-        f"budget {c.budget!r} ({c.key}) is paused for {paused:.3f} s after a 429",
-        reset_at=time.time() + paused,
-        budget=c.budget,
-    )
+    return RateLimitedError.paused(c.budget, c.key, paused, time.time())

@@ -20,6 +20,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .._public import publish
+
 if TYPE_CHECKING:
     from ._faults import FaultRule, Faults
     from ._journal import Counters, JournalEntry
@@ -57,9 +59,7 @@ def __getattr__(name: str) -> Any:
     if name not in _HOME:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(_HOME[name], __name__), name)
-    if callable(value):
-        # Tracebacks and reprs name the public module, not the private one.
-        value.__module__ = __name__
+    publish(__name__, [value])
     globals()[name] = value
     return value
 
