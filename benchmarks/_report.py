@@ -26,3 +26,7 @@ def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
     print("|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(str(c) for c in row) + " |")
+
+
+#: The help of every script's ``--smoke`` option.
+SMOKE_HELP = "tiny sizes, a few seconds, figures meaningless: only proves the script runs"

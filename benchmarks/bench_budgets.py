@@ -1,8 +1,9 @@
 """Benchmarks of the in-memory budget store, each a side-by-side ratio taken in one run.
 
-Run: ``python benchmarks/bench_budgets.py`` (``--quick`` for a shorter, noisier run;
-``--only drain --limit 100 --period 1.0`` for the drain at another budget). Prints a
-table per benchmark; the figures in ``benchmarks/RESULTS.md`` come from it.
+Run from the repository root: ``python -m benchmarks.bench_budgets`` (``--quick`` for a
+shorter, noisier uncontended run; ``--only drain --limit 100 --period 1.0`` for the drain at
+another budget; ``--smoke`` for tiny sizes in a few seconds). Prints a table per benchmark; the
+figures in ``benchmarks/RESULTS.md`` come from it.
 
 1. uncontended: acquire + release of the documented four-budget stack (purge: hourly, minute,
    cdn, purge_files) with limits so large nothing blocks, vs aiolimiter (one limiter, three
@@ -21,22 +22,18 @@ import argparse
 import asyncio
 import gc
 import itertools
-import os
 import statistics
-import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 import looptime
-from _report import machine, table
 from aiolimiter import AsyncLimiter
 
-from cdn_async._budgets import MemoryBudgetStore
-from cdn_async._limits import Budget, Claim, RateLimits
+from benchmarks._report import SMOKE_HELP, machine, table
+from cdn_async import Budget, MemoryBudgetStore, RateLimits
+from cdn_async._limits import Claim  # no public name: what a store is asked for
 
 try:
     from pyrate_limiter import Duration, Limiter, Rate
@@ -119,7 +116,7 @@ async def bench_uncontended(iterations: int, repeats: int) -> None:
     best = {name: float("inf") for name, _ in cases}
     for _ in range(repeats):
         for name, body in cases:
-            n = iterations if "pyrate" not in name else max(iterations // 10, 1000)
+            n = iterations if "pyrate" not in name else max(iterations // 10, min(iterations, 1000))
             best[name] = min(best[name], await per_iteration(body, n, 1))
     ref = best["cdn-async MemoryBudgetStore, 4-budget stack"]
     rows = [[name, f"{best[name] * 1e6:.2f}", f"{best[name] / ref:.2f}"] for name, _ in cases]
@@ -377,6 +374,7 @@ def bench_memory(keys: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations, noisier")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     parser.add_argument(
         "--only", choices=["uncontended", "drain", "fairness", "memory"], default=None
     )
@@ -391,15 +389,17 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(f"# bench_budgets ({machine()})")
+    if args.smoke:
+        args.waiters, args.limit, args.period = 200, 50, 0.02
     if args.only in (None, "uncontended"):
-        it, rep = (20_000, 3) if args.quick else (100_000, 7)
+        it, rep = (2000, 1) if args.smoke else (20_000, 3) if args.quick else (100_000, 7)
         asyncio.run(bench_uncontended(it, rep))
     if args.only in (None, "drain"):
         asyncio.run(bench_drain(args.waiters, args.limit, args.period))
     if args.only in (None, "fairness"):
-        bench_fairness(600, 5, 10.0, 1.5)
+        bench_fairness(60 if args.smoke else 600, 5, 10.0, 1.5)
     if args.only in (None, "memory"):
-        bench_memory(100_000)
+        bench_memory(1000 if args.smoke else 100_000)
 
 
 if __name__ == "__main__":

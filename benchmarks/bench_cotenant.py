@@ -1,7 +1,8 @@
 """Another client on the token: cdn-async beside a steady raw client, and two unshared clients.
 
-Run: ``python benchmarks/bench_cotenant.py`` (about 2 minutes at the default scale 0.2;
-``--scale 0.05`` for a quicker look).
+Run from the repository root: ``python -m benchmarks.bench_cotenant`` (about 2 minutes at the
+default scale 0.2; ``--scale 0.05`` for a quicker look; ``--smoke`` tiny sizes in a few
+seconds).
 
 DigitalOcean tokens are shared with doctl, Terraform and dashboards, none of which sees our
 budgets. Two scenarios against the fake server (real HTTP on loopback, periods x ``scale``):
@@ -23,16 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import sys
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 import aiohttp
-from _report import machine, table
 
+from benchmarks._report import SMOKE_HELP, machine, table
 from cdn_async import CDNClient, RateLimits
 from cdn_async.testing import FakeCDNServer
 
@@ -146,11 +143,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=float, default=0.2)
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    steady: dict[str, int] = {}
+    unshared: dict[str, int] = {}
+    if args.smoke:
+        args.scale, args.runs = 0.01, 1
+        steady, unshared = {"calls": 10, "tasks": 4}, {"calls": 8, "tasks": 4}
     print(f"machine: {machine()}; time scale {args.scale}")
     rows = []
     for run in range(args.runs):
-        r = asyncio.run(steady_cotenant(args.scale))
+        r = asyncio.run(steady_cotenant(args.scale, **steady))
         rows.append(
             [
                 run + 1,
@@ -167,7 +170,7 @@ def main() -> None:
     )
     rows = []
     for run in range(args.runs):
-        r = asyncio.run(two_unshared(args.scale))
+        r = asyncio.run(two_unshared(args.scale, **unshared))
         rows.append(
             [
                 run + 1,

@@ -1,7 +1,8 @@
 """End to end against the fake server: cdn-async vs stacked AsyncLimiters at saturation.
 
-Run: ``python benchmarks/bench_e2e.py`` (about 3 minutes; ``--quick`` for a shorter run).
-Prints one table; the figures in ``benchmarks/RESULTS-e2e.md`` come from it.
+Run from the repository root: ``python -m benchmarks.bench_e2e`` (about 3.5 minutes;
+``--quick`` runs 100 requests a scenario instead of 300; ``--smoke`` tiny sizes in a few
+seconds). Prints one table; the figures in ``benchmarks/RESULTS.md`` come from it.
 
 Each scenario runs twice on fresh ``FakeCDNServer`` instances (real HTTP on loopback, every
 budget period multiplied by ``time_scale``, latency with jitter on the uplink and the
@@ -27,19 +28,16 @@ import argparse
 import asyncio
 import itertools
 import math
-import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 import aiohttp
-from _report import machine, table
 from aiolimiter import AsyncLimiter
 
+from benchmarks._report import SMOKE_HELP, machine, table
 from cdn_async import CDNClient, RateLimits
 from cdn_async.testing import FakeCDNServer, JournalEntry
 
@@ -189,9 +187,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests, noisier")
     parser.add_argument("--tasks", type=int, default=50, help="concurrent tasks (default 50)")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
     print(f"# bench_e2e ({machine()})")
-    n = 100 if args.quick else 300
+    n = 11 if args.smoke else 100 if args.quick else 300
+    if args.smoke:
+        args.tasks = min(args.tasks, 5)
     rows: list[list[Any]] = []
     t0 = time.perf_counter()
     # (name, time_scale, (up, down, jitter) in real seconds)
@@ -207,6 +208,8 @@ def main() -> None:
         ("D: S=0.05, loopback only", 0.05, (0.0, 0.0, 0.0)),
     ]
     for name, scale, latency in scenarios:
+        if args.smoke:  # every period a fifth as long
+            name, scale = name.replace(f"S={scale:g}", f"S={scale / 5:g}"), scale / 5
         asyncio.run(scenario(name, scale, n, args.tasks, latency, rows))
     table(
         f"end to end: {args.tasks} tasks, {n} get() each scenario, fake server on loopback",

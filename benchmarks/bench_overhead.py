@@ -1,13 +1,14 @@
 """Per-request cost of cdn_async vs raw aiohttp vs pydo.aio, side by side in one run.
 
-Run: ``python benchmarks/bench_overhead.py`` (``--quick`` for a shorter, noisier run; needs the
-``bench`` extra for pydo: ``pip install -e '.[bench]'``). Prints markdown tables; the figures in
-``benchmarks/RESULTS-overhead.md`` come from it.
+Run from the repository root: ``python -m benchmarks.bench_overhead`` (about 95 s; ``--quick``
+for a shorter, noisier run, about 15 s; ``--smoke`` tiny sizes in a few seconds). The pydo rows
+need the ``bench`` extra (``pip install -e '.[bench]'``); without pydo they are left out. Prints
+markdown tables; the figures in ``benchmarks/RESULTS.md`` come from it.
 
 Set-up:
 
 * ``FakeCDNServer(time_scale=1e-6)`` over TLS on 127.0.0.1, in a **separate process** (so the
-  server's CPU never counts as the client's), holding 2,000 endpoints. The TLS certificate is a
+  server's CPU never counts as the client's), holding 2,000 endpoints (400 with ``--smoke``). The TLS certificate is a
   throwaway self-signed one made at start-up in a temporary directory and deleted at exit.
 * The three clients run in this process, on one event loop, each with its own
   ``aiohttp.ClientSession`` whose connector trusts the certificate:
@@ -34,6 +35,7 @@ import datetime as dt
 import gc
 import ipaddress
 import json
+import math
 import multiprocessing as mp
 import os
 import ssl
@@ -45,14 +47,12 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 import aiohttp
-from _report import machine, table
 
-from cdn_async import Budget, CDNClient, RateLimits
-from cdn_async._limits import BudgetState, Claim
-from cdn_async._models import CDNEndpoint, converter
+from benchmarks._report import SMOKE_HELP, machine, table
+from cdn_async import Budget, BudgetState, CDNClient, CDNEndpoint, RateLimits
+from cdn_async._limits import Claim  # no public name: what a store is asked for
+from cdn_async._models import converter  # no public name: the SDK's own cattrs converter
 from cdn_async.testing import FakeCDNServer
 
 try:
@@ -113,8 +113,8 @@ def make_cert(directory: str) -> tuple[str, str]:
     return cert_path, key_path
 
 
-def serve(conn: Connection, cert: str, key: str) -> None:
-    """The server process: a TLS FakeCDNServer with N_ENDPOINTS endpoints, until told to stop."""
+def serve(conn: Connection, cert: str, key: str, endpoints: int = N_ENDPOINTS) -> None:
+    """The server process: a TLS FakeCDNServer with ``endpoints`` endpoints, until told to stop."""
 
     async def run() -> None:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -122,7 +122,7 @@ def serve(conn: Connection, cert: str, key: str) -> None:
         async with FakeCDNServer(time_scale=SCALE, ssl_context=ctx) as server:
             ids = [
                 server.add_endpoint(f"bench-{i}.nyc3.digitaloceanspaces.com")["id"]
-                for i in range(N_ENDPOINTS)
+                for i in range(endpoints)
             ]
             conn.send((server.url, server.token, ids))
             loop = asyncio.get_running_loop()
@@ -353,9 +353,7 @@ async def concurrent(get: Get, ids: list[str], n: int, tasks: int) -> tuple[floa
     return n / wall, cpu / n * 1e6
 
 
-async def listing(
-    fetch: Callable[[], Awaitable[list[Any]]],
-) -> tuple[float, float]:
+async def listing(fetch: Callable[[], Awaitable[list[Any]]], expected: int) -> tuple[float, float]:
     """One full listing; (wall ms, CPU ms)."""
     gc.collect()
     cpu0 = time.process_time()
@@ -363,8 +361,8 @@ async def listing(
     got = await fetch()
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
-    if len(got) != N_ENDPOINTS:
-        raise RuntimeError(f"listed {len(got)} endpoints, expected {N_ENDPOINTS}")
+    if len(got) != expected:
+        raise RuntimeError(f"listed {len(got)} endpoints, expected {expected}")
     return wall * 1000, cpu * 1000
 
 
@@ -424,7 +422,7 @@ async def bench(url: str, token: str, ids: list[str], ctx: ssl.SSLContext, args:
         for get in gets.values():
             for i in range(args.warmup):
                 await get(ids[i])
-            await concurrent(get, ids, CONCURRENCY * 2, CONCURRENCY)
+            await concurrent(get, ids, args.concurrency * 2, args.concurrency)
         if clients.pydo_verify is not None:
             await clients.pydo_verify_get(ids[0])
 
@@ -470,7 +468,7 @@ async def bench(url: str, token: str, ids: list[str], ctx: ssl.SSLContext, args:
         conc: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
         for order in rotations(names, args.rounds):
             for name in order:
-                conc[name].append(await concurrent(gets[name], ids, args.conc, CONCURRENCY))
+                conc[name].append(await concurrent(gets[name], ids, args.conc, args.concurrency))
         conc_best = {n: (max(v[0] for v in conc[n]), min(v[1] for v in conc[n])) for n in names}
         base = conc_best["raw aiohttp"]
         rows = []
@@ -478,7 +476,7 @@ async def bench(url: str, token: str, ids: list[str], ctx: ssl.SSLContext, args:
             rps, cpu = conc_best[n]
             rows.append([n, f"{rps:.0f}", x(base[0], rps), f"{cpu:.0f}", x(cpu, base[1])])
         table(
-            f"{CONCURRENCY} concurrent tasks doing get(): best of {args.rounds} rounds of "
+            f"{args.concurrency} concurrent tasks doing get(): best of {args.rounds} rounds of "
             f"{args.conc} requests",
             [
                 "client",
@@ -494,7 +492,7 @@ async def bench(url: str, token: str, ids: list[str], ctx: ssl.SSLContext, args:
         lst: dict[str, list[tuple[float, float]]] = {n: [] for n in lists}
         for order in rotations(list(lists), args.rounds):
             for name in order:
-                lst[name].append(await listing(lists[name]))
+                lst[name].append(await listing(lists[name], len(ids)))
         rows = []
         base_l = (min(v[0] for v in lst["raw aiohttp"]), min(v[1] for v in lst["raw aiohttp"]))
         for n in lists:
@@ -505,19 +503,20 @@ async def bench(url: str, token: str, ids: list[str], ctx: ssl.SSLContext, args:
                     f"{wall:.1f}",
                     x(wall, base_l[0]),
                     f"{cpu:.1f}",
-                    f"{cpu * 1000 / N_ENDPOINTS:.1f}",
+                    f"{cpu * 1000 / len(ids):.1f}",
                     x(cpu, base_l[1]),
                 ]
             )
         table(
-            f"list() of {N_ENDPOINTS} endpoints (10 pages of 200): best of {args.rounds}",
+            f"list() of {len(ids)} endpoints ({math.ceil(len(ids) / 200)} pages of 200): "
+            f"best of {args.rounds}",
             ["client", "wall ms", "vs raw", "client CPU ms", "CPU us/endpoint", "vs raw"],
             rows,
         )
         dicts = await clients.raw_list()
         s = structuring(dicts, args.rounds * 3)
         table(
-            f"Structuring one endpoint ({N_ENDPOINTS} parsed dicts, best of {args.rounds * 3})",
+            f"Structuring one endpoint ({len(ids)} parsed dicts, best of {args.rounds * 3})",
             ["step", "us per endpoint"],
             [[k, f"{v:.2f}"] for k, v in s.items()],
         )
@@ -528,12 +527,17 @@ async def bench(url: str, token: str, ids: list[str], ctx: ssl.SSLContext, args:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and requests")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
     args.rounds = 3 if args.quick else 7
     args.seq = 300 if args.quick else 1000
     args.seq_slow = 30 if args.quick else 100
     args.conc = 1000 if args.quick else 3000
     args.warmup = 50 if args.quick else 200
+    args.concurrency, endpoints = CONCURRENCY, N_ENDPOINTS
+    if args.smoke:
+        args.rounds, args.seq, args.seq_slow, args.conc, args.warmup = 1, 20, 2, 40, 5
+        args.concurrency, endpoints = 10, 400
     print(
         f"# cdn_async per-request overhead\n\n{machine(f'aiohttp {aiohttp.__version__}, OpenSSL {ssl.OPENSSL_VERSION.split()[1]}')}"
     )
@@ -544,7 +548,7 @@ def main() -> int:
         ctx = ssl.create_default_context(cafile=cert)
         mpctx = mp.get_context("spawn")
         parent, child = mpctx.Pipe()
-        proc = mpctx.Process(target=serve, args=(child, cert, key), daemon=True)
+        proc = mpctx.Process(target=serve, args=(child, cert, key, endpoints), daemon=True)
         proc.start()
         try:
             url, token, ids = parent.recv()

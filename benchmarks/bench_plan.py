@@ -1,7 +1,8 @@
 """A 100,000-path purge with 2,000 wildcards: planning time, event-loop blocking, requests, memory.
 
-Run: ``python benchmarks/bench_plan.py`` (about 15 s; ``--old`` adds the linear planner this
-replaced, about 15 s more). Prints the machine and one table.
+Run from the repository root: ``python -m benchmarks.bench_plan`` (about 15 s; ``--old`` adds
+the linear planner this replaced, about 15 s more; ``--smoke`` a 2,500-path input in a few
+seconds). Prints the machine and one table.
 
 The input: 80,000 unique files in 4,000 directories (``dNNNN/sK/file-I.css``, two levels deep),
 the 2,000 wildcards ``d0000/*`` .. ``d1999/*`` (covering the files of half the directories),
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import random
 import sys
 import time
@@ -38,11 +38,10 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from _report import machine, table
-
+from benchmarks._report import SMOKE_HELP, machine, table
 from cdn_async import CDNClient, RateLimits
+
+# No public names: the planning step alone (``plan_purge`` adds validation and pacing).
 from cdn_async import _validation as check
 from cdn_async._purge import plan
 from cdn_async.testing import FakeCDNServer
@@ -54,18 +53,21 @@ DIRS = 4000
 FILES_PER_DIR = 20
 
 
-def build_paths(seed: int = 13) -> tuple[list[str], set[str]]:
-    """The 100,000-path input and the set of paths that must actually be sent."""
+def build_paths(seed: int = 13, shrink: int = 1) -> tuple[list[str], set[str]]:
+    """The 100,000-path input (``shrink`` times smaller) and the paths that must be sent."""
     rng = random.Random(seed)
+    dirs, wildcard_dirs = DIRS // shrink, WILDCARDS // shrink
     files = [
-        f"d{d:04d}/s{f % 4}/file-{f:02d}.css" for d in range(DIRS) for f in range(FILES_PER_DIR)
+        f"d{d:04d}/s{f % 4}/file-{f:02d}.css" for d in range(dirs) for f in range(FILES_PER_DIR)
     ]
-    wildcards = [f"d{d:04d}/*" for d in range(WILDCARDS)]
-    redundant = [("/" + p if i % 2 else p) for i, p in enumerate(rng.sample(files, 18_000))]
+    wildcards = [f"d{d:04d}/*" for d in range(wildcard_dirs)]
+    redundant = [
+        ("/" + p if i % 2 else p) for i, p in enumerate(rng.sample(files, 18_000 // shrink))
+    ]
     paths = [*files, *wildcards, *redundant]
     rng.shuffle(paths)
-    assert len(paths) == 100_000
-    must = {*wildcards, *(p for p in files if int(p[1:5]) >= WILDCARDS)}
+    assert len(paths) == 100_000 // shrink
+    must = {*wildcards, *(p for p in files if int(p[1:5]) >= wildcard_dirs)}
     return paths, must
 
 
@@ -190,16 +192,21 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=5, help="plan() timing rounds")
     parser.add_argument("--old", action="store_true", help="also time the old linear planner")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    shrink = 40 if args.smoke else 1
+    if args.smoke:
+        args.rounds = 1
     print(f"# bench_plan ({machine()})")
-    paths, must = build_paths()
+    paths, must = build_paths(shrink=shrink)
     expected = math.ceil(len(must) / BATCH)
+    n_paths, n_wild = f"{len(paths):,}", f"{WILDCARDS // shrink:,}"
 
     plan_s, planned = time_plan(paths, args.rounds)
     assert planned == len(must), (planned, len(must))
     rows: list[list[Any]] = [
         [
-            f"plan() of 100,000 paths, 2,000 wildcards (best of {args.rounds})",
+            f"plan() of {n_paths} paths, {n_wild} wildcards (best of {args.rounds})",
             f"{plan_s:.3f} s",
             "< 0.5 s",
             "met" if plan_s < 0.5 else "MISSED",
@@ -232,7 +239,7 @@ def main() -> None:
             "met" if timed["step_max"] < 0.05 else "MISSED",
         ],
         [
-            f"purge requests (ceil(42,000 / 50) = {expected})",
+            f"purge requests (ceil({len(must):,} / 50) = {expected})",
             str(timed["requests"]),
             str(expected),
             "met" if timed["requests"] == expected == timed["report_requests"] else "MISSED",
@@ -256,7 +263,7 @@ def main() -> None:
         ]
     )
     table(
-        f"purge of 100,000 paths (42,000 unique uncovered, 2,000 wildcards), "
+        f"purge of {n_paths} paths ({len(must):,} unique uncovered, {n_wild} wildcards), "
         f"time_scale {args.scale:g}, fake server on loopback in the same loop",
         ["measure", "value", "target", ""],
         rows,

@@ -1,7 +1,8 @@
 """End to end against the fake server: one 10,000-path purge, cdn-async vs hand-written loops.
 
-Run: ``python benchmarks/bench_purge.py`` (about 1.5 minutes at the default ``--scale 0.01``).
-Prints one table; the figures in ``benchmarks/RESULTS-e2e.md`` come from it.
+Run from the repository root: ``python -m benchmarks.bench_purge`` (about 1.5 minutes at the
+default ``--scale 0.01``; ``--smoke`` for 500 paths in a few seconds). Prints one table; the
+figures in ``benchmarks/RESULTS.md`` come from it.
 
 The input: 10,000 paths, 30 % of them redundant. 7,000 unique files plus the wildcard
 ``assets/*`` (7,001 paths that must be sent), 1,000 exact duplicates of those files, 1,000
@@ -30,7 +31,6 @@ import argparse
 import asyncio
 import itertools
 import math
-import os
 import random
 import statistics
 import sys
@@ -39,13 +39,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 import aiohttp
-from _report import machine, table
 
+from benchmarks._report import SMOKE_HELP, machine, table
 from cdn_async import CDNClient, RateLimits
-from cdn_async._retry import parse_retry_after
+from cdn_async._retry import parse_retry_after  # no public name: the SDK's own header parsing
 from cdn_async.testing import FakeCDNServer, JournalEntry
 
 ORIGIN = "bench.nyc3.digitaloceanspaces.com"
@@ -58,17 +56,18 @@ CDN_LIMIT = 5
 CDN_PERIOD = 10.0
 
 
-def build_paths(seed: int = 7) -> tuple[list[str], set[str]]:
-    """The 10,000-path input and the set of paths that must actually be sent."""
+def build_paths(seed: int = 7, size: int = 10_000) -> tuple[list[str], set[str]]:
+    """The ``size``-path input (a multiple of 10) and the set of paths that must be sent."""
     rng = random.Random(seed)
-    files = [f"static/{i // 100:02d}/file-{i:05d}.css" for i in range(7000)]
+    tenth = size // 10
+    files = [f"static/{i // 100:02d}/file-{i:05d}.css" for i in range(7 * tenth)]
     wildcard = "assets/*"
-    duplicates = rng.sample(files, 1000)
-    slashed = ["/" + p for p in rng.sample(files, 1000)]
-    covered = [f"assets/img/{i:04d}.png" for i in range(999)]
+    duplicates = rng.sample(files, tenth)
+    slashed = ["/" + p for p in rng.sample(files, tenth)]
+    covered = [f"assets/img/{i:04d}.png" for i in range(tenth - 1)]
     paths = [*files, wildcard, *duplicates, *slashed, *covered]
     rng.shuffle(paths)
-    assert len(paths) == 10_000
+    assert len(paths) == size
     return paths, {*files, wildcard}
 
 
@@ -161,8 +160,8 @@ async def run_by_hand(
         return r
 
 
-async def bench(scale: float, sample: int) -> list[list[Any]]:
-    paths, must = build_paths()
+async def bench(scale: float, sample: int, size: int) -> list[list[Any]]:
+    paths, must = build_paths(size=size)
     period = FILES_PERIOD * scale
     rows: list[list[Any]] = []
 
@@ -210,13 +209,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=0.01, help="time_scale (default 0.01)")
     parser.add_argument("--sample", type=int, default=200, help="one-per-path sample size")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    size = 10_000
+    if args.smoke:
+        size, args.scale, args.sample = 500, 0.002, 10
     print(f"# bench_purge ({machine()})")
     t0 = time.perf_counter()
-    rows = asyncio.run(bench(args.scale, args.sample))
+    rows = asyncio.run(bench(args.scale, args.sample, size))
     period = FILES_PERIOD * args.scale
     table(
-        f"purge of 10,000 paths (7,001 unique uncovered), time_scale {args.scale} "
+        f"purge of {size:,} paths ({size * 7 // 10 + 1:,} unique uncovered), time_scale {args.scale} "
         f"(files budget 50 / {period:g} s), fake server on loopback, no added latency",
         [
             "client",

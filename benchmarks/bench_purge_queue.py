@@ -3,8 +3,9 @@
 
 Run from the repository root (needs redis-server; starts its own, fresh for every run)::
 
-    python benchmarks/bench_purge_queue.py            # about 6 minutes at --scale 0.01
-    python benchmarks/bench_purge_queue.py --paths 1000   # a quick look
+    python -m benchmarks.bench_purge_queue            # about 6 minutes at --scale 0.01
+    python -m benchmarks.bench_purge_queue --paths 1000   # a quick look
+    python -m benchmarks.bench_purge_queue --smoke        # seconds: only proves it runs
 
 Workload: 4 lists of N paths (default 10,000) for one endpoint. Each list is the same N/2
 shared paths plus N/2 of its own, so the union is N/2 + 4 x N/2 = 2.5 N paths (25,000). The
@@ -38,21 +39,14 @@ import math
 import random
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from _report import machine, table  # noqa: E402
-from redis_server import RedisServer, find_redis_server  # noqa: E402
-
-from cdn_async import CDNClient, RateLimits  # noqa: E402
-from cdn_async.errors import PurgeError  # noqa: E402
-from cdn_async.redis import RedisBudgetStore, RedisPurgeQueue, token_id_for  # noqa: E402
-from cdn_async.testing import FakeCDNServer  # noqa: E402
+from benchmarks._redis_server import RedisServer, find_redis_server
+from benchmarks._report import SMOKE_HELP, machine, table
+from cdn_async import CDNClient, RateLimits
+from cdn_async.errors import PurgeError
+from cdn_async.redis import RedisBudgetStore, RedisPurgeQueue, token_id_for
+from cdn_async.testing import FakeCDNServer
 
 PROCESSES = 4
 FILES_LIMIT = 50
@@ -138,7 +132,8 @@ async def run(binary: str, mode: str, order: str, n: int, scale: float) -> dict[
                 procs.append(
                     await asyncio.create_subprocess_exec(
                         sys.executable,
-                        __file__,
+                        "-m",
+                        "benchmarks.bench_purge_queue",
                         "--child",
                         json.dumps(cfg),
                         stdin=asyncio.subprocess.PIPE,
@@ -198,7 +193,10 @@ async def main() -> None:
         default="queue:shared,queue:shuffled,engine:shared",
         help="comma-separated mode:order (mode: queue|engine; order: shared|shuffled)",
     )
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    if args.smoke:
+        args.paths, args.runs = 100, "queue:shared,engine:shared"
     binary = find_redis_server()
     if binary is None:
         raise SystemExit("needs redis-server (apt-get install redis-server)")

@@ -2,7 +2,7 @@
 
 Run from the repository root (needs redis-server on PATH; starts its own on a free port)::
 
-    python benchmarks/bench_redis.py
+    python -m benchmarks.bench_redis          # --smoke: tiny sizes in a few seconds
 
 1. Round trips per acquire: commands the redis-py client sends per uncontended acquire
    (counted at ``execute_command``), cross-checked with ``INFO commandstats``.
@@ -20,26 +20,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from benchmarks._redis_server import RedisServer, find_redis_server, run_workers
+from benchmarks._report import SMOKE_HELP
+from cdn_async import BudgetStore, MemoryBudgetStore
+from cdn_async._limits import Claim  # no public name: what a store is asked for
+from cdn_async.redis import RedisBudgetStore, token_id_for
+from cdn_async.testing import FakeCDNServer
 
-from redis_server import RedisServer, find_redis_server  # noqa: E402
-
-from cdn_async._budgets import MemoryBudgetStore  # noqa: E402
-from cdn_async._limits import BudgetStore, Claim  # noqa: E402
-from cdn_async.redis import RedisBudgetStore, token_id_for  # noqa: E402
-from cdn_async.testing import FakeCDNServer  # noqa: E402
-
-WORKER = ROOT / "tests" / "redis_server.py"
 # The documented budgets' keys, with limits too large to ever wait: latency, not budgets.
 CLAIMS = [
     Claim("hourly", 10**9, 3600.0, 1, "hourly"),
@@ -119,13 +112,7 @@ async def saturation(
             "heartbeat": 0.5,
             "grace": 0.0,
         }
-        procs = [
-            await asyncio.create_subprocess_exec(
-                sys.executable, str(WORKER), json.dumps(cfg), stdout=asyncio.subprocess.PIPE
-            )
-            for _ in range(processes)
-        ]
-        results = [json.loads((await p.communicate())[0]) for p in procs]
+        results = await run_workers(cfg, processes)
         ok = sorted(e.arrival for e in fake.journal if e.status == 200)
         limit, period = 5, 10.0 * scale  # the binding budget: cdn, 5 per 10 s (scaled)
         span = ok[-1] - ok[0] if len(ok) > 1 else float("nan")
@@ -151,7 +138,10 @@ async def main() -> int:
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--requests", type=int, default=1, help="requests per task")
     parser.add_argument("--n", type=int, default=2000, help="acquires for latency/round trips")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    if args.smoke:
+        args.scale, args.processes, args.tasks, args.requests, args.n = 0.01, 2, 5, 1, 50
     binary = find_redis_server()
     if binary is None:
         print("redis-server not found", file=sys.stderr)

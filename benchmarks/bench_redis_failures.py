@@ -2,7 +2,12 @@
 
 Run from the repository root (needs redis-server on PATH; starts its own on free ports)::
 
-    python benchmarks/bench_redis_failures.py          # about 2 minutes
+    python -m benchmarks.bench_redis_failures          # about 2 minutes
+
+``--smoke`` runs every section at tiny sizes in a few seconds: fewer processes and requests,
+budgets at time scale 0.01 instead of 0.05 (0.02 instead of 1 for section 3's newcomer), and
+every wait, outage and the stores' ``call_timeout``, ``heartbeat_interval`` and
+``recovery_grace`` a tenth as long.
 
 Every client uses the store's defaults (``call_timeout`` 0.5 s, ``heartbeat_interval`` 1 s,
 ``recovery_grace`` 3 s) unless a row says otherwise, against ``FakeCDNServer``.
@@ -26,29 +31,51 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import itertools
-import json
 import logging
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks._redis_server import RedisServer, find_redis_server, run_workers
+from benchmarks._report import SMOKE_HELP, machine, table
+from benchmarks.bench_redis import saturation
+from cdn_async import CDNClient, RateLimits
+from cdn_async.redis import RedisBudgetStore, token_id_for
+from cdn_async.testing import FakeCDNServer
 
-from _report import machine, table  # noqa: E402
-from bench_redis import saturation  # noqa: E402
-from redis_server import RedisServer, find_redis_server  # noqa: E402
 
-from cdn_async import CDNClient, RateLimits  # noqa: E402
-from cdn_async.redis import RedisBudgetStore, token_id_for  # noqa: E402
-from cdn_async.testing import FakeCDNServer  # noqa: E402
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """The run's sizes; ``SMOKE`` shrinks them to seconds (the figures then mean nothing)."""
 
-WORKER = ROOT / "tests" / "redis_server.py"
+    processes: tuple[int, ...] = (2, 4, 8)  # section 1
+    scale: float = 0.05  # sections 1, 2b and 3's saturated run
+    restart_scale: float = 1.0  # section 3's newcomer
+    waits: float = 1.0  # every wait and outage, and the stores' timeouts, times this
+    outage_tasks: int = 20  # 2b
+    restart_processes: int = 4  # 3
+    restart_tasks: int = 25  # 3
+
+    def store_options(self) -> dict[str, float]:
+        """The stores' defaults (call_timeout 0.5 s, heartbeat 1 s, grace 3 s) x ``waits``."""
+        if self.waits == 1.0:
+            return {}  # the defaults themselves
+        w = self.waits
+        return {"call_timeout": 0.5 * w, "heartbeat_interval": 1.0 * w, "recovery_grace": 3.0 * w}
+
+
+SMOKE = Sizes(
+    processes=(2,),
+    scale=0.01,
+    restart_scale=0.02,
+    waits=0.1,
+    outage_tasks=10,
+    restart_processes=2,
+    restart_tasks=10,
+)
 
 
 def endpoints(fake: FakeCDNServer, n: int = 8) -> list[str]:
@@ -66,7 +93,13 @@ def longest_gap(stamps: list[float], start: float, end: float) -> float:
 
 
 async def workers(
-    fake: FakeCDNServer, url: str, ids: list[str], processes: int, tasks: int, **cfg: Any
+    fake: FakeCDNServer,
+    url: str,
+    ids: list[str],
+    processes: int,
+    tasks: int,
+    sizes: Sizes,
+    **cfg: Any,
 ) -> list[dict[str, Any]]:
     config = {
         "store": "redis",
@@ -78,29 +111,28 @@ async def workers(
         "tasks": tasks,
         "requests": 1,
         "max_retries": 0,
-        "heartbeat": 1.0,
-        "grace": 3.0,
+        "heartbeat": 1.0 * sizes.waits,
+        "grace": 3.0 * sizes.waits,
         **cfg,
     }
-    procs = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, str(WORKER), json.dumps(config), stdout=asyncio.subprocess.PIPE
-        )
-        for _ in range(processes)
-    ]
-    return [json.loads((await p.communicate())[0]) for p in procs]
+    return await run_workers(config, processes)
 
 
 # -- 2. a lone process in fallback ------------------------------------------------------------
 
 
-async def resume(server: RedisServer, how: str) -> dict[str, float]:
+async def resume(server: RedisServer, how: str, sizes: Sizes) -> dict[str, float]:
     """One task, gets back to back; Redis fails for 2 s (``how``: killed or stalled)."""
-    scale = 1e-4
+    scale, w = 1e-4, sizes.waits
     loop = asyncio.get_running_loop()
     async with FakeCDNServer(time_scale=scale) as fake:
         ids = endpoints(fake)
-        store = RedisBudgetStore(server.url, token_id=token_id_for(fake.token), fallback="memory")
+        store = RedisBudgetStore(
+            server.url,
+            token_id=token_id_for(fake.token),
+            fallback="memory",
+            **sizes.store_options(),
+        )
         stamps: list[float] = []
         running = True
         async with CDNClient(
@@ -119,39 +151,44 @@ async def resume(server: RedisServer, how: str) -> dict[str, float]:
                     i += 1
 
             task = asyncio.create_task(sender())
-            await asyncio.sleep(4.0)  # past the first use's recovery grace
+            await asyncio.sleep(4.0 * w)  # past the first use's recovery grace
             failed = loop.time()
             if how == "killed":
                 server.stop()
             else:
                 server.stall()
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(2.0 * w)
             back = loop.time()
             if how == "killed":
                 await asyncio.to_thread(server.start)
             else:
                 server.resume()
-            await asyncio.sleep(4.5)
+            await asyncio.sleep(4.5 * w)
             running = False
             await task
         await store.aclose()
         before = [b - a for a, b in itertools.pairwise(stamps) if b < failed]
         return {
             "normal_ms": statistics.median(before) * 1000,
-            "stop_ms": longest_gap(stamps, failed, failed + 1.0) * 1000,
-            "return_ms": longest_gap(stamps, back, back + 4.0) * 1000,
+            "stop_ms": longest_gap(stamps, failed, failed + 1.0 * w) * 1000,
+            "return_ms": longest_gap(stamps, back, back + 4.0 * w) * 1000,
             "requests": len(stamps),
             "429": sum(fake.counters.rate_limited.values()),
         }
 
 
-async def outage_saturated(server: RedisServer) -> dict[str, Any]:
+async def outage_saturated(server: RedisServer, sizes: Sizes) -> dict[str, Any]:
     """20 tasks saturating cdn; Redis killed for 2 s, then back empty."""
-    scale = 0.05
+    scale, w = sizes.scale, sizes.waits
     loop = asyncio.get_running_loop()
     async with FakeCDNServer(time_scale=scale) as fake:
         ids = endpoints(fake)
-        store = RedisBudgetStore(server.url, token_id=token_id_for(fake.token), fallback="memory")
+        store = RedisBudgetStore(
+            server.url,
+            token_id=token_id_for(fake.token),
+            fallback="memory",
+            **sizes.store_options(),
+        )
         async with CDNClient(
             fake.token,
             base_url=fake.url,
@@ -164,16 +201,18 @@ async def outage_saturated(server: RedisServer) -> dict[str, Any]:
                 for i in range(5):
                     await cdn.endpoints.get(ids[(n + i) % len(ids)])
 
-            run = asyncio.gather(*(task(n) for n in range(20)), return_exceptions=True)
-            await asyncio.sleep(4.0)
+            run = asyncio.gather(
+                *(task(n) for n in range(sizes.outage_tasks)), return_exceptions=True
+            )
+            await asyncio.sleep(4.0 * w)
             server.stop()
             killed = loop.time()
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(2.0 * w)
             await asyncio.to_thread(server.start)
             results = await run
         await store.aclose()
         ok = sorted(e.arrival for e in fake.journal if e.status == 200)
-        during = [t for t in ok if killed <= t < killed + 2.0]
+        during = [t for t in ok if killed <= t < killed + 2.0 * w]
         limit, period = 5, 10.0 * scale
         return {
             "ok": len(ok),
@@ -181,26 +220,33 @@ async def outage_saturated(server: RedisServer) -> dict[str, Any]:
             "429": sum(fake.counters.rate_limited.values()),
             "share": (len(ok) - limit) / (ok[-1] - ok[0]) / (limit / period),
             "during_outage": len(during),
-            "bound_during": 2.0 / period * limit,
+            "bound_during": 2.0 * w / period * limit,
         }
 
 
 # -- 3. recovery after a restart -----------------------------------------------------------------
 
 
-async def restart_newcomer(server: RedisServer) -> dict[str, float]:
+async def restart_newcomer(server: RedisServer, sizes: Sizes) -> dict[str, float]:
     """Documented periods: a filler fills cdn and exits, Redis restarts, a newcomer asks."""
+    scale = sizes.restart_scale
     loop = asyncio.get_running_loop()
-    async with FakeCDNServer(time_scale=1.0) as fake:
+    async with FakeCDNServer(time_scale=scale) as fake:
         ids = endpoints(fake)
-        await workers(fake, server.url, ids, 1, 5, time_scale=1.0)
+        await workers(fake, server.url, ids, 1, 5, sizes, time_scale=scale)
         filled = max(e.arrival for e in fake.journal)
         restarting = loop.time()
         await asyncio.to_thread(server.restart)
         restarted = loop.time()
-        store = RedisBudgetStore(server.url, token_id=token_id_for(fake.token))
+        store = RedisBudgetStore(
+            server.url, token_id=token_id_for(fake.token), **sizes.store_options()
+        )
         async with CDNClient(
-            fake.token, base_url=fake.url, budget_store=store, max_retries=0
+            fake.token,
+            base_url=fake.url,
+            limits=RateLimits.documented().scaled(scale),
+            budget_store=store,
+            max_retries=0,
         ) as cdn:
             await asyncio.gather(*(cdn.endpoints.get(ids[i]) for i in range(5)))
         await store.aclose()
@@ -214,14 +260,18 @@ async def restart_newcomer(server: RedisServer) -> dict[str, float]:
         }
 
 
-async def restart_saturated(server: RedisServer) -> dict[str, Any]:
+async def restart_saturated(server: RedisServer, sizes: Sizes) -> dict[str, Any]:
     """4 processes x 25 tasks saturating cdn; Redis restarts empty mid-run."""
-    scale = 0.05
+    scale = sizes.scale
+    processes, tasks = sizes.restart_processes, sizes.restart_tasks
     loop = asyncio.get_running_loop()
     async with FakeCDNServer(time_scale=scale) as fake:
         ids = endpoints(fake)
-        run = asyncio.create_task(workers(fake, server.url, ids, 4, 25, time_scale=scale))
-        while fake.counters.requests < 40 and not run.done():  # noqa: ASYNC110 (no event)
+        run = asyncio.create_task(
+            workers(fake, server.url, ids, processes, tasks, sizes, time_scale=scale)
+        )
+        restart_at = processes * tasks * 2 // 5  # 40 of 100
+        while fake.counters.requests < restart_at and not run.done():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         restarting = loop.time()
         await asyncio.to_thread(server.restart)
@@ -231,7 +281,7 @@ async def restart_saturated(server: RedisServer) -> dict[str, Any]:
             "ok": len(ok),
             "failed": sum(r["failed"] for r in results),
             "429": sum(fake.counters.rate_limited.values()),
-            "gap_s": longest_gap(ok, restarting, restarting + 5.0),
+            "gap_s": longest_gap(ok, restarting, restarting + 5.0 * sizes.waits),
             "period_s": 10.0 * scale,
         }
 
@@ -239,7 +289,11 @@ async def restart_saturated(server: RedisServer) -> dict[str, Any]:
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--total", type=int, default=200, help="requests in section 1")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    sizes = Sizes()
+    if args.smoke:
+        sizes, args.total = SMOKE, 10
     binary = find_redis_server()
     if binary is None:
         print("redis-server not found", file=sys.stderr)
@@ -251,8 +305,10 @@ async def main() -> int:
     server.start()
     try:
         rows = []
-        for processes in (2, 4, 8):
-            res = await saturation("redis", server.url, processes, args.total // processes, 1, 0.05)
+        for processes in sizes.processes:
+            res = await saturation(
+                "redis", server.url, processes, args.total // processes, 1, sizes.scale
+            )
             rows.append(
                 [
                     processes,
@@ -264,17 +320,17 @@ async def main() -> int:
                 ]
             )
         table(
-            "1. Processes sharing one Redis (cdn 5 per 0.5 s, max_retries=0)",
+            f"1. Processes sharing one Redis (cdn 5 per {10 * sizes.scale:g} s, max_retries=0)",
             ["processes", "tasks each", "requests", "429s", "rate", "share of bound"],
             rows,
         )
 
         rows = []
         for how in ("killed", "stalled"):
-            r = await resume(server, how)
+            r = await resume(server, how, sizes)
             rows.append(
                 [
-                    f"Redis {how} for 2 s"
+                    f"Redis {how} for {2 * sizes.waits:g} s"
                     + (" (then restarted empty)" if how == "killed" else " (SIGSTOP, SIGCONT)"),
                     f"{r['normal_ms']:.1f} ms",
                     f"**{r['stop_ms']:.0f} ms**",
@@ -295,9 +351,10 @@ async def main() -> int:
             ],
             rows,
         )
-        o = await outage_saturated(server)
+        o = await outage_saturated(server, sizes)
         table(
-            "2b. A lone process, 20 tasks saturating cdn (5 per 0.5 s), Redis killed for 2 s",
+            f"2b. A lone process, {sizes.outage_tasks} tasks saturating cdn "
+            f"(5 per {10 * sizes.scale:g} s), Redis killed for {2 * sizes.waits:g} s",
             ["requests", "429s", "share of bound (whole run)", "sent while Redis was down"],
             [
                 [
@@ -309,15 +366,15 @@ async def main() -> int:
             ],
         )
 
-        n = await restart_newcomer(server)
-        s = await restart_saturated(server)
+        n = await restart_newcomer(server, sizes)
+        s = await restart_saturated(server, sizes)
         table(
             "3. Recovery after a restart",
             ["case", "result"],
             [
                 [
-                    "filler (1 process) fills cdn (5 per 10 s) and exits; Redis restarts; "
-                    "a newcomer sends 5 gets",
+                    f"filler (1 process) fills cdn (5 per {10 * sizes.restart_scale:g} s) and "
+                    "exits; Redis restarts; a newcomer sends 5 gets",
                     f"filler's last request {n['filled_before_restart_s']:.2f} s before the "
                     f"restart (restart took {n['restart_s']:.2f} s); newcomer first admitted "
                     f"**{n['first_after_restart_s']:.2f} s** after the restart "
@@ -325,10 +382,10 @@ async def main() -> int:
                     f"429s: **{n['429']}**",
                 ],
                 [
-                    "4 processes x 25 tasks saturating cdn (5 per 0.5 s); Redis restarts "
-                    "empty mid-run",
+                    f"{sizes.restart_processes} processes x {sizes.restart_tasks} tasks "
+                    f"saturating cdn (5 per {10 * sizes.scale:g} s); Redis restarts empty mid-run",
                     f"{s['ok']} ok, {s['failed']} failed, 429s: **{s['429']}**; longest pause "
-                    f"in arrivals {s['gap_s']:.2f} s (recovery_grace 3 s; cdn period "
+                    f"in arrivals {s['gap_s']:.2f} s (recovery_grace {3 * sizes.waits:g} s; cdn period "
                     f"{s['period_s']:.1f} s)",
                 ],
             ],

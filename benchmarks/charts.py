@@ -1,7 +1,9 @@
 """Charts of what the fake server counted, window by window: cdn-async vs the alternatives.
 
-Run: ``python benchmarks/charts.py`` (about 2 minutes). Writes ``benchmarks/budget-window.svg``
-and ``benchmarks/purge-window.svg`` and prints the machine and date for their caption.
+Run from the repository root: ``python -m benchmarks.charts`` (about 2 minutes). Writes
+``benchmarks/budget-window.svg`` and ``benchmarks/purge-window.svg`` (or into ``--out``) and
+prints the machine and date for their caption. ``--smoke``: tiny sizes in a few seconds, written
+into ``--out`` or else a temporary directory, never over the committed charts.
 
 Both charts come from the fake server's own journal of one run (``FakeCDNServer.journal``: the
 server's arrival stamp of every request, and whether it was counted or refused), using the
@@ -35,12 +37,15 @@ import bisect
 import datetime
 import math
 import os
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from xml.sax.saxutils import escape
+
+from benchmarks._report import SMOKE_HELP
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -498,14 +503,14 @@ def render_chart(
 
 def caption_facts() -> tuple[str, str]:
     """The machine (``_report.machine()``) and today's date (UTC), for the captions."""
-    from _report import machine
+    from benchmarks._report import machine
 
     return machine(), datetime.datetime.now(datetime.UTC).date().isoformat()
 
 
 async def budget_chart(scale: float, requests: int, tasks: int) -> tuple[list[Panel], str]:
     """Run ``bench_e2e.py``'s scenario A for both clients; one panel each."""
-    import bench_e2e
+    from benchmarks import bench_e2e
 
     latency = (0.0025, 0.0025, 0.005)
     journals: dict[str, list[Any]] = {}
@@ -529,11 +534,12 @@ async def budget_chart(scale: float, requests: int, tasks: int) -> tuple[list[Pa
     return panels, subtitle
 
 
-async def purge_chart(scale: float) -> tuple[list[Panel], str]:
-    """Run ``bench_purge.py``'s 10,000-path purge: cdn-async and the two 50-path loops."""
-    import bench_purge
+async def purge_chart(scale: float, size: int = 10_000) -> tuple[list[Panel], str]:
+    """Run ``bench_purge.py``'s 10,000-path purge (or ``size``): cdn-async and the two 50-path
+    loops."""
+    from benchmarks import bench_purge
 
-    paths, must = bench_purge.build_paths()
+    paths, must = bench_purge.build_paths(size=size)
     journals: dict[str, list[Any]] = {}
     await bench_purge.run_cdn_async(scale, paths, must, on_journal=lambda j: journals.update(a=j))
     headers = await bench_purge.run_by_hand(
@@ -567,7 +573,7 @@ async def purge_chart(scale: float) -> tuple[list[Panel], str]:
         ),
     ]
     subtitle = (
-        f"one purge of 10,000 paths (7,001 to send), 50 paths per request, against the fake "
+        f"one purge of {len(paths):,} paths ({len(must):,} to send), 50 paths per request, against the fake "
         f"server on loopback; every period \u00d7 {scale:g}"
     )
     return panels, subtitle
@@ -593,12 +599,27 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=50, help="concurrent tasks (default 50)")
     parser.add_argument("--scale", type=float, default=0.05, help="e2e time_scale (0.05)")
     parser.add_argument("--purge-scale", type=float, default=0.01, help="purge time_scale (0.01)")
-    parser.add_argument("--out", default=HERE, help="where to write the SVGs (benchmarks/)")
+    parser.add_argument("--out", default=None, help="where to write the SVGs (benchmarks/)")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    size = 10_000
+    if args.smoke:
+        args.requests, args.tasks, args.scale, args.purge_scale = 11, 5, 0.01, 0.002
+        size = 500
+    if args.out is None and args.smoke:  # never over the committed charts
+        with tempfile.TemporaryDirectory(prefix="cdn-async-charts-") as tmp:
+            args.out = tmp
+            draw(args, size)
+    else:
+        args.out = HERE if args.out is None else args.out
+        draw(args, size)
+
+
+def draw(args: argparse.Namespace, size: int) -> None:
     mach, date = caption_facts()
     print(f"# charts ({mach}, {date})")
     t0 = time.perf_counter()
-    command = "python benchmarks/charts.py"
+    command = "python -m benchmarks.charts"
     footer = [f"Machine: {mach}", f"Date: {date} \u00b7 regenerate: {command}"]
 
     panels, subtitle = asyncio.run(budget_chart(args.scale, args.requests, args.tasks))
@@ -617,7 +638,7 @@ def main() -> None:
     )
     summary(panels, 5)
 
-    panels, subtitle = asyncio.run(purge_chart(args.purge_scale))
+    panels, subtitle = asyncio.run(purge_chart(args.purge_scale, size))
     write(
         os.path.join(args.out, "purge-window.svg"),
         render_chart(

@@ -1,8 +1,8 @@
 """The README's budget charts (``benchmarks/charts.py``): the counting and the SVG.
 
-``benchmarks/`` is a folder of scripts, not a package; pytest puts the repository root on
-``sys.path`` (``tests/`` is a package), so ``benchmarks.charts`` imports as a namespace module.
-Its top level needs only the standard library; the benchmark runs it wraps import lazily.
+``benchmarks`` is a package run from the repository root (``python -m benchmarks.charts``);
+pytest puts the root on ``sys.path``. The module's top level needs only the standard library;
+the benchmark runs it wraps import lazily.
 """
 
 from __future__ import annotations

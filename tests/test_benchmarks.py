@@ -1,0 +1,162 @@
+"""Every benchmark still runs: ``python -m benchmarks.<name> --smoke`` exits 0 and prints its tables.
+
+``--smoke`` runs a script at tiny sizes in a few seconds; its figures mean nothing, so nothing
+here checks a timing, only what the run must show whatever the machine: the tables' titles and
+columns, and counts fixed by the input (every request answered, one round trip per acquire,
+ceil(unique / 50) purge requests). The Redis benchmarks need redis-server: they skip without it,
+except on CI (``CI=true``), where that fails. The pydo and pyrate-limiter rows need the
+``bench`` extra; without it the scripts leave those rows out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from benchmarks._redis_server import find_redis_server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: script -> (whether it needs redis-server, text its output must hold, patterns it must match)
+EXPECTED: dict[str, tuple[bool, list[str], list[str]]] = {
+    "bench_budgets": (
+        False,
+        [
+            "## uncontended acquire+release (best of 1 x 2000 iterations)",
+            "| cdn-async MemoryBudgetStore, 4-budget stack |",
+            "## drain: 200 waiters, limit 50 / 0.02 s, real time",
+            "CPU per grant, cdn-async / aiolimiter:",
+            "## fairness: 60 requests at 1.5x the budget rate",
+        ],
+        [
+            r"\| cdn-async \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| yes \|",  # FIFO order kept
+            r"\| one period later \| 0 \|",  # every idle key dropped
+        ],
+    ),
+    "bench_e2e": (
+        False,
+        ["| scenario | client | 200s | 429s | 429 rate |"],
+        [rf"\| {s}: [^|]+ \| cdn-async \| 11 \|" for s in "ABCD"],
+    ),
+    "bench_purge": (
+        False,
+        [
+            "## purge of 500 paths (351 unique uncovered)",
+            "| client | requests | 204s | 429s | 409s | paths failed |",
+        ],
+        [r"\| \*\*cdn-async purge\(\)\*\* \| \d+ \| 8 \| \d+ \| 0 \| 0 \|"],  # ceil(351 / 50)
+    ),
+    "bench_plan": (
+        False,
+        [
+            "## purge of 2,500 paths (1,050 unique uncovered, 50 wildcards)",
+            "| plan() of 2,500 paths, 50 wildcards (best of 1) |",
+        ],
+        [r"\| purge requests \(ceil\(1,050 / 50\) = 21\) \| \d+ \| 21 \|"],
+    ),
+    "bench_cotenant": (
+        False,
+        [
+            "## Beside a steady co-tenant",
+            "| run | our requests | our 429 share | co-tenant 429s | of what it leaves |",
+            "## Two unshared clients on one token",
+        ],
+        [r"\| 1 \| \d+ \| [\d.]+% \| \d+ \| \d+% \|"],  # two unshared: run 1
+    ),
+    "bench_overhead": (
+        False,
+        [
+            "## Sequential get(): median per request, best of 1 rounds of 20",
+            "## 10 concurrent tasks doing get()",
+            "## list() of 400 endpoints (2 pages of 200): best of 1",
+            "| cattrs structure -> CDNEndpoint |",
+        ],
+        [r"\| cdn_async \| \d+ \| [\d.]+ x \|", r"Server answers by status: \{200: \d+\}"],
+    ),
+    "bench_redis": (
+        True,
+        ["round trips per acquire: 1.000", "acquire latency  redis:"],
+        [r"saturation 2 procs x 5 tasks, +redis budgets: ok 10, failed 0, 429s \d+"],
+    ),
+    "bench_redis_failures": (
+        True,
+        [
+            "## 1. Processes sharing one Redis",
+            "| 2 | 5 | 10 ok, 0 failed |",
+            "## 2a. A lone process, fallback='memory'",
+            "## 2b. A lone process, 10 tasks saturating cdn",
+            "## 3. Recovery after a restart",
+        ],
+        [r"newcomer first admitted \*\*[\d.]+ s\*\*", r"20 ok, 0 failed, 429s: \*\*\d+\*\*"],
+    ),
+    "bench_purge_queue": (
+        True,
+        ["| run | union | purge requests | paths sent | 429s | 409s |"],
+        [
+            r"\| queue, shared first \| 250 \| 5 \(target 5\) \| 250 \| 0 \| 0 \|",
+            r"\| engine, shared first \| 250 \| 8 \(target 5\) \| 400 \| 0 \| 0 \|",
+        ],
+    ),
+    "charts": (
+        False,
+        ["budget-window.svg", "purge-window.svg"],
+        [r"cdn-async: 11 counted \(11 units\)", r"cdn-async purge\(\): 8 counted \(351 units\)"],
+    ),
+}
+
+
+def run(name: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", "--smoke", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def check(name: str, out: str) -> None:
+    _, texts, patterns = EXPECTED[name]
+    for text in texts:
+        assert text in out, f"{text!r} not in the output of {name}:\n{out}"
+    for pattern in patterns:
+        assert re.search(pattern, out), f"{pattern!r} does not match {name}'s output:\n{out}"
+
+
+def test_every_script_is_covered() -> None:
+    scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py") if not p.stem.startswith("_")}
+    assert scripts == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", [n for n in EXPECTED if n != "charts"])
+def test_smoke_run_prints_its_tables(name: str) -> None:
+    if EXPECTED[name][0] and find_redis_server() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed (CI=true: .ci/run installs it)")
+        pytest.skip("redis-server is not installed")
+    check(name, run(name))
+
+
+def test_charts_smoke_run_writes_elsewhere(tmp_path: Path) -> None:
+    committed = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in (ROOT / "benchmarks").glob("*.svg")
+    }
+    out = run("charts", "--out", str(tmp_path))
+    check("charts", out)
+    for name in ("budget-window.svg", "purge-window.svg"):
+        root = ET.parse(tmp_path / name).getroot()
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert committed == {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in (ROOT / "benchmarks").glob("*.svg")
+    }
