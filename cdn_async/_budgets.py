@@ -245,12 +245,12 @@ class MemoryBudgetStore:
                 k.expire(now)
             if k.in_flight + k.unexpired + k.held + k.passing_units + u > k.limit:
                 break
-            k.in_flight += u
+            k.take(u)
             parts.append((k, u))
         else:
             return BudgetLease(tuple(claims), parts, self)
         for k, u in parts:
-            k.in_flight -= u
+            k.give_back(u)
         return await self._wait(tuple(claims), max_wait, now, now - _LEAD[priority])
 
     def release(self, lease: Lease) -> None:
@@ -275,16 +275,7 @@ class MemoryBudgetStore:
         if self._closed:
             return
         for k, u in parts:
-            # WindowLedger.release, inlined: this is half of the uncontended hot path.
-            k.in_flight -= u
-            k.unexpired += u
-            expiry = now + k.period
-            ex = k.expiries
-            if ex and ex[-2] == expiry:
-                ex[-1] += u
-            else:
-                ex.append(expiry)
-                ex.append(u)
+            expiry = k.release(u, now)
             # In-flight units just became expiring ones: a head that was waiting for an answer
             # (so had no timer) now has a time to wait for.
             if k.blocked_live and k.timer is None:
@@ -582,7 +573,7 @@ class MemoryBudgetStore:
         for k, u in w.parts:
             del k.passing[w]
             k.passing_units -= u
-            k.in_flight += u
+            k.take(u)
         w.fut.set_result(BudgetLease(w.claims, w.parts, self, waited_on))
 
     def _remove(self, w: _Waiter) -> list[_Key]:
