@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ._ledger import WindowLedger
-from ._limits import BudgetState, Claim, Lease, Priority
+from ._limits import PRIORITY_LEADS, BudgetState, Claim, Lease, Priority
 from .errors import CDNError, RateLimitedError, ValidationError
 
 if TYPE_CHECKING:
@@ -50,10 +50,6 @@ _GONE = 2
 # clock to 1 us. A timer that finds nothing due yet re-arms at least this far ahead, so it can
 # never spin at one instant; it delays an admission by at most this much.
 _MIN_DELAY = 1e-6
-
-#: How far ahead of its arrival a "high" call queues (and "low" behind): see ``acquire``.
-PRIORITY_LEAD = 30.0
-_LEAD: dict[str, float] = {"high": PRIORITY_LEAD, "normal": 0.0, "low": -PRIORITY_LEAD}
 
 
 class _Waiter:
@@ -251,7 +247,7 @@ class MemoryBudgetStore:
             return BudgetLease(tuple(claims), parts, self)
         for k, u in parts:
             k.give_back(u)
-        return await self._wait(tuple(claims), max_wait, now, now - _LEAD[priority])
+        return await self._wait(tuple(claims), max_wait, now, now - PRIORITY_LEADS[priority])
 
     def release(self, lease: Lease) -> None:
         """The request's answer (or failure) arrived: its units free ``period`` s from now.

@@ -16,6 +16,10 @@ Scope = Literal["token", "endpoint"]
 #: A call's place among waiters for the same budgets (see ``BudgetStore.acquire``).
 Priority = Literal["high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
+#: How far ahead of its arrival a "high" call queues (and "low" behind): a call is passed only
+#: by higher ones that arrive within this (one level up) or twice this (two levels) after it.
+PRIORITY_LEAD = 30.0
+PRIORITY_LEADS: dict[str, float] = {"high": PRIORITY_LEAD, "normal": 0.0, "low": -PRIORITY_LEAD}
 Unit = Literal["request", "file"]
 
 

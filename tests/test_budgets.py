@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import pytest
 from aiolimiter import AsyncLimiter
 
-from cdn_async._budgets import PRIORITY_LEAD, BudgetLease, MemoryBudgetStore
+from cdn_async._budgets import BudgetLease, MemoryBudgetStore
 from cdn_async._ledger import WindowLedger
-from cdn_async._limits import Budget, Claim, RateLimits
+from cdn_async._limits import PRIORITY_LEAD, Budget, Claim, RateLimits
 from cdn_async.errors import CDNError, RateLimitedError, ValidationError
 
 from ._support import max_in_window

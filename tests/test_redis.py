@@ -815,3 +815,26 @@ async def test_restart_mid_run_loses_nothing_and_draws_no_429(redis_server: Redi
         assert fake.counters.rate_limited == {}
     assert [r["failed"] for r in results] == [0] * 4, results
     assert sum(int(r["ok"]) for r in results) == 240  # type: ignore[call-overload]
+
+
+async def test_priorities_order_this_processs_waiters(redis_server: RedisServer) -> None:
+    """Within a process, calls for the same budgets go higher first, FIFO within a level."""
+    store = store_for(redis_server)
+    c = claim("cdn", 1, 0.1)
+    holder = await store.acquire([c])
+    order: list[str] = []
+
+    async def take(name: str, priority: str) -> None:
+        lease = await store.acquire([c], priority=priority)  # type: ignore[arg-type]
+        order.append(name)
+        store.release(lease)
+
+    tasks = []
+    for name, priority in [("n1", "normal"), ("l1", "low"), ("n2", "normal"), ("h1", "high")]:
+        tasks.append(asyncio.create_task(take(name, priority)))
+        await asyncio.sleep(0.01)
+    store.release(holder)
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    # "n1" came first and is the head, asking Redis; behind it, "h1" passes "l1" and "n2".
+    assert order == ["n1", "h1", "n2", "l1"]
+    await store.aclose()

@@ -1,9 +1,47 @@
-"""The local FIFO of acquires on one key set: only its head asks Redis, and it naps between
-attempts until the time the script named, or until this process gets an answer."""
+"""The local queue of acquires on one key set: only its head asks Redis, and it naps between
+attempts until the time the script named, or until this process gets an answer. The queue is
+in virtual-arrival-time order, as the in-process store's (``priority``: see
+``MemoryBudgetStore.acquire``), so priorities hold among this process's calls for the same
+budgets."""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
+
+
+class PriorityLock:
+    """A lock handed to waiters in ``(virtual time, arrival)`` order."""
+
+    __slots__ = ("_locked", "_seq", "_waiters")
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._seq = itertools.count()
+        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
+
+    async def acquire(self, vt: float) -> None:
+        if not self._locked and not self._waiters:
+            self._locked = True
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (vt, next(self._seq), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed the lock in the same tick as cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            _, _, fut = heapq.heappop(waiters)
+            if not fut.done():  # skip the cancelled
+                fut.set_result(None)  # handed over: the lock stays held
+                return
+        self._locked = False
 
 
 class Group:
@@ -12,7 +50,7 @@ class Group:
     __slots__ = ("count", "lock", "sleeper")
 
     def __init__(self) -> None:
-        self.lock = asyncio.Lock()  # FIFO: asyncio.Lock wakes waiters in arrival order
+        self.lock = PriorityLock()
         self.count = 0
         self.sleeper: asyncio.Future[None] | None = None
 

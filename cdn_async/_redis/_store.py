@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from .._limits import BudgetState, Claim, Lease, Priority, RateLimits
+from .._limits import PRIORITY_LEADS, BudgetState, Claim, Lease, Priority, RateLimits
 from .._logs import logger
 from ..errors import CDNError
 from . import _link, _scripts
@@ -170,8 +170,9 @@ class RedisBudgetStore(RedisLink):
     ) -> RedisLease:
         """Wait until every claim fits in Redis, then take them all at once.
 
-        ``priority`` is accepted and not honoured: across processes, whichever asks first
-        when units free is admitted (see docs/design.md).
+        ``priority`` orders this process's calls for the same budgets, as in the in-process
+        store (higher first, arrival order within a level, none starved); across processes,
+        whichever asks first when units free is admitted (see docs/design.md).
 
         One script call (one round trip) per attempt. Acquires on the same key set queue
         locally in arrival order; only the head asks Redis, sleeping what the script says is
@@ -204,8 +205,11 @@ class RedisBudgetStore(RedisLink):
             group = self._groups[keyset] = Group()
         group.count += 1
         try:
-            async with group.lock:
+            await group.lock.acquire(self._get_loop().time() - PRIORITY_LEADS[priority])
+            try:
                 return await self._acquire_head(tuple(claims), parts, max_wait, group)
+            finally:
+                group.lock.release()
         finally:
             group.count -= 1
             if group.count == 0 and self._groups.get(keyset) is group:
