@@ -10,7 +10,7 @@ Three parts, one job each:
 * ``MemoryBudgetStore``: admits a waiter the moment it is in ``passing`` on all of its keys,
   runs one timer per key (armed only while the key has blocked waiters), and drops idle keys.
 
-Why the frontier gives the scan rule of DESIGN.md ("dispatch in arrival order; a waiter that
+Why the frontier gives the scan rule of docs/design.md ("dispatch in arrival order; a waiter that
 fits everywhere is admitted; one that does not reserves where it fits and blocks where it does
 not") without scanning: on one key the frontier is the longest prefix of its queue whose units
 fit, so it is exactly the set of waiters the scan would not block there. Admitting a waiter

@@ -4,7 +4,7 @@
 keeps the window rules in one place that is cheap to test alone and easy to mirror in another
 store (the Redis Lua script keeps the same fields).
 
-The rule (DESIGN.md, "Budgets", semantic 1): a request counts from the moment it is sent
+The rule (docs/design.md, "Budgets", 1): a request counts from the moment it is sent
 (``take``) until ``period`` seconds after its answer arrives (``release``). The server stamps a
 request somewhere between send and answer, so a unit this ledger has stopped counting can no
 longer be inside any server window that a new request could share.

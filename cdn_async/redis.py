@@ -11,7 +11,7 @@ Needs the ``redis`` extra (``pip install 'cdn-async[redis]'``)::
 
 Every process (web workers, purge workers, other hosts) that uses the token points its store
 at the same Redis with the same ``token_id``; together they never exceed a budget. The windows
-are the exact ones of the in-process store (DESIGN.md, "Budgets", semantic 7), changed by one
+are the exact ones of the in-process store (docs/design.md, "Budgets"), changed by one
 Lua script per attempt, stamped with Redis's clock, hash-tagged for Redis Cluster, and expiring
 when idle. For a Redis Cluster, pass the URL of any node with ``cluster=True`` (or a
 ``redis.asyncio.cluster.RedisCluster``). Restarts, outages and stalls of Redis: see

@@ -7,7 +7,7 @@ per operation after the shared ``common.lua``), ``_connection.py`` (the client, 
 upgrade, call timeouts), ``_errors.py``, ``_lease.py``.
 
 Every process that uses one API token points its store at the same Redis (and ``token_id``),
-so together they obey every budget (DESIGN.md, "Budgets", semantic 7).
+so together they obey every budget (docs/design.md, "Budgets").
 
 Data model, per budget key ``K`` of token ``T`` (``{ns:T}`` is a Redis Cluster hash tag, so
 one script's keys all live on one slot):
