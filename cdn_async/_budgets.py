@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ._ledger import WindowLedger
-from ._limits import PRIORITY_LEADS, BudgetState, Claim, Lease, Priority
+from ._limits import PRIORITY_LEADS, BudgetState, Claim, Lease, Priority, merge_claims
 from .errors import CDNError, RateLimitedError, ValidationError
 
 if TYPE_CHECKING:
@@ -441,22 +441,14 @@ class MemoryBudgetStore:
         self, claims: tuple[Claim, ...], max_wait: float | None, now: float, vt: float
     ) -> BudgetLease:
         """The slow path: validate, queue on every key, and wait for admission."""
-        merged: dict[str, int] = {}
-        first: dict[str, Claim] = {}
-        for c in claims:
-            if c.units < 1 or c.units > c.limit:
-                self._drop_if_idle(claims, now)
-                raise ValidationError(
-                    f"claim on {c.key!r} takes {c.units} units; it must be 1..{c.limit}"
-                )
-            merged[c.key] = merged.get(c.key, 0) + c.units
-            first.setdefault(c.key, c)
+        try:
+            merged = merge_claims(claims)
+        except ValidationError:
+            self._drop_if_idle(claims, now)
+            raise
         parts: list[tuple[_Key, int]] = []
-        for key, units in merged.items():
-            c = first[key]
-            if units > c.limit:
-                self._drop_if_idle(claims, now)
-                raise ValidationError(f"claims on {key!r} take {units} units; limit {c.limit}")
+        for c, units in merged:
+            key = c.key
             k = self._keys.get(key)
             if k is None:
                 k = self._keys[key] = _Key(key, c.limit, c.period, c.budget)

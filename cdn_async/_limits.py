@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
+
+from .errors import ValidationError
 
 Scope = Literal["token", "endpoint"]
 #: A call's place among waiters for the same budgets (see ``BudgetStore.acquire``).
@@ -187,6 +189,29 @@ class RateLimits:
             if b is not None and b.unit == "request" and b.limit == limit:
                 return c, b
         return None
+
+
+def merge_claims(claims: Sequence[Claim]) -> tuple[tuple[Claim, int], ...]:
+    """One ``(first claim, units)`` per key, sorted by key: repeated keys add up.
+
+    Raises:
+        ValidationError: A claim takes fewer than 1 unit or more than its limit, or the claims
+            on one key add up to more than its limit (they could never fit).
+    """
+    merged: dict[str, list[Any]] = {}
+    for c in claims:
+        if c.units < 1 or c.units > c.limit:
+            raise ValidationError(
+                f"claim on {c.key!r} takes {c.units} units; it must be 1..{c.limit}"
+            )
+        entry = merged.get(c.key)
+        if entry is None:
+            merged[c.key] = [c, c.units]
+        else:
+            entry[1] += c.units
+            if entry[1] > c.limit:
+                raise ValidationError(f"claims on {c.key!r} take {entry[1]} units; limit {c.limit}")
+    return tuple((c, u) for _, (c, u) in sorted(merged.items()))
 
 
 class Lease(Protocol):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .._limits import Claim
-from ..errors import ValidationError
+from .._limits import Claim, merge_claims
 
 if TYPE_CHECKING:
     from ._store import RedisBudgetStore
@@ -39,19 +37,5 @@ class RedisLease:
         return f"<RedisLease {keys}{' released' if self.released else ''}>"
 
 
-def merge(claims: Sequence[Claim]) -> tuple[tuple[Claim, int], ...]:
-    """One (claim, units) per key, sorted by key; validates as ``MemoryBudgetStore`` does."""
-    merged: dict[str, list[Any]] = {}
-    for c in claims:
-        if c.units < 1 or c.units > c.limit:
-            raise ValidationError(
-                f"claim on {c.key!r} takes {c.units} units; it must be 1..{c.limit}"
-            )
-        entry = merged.get(c.key)
-        if entry is None:
-            merged[c.key] = [c, c.units]
-        else:
-            entry[1] += c.units
-            if entry[1] > c.limit:
-                raise ValidationError(f"claims on {c.key!r} take {entry[1]} units; limit {c.limit}")
-    return tuple((c, u) for _, (c, u) in sorted(merged.items()))
+#: One (claim, units) per key, sorted by key: the same rule as the in-process store.
+merge = merge_claims
