@@ -29,7 +29,10 @@ from .redis_server import RedisServer, find_redis_server
 SCALE = 0.01  # budgets 100x faster: the files budget is 50 paths / 0.2 s
 ENDPOINT_KEYS = {"id", "origin", "endpoint", "ttl", "created_at", "certificate_id", "custom_domain"}
 REPORT_KEYS = {"endpoint_id", "purged", "failed", "requests", "budget_wait"}
-API_ERROR_LINE = re.compile(r"^error: 404 not_found: .+ \(request_id=[0-9a-f-]{36}\)$")
+# "error: " and str(APIError): status, error id, method and path, message, request id.
+API_ERROR_LINE = re.compile(
+    r"^error: 404 not_found (GET|DELETE) /v2/cdn/endpoints/\S+: .+ \(request_id=[0-9a-f-]{36}\)$"
+)
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 
 

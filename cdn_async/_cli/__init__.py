@@ -1,0 +1,56 @@
+"""The ``cdn-async`` command: manage CDN endpoints and purge caches from a shell or CI.
+
+Needs the ``cli`` extra (click and rich), imported only when ``main`` runs, so
+``import cdn_async`` works without them::
+
+    pip install 'cdn-async[cli]'
+    export DIGITALOCEAN_TOKEN=...
+    cdn-async endpoints list
+    cdn-async purge 19f06b6a-3ace-4315-b086-499a0e521b76 img/logo.png 'css/*'
+    cdn-async demo
+
+With ``--redis URL`` (or ``$CDN_ASYNC_REDIS_URL``) every command shares the rate budgets
+(``RedisBudgetStore``) and purges go through one queue shared by every process
+(``RedisPurgeQueue``): parallel CI jobs purge a path once between them. ``purge --no-wait``
+only queues; ``cdn-async purge-worker`` sends what was queued.
+
+Results go to stdout (a table, or JSON with ``--json``); progress, prompts and errors go to
+stderr. Exit codes: 0 success, 1 API error (or a declined delete), 2 usage error, 130 Ctrl-C.
+The API token is never printed.
+
+One module per concern: ``_app`` (the click app, the options every API command shares and
+the exit codes of SDK errors), ``_endpoints``, ``_purge`` (``purge`` and ``purge-worker``),
+``_progress`` (the live bar, or a display that shows nothing), ``_demo`` (``demo`` and
+``fake-server``) and ``_output`` (what is printed, and the exit statuses). Only this module
+loads without click and rich; it imports the others once it has found them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ._output import EXIT_USAGE
+
+__all__ = ["EXTRA_HINT", "main"]
+
+EXTRA_HINT = "The cdn-async command needs its extra: pip install 'cdn-async[cli]'"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``cdn-async`` command.
+
+    Args:
+        argv: The arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0 success, 1 API error, 2 usage error, 130 interrupted.
+    """
+    try:
+        import click  # noqa: F401  (only to fail early, with the hint, when it is missing)
+        import rich  # noqa: F401
+    except ImportError:
+        print(EXTRA_HINT, file=sys.stderr)
+        return EXIT_USAGE
+    from ._app import run
+
+    return run(argv)

@@ -1,0 +1,244 @@
+"""The click app, and what every command shares: how to reach the API (one ``ApiOptions`` on
+the click context, built from the same four options on every API command), ``--json``,
+``--no-progress``, and the mapping of SDK errors to exit codes.
+
+Imported only once ``main`` has found click and rich.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import click
+
+from .. import NOT_GIVEN, CDNClient, RateLimits
+from .._constants import DEFAULT_BASE_URL, TOKEN_ENV
+from ..errors import CDNError, ValidationError
+from ._output import EXIT_API_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, err, error_line
+
+if TYPE_CHECKING:
+    from ..redis import RedisPurgeQueue
+
+BASE_URL_ENV = "CDN_ASYNC_BASE_URL"
+TIME_SCALE_ENV = "CDN_ASYNC_TIME_SCALE"
+REDIS_ENV = "CDN_ASYNC_REDIS_URL"
+
+
+@attrs.frozen
+class ApiOptions:
+    """How to reach the API: the options every API command takes.
+
+    Args:
+        token: The API token (never printed; hidden from the repr).
+        base_url: The API's address.
+        time_scale: Multiplies every budget period (only for a time-scaled fake server).
+        redis_url: A Redis to share budgets (``RedisBudgetStore``) and the purge queue
+            (``RedisPurgeQueue``) through, or None (hidden from the repr: it may hold a
+            password).
+    """
+
+    token: str | None = attrs.field(repr=False)
+    base_url: str
+    time_scale: float
+    redis_url: str | None = attrs.field(default=None, repr=False)
+
+    def _limits(self) -> RateLimits:
+        if not self.token:
+            raise ValidationError(f"no API token: set ${TOKEN_ENV} or pass --token")
+        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
+            raise ValidationError(f"--time-scale must be a positive number, got {self.time_scale}")
+        limits = RateLimits.documented()
+        if self.time_scale != 1.0:
+            limits = limits.scaled(self.time_scale)
+        return limits
+
+    def client(self) -> CDNClient:
+        """A client for these options, with budgets in this process (``redis_url`` unused).
+
+        Raises:
+            ValidationError: No token, a bad base URL or time scale.
+        """
+        limits = self._limits()
+        return CDNClient(self.token, base_url=self.base_url, limits=limits)
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[tuple[CDNClient, RedisPurgeQueue | None]]:
+        """A client for these options and the shared purge queue (None without
+        ``redis_url``); on exit the client, the queue and the budget store are closed.
+
+        With ``redis_url`` the client's budgets live in Redis (``RedisBudgetStore``) and its
+        purges go through the shared queue, both under the token's id (``token_id_for``).
+
+        Raises:
+            ValidationError: No token, a bad base URL, time scale or Redis URL, or no
+                redis-py for ``redis_url``.
+        """
+        if self.redis_url is None:
+            async with self.client() as cdn:
+                yield cdn, None
+            return
+        limits = self._limits()
+        assert self.token is not None
+        try:
+            from ..redis import RedisBudgetStore, RedisPurgeQueue, token_id_for
+        except ImportError:
+            raise ValidationError(
+                "--redis needs redis-py: pip install 'cdn-async[redis]'"
+            ) from None
+        tid = token_id_for(self.token)
+        try:
+            store = RedisBudgetStore(self.redis_url, token_id=tid, limits=limits)
+        except ValueError as exc:
+            raise ValidationError(f"--redis: {exc}") from None
+        try:
+            queue = RedisPurgeQueue(self.redis_url, token_id=tid)
+            try:
+                cdn = CDNClient(
+                    self.token,
+                    base_url=self.base_url,
+                    limits=limits,
+                    budget_store=store,
+                    purge_queue=queue,
+                )
+            except BaseException:
+                await queue.aclose()
+                raise
+        except BaseException:
+            await store.aclose()
+            raise
+        try:
+            yield cdn, queue
+        finally:
+            await cdn.close()
+            await queue.aclose()
+            await store.aclose()
+
+
+_API_OPTIONS = (
+    # Applied bottom-up, as decorators are: --help lists --token first.
+    click.option(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        envvar=TIME_SCALE_ENV,
+        show_envvar=True,
+        help="Multiply every budget period by F. Only for a time-scaled fake server "
+        "(cdn-async fake-server --time-scale F).",
+        metavar="F",
+    ),
+    click.option(
+        "--base-url",
+        default=DEFAULT_BASE_URL,
+        envvar=BASE_URL_ENV,
+        show_envvar=True,
+        show_default=True,
+        help="The API's address (https; http only for loopback, e.g. the fake server).",
+        metavar="URL",
+    ),
+    click.option(
+        "--redis",
+        envvar=REDIS_ENV,
+        show_envvar=True,
+        help="Share rate budgets and one purge queue with every process using this Redis "
+        "(redis://host:6379/0): parallel jobs stay within the budgets together, and a path "
+        "queued by several of them is purged once.",
+        metavar="URL",
+    ),
+    click.option(
+        "--token",
+        envvar=TOKEN_ENV,
+        show_envvar=True,
+        help=f"API token (needs cdn scopes). Prefer ${TOKEN_ENV}: an option shows in "
+        "the process list. Never printed.",
+        metavar="TOKEN",
+    ),
+)
+
+
+def api_options(fn: Callable[..., int]) -> Callable[..., int]:
+    """Give a command ``--token``, ``--redis``, ``--base-url`` and ``--time-scale``; it is
+    called with them as one ``ApiOptions`` first (also set as the click context's ``obj``)."""
+
+    @functools.wraps(fn)
+    def command(
+        *, token: str | None, redis: str | None, base_url: str, time_scale: float, **params: Any
+    ) -> int:
+        api = ApiOptions(token, base_url, time_scale, redis or None)
+        click.get_current_context().obj = api
+        return fn(api, **params)
+
+    for option in _API_OPTIONS:
+        command = option(command)
+    return command
+
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON on stdout instead of a table."
+)
+no_progress_option = click.option(
+    "--no-progress", is_flag=True, help="Do not draw the live progress bar."
+)
+
+
+def run_command(coro: Coroutine[Any, Any, int]) -> int:
+    """Run one command's coroutine and map SDK errors to an error line and an exit code."""
+    try:
+        return asyncio.run(coro)
+    except ValidationError as exc:
+        err(error_line(exc))
+        return EXIT_USAGE
+    except CDNError as exc:
+        err(error_line(exc))
+        return EXIT_API_ERROR
+
+
+def given(value: Any) -> Any:
+    """None (an option not given) -> NOT_GIVEN, so the SDK leaves the field out."""
+    return NOT_GIVEN if value is None else value
+
+
+def build_cli() -> click.Group:
+    """The click command tree."""
+    from ._demo import demo, fake_server
+    from ._endpoints import endpoints
+    from ._purge import purge, purge_worker
+
+    @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(package_name="cdn-async", prog_name="cdn-async")
+    def cli() -> None:
+        """Manage DigitalOcean CDN endpoints and purge their caches.
+
+        Every request stays within DigitalOcean's rate limits (no 429s), and a bulk purge
+        uses the whole budget. The token comes from $DIGITALOCEAN_TOKEN (or --token).
+
+        Exit codes: 0 success, 1 API error, 2 usage error, 130 interrupted.
+
+        Try it with no account and no token: cdn-async demo
+        """
+
+    for command in (endpoints, purge, purge_worker, fake_server, demo):
+        cli.add_command(command)
+    return cli
+
+
+def run(argv: list[str] | None) -> int:
+    """Run the command tree on ``argv``; the exit status (see ``cdn_async._cli.main``)."""
+    try:
+        rv = build_cli().main(args=argv, prog_name="cdn-async", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        err("Aborted.")
+        return EXIT_API_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return rv if isinstance(rv, int) else EXIT_OK

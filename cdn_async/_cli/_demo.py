@@ -1,0 +1,265 @@
+"""``cdn-async fake-server`` and ``cdn-async demo``: the SDK against a local fake API, with no
+account and no token."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import click
+
+from .. import CDNClient, PurgeReport, RateLimits, plan_purge
+from .._constants import TOKEN_ENV
+from ..errors import CDNError, PurgeError
+from ._app import no_progress_option
+from ._output import EXIT_API_ERROR, EXIT_OK, endpoint_table, err, error_line, out, stdout_console
+from ._progress import progress_display
+
+if TYPE_CHECKING:
+    from ..testing import FakeCDNServer
+
+
+@click.command("fake-server", short_help="Serve a fake CDN API for local work.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", type=int, default=8080, show_default=True, help="Port (0: any free one).")
+@click.option(
+    "--time-scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    metavar="F",
+    help="Multiply every budget period by F (0.01: 10 s become 0.1 s).",
+)
+@click.option(
+    "--purge-duration",
+    type=float,
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long each purge request takes.",
+)
+def fake_server(host: str, port: int, time_scale: float, purge_duration: float) -> int:
+    """Serve a fake DigitalOcean CDN API for local work, until Ctrl-C.
+
+    Prints its URL and a throwaway token that only the fake accepts.
+    """
+    if not (math.isfinite(time_scale) and time_scale > 0):
+        raise click.BadParameter("must be a positive number", param_hint="--time-scale")
+    from ..testing import serve
+
+    def ready(server: FakeCDNServer) -> None:
+        scale = f" --time-scale {time_scale:g}" if time_scale != 1.0 else ""
+        out(f"Fake CDN API listening on {server.url}")
+        out(f"Throwaway token for it (the fake's own, not a DigitalOcean token): {server.token}")
+        out("Use it from another shell:")
+        out(f"  export {TOKEN_ENV}={server.token}")
+        out(f"  cdn-async endpoints list --base-url {server.url}{scale}")
+        out("Press Ctrl-C to stop.")
+
+    try:
+        asyncio.run(
+            serve(
+                host,
+                port,
+                on_ready=ready,
+                time_scale=time_scale,
+                purge_duration=purge_duration,
+            )
+        )
+    except KeyboardInterrupt:
+        err("Stopped.")
+    return EXIT_OK
+
+
+@click.command("demo", short_help="Run the whole job against a local fake API.")
+@click.option(
+    "--paths",
+    type=click.IntRange(1, 100_000),
+    default=3000,
+    show_default=True,
+    help="Paths to purge in all.",
+)
+@click.option(
+    "--tasks",
+    type=click.IntRange(1, 100),
+    default=8,
+    show_default=True,
+    help="Concurrent purge tasks.",
+)
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(0.0001, 1.0),
+    default=0.02,
+    show_default=True,
+    metavar="F",
+    help="Run the budgets 1/F times faster than the real API.",
+)
+@no_progress_option
+def demo(paths: int, tasks: int, time_scale: float, no_progress: bool) -> int:
+    """Run the whole job against a local fake API: no account, no token needed.
+
+    Starts a time-scaled fake API on loopback, creates endpoints, lists them, then
+    bulk-purges thousands of paths from concurrent tasks with a progress bar, and shows
+    the requests sent, the 429s the server counted (0) and how much of the budget was used.
+    """
+    try:
+        return asyncio.run(_demo(paths, tasks, time_scale, no_progress=no_progress))
+    except CDNError as exc:
+        err(error_line(exc))
+        return EXIT_API_ERROR
+
+
+def demo_jobs(endpoint_ids: Sequence[str], paths: int, tasks: int) -> list[tuple[str, list[str]]]:
+    """The demo's purge jobs: ``tasks`` lists of paths, ``paths`` in all, across endpoints.
+
+    Tasks on the same endpoint overlap by about a tenth of their paths (the engine shares
+    what is pending), every 25th path repeats the one before with a leading ``/`` (the same
+    path once normalised), and the first task also purges ``css/*``, which covers its css paths.
+
+    Args:
+        endpoint_ids: The endpoints to spread the tasks over.
+        paths: Paths in all, duplicates included.
+        tasks: How many concurrent purge calls.
+
+    Returns:
+        ``(endpoint id, paths)`` for each task.
+    """
+    per_task, extra = divmod(paths, tasks)
+    dirs = (("img", "png"), ("css", "css"), ("js", "js"), ("fonts", "woff2"))
+    jobs: list[tuple[str, list[str]]] = []
+    for i in range(tasks):
+        count = per_task + (1 if i < extra else 0)
+        base = (i // len(endpoint_ids)) * int(per_task * 0.9)
+        own: list[str] = []
+        for k in range(count):
+            j = base + k
+            folder, ext = dirs[j % len(dirs)]
+            own.append(f"{folder}/asset-{j:05d}.{ext}")
+            if k % 25 == 24:
+                own[-1] = "/" + own[-2]
+        if i == 0 and own:
+            own[-1] = "css/*"
+        jobs.append((endpoint_ids[i % len(endpoint_ids)], own))
+    return [job for job in jobs if job[1]]
+
+
+async def _demo(paths: int, tasks: int, time_scale: float, *, no_progress: bool) -> int:
+    from rich.table import Table
+
+    from ..testing import FakeCDNServer
+
+    console = stdout_console()
+    say = console.print
+    limits = RateLimits.documented().scaled(time_scale)
+    files_budget = limits.get("purge_files")
+    assert files_budget is not None
+    demo_started = time.monotonic()
+    async with FakeCDNServer(time_scale=time_scale, host="127.0.0.1", port=0) as server:
+        say(
+            f"[bold]1.[/] A fake DigitalOcean CDN API is running on {server.url}, with the "
+            f"documented budgets {1 / time_scale:g}x faster than the real API's "
+            f"(files: {files_budget.limit} paths / {files_budget.period:g} s)."
+        )
+        async with CDNClient(server.token, base_url=server.url, limits=limits) as cdn:
+            names = [("assets", 3600), ("images", 86400), ("downloads", 600)]
+            created = await asyncio.gather(
+                *(
+                    cdn.endpoints.create(f"demo-{name}.nyc3.digitaloceanspaces.com", ttl=ttl)
+                    for name, ttl in names
+                )
+            )
+            say(f"[bold]2.[/] Created {len(created)} endpoints; listing them:")
+            endpoints = [ep async for ep in cdn.endpoints.list()]
+            say(endpoint_table(endpoints))
+            jobs = demo_jobs([ep.id for ep in created], paths, tasks)
+            asked = sum(len(job_paths) for _, job_paths in jobs)
+            say(
+                f"[bold]3.[/] {len(jobs)} concurrent tasks purge {asked} paths (duplicates, a "
+                f"wildcard and overlapping lists included) across {len(created)} endpoints..."
+            )
+            totals = {}
+            for i, (_, job_paths) in enumerate(jobs):
+                plan = plan_purge(job_paths, limits)
+                totals[i] = len(plan.paths) + len(plan.covered)
+            dones = dict.fromkeys(totals, 0)
+            display = progress_display(
+                cdn, description="purge", no_progress=no_progress, total=sum(totals.values())
+            )
+
+            def on_progress(i: int) -> Callable[[int, int], None]:
+                def update(done: int, total: int) -> None:
+                    dones[i] = done
+                    sent = server.counters.by_rule["ok"] + sum(
+                        server.counters.rate_limited.values()
+                    )
+                    display.update(sum(dones.values()), sent)
+
+                return update
+
+            purge_started = time.monotonic()
+            async with display:
+                results = await asyncio.gather(
+                    *(
+                        cdn.endpoints.purge(ep_id, job_paths, on_progress=on_progress(i))
+                        for i, (ep_id, job_paths) in enumerate(jobs)
+                    ),
+                    return_exceptions=True,
+                )
+            purge_wall = time.monotonic() - purge_started
+        reports = [r.report if isinstance(r, PurgeError) else r for r in results]
+        purged = sum(len(r.purged) for r in reports if isinstance(r, PurgeReport))
+        failed = sum(len(r.failed) for r in reports if isinstance(r, PurgeReport))
+        crashed = [
+            r for r in results if isinstance(r, BaseException) and not isinstance(r, PurgeError)
+        ]
+        journal = list(server.journal)
+        by_op = Counter(e.op or "other" for e in journal)
+        files_sent = sum(
+            len(e.body["files"])
+            for e in journal
+            if e.op == "purge" and e.status == 204 and isinstance(e.body, dict)
+        )
+        rate_limited = sum(server.counters.rate_limited.values())
+    windows = math.ceil(files_sent / files_budget.limit) if files_sent else 0
+    bound = max(0, windows - 1) * files_budget.period
+    pace = (bound / purge_wall * 100) if purge_wall > 0 else 100
+    ops = ", ".join(f"{n} {op}" for op, n in by_op.most_common())
+    say(f"[bold]4.[/] Done in {time.monotonic() - demo_started:.1f} s.")
+    rows = [
+        ("requests sent", f"{len(journal)} ({ops})"),
+        ("429s from the server", str(rate_limited)),
+        ("paths asked to purge", f"{asked} in {len(jobs)} tasks"),
+        ("paths purged", f"{purged}, {failed} failed (each task's paths once)"),
+        (
+            "paths sent",
+            f"{files_sent} (duplicates shared, covered paths dropped, batches of "
+            f"{files_budget.limit})",
+        ),
+        (
+            "purge wall time",
+            f"{purge_wall:.1f} s; the files budget allows no less than {bound:.1f} s "
+            f"({windows} windows of {files_budget.period:g} s)",
+        ),
+        (
+            "budget use",
+            f"{pace:.0f}% of the files budget's "
+            f"pace; at the real API's pace this purge takes about "
+            f"{purge_wall / time_scale / 60:.1f} min",
+        ),
+    ]
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    for name, value in rows:
+        table.add_row(name, value)
+    say(table)
+    say(
+        f"[bold]5.[/] {pace:.0f}% of the files budget's pace, and the server counted "
+        f"{rate_limited} x 429. Charts of every window: benchmarks/budget-window.svg and "
+        "benchmarks/purge-window.svg in the cdn-async repository."
+    )
+    for result in crashed:
+        err(error_line(result))
+    return EXIT_OK if rate_limited == 0 and failed == 0 and not crashed else EXIT_API_ERROR
