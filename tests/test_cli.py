@@ -535,3 +535,18 @@ async def test_purge_no_wait_then_purge_worker_sends_each_path_once(
     )
     assert no_worker.code == 2 and "CDN_ASYNC_REDIS_URL" in no_worker.err
     assert no_queue.code == 2 and "--redis" in no_queue.err
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_verbose_prints_one_line_per_request(fake_cdn: FakeCDNServer) -> None:
+    fake_cdn.add_endpoint("static.nyc3.digitaloceanspaces.com")
+    fake_cdn.faults.fail_next(1, status=503, op="list")
+    listed = await run_cli("endpoints", "list", "--verbose", server=fake_cdn)
+    assert listed.code == 0, listed.err
+    lines = [line for line in listed.err.splitlines() if line.startswith("GET /v2/cdn/endpoints")]
+    ids = [r.request_id for r in fake_cdn.journal]
+    assert len(lines) == 2 == len(ids)  # the 503, then the retried list
+    assert "-> 503 in" in lines[0] and f"request_id={ids[0]}" in lines[0]
+    assert "-> 200 in" in lines[1] and "attempt 2" in lines[1] and "waited" in lines[1]
+    quiet = await run_cli("endpoints", "list", server=fake_cdn)
+    assert "GET /v2/cdn/endpoints" not in quiet.err

@@ -20,6 +20,7 @@ import click
 from .. import NOT_GIVEN, CDNClient, RateLimits
 from .._constants import DEFAULT_BASE_URL, TOKEN_ENV
 from ..errors import CDNError, ValidationError
+from ..events import BudgetWaited, Event, EventHook, ResponseReceived
 from ._output import EXIT_API_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, err, error_line
 
 if TYPE_CHECKING:
@@ -41,12 +42,17 @@ class ApiOptions:
         redis_url: A Redis to share budgets (``RedisBudgetStore``) and the purge queue
             (``RedisPurgeQueue``) through, or None (hidden from the repr: it may hold a
             password).
+        verbose: Print one line per request on stderr.
     """
 
     token: str | None = attrs.field(repr=False)
     base_url: str
     time_scale: float
     redis_url: str | None = attrs.field(default=None, repr=False)
+    verbose: bool = False
+
+    def _hooks(self) -> list[EventHook]:
+        return [RequestLines()] if self.verbose else []
 
     def _limits(self) -> RateLimits:
         if not self.token:
@@ -65,7 +71,9 @@ class ApiOptions:
             ValidationError: No token, a bad base URL or time scale.
         """
         limits = self._limits()
-        return CDNClient(self.token, base_url=self.base_url, limits=limits)
+        return CDNClient(
+            self.token, base_url=self.base_url, limits=limits, event_hooks=self._hooks()
+        )
 
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[tuple[CDNClient, RedisPurgeQueue | None]]:
@@ -105,6 +113,7 @@ class ApiOptions:
                     limits=limits,
                     budget_store=store,
                     purge_queue=queue,
+                    event_hooks=self._hooks(),
                 )
             except BaseException:
                 await queue.aclose()
@@ -120,8 +129,35 @@ class ApiOptions:
             await store.aclose()
 
 
+class RequestLines:
+    """``--verbose``: one line per request on stderr, when its answer (or failure) comes:
+    method, path, status, milliseconds, request id, and the seconds it waited for budgets."""
+
+    def __init__(self) -> None:
+        self._waits: dict[tuple[str, str, int], float] = {}
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, BudgetWaited):
+            self._waits[(event.method, event.path, event.attempt)] = event.wait_s
+        elif isinstance(event, ResponseReceived):
+            wait = self._waits.pop((event.method, event.path, event.attempt), 0.0)
+            outcome = str(event.status) if event.status is not None else event.error
+            err(
+                f"{event.method} {event.path} -> {outcome} in {event.elapsed_ms:.1f} ms "
+                f"(request_id={event.request_id or '-'}, attempt {event.attempt}, "
+                f"waited {wait:.3f} s)"
+            )
+
+
 _API_OPTIONS = (
     # Applied bottom-up, as decorators are: --help lists --token first.
+    click.option(
+        "--verbose",
+        "-v",
+        is_flag=True,
+        help="Print one line per request on stderr: method, path, status, milliseconds, "
+        "request id and the seconds it waited for the rate budgets.",
+    ),
     click.option(
         "--time-scale",
         type=float,
@@ -162,14 +198,21 @@ _API_OPTIONS = (
 
 
 def api_options(fn: Callable[..., int]) -> Callable[..., int]:
-    """Give a command ``--token``, ``--redis``, ``--base-url`` and ``--time-scale``; it is
-    called with them as one ``ApiOptions`` first (also set as the click context's ``obj``)."""
+    """Give a command ``--token``, ``--redis``, ``--base-url``, ``--time-scale`` and
+    ``--verbose``; it is called with them as one ``ApiOptions`` first (also set as the click
+    context's ``obj``)."""
 
     @functools.wraps(fn)
     def command(
-        *, token: str | None, redis: str | None, base_url: str, time_scale: float, **params: Any
+        *,
+        token: str | None,
+        redis: str | None,
+        base_url: str,
+        time_scale: float,
+        verbose: bool,
+        **params: Any,
     ) -> int:
-        api = ApiOptions(token, base_url, time_scale, redis or None)
+        api = ApiOptions(token, base_url, time_scale, redis or None, verbose)
         click.get_current_context().obj = api
         return fn(api, **params)
 
