@@ -261,12 +261,11 @@ class MemoryBudgetStore:
         Raises:
             ValueError: ``lease`` did not come from this store.
         """
-        if not isinstance(lease, BudgetLease) or lease._store is not self:
-            raise ValueError(f"not a lease of this store: {lease!r}")
-        parts = lease._parts
+        own = self._own(lease)
+        parts = own._parts
         if parts is None:
             return
-        lease._parts = None
+        own._parts = None
         now = self._clock()
         if self._closed:
             return
@@ -291,9 +290,12 @@ class MemoryBudgetStore:
         Raises:
             ValueError: ``lease`` did not come from this store.
         """
+        self._give_back(self._own(lease))
+
+    def _own(self, lease: Lease) -> BudgetLease:
         if not isinstance(lease, BudgetLease) or lease._store is not self:
             raise ValueError(f"not a lease of this store: {lease!r}")
-        self._give_back(lease)
+        return lease
 
     def sync(self, claim: Claim, remaining: int, reset_after: float) -> None:
         """Apply server headers: until ``reset_after`` s from now, admit at most ``remaining``
