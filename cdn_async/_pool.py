@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
 from .errors import CDNError
+
+_T = TypeVar("_T")
 
 
 class Wire:
@@ -101,3 +103,24 @@ class Pool:
         if self._http is not None and self._owns:
             await self._http.close()
             self._http = None
+
+    async def while_open(self, aw: Awaitable[_T]) -> _T:
+        """Await ``aw``; if the client is closed meanwhile, raise ``CDNError("client closed")``.
+
+        Waits that may last (budget queues, backoff sleeps) are registered so ``shut`` can
+        end them: after ``close()`` no request leaves, whatever store the budgets live in.
+        """
+        pool = self
+        task = asyncio.current_task()
+        assert task is not None
+        pool.waiting.add(task)
+        try:
+            return await aw
+        except asyncio.CancelledError:
+            if task in pool.interrupted:
+                pool.interrupted.discard(task)
+                if task.uncancel() == 0:
+                    raise CDNError("client closed") from None
+            raise
+        finally:
+            pool.waiting.discard(task)

@@ -290,7 +290,7 @@ class PurgeEngine:
             on_batch,
             priority or session.options.priority,
         )
-        call.trace = session.trace_context()
+        call.trace = session.observer.trace_context()
         # The pending paths this call waits on, per lane.
         joined: dict[_Lane, list[str]] = {}
         try:
@@ -361,7 +361,7 @@ class PurgeEngine:
                 batch.extend(lane.take(size))
                 # The request's span links to the span of every caller it serves.
                 callers = {c for p, w in batch for c, _ in _pairs(p, w) if c.trace is not None}
-                session.link([c.trace for c in callers])
+                session.observer.link([c.trace for c in callers])
             if not batch:  # every caller of these paths was cancelled while it waited
                 raise _NothingToSend
             return {"files": [path for path, _ in batch]}
@@ -453,7 +453,7 @@ class PurgeEngine:
             batch, error, wait, sent=sent, stop=isinstance(error, _FATAL), request_id=request_id
         )
         if sent:
-            session.emit(
+            session.observer.emit(
                 PurgeBatchSent(
                     cdn_id, tuple(p for p, _ in batch), served, error is None, request_id
                 )

@@ -8,13 +8,10 @@ the typed errors of ``cdn_async.errors``. Resources above it only validate and s
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import attrs
@@ -23,24 +20,18 @@ from ._answers import api_error, no_answer, parse_body, wait_timeout
 from ._constants import ANSWER_HORIZON
 from ._events import (
     CAPTURE,
-    BudgetWaited,
     Emitter,
-    Event,
-    RateLimitPaused,
-    RequestSent,
     ResponseMeta,
-    ResponseReceived,
-    RetryScheduled,
     Telemetry,
 )
 from ._headers import Plan, server_now
 from ._limits import BudgetStore, Claim, EstimatesAdmission, Lease, Priority, RateLimits
 from ._logs import logger
+from ._observer import Observer
 from ._pool import Pool, Wire, consume
 from ._retry import Attempt, Failure, backoff, decide, parse_retry_after
 from ._version import __version__
 from .errors import (
-    CDNError,
     QueueFullError,
     RateLimitInfo,
     TooManyRequestsError,
@@ -48,11 +39,8 @@ from .errors import (
 
 #: The shortest sleep between 404 retries after a create (full jitter alone can be ~0).
 NOT_FOUND_MIN_DELAY = 0.25
-_EXCERPT = 200
-_T = TypeVar("_T")
 #: Periods for which room seen taken by another client stays left for it (see _apply_headers).
 OTHERS_MEMORY = 3
-_TAGS = re.compile(r"<[^>]+>")
 
 
 @attrs.frozen
@@ -114,8 +102,8 @@ class Session:
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._rand = rand
-        self._events = events if events is not None else Emitter(())
-        self._telemetry = telemetry
+        #: Logs, hooks and telemetry of every call (and of the purge engine's batches).
+        self.observer = Observer(events if events is not None else Emitter(()), telemetry)
         # The token lives only inside this header dict: never in a repr, log or error.
         self._headers = {
             "Authorization": f"Bearer {token}",
@@ -168,10 +156,8 @@ class Session:
         ``ratelimit-*`` headers tell what other clients of the token already spent, and a
         burst sent blind into their units would draw 429s (docs/design.md, "Other clients").
         """
-        if self._telemetry is not None:
-            with self._telemetry.call(method, path):
-                return await self._gated(method, path, **kwargs)
-        return await self._gated(method, path, **kwargs)
+        with self.observer.span(method, path):
+            return await self._gated(method, path, **kwargs)
 
     async def _gated(self, method: str, path: str, **kwargs: Any) -> Response:
         pool = self._pool
@@ -252,7 +238,8 @@ class Session:
             sent = clock()
             budget_wait += sent - started
             if sent - started >= 0.001:
-                self._waited(method, path, attempt, lease, sent - started)
+                budget = getattr(lease, "waited_on", None)
+                self.observer.waited(method, path, attempt, budget, sent - started)
             try:
                 http = pool.get()
                 if make_body is not None:
@@ -262,8 +249,7 @@ class Session:
                 raise
             wire = Wire(written=not pool.traced)
             exchange = loop.create_task(self._exchange(http, method, url, json, params, wire))
-            if self._events:
-                self._events.emit(RequestSent(method, path, attempt))
+            self.observer.sent(method, path, attempt)
             try:
                 # Waiting on the task, not awaiting it: a cancelled caller must not cancel an
                 # exchange that is already on the wire (see _abandon).
@@ -292,8 +278,9 @@ class Session:
                     self.store.release(lease)
                     raise
                 info, wait = self._settle(lease, plan, status, headers, failure)
-            if self._events or logger.isEnabledFor(logging.DEBUG):
-                self._answered(method, path, attempt, status, error, clock() - sent, headers, info)
+            self.observer.answered(
+                method, path, attempt, status, error, clock() - sent, headers, info
+            )
 
             maybe_done = maybe_done or failure == "transport" or status >= 500
             verdict = decide(
@@ -315,17 +302,17 @@ class Session:
                 pool.check_open()
                 retries += 1
                 why = type(error).__name__ if error is not None else str(status)
-                await self._while_open(self.backoff(method, path, retries, why))
+                await self._pool.while_open(self.backoff(method, path, retries, why))
                 continue
             if verdict == "retry_paused":
                 retries += 1
                 assert info is not None  # a 429 is an answer
-                self._paused(method, path, attempt, plan.budget_for(info), wait)
+                self.observer.paused(method, path, attempt, plan.budget_for(info), wait)
                 continue
             if verdict == "retry_not_found":
                 delay = max(NOT_FOUND_MIN_DELAY, backoff(attempt, self._rand())) * self.time_scale
                 logger.info("%s %s: 404 soon after create; retry in %.3f s", method, path, delay)
-                await self._while_open(self._sleep(delay))
+                await self._pool.while_open(self._sleep(delay))
                 continue
             if error is not None:
                 pool.check_open()
@@ -367,10 +354,10 @@ class Session:
         try:
             acquire = store.acquire(claims, max_wait=opts.max_rate_limit_wait, priority=priority)
             if deadline is None:
-                return await self._while_open(acquire)
+                return await self._pool.while_open(acquire)
             try:
                 async with asyncio.timeout(deadline):
-                    return await self._while_open(acquire)
+                    return await self._pool.while_open(acquire)
             except TimeoutError:
                 # The store took nothing: a waiter cancelled before admission never does.
                 late, budget = (
@@ -477,152 +464,11 @@ class Session:
         # drawing more 429s. Each store caps the pause at its budget's period.
         return info, self._pause(info, plan, wait)
 
-    async def _while_open(self, aw: Awaitable[_T]) -> _T:
-        """Await ``aw``; if the client is closed meanwhile, raise ``CDNError("client closed")``.
-
-        Waits that may last (budget queues, backoff sleeps) are registered so ``shut`` can
-        end them: after ``close()`` no request leaves, whatever store the budgets live in.
-        """
-        pool = self._pool
-        task = asyncio.current_task()
-        assert task is not None
-        pool.waiting.add(task)
-        try:
-            return await aw
-        except asyncio.CancelledError:
-            if task in pool.interrupted:
-                pool.interrupted.discard(task)
-                if task.uncancel() == 0:
-                    raise CDNError("client closed") from None
-            raise
-        finally:
-            pool.waiting.discard(task)
-
     async def backoff(self, method: str, path: str, retry: int, why: str) -> None:
         """Sleep before retry number ``retry``, as the retry policy says, and log why."""
         delay = backoff(retry, self._rand()) * self.time_scale
-        logger.info(
-            "%s %s: %s; retry %d in %.3f s",
-            method,
-            path,
-            why,
-            retry,
-            delay,
-            extra={
-                "method": method,
-                "path": path,
-                "attempt": retry + 1,
-                "reason": why,
-                "wait_s": delay,
-            },
-        )
-        if self._events:
-            self._events.emit(RetryScheduled(method, path, retry, why, delay))
+        self.observer.retry(method, path, retry, why, delay)
         await self._sleep(delay)
-
-    def _paused(
-        self, method: str, path: str, attempt: int, budget: str | None, wait: float
-    ) -> None:
-        logger.info(
-            "%s %s got 429; budget %s paused %.3f s, then retried",
-            method,
-            path,
-            budget,
-            wait,
-            extra={
-                "method": method,
-                "path": path,
-                "status": 429,
-                "budget": budget,
-                "wait_s": wait,
-                "attempt": attempt,
-            },
-        )
-        if self._events:
-            self._events.emit(RateLimitPaused(method, path, budget, wait))
-
-    def emit(self, event: Event) -> None:
-        """Hand an event of a layer above (the purge engine's) to the hooks."""
-        if self._events:
-            self._events.emit(event)
-
-    def span(self, method: str, path: str) -> AbstractContextManager[None]:
-        """A telemetry span around a call of a layer above (a purge); a no-op without one."""
-        if self._telemetry is None:
-            return nullcontext()
-        return self._telemetry.call(method, path)
-
-    def trace_context(self) -> object | None:
-        """The telemetry's current span context (to link to later), or None."""
-        return self._telemetry.capture() if self._telemetry is not None else None
-
-    def link(self, contexts: list[object]) -> None:
-        """Link the current call's span to other spans (a shared purge batch's callers)."""
-        if self._telemetry is not None and contexts:
-            self._telemetry.link(contexts)
-
-    def _waited(self, method: str, path: str, attempt: int, lease: Lease, wait: float) -> None:
-        budget = getattr(lease, "waited_on", None)
-        logger.info(
-            "%s %s waited %.3f s for rate budget %s",
-            method,
-            path,
-            wait,
-            budget or "(unknown)",
-            extra={
-                "method": method,
-                "path": path,
-                "attempt": attempt,
-                "budget": budget,
-                "wait_s": wait,
-            },
-        )
-        if self._events:
-            self._events.emit(BudgetWaited(method, path, attempt, budget, wait))
-
-    def _answered(
-        self,
-        method: str,
-        path: str,
-        attempt: int,
-        status: int,
-        error: BaseException | None,
-        elapsed: float,
-        headers: Mapping[str, str],
-        info: RateLimitInfo | None,
-    ) -> None:
-        request_id = headers.get("x-request-id")
-        elapsed_ms = elapsed * 1000
-        logger.debug(
-            "%s %s -> %s in %.1f ms (request_id=%s, attempt %d)",
-            method,
-            path,
-            status or type(error).__name__,
-            elapsed_ms,
-            request_id,
-            attempt,
-            extra={
-                "method": method,
-                "path": path,
-                "status": status or None,
-                "attempt": attempt,
-                "request_id": request_id,
-                "elapsed_ms": elapsed_ms,
-            },
-        )
-        if self._events:
-            self._events.emit(
-                ResponseReceived(
-                    method,
-                    path,
-                    attempt,
-                    status or None,
-                    type(error).__name__ if error is not None else None,
-                    elapsed_ms,
-                    request_id,
-                    info,
-                )
-            )
 
     def _plan(self, endpoint_id: str | None, files: int) -> Plan:
         """The claims of a request (and their header lookup), cached when they cannot depend
