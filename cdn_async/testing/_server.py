@@ -25,31 +25,21 @@ import asyncio
 import contextlib
 import json
 import math
-import re
 import secrets
 import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-import attrs
 from aiohttp import web
 
-from ._endpoints import (
-    DEFAULT_TTL,
-    BodyError,
-    Endpoint,
-    cdn_hostname,
-    check_domain_fields,
-    check_origin,
-    check_purge_files,
-    check_ttl,
-    now_iso,
-    purge_cost,
-)
-from ._faults import FaultRule, Faults
+from ._admission import CdnBudgetScope, HeaderBudget, _Admission
+from ._endpoints import DEFAULT_TTL, Endpoint, purge_cost
+from ._faults import Faults
 from ._journal import Counters, JournalEntry
+from ._operations import _Operations
+from ._routes import _NOT_FOUND, SCOPE_OF, _error, _fault_reply, _Reply, _Route, _route
 from ._windows import DOCUMENTED_BUDGETS, BudgetSpec, SlidingWindow
 
 if TYPE_CHECKING:
@@ -57,93 +47,9 @@ if TYPE_CHECKING:
 
 #: Every scope the CDN operations use.
 ALL_SCOPES: tuple[str, ...] = ("cdn:read", "cdn:create", "cdn:update", "cdn:delete")
-#: The scope each operation needs (purge is a DELETE, hence ``cdn:delete``, as in the spec).
-SCOPE_OF: Mapping[str, str] = {
-    "list": "cdn:read",
-    "get": "cdn:read",
-    "create": "cdn:create",
-    "update": "cdn:update",
-    "delete": "cdn:delete",
-    "purge": "cdn:delete",
-}
-#: The success status of each operation.
-SUCCESS_STATUS: Mapping[str, int] = {
-    "list": 200,
-    "get": 200,
-    "create": 201,
-    "update": 200,
-    "delete": 204,
-    "purge": 204,
-}
-DEFAULT_PER_PAGE = 20
-MAX_PER_PAGE = 200
-
-CdnBudgetScope = Literal["token", "endpoint"]
-HeaderBudget = Literal["cdn", "hourly"]
-
-_PREFIX = "/v2/cdn/endpoints"
-_ITEM = re.compile(r"/v2/cdn/endpoints/(?P<id>[^/]+)(?P<cache>/cache)?")
-_HTML_ERROR = (
-    "<html><head><title>{status} Service Unavailable</title></head>"
-    "<body><center><h1>{status} Service Unavailable</h1></center></body></html>"
-)
-_HTML_OK = "<html><body><p>OK</p></body></html>"
 
 
-@attrs.frozen
-class _Route:
-    """What a method and path address."""
-
-    op: str | None  # None: outside the six operations
-    cdn_id: str | None
-    is_cdn: bool  # under /v2/cdn/endpoints: the cdn budget applies
-    #: The methods the path answers (the 405's ``Allow`` header); empty: no such path.
-    allowed: tuple[str, ...] = ()
-
-    @property
-    def method_allowed(self) -> bool:
-        return self.op is not None or not self.allowed
-
-
-_COLLECTION = {"GET": "list", "HEAD": "list", "POST": "create"}
-_ENDPOINT = {"GET": "get", "HEAD": "get", "PUT": "update", "DELETE": "delete"}
-_CACHE = {"DELETE": "purge"}
-
-
-def _route(method: str, path: str) -> _Route:
-    # HEAD is GET without the body: same operation, budgets and headers (aiohttp leaves the
-    # body out of a HEAD answer and keeps its Content-Length).
-    if len(path) > 1 and path.endswith("/"):
-        path = path[:-1]
-    if path == _PREFIX:
-        return _Route(_COLLECTION.get(method), None, True, tuple(sorted(_COLLECTION)))
-    m = _ITEM.fullmatch(path)
-    if m is None:
-        return _Route(None, None, path.startswith(_PREFIX + "/"))
-    table = _CACHE if m["cache"] else _ENDPOINT
-    return _Route(table.get(method), m["id"], True, tuple(sorted(table)))
-
-
-@attrs.define
-class _Reply:
-    """An answer being built (or a dropped connection)."""
-
-    status: int
-    rule: str
-    body: Any = None  # dict -> JSON; str -> HTML; None -> empty
-    retry_after: int | None = None
-    drop: bool = False
-    headers: dict[str, str] = attrs.Factory(dict)
-
-
-def _error(status: int, error_id: str, message: str, rule: str) -> _Reply:
-    return _Reply(status, rule, {"id": error_id, "message": message})
-
-
-_NOT_FOUND = ("not_found", "The resource you requested could not be found.")
-
-
-class FakeCDNServer:
+class FakeCDNServer(_Admission, _Operations):
     """A fake of DigitalOcean's CDN Endpoints API, served over real HTTP on loopback.
 
     Use it as an async context manager::
@@ -386,80 +292,6 @@ class FakeCDNServer:
         self.journal.clear()
         self.counters = Counters()
 
-    # -- budgets -------------------------------------------------------------------------------
-
-    def _now(self) -> float:
-        if self._clock is not None:
-            return self._clock()
-        return asyncio.get_running_loop().time()
-
-    def _spec(self, name: str) -> BudgetSpec:
-        for spec in self._budgets:
-            if spec.name == name:
-                return spec
-        raise ValueError(f"unknown budget {name!r}; known: {[b.name for b in self._budgets]}")
-
-    def _window(self, token: str, spec: BudgetSpec, endpoint_id: str | None) -> SlidingWindow:
-        key = ""
-        if spec.name == "cdn" and self.cdn_budget_scope == "endpoint":
-            key = endpoint_id or "-"
-        window = self._windows.get((token, spec.name, key))
-        if window is None:
-            window = SlidingWindow(spec.limit, spec.period * self.time_scale)
-            self._windows[(token, spec.name, key)] = window
-        return window
-
-    def _claims(
-        self, token: str, route: _Route, files: int
-    ) -> list[tuple[BudgetSpec, SlidingWindow, int]]:
-        claims = []
-        for spec in self._budgets:
-            if spec.name == "cdn" and not route.is_cdn:
-                continue
-            cost = spec.cost(files)
-            if cost > 0:
-                claims.append((spec, self._window(token, spec, route.cdn_id), cost))
-        return claims
-
-    def _admit(self, token: str, route: _Route, files: int, now: float) -> _Reply | None:
-        """Count the request in all its windows at once, or refuse it with 429 (counting none)."""
-        claims = self._claims(token, route, files)
-        for spec, window, cost in claims:
-            if not window.fits(cost, now):
-                reply = _error(
-                    429, "too_many_requests", "API rate limit exceeded.", f"rate_limit:{spec.name}"
-                )
-                if spec.name == "minute":
-                    # As documented: only the per-minute burst limit says how long to wait.
-                    wait = window.time_until_fits(cost, now)
-                    reply.retry_after = max(1, math.ceil(wait)) if math.isfinite(wait) else None
-                return reply
-        for _, window, cost in claims:
-            window.add(cost, now)
-        return None
-
-    def _rate_headers(self, token: str | None, route: _Route, refused: bool) -> dict[str, str]:
-        name = self.header_budget if route.is_cdn else "hourly"
-        spec = self._spec(name)
-        now = self._now()
-        wall = self._wall()
-        if token is None or token not in self._tokens:
-            return {
-                "ratelimit-limit": str(spec.limit),
-                "ratelimit-remaining": str(spec.limit),
-                "ratelimit-reset": str(math.ceil(wall)),
-            }
-        window = self._window(token, spec, route.cdn_id)
-        expiry = window.oldest_expiry(now)
-        reset = math.ceil(wall + (expiry - now)) if expiry is not None else math.ceil(wall)
-        return {
-            "ratelimit-limit": str(spec.limit),
-            # A refused request says 0 whichever budget refused it, as the docs describe for
-            # the burst limit ("ratelimit-remaining reaching zero can also indicate...").
-            "ratelimit-remaining": "0" if refused else str(window.remaining(now)),
-            "ratelimit-reset": str(reset),
-        }
-
     # -- request handling ----------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -543,7 +375,7 @@ class FakeCDNServer:
     ) -> _Reply:
         rule = self.faults.take("before", route.op)
         if rule is not None:
-            return self._fault_reply(rule, route)
+            return _fault_reply(rule, route)
         if route.op is None:
             if not route.method_allowed:
                 reply = _error(405, "method_not_allowed", "Method not allowed.", "not_found")
@@ -560,144 +392,8 @@ class FakeCDNServer:
         if reply.rule == "ok":
             rule = self.faults.take("after", route.op)
             if rule is not None:
-                return self._fault_reply(rule, route)
+                return _fault_reply(rule, route)
         return reply
-
-    def _fault_reply(self, rule: FaultRule, route: _Route) -> _Reply:
-        if rule.kind == "drop":
-            return _Reply(0, f"fault:drop_{rule.when}", drop=True)
-        if rule.kind == "non_json":
-            status = rule.status or SUCCESS_STATUS.get(route.op or "", 200)
-            return _Reply(200 if status == 204 else status, "fault:non_json", _HTML_OK)
-        status = rule.status or 503
-        if rule.html:
-            return _Reply(status, f"fault:5xx_{rule.when}", _HTML_ERROR.format(status=status))
-        return _error(
-            status, "server_error", "Unexpected server-side error", f"fault:5xx_{rule.when}"
-        )
-
-    async def _operate(self, request: web.Request, route: _Route, body: Any, now: float) -> _Reply:
-        op = route.op
-        if op == "list":
-            return self._list(request)
-        if op == "create":
-            if not isinstance(body, dict):
-                return _error(
-                    422,
-                    "unprocessable_entity",
-                    "The request body must be a JSON object.",
-                    "validation",
-                )
-            try:
-                created = self._create(body, visible_at=now + self.invisible_after_create)
-            except BodyError as exc:
-                return _error(422, "unprocessable_entity", str(exc), "validation")
-            return _Reply(201, "ok", {"endpoint": created.to_json()})
-        endpoint = self._endpoints.get(route.cdn_id or "")
-        if endpoint is None:
-            return _error(404, *_NOT_FOUND, "not_found")
-        if op == "get":
-            if now < endpoint.visible_at:
-                return _error(404, *_NOT_FOUND, "invisible")
-            return _Reply(200, "ok", {"endpoint": endpoint.to_json()})
-        if op == "delete":
-            del self._endpoints[endpoint.id]
-            self._origins.pop(endpoint.origin, None)
-            return _Reply(204, "ok")
-        if not isinstance(body, dict):
-            return _error(
-                422, "unprocessable_entity", "The request body must be a JSON object.", "validation"
-            )
-        if op == "update":
-            try:
-                self._update(endpoint, body)
-            except BodyError as exc:
-                return _error(422, "unprocessable_entity", str(exc), "validation")
-            return _Reply(200, "ok", {"endpoint": endpoint.to_json()})
-        return await self._purge(endpoint, body)
-
-    def _list(self, request: web.Request) -> _Reply:
-        try:
-            per_page = int(request.query.get("per_page", DEFAULT_PER_PAGE))
-            page = int(request.query.get("page", 1))
-        except ValueError:
-            return _error(400, "bad_request", "page and per_page must be integers.", "bad_request")
-        if not 1 <= per_page <= MAX_PER_PAGE:
-            return _error(400, "bad_request", "per_page must be between 1 and 200.", "bad_request")
-        if page < 1:
-            return _error(400, "bad_request", "page must be at least 1.", "bad_request")
-        items = list(self._endpoints.values())
-        total = len(items)
-        last = max(1, math.ceil(total / per_page))
-        chunk = items[(page - 1) * per_page : page * per_page]
-
-        def url(n: int) -> str:
-            return str(request.url.with_query({"page": str(n), "per_page": str(per_page)}))
-
-        pages: dict[str, str] = {}
-        if page > 1:
-            pages["first"] = url(1)
-            pages["prev"] = url(min(page - 1, last))
-        if page < last:
-            pages["next"] = url(page + 1)
-            pages["last"] = url(last)
-        links: dict[str, Any] = {"pages": pages} if pages else {}
-        return _Reply(
-            200,
-            "ok",
-            {"endpoints": [ep.to_json() for ep in chunk], "links": links, "meta": {"total": total}},
-        )
-
-    def _create(self, body: Mapping[str, Any], *, visible_at: float) -> Endpoint:
-        origin = check_origin(body.get("origin"))
-        # Absent means the default; null is refused (the spec's ttl is an integer, not nullable).
-        ttl = check_ttl(body["ttl"]) if "ttl" in body else DEFAULT_TTL
-        domain, cert = check_domain_fields(body)
-        if domain and not cert:
-            raise BodyError("certificate_id is required with custom_domain")
-        if origin in self._origins:
-            raise BodyError(f"origin {origin} already has a CDN endpoint")
-        endpoint = Endpoint(
-            id=str(uuid.uuid4()),
-            origin=origin,
-            endpoint=cdn_hostname(origin),
-            ttl=ttl,
-            created_at=now_iso(),
-            certificate_id=cert or None,
-            custom_domain=domain or None,
-            visible_at=visible_at,
-        )
-        self._endpoints[endpoint.id] = endpoint
-        self._origins[origin] = endpoint.id
-        return endpoint
-
-    def _update(self, endpoint: Endpoint, body: Mapping[str, Any]) -> None:
-        ttl = check_ttl(body["ttl"]) if "ttl" in body else endpoint.ttl
-        domain, cert = check_domain_fields(body)
-        # "" removes the field (what the official clients send to drop a custom domain).
-        new_domain = endpoint.custom_domain if domain is None else (domain or None)
-        new_cert = endpoint.certificate_id if cert is None else (cert or None)
-        if new_domain and not new_cert:
-            raise BodyError("certificate_id is required with custom_domain")
-        endpoint.ttl, endpoint.custom_domain, endpoint.certificate_id = ttl, new_domain, new_cert
-
-    async def _purge(self, endpoint: Endpoint, body: Mapping[str, Any]) -> _Reply:
-        try:
-            files = check_purge_files(body)
-        except BodyError as exc:
-            return _error(422, "unprocessable_entity", str(exc), "validation")
-        key = (endpoint.id, frozenset(files))
-        if key in self._purging:
-            return _error(
-                409, "conflict", "An identical purge request is already in progress.", "conflict"
-            )
-        self._purging.add(key)
-        try:
-            if self.purge_duration > 0:
-                await asyncio.sleep(self.purge_duration)
-        finally:
-            self._purging.discard(key)
-        return _Reply(204, "ok")
 
 
 async def serve(

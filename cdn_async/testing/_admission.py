@@ -1,0 +1,99 @@
+"""Budget admission of the fake CDN API: sliding windows per token, 429s, ``ratelimit-*``."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from typing import Literal
+
+from ._routes import _error, _Reply, _Route
+from ._windows import BudgetSpec, SlidingWindow
+
+CdnBudgetScope = Literal["token", "endpoint"]
+HeaderBudget = Literal["cdn", "hourly"]
+
+
+class _Admission:
+    """``FakeCDNServer``'s budget windows: which a request claims, admission, headers."""
+
+    time_scale: float
+    cdn_budget_scope: CdnBudgetScope
+    header_budget: HeaderBudget
+    _clock: Callable[[], float] | None
+    _wall: Callable[[], float]
+    _budgets: tuple[BudgetSpec, ...]
+    _tokens: dict[str, frozenset[str]]
+    _windows: dict[tuple[str, str, str], SlidingWindow]
+
+    def _now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        return asyncio.get_running_loop().time()
+
+    def _spec(self, name: str) -> BudgetSpec:
+        for spec in self._budgets:
+            if spec.name == name:
+                return spec
+        raise ValueError(f"unknown budget {name!r}; known: {[b.name for b in self._budgets]}")
+
+    def _window(self, token: str, spec: BudgetSpec, endpoint_id: str | None) -> SlidingWindow:
+        key = ""
+        if spec.name == "cdn" and self.cdn_budget_scope == "endpoint":
+            key = endpoint_id or "-"
+        window = self._windows.get((token, spec.name, key))
+        if window is None:
+            window = SlidingWindow(spec.limit, spec.period * self.time_scale)
+            self._windows[(token, spec.name, key)] = window
+        return window
+
+    def _claims(
+        self, token: str, route: _Route, files: int
+    ) -> list[tuple[BudgetSpec, SlidingWindow, int]]:
+        claims = []
+        for spec in self._budgets:
+            if spec.name == "cdn" and not route.is_cdn:
+                continue
+            cost = spec.cost(files)
+            if cost > 0:
+                claims.append((spec, self._window(token, spec, route.cdn_id), cost))
+        return claims
+
+    def _admit(self, token: str, route: _Route, files: int, now: float) -> _Reply | None:
+        """Count the request in all its windows at once, or refuse it with 429 (counting none)."""
+        claims = self._claims(token, route, files)
+        for spec, window, cost in claims:
+            if not window.fits(cost, now):
+                reply = _error(
+                    429, "too_many_requests", "API rate limit exceeded.", f"rate_limit:{spec.name}"
+                )
+                if spec.name == "minute":
+                    # As documented: only the per-minute burst limit says how long to wait.
+                    wait = window.time_until_fits(cost, now)
+                    reply.retry_after = max(1, math.ceil(wait)) if math.isfinite(wait) else None
+                return reply
+        for _, window, cost in claims:
+            window.add(cost, now)
+        return None
+
+    def _rate_headers(self, token: str | None, route: _Route, refused: bool) -> dict[str, str]:
+        name = self.header_budget if route.is_cdn else "hourly"
+        spec = self._spec(name)
+        now = self._now()
+        wall = self._wall()
+        if token is None or token not in self._tokens:
+            return {
+                "ratelimit-limit": str(spec.limit),
+                "ratelimit-remaining": str(spec.limit),
+                "ratelimit-reset": str(math.ceil(wall)),
+            }
+        window = self._window(token, spec, route.cdn_id)
+        expiry = window.oldest_expiry(now)
+        reset = math.ceil(wall + (expiry - now)) if expiry is not None else math.ceil(wall)
+        return {
+            "ratelimit-limit": str(spec.limit),
+            # A refused request says 0 whichever budget refused it, as the docs describe for
+            # the burst limit ("ratelimit-remaining reaching zero can also indicate...").
+            "ratelimit-remaining": "0" if refused else str(window.remaining(now)),
+            "ratelimit-reset": str(reset),
+        }
