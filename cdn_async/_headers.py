@@ -6,8 +6,11 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Mapping
 
-from ._limits import Claim, RateLimits
+from ._limits import BudgetStore, Claim, RateLimits
 from .errors import RateLimitInfo
+
+#: Periods for which room seen taken by another client stays left for it (``apply_headers``).
+OTHERS_MEMORY = 3
 
 
 class Plan:
@@ -61,3 +64,37 @@ def server_now(headers: Mapping[str, str], wall: float) -> float:
     # Date is truncated to the second: the server's time lies in [when, when + 1), and a
     # wait computed from ``when`` is at most a second long, never short.
     return wall if when - 1.0 <= wall <= when + 2.0 else when
+
+
+def apply_headers(store: BudgetStore, info: RateLimitInfo, plan: Plan, *, refused: bool) -> None:
+    """Hold back what the server counts beyond our own units: another client's.
+
+    Units another client spent were stamped before now, so none counts longer than a
+    period from now (ratelimit-reset frees only the oldest of them). But a client seen
+    spending keeps spending: the room it took is left to it for ``OTHERS_MEMORY``
+    periods after it was last seen, so our requests stop landing on its next ones. A 429 says only "full now" (a refused answer
+    reads 0 whichever budget refused it): that is held for one period. The store knows
+    only the capacity (limit - reserve): the reserve is never ours to take.
+    """
+    if info.limit is None or info.remaining is None or info.reset is None:
+        return
+    found = plan.by_limit.get(info.limit)
+    if found is not None:
+        claim, reserve = found
+        memory = claim.period if refused else OTHERS_MEMORY * claim.period
+        store.sync(claim, info.remaining - reserve, memory)
+
+
+def pause(store: BudgetStore, info: RateLimitInfo, plan: Plan, wait: float) -> float:
+    """Pause the budget a 429 names (every budget of the request when it names none);
+    returns the pause as the stores apply it (capped at the paused budgets' period)."""
+    # The 429 names its budget only by ratelimit-limit; when that budget is not the one
+    # that is spent, every budget of the request is paused (the server did not say which).
+    described = plan.by_limit.get(info.limit) if info.limit is not None else None
+    if described is not None and info.remaining == 0:
+        targets: tuple[Claim, ...] = (described[0],)
+    else:
+        targets = plan.claims
+    for claim in targets:
+        store.pause(claim, wait)
+    return min(wait, max(c.period for c in targets))

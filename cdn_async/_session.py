@@ -24,7 +24,7 @@ from ._events import (
     ResponseMeta,
     Telemetry,
 )
-from ._headers import Plan, server_now
+from ._headers import Plan, apply_headers, pause, server_now
 from ._limits import BudgetStore, Claim, EstimatesAdmission, Lease, Priority, RateLimits
 from ._logs import logger
 from ._observer import Observer
@@ -39,8 +39,6 @@ from .errors import (
 
 #: The shortest sleep between 404 retries after a create (full jitter alone can be ~0).
 NOT_FOUND_MIN_DELAY = 0.25
-#: Periods for which room seen taken by another client stays left for it (see _apply_headers).
-OTHERS_MEMORY = 3
 
 
 @attrs.frozen
@@ -452,7 +450,7 @@ class Session:
         info = RateLimitInfo.from_headers(headers)
         self.last_rate_limit = info
         self._pool.heard = True
-        self._apply_headers(info, plan, refused=status == 429)
+        apply_headers(self.store, info, plan, refused=status == 429)
         if status != 429:
             return info, 0.0
         wait = parse_retry_after(headers, server_now(headers, self._wall_clock()))
@@ -462,7 +460,7 @@ class Session:
             wait = min(c.period for c in plan.claims)
         # Paused even when this request gives up, so the others fail fast or wait instead of
         # drawing more 429s. Each store caps the pause at its budget's period.
-        return info, self._pause(info, plan, wait)
+        return info, pause(self.store, info, plan, wait)
 
     async def backoff(self, method: str, path: str, retry: int, why: str) -> None:
         """Sleep before retry number ``retry``, as the retry policy says, and log why."""
@@ -480,38 +478,6 @@ class Session:
         if plan is None:
             plan = self._plans[files] = Plan.build(limits, limits.claims(endpoint_id, files))
         return plan
-
-    def _apply_headers(self, info: RateLimitInfo, plan: Plan, *, refused: bool) -> None:
-        """Hold back what the server counts beyond our own units: another client's.
-
-        Units another client spent were stamped before now, so none counts longer than a
-        period from now (ratelimit-reset frees only the oldest of them). But a client seen
-        spending keeps spending: the room it took is left to it for ``OTHERS_MEMORY``
-        periods after it was last seen, so our requests stop landing on its next ones. A 429 says only "full now" (a refused answer
-        reads 0 whichever budget refused it): that is held for one period. The store knows
-        only the capacity (limit - reserve): the reserve is never ours to take.
-        """
-        if info.limit is None or info.remaining is None or info.reset is None:
-            return
-        found = plan.by_limit.get(info.limit)
-        if found is not None:
-            claim, reserve = found
-            memory = claim.period if refused else OTHERS_MEMORY * claim.period
-            self.store.sync(claim, info.remaining - reserve, memory)
-
-    def _pause(self, info: RateLimitInfo, plan: Plan, wait: float) -> float:
-        """Pause the budget a 429 names (every budget of the request when it names none);
-        returns the pause as the stores apply it (capped at the paused budgets' period)."""
-        # The 429 names its budget only by ratelimit-limit; when that budget is not the one
-        # that is spent, every budget of the request is paused (the server did not say which).
-        described = plan.by_limit.get(info.limit) if info.limit is not None else None
-        if described is not None and info.remaining == 0:
-            targets: tuple[Claim, ...] = (described[0],)
-        else:
-            targets = plan.claims
-        for claim in targets:
-            self.store.pause(claim, wait)
-        return min(wait, max(c.period for c in targets))
 
 
 def _exchange_timeout(timeout: float | None) -> aiohttp.ClientTimeout:
