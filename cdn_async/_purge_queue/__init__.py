@@ -1,0 +1,102 @@
+"""``RedisPurgeQueue``: one purge queue for every process on a token, kept in Redis.
+
+Public as ``cdn_async.redis.RedisPurgeQueue``. Every process (web workers, CI jobs, a
+``cdn-async purge-worker``) that points a queue at the same Redis and ``token_id`` shares
+one pending set per endpoint: a path is sent once however many processes ask for it, one
+batch per endpoint is in flight at a time across all of them, and what was submitted
+survives the death of the process that submitted it.
+
+Structures (``P`` is ``{<namespace>:<token_id>}:pq``: the hash tag puts every key of a token,
+budget keys included, in one Redis Cluster slot, so each script runs on one node):
+
+* ``P:p:<endpoint>``, a sorted set of the *pending* paths, scored by their place in line: the
+  entry's sequence number (from the counter ``P:n``: first in, first out), minus 2^50 for a
+  path submitted at priority ``"high"`` (ahead of everything else). Sharing needs membership
+  tests (``ZSCORE``: the path itself, ``*``, each parent wildcard ``dir/*``), and taking a
+  batch needs the first N atomically (``ZPOPMIN``): a sorted set does both.
+* ``P:w:<endpoint>``, a hash: pending path -> ``"<seq> <tickets...>"``: the entry's sequence
+  number (its identity in results; unique, never reused while Redis keeps its data) and the
+  tickets waiting on it.
+* ``P:f:<endpoint>``, a hash: the batch *in flight*: path -> ``"<seq> <tickets...>"``, and the
+  field ``""`` -> the batch id. A path there is never joined (it may be on the wire).
+* ``P:l:<endpoint>``, the endpoint's *lease*: a string (the drainer's id) with a TTL.
+* ``P:e``, a set of endpoints with paths pending or in flight (what a worker drains).
+* ``P:r:<ticket>``, a list: the results of one submission, one entry per batch that carried
+  its paths (``"<outcome JSON>\\n<seq> <seq>..."``) after a header entry.
+
+Why these: every step is one Lua script (submit a chunk, take a batch, complete it, renew or
+release a lease, poll results), so each is atomic without WATCH/MULTI retries, one round trip,
+and stamped by one Redis. Streams were the other candidate (consumer groups give pending
+entries and claiming), but a purge needs membership tests and de-duplication across entries
+(is ``img/a.png`` pending, or ``img/*``?), which a stream cannot answer; a sorted set plus a
+lease per endpoint is smaller and says exactly what "one batch in flight" means.
+
+Submit. The paths are planned as ``Endpoints.purge`` plans them (``_purge.plan``: normalised,
+duplicates and covered paths dropped), then each path to send joins the endpoint's pending set
+in one script per 1,000 paths: a path already pending, or covered by a pending ``*`` or
+``dir/*``, is shared (the ticket waits on that entry); any other path becomes a new entry. A
+path in flight is not pending, so it is never joined: it is queued again and sent again
+(content changed after that request went out would stay cached otherwise). A later wildcard
+does not absorb paths already pending (they go out on their own, as in the engine). Once
+``submit`` returns, the paths are in Redis: the process may exit.
+
+Drain. A drainer takes the endpoint's lease (``SET NX PX``), then a batch: the in-flight batch
+if there is one (its drainer died), else the oldest ``purge_batch_size`` pending paths, moved
+to the in-flight hash with their waiters. It sends the batch through a ``Session``, so the
+budgets (shared through ``RedisBudgetStore``) pace it, renewing the lease every third of its
+TTL meanwhile, then completes it: appends the outcome to each waiting ticket's results and
+deletes the in-flight hash, only if its batch id still matches (completion is idempotent).
+One lease per endpoint means at most one batch per endpoint in flight across all processes,
+so no two identical purges overlap and none draws a 409.
+
+At least once. A drainer that dies mid-batch (SIGKILL, a lost host) leaves its lease to expire
+after ``lease_ttl``; the next drainer finds the batch in flight and sends it again. A batch is
+sent at least once and, after a crash, possibly twice; never lost. A drainer that stalls longer
+than ``lease_ttl`` (a blocked event loop, Redis unreachable) may find its batch re-sent by
+another: the same batch then goes twice, and a 409 is possible (retried, as the engine does).
+The resend is paced by the budgets too: ``RedisBudgetStore`` counts a dead process's request
+until its ``inflight_timeout`` (60 s by default) plus a period, so a takeover waits for that.
+A batch whose request fails for good (an API error, no answer after the client's retries) is
+completed as failed, like the engine's: nothing is silently dropped, each path ends purged or
+failed. A drainer whose client sends nothing (closed, budget store unreachable, or its own
+``max_budget_wait``, ``max_rate_limit_wait`` or ``max_queued`` refused the wait) records no
+outcome: it releases the lease, the batch stays in flight unsent and the next drainer (maybe
+the same one, after the wait the error named) sends it. Those limits bound each batch's wait,
+never a path's life in the queue.
+
+Results. A submitter that waits (``purge``, or ``wait`` on a ticket) polls its tickets' result
+lists (one script per ``poll_interval`` for all tickets of the process; at once when a drainer
+of the process completes a batch) and builds the ``PurgeReport`` the engine would. Each result
+list expires ``result_ttl`` (default one hour) after its last write: a submission, a batch
+outcome, or a waiter's poll (a waiter keeps it alive). A submitter that does not wait needs
+nothing else: its paths are purged by whichever process drains.
+
+Redis restarts. Without persistence a restart (or ``FLUSHALL``) loses everything the queue
+held: pending paths, in-flight batches, leases, results. Plainly: **paths submitted by
+processes that do not wait are lost**, unless Redis persists (``appendonly yes`` with
+``appendfsync always`` keeps every acknowledged submit). A process waiting on its paths notices
+(its result list is gone) and submits the paths not yet confirmed again, as a new ticket: its
+paths are purged, some of them possibly twice. A drainer whose batch vanished completes
+nothing (its batch id is unknown) and takes the next one.
+
+Modules: ``_queue.py`` (``RedisPurgeQueue``: its public API, submit and wait), ``_drain.py``
+(its base: draining an endpoint under its lease, and the Redis client), ``_ticket.py``
+(``PurgeTicket`` and how batch outcomes are stored and read back), ``_scripts.py`` (loads
+``lua/<name>.lua``, one script per step).
+"""
+
+from ._queue import (
+    DEFAULT_LEASE_TTL,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_RESULT_TTL,
+    RedisPurgeQueue,
+)
+from ._ticket import PurgeTicket
+
+__all__ = [
+    "DEFAULT_LEASE_TTL",
+    "DEFAULT_POLL_INTERVAL",
+    "DEFAULT_RESULT_TTL",
+    "PurgeTicket",
+    "RedisPurgeQueue",
+]

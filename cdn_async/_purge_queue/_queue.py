@@ -1,0 +1,452 @@
+"""``RedisPurgeQueue``: its public API, submitting and waiting (draining: ``_drain.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from .. import _validation as check
+from .._limits import Priority
+from .._logs import logger
+from .._purge import PurgeProgress, PurgeReport, plan
+from ..errors import CDNError, PurgeError
+from ._drain import _MAX_NAP, _Drainer, _Lane, _ms, _session_closed
+from ._ticket import PurgeTicket, _Part, _str
+
+if TYPE_CHECKING:
+    from .._client import CDNClient
+    from .._session import Session
+
+#: Seconds a drainer's lease on an endpoint lasts without renewal: a drainer that dies has its
+#: batch sent again by another this long after its last renewal.
+DEFAULT_LEASE_TTL = 30.0
+#: Seconds a submission's results are kept after their last write (or a waiter's last poll).
+DEFAULT_RESULT_TTL = 3600.0
+#: Seconds between two polls of a waiting process (for results, and for a busy lease).
+DEFAULT_POLL_INTERVAL = 0.05
+
+#: Paths sent to Redis per submit script: a few ms of Redis time, so budget scripts of other
+#: processes never wait long behind a big submit.
+_SUBMIT_CHUNK = 1000
+
+
+class _Lost(Exception):
+    """Redis lost a submission's results between two of its chunks (a restart)."""
+
+
+class RedisPurgeQueue(_Drainer):
+    """One purge queue for every process on a token, kept in Redis.
+
+    Plug it into ``CDNClient(purge_queue=...)`` in every process that purges: ``purge()``
+    then coalesces paths across processes (a path pending anywhere is shared, never sent
+    twice), sends one batch per endpoint at a time across all of them (no 409), and keeps
+    what was submitted even if the process dies. Share the budgets too (``RedisBudgetStore``
+    on the same Redis), so the batches go out at the budget's pace::
+
+        from cdn_async import CDNClient
+        from cdn_async.redis import RedisBudgetStore, RedisPurgeQueue, token_id_for
+
+        tid = token_id_for(token)
+        store = RedisBudgetStore(url, token_id=tid)
+        queue = RedisPurgeQueue(url, token_id=tid)
+        async with CDNClient(token, budget_store=store, purge_queue=queue) as cdn:
+            report = await cdn.endpoints.purge(cdn_id, paths)  # same call, same report
+
+    While a caller waits in ``purge()``, its process drains that endpoint (a lone process
+    needs nothing else). A process that only submits (``await queue.submit(...)``, e.g. a web
+    handler answering 202) needs another process to drain: one waiting in ``purge()``,
+    ``await queue.work(cdn)``, or ``cdn-async purge-worker``.
+
+    Guarantees (package ``cdn_async._purge_queue`` says how): a batch is sent at least once (a
+    drainer that dies mid-batch has it sent again ``lease_ttl`` later, so possibly twice);
+    nothing submitted is dropped while Redis keeps its data; every path ends purged or failed,
+    and a waiter gets that per path. Results are kept ``result_ttl`` after their last write.
+    A Redis restart without persistence loses the paths of submitters that do not wait;
+    waiters submit their unconfirmed paths again.
+
+    Args:
+        redis: A URL (the queue makes, and closes, its own client), a ``redis.asyncio.Redis``
+            or a ``redis.asyncio.cluster.RedisCluster`` (not closed by the queue).
+        namespace: Prefix of every key (``{<namespace>:<token_id>}:pq:...``).
+        token_id: Which token's queue this is: ``token_id_for(token)``, as for
+            ``RedisBudgetStore``; never the token itself.
+        cluster: With a URL: ``True`` makes a Redis Cluster client; ``None`` (default) a plain
+            one that switches to a cluster client the first time Redis answers ``MOVED``;
+            ``False`` never does.
+        lease_ttl: Seconds an endpoint's lease lasts without renewal (renewed every third of
+            it while its drainer lives): the delay before a dead drainer's batch is sent again.
+            Keep it above the longest a purge request may take (``timeout``), so the batch is
+            not re-sent while the dead drainer's request is still running (a 409).
+        result_ttl: Seconds a submission's results are kept after their last write.
+        poll_interval: Seconds between two polls of a waiting process: for results that
+            another process's drainer wrote, and for a lease another drainer holds.
+
+    Raises:
+        ValueError: An option is out of range.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis | RedisCluster | str,
+        *,
+        namespace: str = "cdn-async",
+        token_id: str | None = None,
+        cluster: bool | None = None,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        result_ttl: float = DEFAULT_RESULT_TTL,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> None:
+        for name, value in (
+            ("lease_ttl", lease_ttl),
+            ("result_ttl", result_ttl),
+            ("poll_interval", poll_interval),
+        ):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        tid = token_id if token_id is not None else "default"
+        if any(ch in tid for ch in "{}") or any(ch in namespace for ch in "{}"):
+            raise ValueError("namespace and token_id must not contain braces")
+        self._url: str | None = None
+        self._redis: aioredis.Redis | RedisCluster
+        if isinstance(redis, str):
+            self._url = redis
+            self._redis = self._make_client(cluster is True)
+            self._owns_redis = True
+            self._may_upgrade = cluster is None
+        else:
+            if cluster is not None:
+                raise ValueError("cluster= applies to a URL; a client is used as it is")
+            self._redis = redis
+            self._owns_redis = False
+            self._may_upgrade = False
+        self._prefix = f"{{{namespace}:{tid}}}:pq"
+        self._lease_ttl = lease_ttl
+        self._result_ttl = result_ttl
+        self._poll = poll_interval
+        self._scripts = self._register()
+        #: This process's drainer id (a lease holds it).
+        self._id = secrets.token_hex(8)
+        self._lanes: dict[str, _Lane] = {}
+        self._watching: set[PurgeTicket] = set()
+        self._poller: asyncio.Task[None] | None = None
+        self._poke: asyncio.Event | None = None
+        self._batch_hooks: list[Callable[[str, int, CDNError | None], None]] = []
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<RedisPurgeQueue {self._prefix}>"
+
+    # -- public API -----------------------------------------------------------------------
+
+    async def submit(
+        self, cdn_id: str, files: Iterable[str], *, priority: Priority | None = None
+    ) -> PurgeTicket:
+        """Queue paths of an endpoint for purging; they are in Redis when this returns.
+
+        Paths are checked and planned as ``endpoints.purge`` does (normalised, duplicates and
+        covered paths dropped); a path already pending (from any process), or covered by a
+        pending wildcard, is shared. Nothing is sent here: a drainer sends it (a process
+        waiting in ``purge``, ``work``, or ``cdn-async purge-worker``).
+
+        Args:
+            cdn_id: The endpoint's UUID.
+            files: The paths; wildcards such as ``css/*`` allowed.
+            priority: ``"high"`` puts the paths (and pending paths they share) at the front
+                of the endpoint's line, ahead of every process's bulk purges; their batch
+                waits at ``"high"`` for the budgets. Otherwise first in, first out.
+
+        Returns:
+            A ticket for ``wait`` (only in this process); drop it to not wait at all.
+
+        Raises:
+            ValidationError: A bad id or path (nothing queued).
+            CDNError: Redis could not be reached (the paths may be partly queued).
+        """
+        self._check_open()
+        cdn_id = check.uuid_str("cdn_id", cdn_id)
+        paths = await check.files_async(files)
+        ticket = PurgeTicket(cdn_id, plan(paths))
+        ticket._high = priority == "high"
+        await self._submit(ticket, list(ticket._mapping))
+        return ticket
+
+    async def wait(
+        self,
+        ticket: PurgeTicket,
+        client: CDNClient | None = None,
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+        on_batch: Callable[[PurgeProgress], None] | None = None,
+    ) -> PurgeReport:
+        """Wait for a submission's outcome, per path.
+
+        Args:
+            ticket: What ``submit`` returned.
+            client: Drain the ticket's endpoint with this client while waiting; None waits
+                for other processes to drain it.
+            on_progress: Called as ``on_progress(done, total)`` when outcomes arrive.
+            on_batch: Called with a ``PurgeProgress`` for each batch that settles some of
+                the ticket's paths (each confirmed path delivered once).
+
+        Returns:
+            The report, as ``endpoints.purge`` returns it.
+
+        Raises:
+            PurgeError: Some paths failed; ``.report`` says which.
+        """
+        session = client._session if client is not None else None
+        return await self._wait(ticket, session, on_progress, on_batch)
+
+    async def purge(
+        self,
+        session: Session,
+        cdn_id: str,
+        paths: Sequence[str],
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+        on_batch: Callable[[PurgeProgress], None] | None = None,
+        priority: Priority | None = None,
+    ) -> PurgeReport:
+        """``PurgeEngine.purge`` through the shared queue (what ``endpoints.purge`` calls).
+
+        Submits ``paths`` (already validated and normalised) and waits for their outcome,
+        draining the endpoint with ``session`` meanwhile. ``on_progress`` and ``on_batch``
+        are called as the engine calls them; ``priority`` (None: the client's) ``"high"``
+        puts the paths at the front of the shared line (see ``submit``). Cancelling it stops
+        the wait only: the paths stay queued and are purged anyway.
+
+        Raises:
+            PurgeError: Some paths failed; ``.report`` says which.
+            CDNError: Redis could not be reached to queue the paths.
+        """
+        self._check_open()
+        ticket = PurgeTicket(cdn_id, plan(paths))
+        ticket._high = (priority or session.options.priority) == "high"
+        await self._submit(ticket, list(ticket._mapping))
+        return await self._wait(ticket, session, on_progress, on_batch)
+
+    async def work(
+        self,
+        client: CDNClient,
+        *,
+        endpoints: Iterable[str] | None = None,
+        until_idle: bool = False,
+        on_batch: Callable[[str, int, CDNError | None], None] | None = None,
+    ) -> None:
+        """Drain the queue with ``client``: every endpoint with paths queued, until cancelled.
+
+        What ``cdn-async purge-worker`` runs, for processes that only submit. Several workers
+        (and waiting processes) may run at once: each endpoint's lease lets one send at a time.
+
+        Args:
+            client: Sends the batches (its budgets pace them).
+            endpoints: Only these endpoint ids; None: all of the token's.
+            until_idle: Return once nothing is queued or in flight.
+            on_batch: Called as ``on_batch(endpoint_id, paths, error)`` after each batch this
+                process completes (``error`` None when purged).
+        """
+        self._check_open()
+        session = client._session
+        only = {check.uuid_str("endpoints", e) for e in endpoints} if endpoints else None
+        if on_batch is not None:
+            self._batch_hooks.append(on_batch)
+        nap = self._poll
+        try:
+            while not self._closed and not _session_closed(session):
+                try:
+                    members = await self._redis.smembers(self._key("e"))
+                except RedisError as exc:
+                    logger.warning("purge queue: Redis unavailable (%s); retrying", exc)
+                    nap = min(nap * 2, _MAX_NAP)
+                    await asyncio.sleep(nap)
+                    continue
+                nap = self._poll
+                ids = [m for m in (_str(x) for x in members) if only is None or m in only]
+                for cdn_id in ids:
+                    lane = self._lane(cdn_id)
+                    lane.worker = True
+                    self._ensure_drainer(lane, session)
+                busy = any(lane.worker and lane.task is not None for lane in self._lanes.values())
+                if until_idle and not ids and not busy:
+                    return
+                await asyncio.sleep(self._poll)
+        finally:
+            if on_batch is not None:
+                self._batch_hooks.remove(on_batch)
+            for lane in self._lanes.values():
+                lane.worker = False
+
+    async def pending(self, cdn_id: str) -> int:
+        """Paths of an endpoint queued or in flight now (across every process)."""
+        cdn_id = check.uuid_str("cdn_id", cdn_id)
+        queued = await self._redis.zcard(self._key("p", cdn_id))
+        flying = await self._redis.hlen(self._key("f", cdn_id))
+        return int(queued) + max(0, int(flying) - 1)
+
+    async def aclose(self) -> None:
+        """Stop this process's drainers and waits; close the Redis client if the queue made it.
+
+        A batch this process was sending stays in flight in Redis and its lease is released:
+        the next drainer sends it again. Waiting calls end with their unconfirmed paths failed
+        (they stay queued). Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        if self._poller is not None:
+            tasks.append(self._poller)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        error = CDNError(
+            "the purge queue was closed before these paths were confirmed purged; "
+            "they stay queued for other processes"
+        )
+        for ticket in list(self._watching):
+            ticket._fail_rest(error)
+        if self._owns_redis:
+            await self._redis.aclose()
+
+    # -- submit and wait --------------------------------------------------------------------
+
+    async def _submit(self, ticket: PurgeTicket, owns: list[str]) -> None:
+        """Queue ``owns`` (own paths of ``ticket``) as a new part of it."""
+        mapping = plan(owns)
+        by_target: dict[str, list[str]] = {}
+        for own, target in mapping.items():
+            by_target.setdefault(target, []).append(own)
+        targets = list(by_target)
+        cdn_id = ticket.endpoint_id
+        keys = [
+            self._key("p", cdn_id),
+            self._key("w", cdn_id),
+            self._key("e"),
+            self._key("n"),
+            "",
+        ]
+        for _ in range(3):
+            part = _Part(secrets.token_hex(8))
+            keys[4] = self._key("r", part.id)
+            try:
+                for start in range(0, len(targets), _SUBMIT_CHUNK):
+                    chunk = targets[start : start + _SUBMIT_CHUNK]
+                    first = "1" if start == 0 else "0"
+                    high = "1" if ticket._high else "0"
+                    args = [cdn_id, part.id, _ms(self._result_ttl), first, high, *chunk]
+                    seqs = await self._eval("submit", keys, args)
+                    if seqs and _str(seqs[0]) == "lost":
+                        raise _Lost
+                    for target, seq in zip(chunk, seqs, strict=True):
+                        part.owners.setdefault(int(_str(seq)), []).extend(by_target[target])
+            except _Lost:
+                logger.warning("purge queue: Redis lost a submission while it was made; again")
+                continue
+            except RedisError as exc:
+                raise CDNError(f"purge queue: Redis unavailable: {exc}") from exc
+            ticket._parts.append(part)
+            return
+        raise CDNError("purge queue: Redis keeps losing its data; paths not queued")
+
+    async def _wait(
+        self,
+        ticket: PurgeTicket,
+        session: Session | None,
+        on_progress: Callable[[int, int], None] | None,
+        on_batch: Callable[[PurgeProgress], None] | None = None,
+    ) -> PurgeReport:
+        ticket._on_progress = on_progress
+        ticket._on_batch = on_batch
+        if ticket._finished is None or ticket._finished.done():
+            ticket._finished = asyncio.get_running_loop().create_future()
+        if ticket.done >= ticket.total:
+            ticket._finish()
+        ticket._session = session
+        lane = self._lane(ticket.endpoint_id)
+        lane.tickets.add(ticket)
+        self._watching.add(ticket)
+        try:
+            self._check_open()
+            self._ensure_poller()
+            if session is not None:
+                self._ensure_drainer(lane, session)
+            # Cancelling the caller cancels only its own wait, never a shared task.
+            await asyncio.shield(ticket._finished)
+        finally:
+            lane.tickets.discard(ticket)
+            self._watching.discard(ticket)
+        report = ticket._report()
+        if report.failed:
+            raise PurgeError(report)
+        return report
+
+    def _ensure_poller(self) -> None:
+        if self._poke is None:
+            self._poke = asyncio.Event()
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
+
+    async def _poll_loop(self) -> None:
+        """Read every waiting ticket's new results, one script per round."""
+        assert self._poke is not None
+        nap = self._poll
+        while self._watching and not self._closed:
+            # Cleared before reading: a batch completed while the script runs wakes a new round.
+            self._poke.clear()
+            tickets = list(self._watching)
+            parts = [(t, p) for t in tickets for p in t._parts]
+            if parts:
+                keys = [self._key("r", p.id) for _, p in parts]
+                args = [_ms(self._result_ttl), *(str(p.offset) for _, p in parts)]
+                try:
+                    answers = await self._eval("poll", keys, args)
+                except RedisError as exc:
+                    logger.warning("purge queue: cannot read results (%s); retrying", exc)
+                    nap = min(nap * 2, _MAX_NAP)
+                    await asyncio.sleep(nap)
+                    continue
+                nap = self._poll
+                for (ticket, part), entries in zip(parts, answers, strict=True):
+                    if entries is None:
+                        await self._resubmit(ticket, part)
+                        continue
+                    part.offset += len(entries)
+                    for entry in entries:
+                        ticket._apply(part, _str(entry))
+            for ticket in tickets:
+                closed = ticket._session is not None and _session_closed(ticket._session)
+                if closed and ticket.done < ticket.total:
+                    ticket._fail_rest(
+                        CDNError(
+                            "the client was closed before these paths were confirmed purged; "
+                            "they stay queued for other processes"
+                        )
+                    )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), self._poll)
+
+    async def _resubmit(self, ticket: PurgeTicket, part: _Part) -> None:
+        """A ticket's results vanished (Redis lost its data): queue its open paths again."""
+        ticket._parts.remove(part)
+        owns = ticket._unresolved(part)
+        if not owns:
+            return
+        logger.warning(
+            "purge queue: Redis lost %d queued paths of endpoint %s (restart?); queueing "
+            "them again",
+            len(owns),
+            ticket.endpoint_id,
+        )
+        try:
+            await self._submit(ticket, owns)
+        except CDNError as exc:
+            ticket._parts.append(part)  # tried again on the next round
+            logger.warning("purge queue: %s", exc)
