@@ -8,10 +8,11 @@ the typed errors of ``cdn_async.errors``. Resources above it only validate and s
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, Concatenate, ParamSpec
 
 import aiohttp
 import attrs
@@ -37,8 +38,33 @@ from .errors import (
     TooManyRequestsError,
 )
 
+_P = ParamSpec("_P")
+
 #: The shortest sleep between 404 retries after a create (full jitter alone can be ~0).
 NOT_FOUND_MIN_DELAY = 0.25
+
+
+def _one_at_first(
+    send: Callable[Concatenate[Session, str, str, _P], Coroutine[Any, Any, Response]],
+) -> Callable[Concatenate[Session, str, str, _P], Coroutine[Any, Any, Response]]:
+    """Wrap ``Session.request`` in the call's telemetry span, and send calls one at a time
+    until the server has answered once: the first answer's ``ratelimit-*`` headers tell what
+    other clients of the token already spent, and a burst sent blind into their units would
+    draw 429s (docs/design.md, "Other clients")."""
+
+    @functools.wraps(send)
+    async def request(
+        self: Session, method: str, path: str, /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> Response:
+        with self.observer.span(method, path):
+            pool = self._pool
+            if not pool.heard:
+                async with pool.first_answer:
+                    if not pool.heard:
+                        return await send(self, method, path, *args, **kwargs)
+            return await send(self, method, path, *args, **kwargs)
+
+    return request
 
 
 @attrs.frozen
@@ -147,25 +173,8 @@ class Session:
         """The event loop's clock (virtual under looptime)."""
         return asyncio.get_running_loop().time()
 
-    async def request(self, method: str, path: str, **kwargs: Any) -> Response:
-        """Send one logical request; see ``_request`` for the arguments.
-
-        Until the server has answered once, requests go one at a time: the first answer's
-        ``ratelimit-*`` headers tell what other clients of the token already spent, and a
-        burst sent blind into their units would draw 429s (docs/design.md, "Other clients").
-        """
-        with self.observer.span(method, path):
-            return await self._gated(method, path, **kwargs)
-
-    async def _gated(self, method: str, path: str, **kwargs: Any) -> Response:
-        pool = self._pool
-        if not pool.heard:
-            async with pool.first_answer:
-                if not pool.heard:
-                    return await self._request(method, path, **kwargs)
-        return await self._request(method, path, **kwargs)
-
-    async def _request(
+    @_one_at_first
+    async def request(
         self,
         method: str,
         path: str,
