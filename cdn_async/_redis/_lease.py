@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._limits import Claim, merge_claims
+from .._limits import Claim
 
 if TYPE_CHECKING:
     from ._store import RedisBudgetStore
@@ -35,7 +35,3 @@ class RedisLease:
     def __repr__(self) -> str:
         keys = ", ".join(f"{c.key}={u}" for c, u in self._parts)
         return f"<RedisLease {keys}{' released' if self.released else ''}>"
-
-
-#: One (claim, units) per key, sorted by key: the same rule as the in-process store.
-merge = merge_claims

@@ -13,12 +13,20 @@ from typing import TYPE_CHECKING, Literal
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from .._limits import PRIORITY_LEADS, BudgetState, Claim, Lease, Priority, RateLimits
+from .._limits import (
+    PRIORITY_LEADS,
+    BudgetState,
+    Claim,
+    Lease,
+    Priority,
+    RateLimits,
+    merge_claims,
+)
 from .._logs import logger
 from ..errors import CDNError
 from . import _link, _scripts
 from ._errors import BudgetStoreUnavailableError, Unavailable, paused_error
-from ._lease import RedisLease, merge
+from ._lease import RedisLease
 from ._link import RedisLink
 from ._queue import Group
 
@@ -195,7 +203,7 @@ class RedisBudgetStore(RedisLink):
         """
         if self._closed:
             raise CDNError("budget store closed")
-        parts = merge(claims)
+        parts = merge_claims(claims)  # the same rule as the in-process store
         for c, _ in parts:
             self._mirror.ledger(c)
         self._check_local_pause(parts, max_wait)
