@@ -17,7 +17,9 @@ budgets. Two scenarios against the fake server (real HTTP on loopback, periods x
 
 Targets (issue 11): at most 3 % of our requests draw a 429 beside the co-tenant, at most 10 %
 with two unshared clients (every call succeeding), using at least 85 % of what the co-tenant
-leaves.
+leaves. Note on the last: the co-tenant holds 3 of the 5 units in half of all windows, so 2 per
+window (80 %) is the most any client can take without landing on its units; above that, some
+of its requests draw 429s (reported beside it). docs/design.md, "Budgets", 6.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from cdn_async.testing import FakeCDNServer
 ORIGIN = "static.nyc3.digitaloceanspaces.com"
 
 
-async def steady_cotenant(scale: float, calls: int = 40, tasks: int = 8) -> dict[str, Any]:
-    async with FakeCDNServer(time_scale=scale, seed=1) as server:
+async def steady_cotenant(
+    scale: float, calls: int = 40, tasks: int = 8, run: int = 0
+) -> dict[str, Any]:
+    async with FakeCDNServer(time_scale=scale, seed=1 + run) as server:
         server.faults.latency(up=0.002, down=0.002, jitter=0.004)
         ep = server.add_endpoint(ORIGIN)
         period = 10.0 * scale
@@ -56,8 +60,8 @@ async def steady_cotenant(scale: float, calls: int = 40, tasks: int = 8) -> dict
                     await asyncio.sleep(0.4 * period)
 
         bg = asyncio.create_task(cotenant())
-        await asyncio.sleep(0.5 * period)  # the co-tenant was there first
-        ours_before = server.counters.requests
+        # The co-tenant was there first; each run starts at another phase of its cycle.
+        await asyncio.sleep((0.5 + 0.37 * run) % 1.0 * period)
         async with CDNClient(
             server.token,
             base_url=server.url,
@@ -78,14 +82,8 @@ async def steady_cotenant(scale: float, calls: int = 40, tasks: int = 8) -> dict
             elapsed = time.monotonic() - started
         stop.set()
         await bg
-        ours = [
-            r
-            for r in server.journal[ours_before:]
-            if r.request_id and r.token == server.token and r.status in (200, 429)
-        ]
         total_429 = sum(server.counters.rate_limited.values())
         our_429 = total_429 - other["429"]
-        our_requests = len(ours) - other["sent"] + sum(1 for r in server.journal[:ours_before]) * 0
         windows = elapsed / period
         left = 5 - 2.5
         return {
@@ -94,12 +92,13 @@ async def steady_cotenant(scale: float, calls: int = 40, tasks: int = 8) -> dict
             "co-tenant 429s": f"{other['429']} of {other['sent']}",
             "share of what is left": (calls / windows) / left,
             "elapsed windows": windows,
-            "_unused": our_requests,
         }
 
 
-async def two_unshared(scale: float, calls: int = 30, tasks: int = 6) -> dict[str, Any]:
-    async with FakeCDNServer(time_scale=scale, seed=2) as server:
+async def two_unshared(
+    scale: float, calls: int = 30, tasks: int = 6, run: int = 0
+) -> dict[str, Any]:
+    async with FakeCDNServer(time_scale=scale, seed=2 + run) as server:
         server.faults.latency(up=0.002, down=0.002, jitter=0.004)
         ep = server.add_endpoint(ORIGIN)
         period = 10.0 * scale
@@ -153,7 +152,7 @@ def main() -> None:
     print(f"machine: {machine()}; time scale {args.scale}")
     rows = []
     for run in range(args.runs):
-        r = asyncio.run(steady_cotenant(args.scale, **steady))
+        r = asyncio.run(steady_cotenant(args.scale, **steady, run=run))
         rows.append(
             [
                 run + 1,
@@ -170,7 +169,7 @@ def main() -> None:
     )
     rows = []
     for run in range(args.runs):
-        r = asyncio.run(two_unshared(args.scale, **unshared))
+        r = asyncio.run(two_unshared(args.scale, **unshared, run=run))
         rows.append(
             [
                 run + 1,

@@ -169,7 +169,7 @@ class NoBudgets:
     def give_back(self, lease: object) -> None:
         pass
 
-    def sync(self, claim: Claim, remaining: int, reset_after: float) -> None:
+    def sync(self, claim: Claim, remaining: int, reset_after: float, refused: bool = False) -> None:
         pass
 
     def pause(self, claim: Claim, resume_after: float) -> None:

@@ -9,9 +9,9 @@ from ._client import BudgetSnapshot, CDNClient
 from ._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from ._limits import Budget, BudgetState, BudgetStore, RateLimits
 from ._logs import setup_from_env as _setup_logging
-from ._models import TTL, CDNEndpoint, Page
+from ._models import TTL, CDNEndpoint, Page, PurgeReport
 from ._public import publish as _publish
-from ._purge import PurgePlan, PurgeProgress, PurgeReport, plan_purge
+from ._purge import PurgePlan, PurgeProgress, plan_purge
 from ._sentinel import NOT_GIVEN
 from ._version import __version__
 

@@ -7,13 +7,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ._models import RateLimitInfo
 from .errors import (
     APIConnectionError,
     APIError,
     APIResponseError,
     APITimeoutError,
     BudgetWaitTimeout,
-    RateLimitInfo,
     TooManyRequestsError,
     error_class_for,
 )

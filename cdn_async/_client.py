@@ -23,11 +23,11 @@ from ._constants import (
 from ._endpoints import Endpoints
 from ._events import CAPTURE, Emitter, EventHook, ResponseMeta, Telemetry
 from ._limits import PRIORITIES, BudgetState, BudgetStore, Priority, RateLimits
-from ._models import CDNEndpoint
+from ._models import CDNEndpoint, RateLimitInfo
 from ._purge import PurgeBackend, PurgeEngine
 from ._sentinel import NOT_GIVEN, NotGiven
 from ._session import Options, Session
-from .errors import RateLimitInfo, ValidationError
+from .errors import ValidationError
 
 _T = TypeVar("_T")
 

@@ -15,7 +15,7 @@ from typing import Protocol
 import attrs
 
 from ._logs import logger
-from .errors import RateLimitInfo
+from ._models import RateLimitInfo
 
 
 @attrs.frozen

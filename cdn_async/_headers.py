@@ -7,19 +7,18 @@ import email.utils
 from collections.abc import Mapping
 
 from ._limits import BudgetStore, Claim, RateLimits
-from .errors import RateLimitInfo
+from ._models import RateLimitInfo
 
 #: Periods for which room seen taken by another client stays left for it (``apply_headers``).
 OTHERS_MEMORY = 3
 
 
 class Plan:
-    """A request's claims, and which of them (with its reserve) a ``ratelimit-limit`` value
-    describes."""
+    """A request's claims, and which of them a ``ratelimit-limit`` value describes."""
 
     __slots__ = ("by_limit", "claims")
 
-    def __init__(self, claims: tuple[Claim, ...], by_limit: dict[int, tuple[Claim, int]]) -> None:
+    def __init__(self, claims: tuple[Claim, ...], by_limit: dict[int, Claim]) -> None:
         self.claims = claims
         self.by_limit = by_limit
 
@@ -27,18 +26,18 @@ class Plan:
     def build(cls, limits: RateLimits, claims: tuple[Claim, ...]) -> Plan:
         # What RateLimits.claim_for_header answers, for every limit at once: the first
         # request-counted claim with that limit wins (hence filled back to front).
-        by_limit: dict[int, tuple[Claim, int]] = {}
+        by_limit: dict[int, Claim] = {}
         for c in reversed(claims):
             found = limits.claim_for_header(_server_limit(limits, c), (c,))
             if found is not None:
                 claim, budget = found
-                by_limit[budget.limit] = (claim, budget.reserve)
+                by_limit[budget.limit] = claim
         return cls(claims, by_limit)
 
     def budget_for(self, info: RateLimitInfo) -> str | None:
         """The name of the budget an answer's ``ratelimit-limit`` describes, if one of ours."""
         found = self.by_limit.get(info.limit) if info.limit is not None else None
-        return found[0].budget if found is not None else None
+        return found.budget if found is not None else None
 
 
 def _server_limit(limits: RateLimits, claim: Claim) -> int:
@@ -69,20 +68,23 @@ def server_now(headers: Mapping[str, str], wall: float) -> float:
 def apply_headers(store: BudgetStore, info: RateLimitInfo, plan: Plan, *, refused: bool) -> None:
     """Hold back what the server counts beyond our own units: another client's.
 
-    Units another client spent were stamped before now, so none counts longer than a
-    period from now (ratelimit-reset frees only the oldest of them). But a client seen
-    spending keeps spending: the room it took is left to it for ``OTHERS_MEMORY``
-    periods after it was last seen, so our requests stop landing on its next ones. A 429 says only "full now" (a refused answer
-    reads 0 whichever budget refused it): that is held for one period. The store knows
-    only the capacity (limit - reserve): the reserve is never ours to take.
+    A client seen spending keeps spending: the room it took is left to it for
+    ``OTHERS_MEMORY`` periods after that answer, so our requests stop landing on its next
+    ones. A 429 says only "full now" (a refused answer reads 0 whichever budget refused it):
+    that is kept for one period, and the store sends one request at a time until an answer
+    that was not refused (docs/design.md, "Budgets", 6).
+
+    The store knows only the capacity (limit - reserve), and ``remaining`` is given to it
+    as the server sent it: what others spend comes out of the reserve first, and only what
+    exceeds it is held against our capacity (the reserve is room for the others, not room
+    on top of what they are seen to use).
     """
     if info.limit is None or info.remaining is None or info.reset is None:
         return
-    found = plan.by_limit.get(info.limit)
-    if found is not None:
-        claim, reserve = found
+    claim = plan.by_limit.get(info.limit)
+    if claim is not None:
         memory = claim.period if refused else OTHERS_MEMORY * claim.period
-        store.sync(claim, info.remaining - reserve, memory)
+        store.sync(claim, info.remaining, memory, refused=refused)
 
 
 def pause(store: BudgetStore, info: RateLimitInfo, plan: Plan, wait: float) -> float:
@@ -92,7 +94,7 @@ def pause(store: BudgetStore, info: RateLimitInfo, plan: Plan, wait: float) -> f
     # that is spent, every budget of the request is paused (the server did not say which).
     described = plan.by_limit.get(info.limit) if info.limit is not None else None
     if described is not None and info.remaining == 0:
-        targets: tuple[Claim, ...] = (described[0],)
+        targets: tuple[Claim, ...] = (described,)
     else:
         targets = plan.claims
     for claim in targets:

@@ -12,8 +12,10 @@ longer be inside any server window that a new request could share.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
+from collections.abc import Iterator
 
 __all__ = ["WindowLedger"]
 
@@ -35,12 +37,15 @@ class WindowLedger:
 
     __slots__ = (
         "expiries",
+        "heard_at",
         "held",
         "hold_until",
         "in_flight",
+        "later_holds",
         "limit",
         "paused_until",
         "period",
+        "refused",
         "unexpired",
     )
 
@@ -56,7 +61,13 @@ class WindowLedger:
         self.unexpired = 0
         self.held = 0
         self.hold_until = -math.inf
+        # Steps of the hold after ``hold_until``: (until, units), until rising, units falling.
+        self.later_holds: list[tuple[float, int]] = []
         self.paused_until = -math.inf
+        self.refused = False
+        # The first answer that synced this ledger (+inf: its store had heard of the key before
+        # but forgot it while idle; probing until it hears again).
+        self.heard_at = -math.inf
 
     def expire(self, now: float) -> None:
         """Drop every released entry and hold whose time has come (``expiry <= now``)."""
@@ -64,8 +75,12 @@ class WindowLedger:
         while ex and ex[0] <= now:
             ex.popleft()
             self.unexpired -= int(ex.popleft())
-        if self.held and self.hold_until <= now:
-            self.held = 0
+        while self.held and self.hold_until <= now:
+            later = self.later_holds
+            if later:
+                self.hold_until, self.held = later.pop(0)
+            else:
+                self.held = 0
 
     def used(self, now: float) -> int:
         """Units counted at ``now``: in flight + unexpired + held."""
@@ -101,33 +116,83 @@ class WindowLedger:
             ex.append(units)
         return expiry
 
-    def sync(self, remaining: int, reset_after: float, now: float) -> bool:
-        """Apply the server's view: only ``remaining`` units are left until ``now + reset_after``.
+    def sync(self, remaining: int, reset_after: float, now: float, refused: bool = False) -> bool:
+        """Apply the server's view: only ``remaining`` units are left, per an answer at ``now``.
 
         If the server counts more than this ledger does, another client spent the difference:
-        hold that many phantom units until ``now + reset_after``. Answers can arrive out of
-        order, so an unexpired hold is only ever raised, never lowered, by a later answer (an
-        older answer would otherwise clear what a newer one saw). The hold is never negative:
-        when this ledger counts more, the server has not stamped ours yet or has already
-        expired some; either way counting more is the safe side.
+        that many phantom units are held until ``now + reset_after``. The hold is the most
+        any answer saw within its own memory, a staircase that steps down as observations age
+        (a single high reading is not kept alive by later lower ones, and answers arriving out
+        of order cannot lower what a newer one saw). It is never negative: when this ledger
+        counts more, the server has not stamped ours yet or has already expired some; either
+        way counting more is the safe side.
+
+        Args:
+            remaining: ``ratelimit-remaining`` as the server sent it (``limit`` is the
+                capacity, net of any reserve: others' units come out of the reserve first).
+            reset_after: How long what this answer saw is kept, in seconds.
+            now: The answer's arrival.
+            refused: The answer was a 429: the ledger probes (``probing``) until an answer
+                that was not.
 
         Returns:
-            Whether the hold changed (else there is nothing to re-dispatch).
+            Whether the hold or the probing state changed (else nothing to re-dispatch).
         """
         self.expire(now)
+        changed = self.refused != refused
+        self.refused = refused
+        if math.isinf(self.heard_at):
+            self.heard_at = now
         remaining = min(max(remaining, 0), self.limit)
         phantom = (self.limit - remaining) - (self.in_flight + self.unexpired)
         if phantom <= 0 or reset_after <= 0:
+            return changed
+        return self._hold(phantom, now + reset_after) or changed
+
+    def _hold(self, units: int, until: float) -> bool:
+        """Raise the hold to at least ``units`` until ``until``; True if it changed."""
+        steps = [(self.hold_until, self.held), *self.later_holds] if self.held else []
+        out: list[tuple[float, int]] = []
+        start_covered = False
+        for step_until, step_units in steps:
+            if step_until <= until:
+                out.append((step_until, max(step_units, units)))
+            else:
+                if not start_covered and step_units < units:
+                    out.append((until, units))
+                out.append((step_until, step_units))
+                start_covered = True
+        if not start_covered and not (out and out[-1][0] >= until):
+            out.append((until, units))
+        merged: list[tuple[float, int]] = []
+        for step in out:  # a step no higher than the next one is covered by it
+            while merged and merged[-1][1] <= step[1]:
+                merged.pop()
+            merged.append(step)
+        if merged == steps:
             return False
-        if self.held and self.hold_until > now:
-            if phantom <= self.held and now + reset_after <= self.hold_until:
-                return False
-            self.held = max(self.held, phantom)
-            self.hold_until = max(self.hold_until, now + reset_after)
-        else:
-            self.held = phantom
-            self.hold_until = now + reset_after
+        self.hold_until, self.held = merged[0]
+        self.later_holds = merged[1:]
         return True
+
+    def probing(self, now: float) -> bool:
+        """Whether requests go one at a time (docs/design.md, "Budgets", 6).
+
+        A reading of the server's count says what others spent only when none of our own
+        requests was in flight beside it (one sent after the answered one was stamped makes
+        theirs look like ours). So on a key the server's headers describe, one request at a
+        time while that matters: in the first period after its first answer, while another
+        client's units are held, after a refusal (until an answer that was not), and on a
+        key the store forgot while it was idle, until it hears again. It costs no
+        throughput: at most ``limit`` requests per period fit anyway, one round trip apart.
+        """
+        self.expire(now)
+        return self.refused or self.held > 0 or now < self.heard_at + self.period
+
+    def waits_for_probe(self, queued: int, now: float) -> bool:
+        """Whether one more request must wait for the request already out (or ``queued``
+        units already let through) because the ledger is probing."""
+        return bool(self.in_flight or queued) and self.probing(now)
 
     def pause(self, resume_after: float, now: float) -> None:
         """Admit nothing until ``now + resume_after``; extends, never shortens, a pause."""
@@ -149,27 +214,26 @@ class WindowLedger:
         if excess > 0:
             if self.in_flight + units > self.limit:
                 return math.inf
-            held = self.held
-            hold_until = self.hold_until
-            found = False
-            ex = self.expiries
-            for i in range(0, len(ex), 2):
-                expiry, freed = ex[i], int(ex[i + 1])
-                if held and hold_until <= expiry:
-                    excess -= held
-                    held = 0
-                    if excess <= 0:
-                        at, found = hold_until, True
-                        break
+            # The in-flight check above says the expiries and the hold's end free enough.
+            for when, freed in self._frees():
                 excess -= freed
                 if excess <= 0:
-                    at, found = expiry, True
+                    at = when
                     break
-            if not found:
-                # Only the hold is left to end; the in-flight check above says that suffices.
-                at = hold_until
         at = max(at, self.paused_until)
         return at - now
+
+    def _frees(self) -> Iterator[tuple[float, int]]:
+        """What frees when, in time order: released units at their expiry, held units as the
+        hold steps down."""
+        ex = self.expiries
+        ours = ((ex[i], int(ex[i + 1])) for i in range(0, len(ex), 2))
+        steps = [(self.hold_until, self.held), *self.later_holds] if self.held else []
+        lower = [units for _, units in steps[1:]] + [0] if steps else []
+        theirs = (
+            (until, units - below) for (until, units), below in zip(steps, lower, strict=True)
+        )
+        return heapq.merge(ours, theirs)
 
     def next_free_in(self, now: float) -> float:
         """Seconds until a counted unit frees (0.0 if some are free now, inf if all in flight)."""
@@ -186,7 +250,8 @@ class WindowLedger:
     def quiet_at(self) -> float:
         """The time after which only in-flight units can still be counted (maybe in the past)."""
         last = self.expiries[-2] if self.expiries else -math.inf
-        return max(last, self.hold_until if self.held else -math.inf, self.paused_until)
+        held = self.later_holds[-1][0] if self.later_holds else self.hold_until
+        return max(last, held if self.held else -math.inf, self.paused_until)
 
     def is_idle(self, now: float) -> bool:
         """True when nothing is counted and nothing is paused: the ledger can be forgotten."""

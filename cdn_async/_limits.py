@@ -252,10 +252,11 @@ class BudgetStore(Protocol):
         it (a 429): uncount its units at once. Idempotent; after ``release`` it does nothing."""
         ...
 
-    def sync(self, claim: Claim, remaining: int, reset_after: float) -> None:
-        """Apply server headers: for ``reset_after`` s from now, admit no more than
-        ``remaining`` further units on ``claim.key`` (another client may be spending them).
-        A hold still in force may be raised by a later call, never lowered."""
+    def sync(self, claim: Claim, remaining: int, reset_after: float, refused: bool = False) -> None:
+        """Apply server headers: ``remaining`` units were left on ``claim.key`` when the
+        server stamped the answered request; the units it counts beyond ours are another
+        client's, left to it for ``reset_after`` s. ``refused``: the answer was a 429 (until an
+        answer that was not, a store should send one request at a time on the key)."""
         ...
 
     def pause(self, claim: Claim, resume_after: float) -> None:

@@ -1,17 +1,27 @@
-"""The API's data as frozen attrs classes, and the one cattrs converter that maps them.
+"""The data cdn_async hands its users, as frozen attrs classes: the API's endpoints and pages
+(and the one cattrs converter that maps them), an answer's rate-limit headers
+(``RateLimitInfo``) and what a purge achieved (``PurgeReport``).
+
+The last two are here, below ``errors``, because errors carry them (``APIError.rate_limit``,
+``PurgeError.report``): ``errors`` imports this module, and this module imports only the root
+error (``_error_root``), so nothing imports in a circle.
 
 No ``from __future__ import annotations`` here: the classes are re-exported as
 ``cdn_async.CDNEndpoint`` etc. (their ``__module__`` says ``cdn_async``), where string annotations
 such as ``"datetime"`` would not resolve, so ``typing.get_type_hints`` would fail on them.
 """
 
+import email.utils
 import enum
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 import cattrs
+
+from ._error_root import CDNError
 
 
 class TTL(enum.IntEnum):
@@ -64,6 +74,106 @@ class Page:
     total: int
     page: int
     has_next: bool
+
+
+@attrs.frozen
+class RateLimitInfo:
+    """The ``ratelimit-*`` headers of one answer (each None when absent or unreadable).
+
+    Args:
+        limit: ``ratelimit-limit``: the size of the budget the server reports on.
+        remaining: ``ratelimit-remaining``: units left in that budget's window.
+        reset: ``ratelimit-reset``: epoch seconds when the oldest counted request expires.
+        retry_after: ``Retry-After`` as seconds to wait from the answer, when given (the
+            header may be seconds or an HTTP date; both read the same, see
+            ``retry_after_seconds``).
+    """
+
+    limit: int | None = None
+    remaining: int | None = None
+    reset: float | None = None
+    retry_after: float | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str], now: float | None = None) -> "RateLimitInfo":
+        """Read the headers; a malformed value reads as None rather than failing the call.
+
+        Args:
+            headers: The answer's headers (case-insensitive keys, as aiohttp gives them).
+            now: The wall clock at the answer, epoch seconds, against which a ``Retry-After``
+                date is read. Default: ``time.time()``.
+        """
+        return cls(
+            limit=_int(headers.get("ratelimit-limit")),
+            remaining=_int(headers.get("ratelimit-remaining")),
+            reset=_float(headers.get("ratelimit-reset")),
+            retry_after=retry_after_seconds(
+                headers.get("retry-after"), time.time() if now is None else now
+            ),
+        )
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """A ``Retry-After`` header as seconds to wait from ``now`` (epoch seconds), or None.
+
+    The header is either a number of seconds or an HTTP date (RFC 9110, 10.2.3). The one
+    reading of it: the session's pause after a 429 (``_retry.parse_retry_after``) and the
+    ``RateLimitInfo.retry_after`` users see. A negative wait or a date in the past reads as 0;
+    an absent or unreadable value as None.
+    """
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+@attrs.frozen
+class PurgeReport:
+    """What one ``purge`` call achieved.
+
+    Args:
+        endpoint_id: The endpoint purged.
+        purged: Every path of the call (normalised, once each) that was purged, including
+            paths purged by a wildcard that covers them.
+        failed: Path -> the error that made it fail, for every path that was not purged.
+        requests: Purge requests that carried this call's paths (shared ones included).
+        budget_wait: Seconds those requests spent waiting on rate budgets.
+        request_ids: The server's request ids of those requests (of their final answers,
+            errors included), in order; for support tickets and logs.
+    """
+
+    endpoint_id: str
+    purged: tuple[str, ...]
+    failed: Mapping[str, CDNError]
+    requests: int
+    budget_wait: float
+    request_ids: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when every path was purged."""
+        return not self.failed
 
 
 def _structure_datetime(value: Any, _: type) -> datetime:

@@ -18,7 +18,7 @@ from ._events import (
     Telemetry,
 )
 from ._logs import logger
-from .errors import RateLimitInfo
+from ._models import RateLimitInfo
 
 
 class Observer:

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, cast
 from ._events import PurgeBatchSent
 from ._limits import Priority
 from ._logs import logger
+from ._models import PurgeReport
 from ._purge_plan import (
     PurgeBackend,
     PurgePlan,
     PurgeProgress,
-    PurgeReport,
     _Plan,
     plan,
     plan_purge,

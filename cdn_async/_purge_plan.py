@@ -1,7 +1,8 @@
 """A purge's plan and its outcome, as data: which paths are sent for which (``plan``, linear in
-the paths whatever the number of wildcards), what a call will cost (``plan_purge``), and what it
-achieved (``PurgeReport``, ``PurgeProgress``), and what sends it (``PurgeBackend``). No I/O: the
-engine (``_purge.py``) and the shared queue (``_purge_queue``) both build on it."""
+the paths whatever the number of wildcards), what a call will cost (``plan_purge``), what each
+batch settled (``PurgeProgress``), and what sends it (``PurgeBackend``). No I/O: the engine
+(``_purge.py``) and the shared queue (``_purge_queue``) both build on it. What a whole call
+achieved, ``PurgeReport``, is in ``_models.py``, below the errors (``PurgeError`` carries one)."""
 
 from __future__ import annotations
 
@@ -13,40 +14,13 @@ import attrs
 
 from . import _validation as check
 from ._limits import RateLimits
+from ._models import PurgeReport
 from ._validation import CHUNK
 from .errors import CDNError
 
 if TYPE_CHECKING:
     from ._limits import Priority
     from ._session import Session
-
-
-@attrs.frozen
-class PurgeReport:
-    """What one ``purge`` call achieved.
-
-    Args:
-        endpoint_id: The endpoint purged.
-        purged: Every path of the call (normalised, once each) that was purged, including
-            paths purged by a wildcard that covers them.
-        failed: Path -> the error that made it fail, for every path that was not purged.
-        requests: Purge requests that carried this call's paths (shared ones included).
-        budget_wait: Seconds those requests spent waiting on rate budgets.
-        request_ids: The server's request ids of those requests (of their final answers,
-            errors included), in order; for support tickets and logs.
-    """
-
-    endpoint_id: str
-    purged: tuple[str, ...]
-    failed: Mapping[str, CDNError]
-    requests: int
-    budget_wait: float
-    request_ids: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """True when every path was purged."""
-        return not self.failed
 
 
 @attrs.frozen

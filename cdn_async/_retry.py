@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import email.utils
 from collections.abc import Mapping
 from typing import Literal
 
 import attrs
+
+from ._models import retry_after_seconds
 
 #: How a failed attempt failed, as far as retrying is concerned.
 #: ``"connect"``: the connection was never made, so the server surely did not see the request.
@@ -57,21 +58,14 @@ def backoff(
 def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
     """Seconds to wait per the answer's ``Retry-After`` or ``ratelimit-reset``, or None.
 
-    ``Retry-After`` may be seconds or an HTTP date; ``ratelimit-reset`` is the epoch second
-    when the oldest counted request expires. ``now`` is the wall clock in epoch seconds.
-    Negative waits read as 0.
+    ``Retry-After`` may be seconds or an HTTP date, read by ``retry_after_seconds`` (the same
+    reading as ``RateLimitInfo.retry_after``); ``ratelimit-reset``, used when ``Retry-After`` is
+    absent or unreadable, is the epoch second when the oldest counted request expires. ``now``
+    is the wall clock in epoch seconds. Negative waits read as 0.
     """
-    value = headers.get("retry-after")
-    if value is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(value)
-            except (TypeError, ValueError):
-                when = None
-            if when is not None:
-                return max(0.0, when.timestamp() - now)
+    retry_after = retry_after_seconds(headers.get("retry-after"), now)
+    if retry_after is not None:
+        return retry_after
     reset = headers.get("ratelimit-reset")
     if reset is not None:
         try:

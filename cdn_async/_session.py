@@ -28,15 +28,12 @@ from ._events import (
 from ._headers import Plan, apply_headers, pause, server_now
 from ._limits import BudgetStore, Claim, EstimatesAdmission, Lease, Priority, RateLimits
 from ._logs import logger
+from ._models import RateLimitInfo
 from ._observer import Observer
 from ._pool import Pool, Wire, consume
 from ._retry import Attempt, Failure, backoff, decide, parse_retry_after
 from ._version import __version__
-from .errors import (
-    QueueFullError,
-    RateLimitInfo,
-    TooManyRequestsError,
-)
+from .errors import QueueFullError, TooManyRequestsError
 
 _P = ParamSpec("_P")
 
@@ -50,7 +47,7 @@ def _one_at_first(
     """Wrap ``Session.request`` in the call's telemetry span, and send calls one at a time
     until the server has answered once: the first answer's ``ratelimit-*`` headers tell what
     other clients of the token already spent, and a burst sent blind into their units would
-    draw 429s (docs/design.md, "Other clients")."""
+    draw 429s (docs/design.md, "Budgets", 6)."""
 
     @functools.wraps(send)
     async def request(
@@ -452,24 +449,25 @@ class Session:
         if failure is not None:
             self.store.release(lease)
             return None, 0.0
-        if status == 429:
-            self.store.give_back(lease)
-        else:
-            self.store.release(lease)
-        info = RateLimitInfo.from_headers(headers)
+        # Waits are read against the server's clock (the answer's Date), not ours.
+        now = server_now(headers, self._wall_clock())
+        info = RateLimitInfo.from_headers(headers, now)
         self.last_rate_limit = info
         self._pool.heard = True
-        apply_headers(self.store, info, plan, refused=status == 429)
         if status != 429:
+            self.store.release(lease)
+            apply_headers(self.store, info, plan, refused=False)
             return info, 0.0
-        wait = parse_retry_after(headers, server_now(headers, self._wall_clock()))
-        if not wait:
-            # No usable reset: any budget of the request surely frees something within its
-            # period.
-            wait = min(c.period for c in plan.claims)
-        # Paused even when this request gives up, so the others fail fast or wait instead of
-        # drawing more 429s. Each store caps the pause at its budget's period.
-        return info, pause(self.store, info, plan, wait)
+        # No usable reset: any budget of the request surely frees something within its period.
+        wait = parse_retry_after(headers, now) or min(c.period for c in plan.claims)
+        # The server counted nothing: the units go back once the pause is set (else a waiter
+        # is admitted into the room the server just called full), and before the headers are
+        # compared with our count (which must not include this request). Paused even when
+        # this call gives up, so the others wait instead of drawing more 429s.
+        paused = pause(self.store, info, plan, wait)
+        self.store.give_back(lease)
+        apply_headers(self.store, info, plan, refused=True)
+        return info, paused
 
     async def backoff(self, method: str, path: str, retry: int, why: str) -> None:
         """Sleep before retry number ``retry``, as the retry policy says, and log why."""

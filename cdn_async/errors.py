@@ -26,13 +26,11 @@ No message, attribute or repr of these errors contains the API token.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import attrs
-
-if TYPE_CHECKING:
-    from ._purge import PurgeReport
+from ._error_root import CDNError
+from ._models import PurgeReport, RateLimitInfo
+from ._public import publish as _publish
 
 __all__ = [
     "APIConnectionError",
@@ -55,51 +53,6 @@ __all__ = [
     "UnprocessableEntityError",
     "ValidationError",
 ]
-
-
-@attrs.frozen
-class RateLimitInfo:
-    """The ``ratelimit-*`` headers of one answer (each None when absent or unreadable).
-
-    Args:
-        limit: ``ratelimit-limit``: the size of the budget the server reports on.
-        remaining: ``ratelimit-remaining``: units left in that budget's window.
-        reset: ``ratelimit-reset``: epoch seconds when the oldest counted request expires.
-        retry_after: ``Retry-After`` in seconds, when given.
-    """
-
-    limit: int | None = None
-    remaining: int | None = None
-    reset: float | None = None
-    retry_after: float | None = None
-
-    @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> RateLimitInfo:
-        """Read the headers; a malformed value reads as None rather than failing the call."""
-        return cls(
-            limit=_int(headers.get("ratelimit-limit")),
-            remaining=_int(headers.get("ratelimit-remaining")),
-            reset=_float(headers.get("ratelimit-reset")),
-            retry_after=_float(headers.get("retry-after")),
-        )
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-class CDNError(Exception):
-    """The root of every error cdn_async raises."""
 
 
 class ValidationError(CDNError, ValueError):
@@ -327,3 +280,8 @@ class PurgeError(CDNError):
         super().__init__(message)
         if self.reason is not None:
             self.__cause__ = self.reason
+
+
+# CDNError and RateLimitInfo are defined below the errors (see ``_error_root``); they are
+# documented here, so tracebacks and reprs name them here.
+_publish(__name__, [globals()[name] for name in __all__])

@@ -28,6 +28,7 @@ from cdn_async._pool import Wire
 from cdn_async._session import Session
 from cdn_async.errors import CDNError
 
+from ._strict_server import Handler, route
 from ._support import BASE, TOKEN, max_in_window
 
 GRID = 0.125
@@ -72,15 +73,9 @@ class StrictServer:
         self.stamps.append((self.loop.time(), 1))
 
 
-def simulated_exchange(server: StrictServer, plans: dict[str, list[dict[str, Any]]]) -> Any:
+def simulated_exchange(server: StrictServer, plans: dict[str, list[dict[str, Any]]]) -> Handler:
     async def exchange(
-        self: Session,
-        http: aiohttp.ClientSession,
-        method: str,
-        url: str,
-        json: Any,
-        params: Mapping[str, str | int] | None,
-        wire: Wire,
+        session: Session, url: str, wire: Wire
     ) -> tuple[int, bytes, Mapping[str, str]]:
         plan = plans[url].pop(0)
         await asyncio.sleep(plan["connect"])  # cancelled here: nothing was ever written
@@ -125,7 +120,7 @@ async def test_no_window_ever_holds_more_than_the_limit_whatever_callers_stop_wa
             outcomes.append("error")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Session, "_exchange", simulated_exchange(server, plans))
+        route(mp, simulated_exchange(server, plans))
         tasks = [asyncio.create_task(one(i, c)) for i, c in enumerate(callers)]
         for task, c in zip(tasks, callers, strict=True):
             if c["stop"] == "cancel":

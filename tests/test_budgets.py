@@ -130,6 +130,53 @@ async def test_ledger_sync_holds_what_another_client_spent_and_never_lowers_a_li
     assert ledger.used(9.0) == 1 and ledger.held == 0
 
 
+async def test_ledger_hold_steps_down_as_each_reading_ages_out() -> None:
+    # One high reading is kept for its own memory only: later lower readings do not keep it
+    # alive (they used to, and a single burst seen once held room back for as long as the
+    # other client kept sending anything).
+    ledger = WindowLedger(limit=5, period=10.0)
+    ledger.sync(remaining=1, reset_after=30.0, now=0.0)  # 4 theirs, until 30
+    ledger.sync(remaining=3, reset_after=30.0, now=20.0)  # 2 theirs, until 50
+    assert ledger.used(20.0) == 4
+    # fit_delay walks the steps down in time order.
+    assert (ledger.fit_delay(2, now=20.0), ledger.fit_delay(4, now=20.0)) == (10.0, 30.0)
+    assert ledger.used(29.9) == 4
+    ledger.sync(remaining=4, reset_after=30.0, now=29.9)  # 1 theirs, until 59.9
+    assert [ledger.used(t) for t in (30.0, 49.9, 50.0, 59.8, 59.9)] == [2, 2, 1, 1, 0]
+
+
+async def test_ledger_hold_out_of_order_answers_never_lower_what_a_newer_one_saw() -> None:
+    ledger = WindowLedger(limit=5, period=10.0)
+    ledger.sync(remaining=3, reset_after=30.0, now=10.0)  # 2 until 40
+    ledger.sync(remaining=1, reset_after=25.0, now=10.0)  # 4 until 35: higher, shorter
+    assert [ledger.used(t) for t in (10.0, 34.9, 35.0, 39.9, 40.0)] == [4, 4, 2, 2, 0]
+
+
+async def test_ledger_probes_after_a_refusal_while_others_are_held_and_in_its_first_period() -> (
+    None
+):
+    ledger = WindowLedger(limit=5, period=10.0)
+    assert not ledger.probing(0.0)  # a key no answer described: bursts as it likes
+    ledger.take(1)
+    ledger.release(1, now=0.0)
+    ledger.sync(remaining=4, reset_after=30.0, now=0.0)  # our own unit: nobody else
+    assert ledger.probing(9.9)  # first period of answers: readings still being learned
+    assert not ledger.probing(10.0)
+    ledger.sync(remaining=0, reset_after=10.0, now=12.0, refused=True)
+    assert ledger.probing(12.0) and ledger.probing(100.0)  # until an answer not refused
+    ledger.sync(remaining=5, reset_after=30.0, now=100.0)  # an empty window, not refused
+    assert not ledger.probing(100.0)
+    ledger.take(1)
+    ledger.sync(remaining=2, reset_after=30.0, now=101.0)  # 3 counted, 1 ours: 2 theirs
+    assert ledger.probing(101.0)
+    assert ledger.waits_for_probe(0, now=101.0)  # one of ours is out: the next waits
+    ledger.release(1, now=102.0)
+    assert not ledger.waits_for_probe(0, now=102.0)
+    assert ledger.waits_for_probe(1, now=102.0)  # one already let through: the next waits
+    assert ledger.probing(130.9)
+    assert not ledger.probing(131.0)  # their units aged out
+
+
 async def test_ledger_pause_extends_and_never_shortens() -> None:
     ledger = WindowLedger(limit=5, period=10.0)
     ledger.pause(30.0, now=0.0)
@@ -447,17 +494,43 @@ async def test_sync_holds_units_another_client_spent_until_the_reset() -> None:
     store = MemoryBudgetStore()
     c = claim("cdn", 5, 10.0)
     mine = await store.acquire([c])
+    store.release(mine)
     store.sync(c, remaining=1, reset_after=6.0)  # server counts 4; we count 1: 3 phantom
     assert store.snapshot()["cdn"].used == 4
     second = await store.acquire([c])
     log: list[tuple[str, float]] = []
     third = asyncio.create_task(acquire_at(store, [c], log, "third"))
-    await asyncio.sleep(5.9)
+    await asyncio.sleep(1.0)
+    store.release(second)  # while others' units are held, one request at a time
+    await asyncio.sleep(4.9)
     assert log == []
     store.release(await third)
     assert log == [("third", 6.0)]
-    store.release(mine)
-    store.release(second)
+    await store.aclose()
+
+
+@pytest.mark.looptime
+async def test_a_described_key_forgotten_while_idle_probes_until_it_hears_again() -> None:
+    store = MemoryBudgetStore()
+    c = claim("cdn", 5, 10.0)
+    store.release(await store.acquire([c]))
+    store.sync(c, remaining=4, reset_after=30.0)  # the server describes this key: only ours
+    await asyncio.sleep(60.0)  # quiet: the key is dropped, and what it knew is stale
+    assert "cdn" not in store._keys
+    first = await store.acquire([c])
+    second = asyncio.create_task(store.acquire([c]))
+    await settle()
+    assert not second.done()  # one at a time: what others spend is unknown again
+    store.release(first)
+    store.sync(c, remaining=4, reset_after=30.0)
+    store.release(await second)
+    for _ in range(6):  # kept busy, one request every 2 s
+        await asyncio.sleep(2.0)
+        store.release(await store.acquire([c]))
+    # A period after it heard again, and nobody else seen: bursts as before.
+    leases = [await store.acquire([c]) for _ in range(3)]
+    for lease in leases:
+        store.release(lease)
     await store.aclose()
 
 

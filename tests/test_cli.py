@@ -478,9 +478,6 @@ async def test_redis_option_shares_budgets_and_the_purge_queue(
     assert f"{tag}:pq:n" in keys  # the shared queue numbered the paths
 
 
-# Known intermittent bug: the worker sometimes sends only the first batch within the wait.
-# Rerun until the cause is found.
-@pytest.mark.flaky(reruns=3)
 @pytest.mark.fake_cdn(time_scale=SCALE)
 async def test_purge_no_wait_then_purge_worker_sends_each_path_once(
     fake_cdn: FakeCDNServer, redis_url: str

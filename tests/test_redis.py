@@ -272,6 +272,29 @@ async def test_slot_frees_one_period_after_the_answer(redis_server: RedisServer)
         await s.aclose()
 
 
+async def test_units_count_from_the_answer_not_from_when_the_release_script_runs(
+    redis_server: RedisServer,
+) -> None:
+    """The release script runs after ``release()`` (a task, then the trip to Redis; here 40 ms
+    late, the loop busy): it takes that delay, measured before the call is sent, off Redis's
+    clock, so the slot frees one period after ``release()``, not a period after the script
+    ran; and never before one period after ``release()``."""
+    a, b = store_for(redis_server), store_for(redis_server)
+    c = claim("cdn", 1, 0.2)
+    lease = await a.acquire([c])
+    waiter = asyncio.create_task(b.acquire([c]))
+    await asyncio.sleep(0.05)
+    released_at = time.monotonic()
+    a.release(lease)
+    time.sleep(0.04)  # noqa: ASYNC251 (the loop is busy: the release script goes out late)
+    got = await asyncio.wait_for(waiter, 2)
+    waited = time.monotonic() - released_at
+    assert 0.2 - 0.01 <= waited < 0.2 + 0.03
+    b.release(got)
+    for s in (a, b):
+        await s.aclose()
+
+
 async def test_cancelled_waiter_takes_nothing(redis_server: RedisServer) -> None:
     """Cancelling queued acquires (also mid-script) leaves the full budget to others."""
     store = store_for(redis_server)

@@ -18,14 +18,17 @@ budget keys included, in one Redis Cluster slot, so each script runs on one node
   number (its identity in results; unique, never reused while Redis keeps its data) and the
   tickets waiting on it.
 * ``P:f:<endpoint>``, a hash: the batch *in flight*: path -> ``"<seq> <tickets...>"``, and the
-  field ``""`` -> the batch id. A path there is never joined (it may be on the wire).
-* ``P:l:<endpoint>``, the endpoint's *lease*: a string (the drainer's id) with a TTL.
+  field ``""`` -> ``"<batch id> <high> <state>"`` (``high`` 1 if it holds a path submitted at
+  priority "high"; ``state`` ``s`` once taken, ``u`` when its drainer gave it back unsent). A
+  path there is never joined (it may be on the wire).
+* ``P:l:<endpoint>``, the endpoint's *lease*: a string (the token of the drain task holding
+  it, ``<process id>.<n>``: one per drain task, never shared by two) with a TTL.
 * ``P:e``, a set of endpoints with paths pending or in flight (what a worker drains).
 * ``P:r:<ticket>``, a list: the results of one submission, one entry per batch that carried
   its paths (``"<outcome JSON>\\n<seq> <seq>..."``) after a header entry.
 
-Why these: every step is one Lua script (submit a chunk, take a batch, complete it, renew or
-release a lease, poll results), so each is atomic without WATCH/MULTI retries, one round trip,
+Why these: every step is one Lua script (submit a chunk, take a batch, complete it, give it
+back unsent, renew a lease, poll results), so each is atomic without WATCH/MULTI retries, one round trip,
 and stamped by one Redis. Streams were the other candidate (consumer groups give pending
 entries and claiming), but a purge needs membership tests and de-duplication across entries
 (is ``img/a.png`` pending, or ``img/*``?), which a stream cannot answer; a sorted set plus a
@@ -40,29 +43,59 @@ path in flight is not pending, so it is never joined: it is queued again and sen
 does not absorb paths already pending (they go out on their own, as in the engine). Once
 ``submit`` returns, the paths are in Redis: the process may exit.
 
-Drain. A drainer takes the endpoint's lease (``SET NX PX``), then a batch: the in-flight batch
-if there is one (its drainer died), else the oldest ``purge_batch_size`` pending paths, moved
-to the in-flight hash with their waiters. It sends the batch through a ``Session``, so the
-budgets (shared through ``RedisBudgetStore``) pace it, renewing the lease every third of its
-TTL meanwhile, then completes it: appends the outcome to each waiting ticket's results and
-deletes the in-flight hash, only if its batch id still matches (completion is idempotent).
-One lease per endpoint means at most one batch per endpoint in flight across all processes,
-so no two identical purges overlap and none draws a 409.
+Drain. A drain task takes the endpoint's lease (``SET PX`` when no lease exists), then a
+batch: the in-flight batch if there is one (its drainer died, or gave it back unsent), else
+the oldest ``purge_batch_size`` pending paths, moved to the in-flight hash with their waiters.
+It sends the batch through a ``Session``, so the budgets (shared through ``RedisBudgetStore``)
+pace it, renewing the lease every third of its TTL meanwhile, then completes it: appends the
+outcome to each waiting ticket's results and deletes the in-flight hash, only if its batch id
+still matches (completion is idempotent). It keeps the lease for its next batch.
 
-At least once. A drainer that dies mid-batch (SIGKILL, a lost host) leaves its lease to expire
-after ``lease_ttl``; the next drainer finds the batch in flight and sends it again. A batch is
-sent at least once and, after a crash, possibly twice; never lost. A drainer that stalls longer
-than ``lease_ttl`` (a blocked event loop, Redis unreachable) may find its batch re-sent by
-another: the same batch then goes twice, and a 409 is possible (retried, as the engine does).
-The resend is paced by the budgets too: ``RedisBudgetStore`` counts a dead process's request
-until its ``inflight_timeout`` (60 s by default) plus a period, so a takeover waits for that.
-A batch whose request fails for good (an API error, no answer after the client's retries) is
-completed as failed, like the engine's: nothing is silently dropped, each path ends purged or
-failed. A drainer whose client sends nothing (closed, budget store unreachable, or its own
-``max_budget_wait``, ``max_rate_limit_wait`` or ``max_queued`` refused the wait) records no
-outcome: it releases the lease, the batch stays in flight unsent and the next drainer (maybe
-the same one, after the wait the error named) sends it. Those limits bound each batch's wait,
-never a path's life in the queue.
+One batch per endpoint in flight, across all processes, by construction:
+
+* the lease token is one drain task's, not its process's: a second drain task of the same
+  process waits for the lease like any other drainer;
+* a lease whose batch is still in flight is never handed back, not even to its own holder:
+  the take script answers "held" while a batch is in flight under a live lease, so a batch id
+  is taken by exactly one drain task until its lease expires or is given back;
+* a batch is given back (lease released, batch marked unsent, taken at once by the next
+  drainer) only when it surely was not sent: its request never got its body (the session
+  seals the body when the budgets admit the request; ``Session.request(seal=)``), i.e. the
+  client was closed, or refused to wait for its budgets, or nobody here needed the batch
+  any more before it was admitted;
+* a batch that may have been sent and has no outcome (the client closed or the queue
+  closed with the request on the wire, which the session does not abort; a retry refused
+  after an attempt went out; the outcome not recordable in Redis) is left in flight under
+  its lease, renewed to a full ``lease_ttl`` and then left to expire;
+* 409s are retried by the session (``retry_conflict=True``), within ``max_retries``.
+
+So no two identical purges of the queue overlap and none draws a 409, as long as a request
+ends (is answered or dropped by the server) within ``lease_ttl`` of its drainer letting go.
+
+At least once. The only resend is a takeover after a lease expired: a drainer that died
+mid-batch (SIGKILL, a lost host), or that stopped with its batch possibly sent, leaves its
+lease to expire after ``lease_ttl``; the next drainer finds the batch in flight and sends it
+again. A batch is sent at least once and, after such a stop, possibly twice; never lost, and
+never two copies at once. (The session's own retry of an attempt that failed without an
+answer is the usual one of any idempotent request; a copy still at the server answers 409,
+retried.) A drainer that stalls longer than ``lease_ttl`` (a blocked event loop, Redis
+unreachable) may find its batch re-sent by another: the same batch then goes twice, and a 409
+is possible (retried). The resend is paced by the budgets too: ``RedisBudgetStore`` counts a
+dead process's request until its ``inflight_timeout`` (60 s by default) plus a period, so a
+takeover waits for that. A batch whose request fails for good (an API error, no answer after
+the client's retries) is completed as failed, like the engine's: nothing is silently dropped,
+each path ends purged or failed. A drainer whose client sends nothing (closed, budget store
+unreachable, or its own ``max_budget_wait``, ``max_rate_limit_wait`` or ``max_queued`` refused
+the wait) records no outcome: it gives the batch back and the next drainer (maybe the same
+one, after the wait the error named) sends it. Those limits bound each batch's wait, never a
+path's life in the queue.
+
+Stopping. A drainer stops once this process no longer needs the endpoint: no waiter with
+unsettled paths and no worker. A batch still waiting for its budgets is then given back at
+once; one already sealed is waited for and completed. ``purge``/``wait`` return only after
+that (so closing the client next cannot cut a request of this process on the wire), and a
+cancelled ``work`` (a purge-worker's SIGTERM) waits for it too. ``aclose`` does not wait: a
+sealed batch is left under its lease.
 
 Results. A submitter that waits (``purge``, or ``wait`` on a ticket) polls its tickets' result
 lists (one script per ``poll_interval`` for all tickets of the process; at once when a drainer

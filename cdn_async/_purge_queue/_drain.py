@@ -7,8 +7,8 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -26,7 +26,6 @@ from ..errors import (
     AuthenticationError,
     BudgetWaitTimeout,
     CDNError,
-    ConflictError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitedError,
@@ -39,6 +38,8 @@ if TYPE_CHECKING:
 
     from .._session import Session
 
+_T = TypeVar("_T")
+
 #: Socket timeouts of a Redis client the queue makes from a URL.
 _SOCKET_TIMEOUT = 5.0
 #: The longest nap after repeated Redis failures.
@@ -46,9 +47,12 @@ _MAX_NAP = 1.0
 #: Answers after which every later batch of the endpoint would fail the same way.
 _FATAL = (AuthenticationError, PermissionDeniedError, NotFoundError)
 #: Failures that say what happened to a request that went out: they are the batch's outcome.
-#: Any other ``CDNError`` (nothing was sent: the client is closed, its budget store is
-#: unreachable, its own ``max_budget_wait``/``max_rate_limit_wait``/``max_queued`` refused the
-#: wait) says nothing about the paths: the batch stays queued for the next drainer.
+#: Any other ``CDNError`` says nothing about the paths: raised before the batch was sealed
+#: (the client is closed, its budget store is unreachable, its own
+#: ``max_budget_wait``/``max_rate_limit_wait``/``max_queued`` refused the wait), nothing was
+#: sent and the batch is given back for the next drainer; raised after (a retry refused or
+#: the client closed while a request was on the wire), it may have been sent and is left
+#: under its lease until the lease expires.
 _OUTCOMES = (APIError, APIConnectionError, APIResponseError)
 #: The longest a drainer sleeps before trying again a batch its client refused to wait for.
 _MAX_LATER = 60.0
@@ -73,10 +77,38 @@ def _session_closed(session: Session) -> bool:
     return session._pool.closed
 
 
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def _call(aw: Awaitable[_T]) -> _T:
+    """Await one redis-py call in a task of its own, never cancelled.
+
+    redis-py (8.1) often swallows a cancellation that lands while a command is on its
+    connection: the caller's task goes on as if never cancelled (a ``work()`` loop would then
+    never stop). Here the caller's cancellation is raised in the caller, always; the call
+    itself is let finish first (at most the socket timeout), so what it did in Redis is
+    known to the caller's cleanup (a ``take`` that ran left a lease to give back).
+    """
+    task = asyncio.ensure_future(aw)
+    task.add_done_callback(_consume)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait((task,), timeout=_SOCKET_TIMEOUT)
+        raise
+
+
 class _Lane:
     """This process's view of one endpoint: who waits here, and its drainer."""
 
-    __slots__ = ("cdn_id", "task", "tickets", "worker")
+    __slots__ = ("_wake", "cdn_id", "task", "tickets", "worker")
 
     def __init__(self, cdn_id: str) -> None:
         self.cdn_id = cdn_id
@@ -84,9 +116,64 @@ class _Lane:
         self.task: asyncio.Task[None] | None = None
         #: A worker asked for this endpoint to be drained until nothing is pending.
         self.worker = False
+        self._wake: asyncio.Future[None] | None = None
 
     def wanted(self) -> bool:
-        return self.worker or bool(self.tickets)
+        """Whether this process still needs the endpoint drained: a worker, or a waiter
+        whose paths are not all settled yet."""
+        return self.worker or any(t.done < t.total for t in self.tickets)
+
+    def poke(self) -> None:
+        """What ``wanted`` says may have changed: wake the drainer's wait."""
+        if self._wake is not None:
+            _resolve(self._wake)
+
+    async def nap(self, delay: float, *also: asyncio.Future[Any]) -> None:
+        """Sleep up to ``delay`` s; return early on ``poke`` or when one of ``also`` is done."""
+        loop = asyncio.get_running_loop()
+        wake = self._wake = loop.create_future()
+        try:
+            await asyncio.wait((wake, *also), timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+            if self._wake is wake:
+                self._wake = None
+
+
+class _Seal:
+    """A batch's body, made when the budgets admit its request (``Session.request(seal=)``):
+    from then on the request may be on the wire, and the batch may have been sent."""
+
+    __slots__ = ("paths", "sealed")
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+        self.sealed = False
+
+    def __call__(self) -> dict[str, list[str]]:
+        self.sealed = True
+        return {"files": self.paths}
+
+
+class _Hold:
+    """One drain task's hold on an endpoint: its lease token (a lease is never handed from
+    one drain task to another, even in one process) and whether it *guards* a batch left in
+    flight that may have been sent (then its lease is left to expire: the only resend)."""
+
+    __slots__ = ("guard", "token")
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.guard = False
+
+
+class _Unsent:
+    """Nothing of the batch was sent: give it back, try again after ``delay`` s."""
+
+    __slots__ = ("delay",)
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
 
 
 class _Drainer:
@@ -102,6 +189,7 @@ class _Drainer:
     _poll: float
     _scripts: dict[str, AsyncScript]
     _id: str
+    _tokens: Iterator[int]
     _lanes: dict[str, _Lane]
     _watching: set[PurgeTicket]
     _poke: asyncio.Event | None
@@ -129,42 +217,59 @@ class _Drainer:
         lane.task = asyncio.get_running_loop().create_task(self._drain(lane, session))
 
     async def _drain(self, lane: _Lane, session: Session) -> None:
-        """Take, send and complete the endpoint's batches while this process wants them."""
+        """Take, send and complete the endpoint's batches while this process wants them.
+
+        The lease token is this task's own: a batch this task took is never handed to any
+        other drain task (of this process or another) while the lease lives, nor back to this
+        one; a batch that may have been sent without an outcome is left under the lease
+        until it expires (at least once, never two copies in flight).
+        """
         cdn_id = lane.cdn_id
+        hold = _Hold(f"{self._id}.{next(self._tokens)}")
         fatal: CDNError | None = None
         nap = self._poll
         try:
             while not self._closed and lane.wanted() and not _session_closed(session):
                 try:
-                    taken = await self._take(cdn_id, session.limits.purge_batch_size)
+                    taken = await self._take(cdn_id, hold.token, session.limits.purge_batch_size)
                 except RedisError as exc:
                     logger.warning("purge queue: Redis unavailable (%s); retrying", exc)
                     nap = min(nap * 2, _MAX_NAP)
-                    await asyncio.sleep(nap)
+                    await lane.nap(nap)
                     continue
                 nap = self._poll
-                if taken.kind == 0:  # another drainer holds the lease
-                    await asyncio.sleep(min(self._poll, taken.ttl) if taken.ttl > 0 else self._poll)
+                if taken.kind == 0:  # the lease is held (by another drainer, or guards ours)
+                    await lane.nap(min(self._poll, taken.ttl) if taken.ttl > 0 else self._poll)
                     continue
                 if taken.kind == 3:  # nothing pending or in flight
                     fatal = None
                     lane.worker = False
-                    if lane.tickets:
-                        await asyncio.sleep(self._poll)
+                    if lane.wanted():
+                        await lane.nap(self._poll)
                     continue
+                hold.guard = False  # the lease now stands for this batch
+                if self._closed or not lane.wanted() or _session_closed(session):
+                    # Nobody here needs it any more (a waiter was answered meanwhile).
+                    await self._give_back(cdn_id, hold.token, taken.batch_id)
+                    break
                 if taken.resend:
                     logger.info(
-                        "purge queue: endpoint %s: taking over a batch of %d paths another "
-                        "drainer left in flight (it stopped or died): sent at least once more",
+                        "purge queue: endpoint %s: taking over a batch of %d paths whose "
+                        "drainer stopped or died with it in flight (its lease expired): it "
+                        "may have been sent already, so it is sent at least once more",
                         cdn_id,
                         len(taken.paths),
                     )
-                outcome = await self._send_leased(session, cdn_id, taken, fatal)
-                if isinstance(outcome, float):  # not sent: the batch waits for a drainer
-                    await self._release(cdn_id)
-                    await asyncio.sleep(max(self._poll, outcome))
+                result = await self._send_leased(session, lane, hold, taken, fatal)
+                if result is None:  # may have been sent, no outcome: left under the lease
                     continue
-                if await self._complete(cdn_id, taken, outcome):
+                if isinstance(result, _Unsent):  # nothing sent: the next drainer takes it
+                    await self._give_back(cdn_id, hold.token, taken.batch_id)
+                    if lane.wanted():
+                        await lane.nap(max(self._poll, result.delay))
+                    continue
+                outcome = result
+                if await self._complete(cdn_id, hold, taken, outcome):
                     # This process's own waiters learn it now, not at the next poll: a drainer
                     # whose waiters are all answered stops before taking another batch.
                     self._deliver(taken, outcome)
@@ -178,21 +283,22 @@ class _Drainer:
                 if self._poke is not None:
                     self._poke.set()
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._release(cdn_id), _SOCKET_TIMEOUT)
+            if not hold.guard:  # else the lease guards a batch that may be on the wire
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._give_back(cdn_id, hold.token, ""), _SOCKET_TIMEOUT)
             if lane.task is asyncio.current_task():
                 lane.task = None
             # Another waiter of this endpoint may still have an open client: it drains on.
             if not self._closed:
                 for ticket in lane.tickets:
                     other = ticket._session
-                    if other is not None and not _session_closed(other):
+                    if other is not None and not _session_closed(other) and lane.wanted():
                         self._ensure_drainer(lane, other)
                         break
             if lane.task is None and not lane.wanted() and self._lanes.get(cdn_id) is lane:
                 del self._lanes[cdn_id]
 
-    async def _take(self, cdn_id: str, size: int) -> _Taken:
+    async def _take(self, cdn_id: str, token: str, size: int) -> _Taken:
         keys = [
             self._key("l", cdn_id),
             self._key("p", cdn_id),
@@ -201,28 +307,68 @@ class _Drainer:
             self._key("e"),
             self._key("n"),
         ]
-        raw = await self._eval("take", keys, [cdn_id, self._id, _ms(self._lease_ttl), str(size)])
+        raw = await self._eval("take", keys, [cdn_id, token, _ms(self._lease_ttl), str(size)])
         return _Taken(raw)
 
     async def _send_leased(
-        self, session: Session, cdn_id: str, taken: _Taken, fatal: CDNError | None
-    ) -> _Outcome | float:
-        """Send a batch, renewing the lease meanwhile."""
+        self, session: Session, lane: _Lane, hold: _Hold, taken: _Taken, fatal: CDNError | None
+    ) -> _Outcome | _Unsent | None:
+        """Send a batch, renewing the lease meanwhile.
+
+        Returns its outcome; ``_Unsent`` when nothing was sent; None when it may have been
+        sent but no outcome is known (then ``hold.guard`` is set and the lease left to expire).
+        While the request waits for its budgets (nothing sent yet), the send is dropped as
+        soon as this process no longer needs the endpoint drained; once sealed it is waited
+        for. Cancelled (the queue closes), a sealed batch is left under its lease.
+        """
         if fatal is not None:  # the API said every batch of this endpoint fails: none is sent
             return _Outcome(fatal, sent=False)
-        renew = asyncio.get_running_loop().create_task(self._renew(cdn_id))
+        cdn_id = lane.cdn_id
+        loop = asyncio.get_running_loop()
+        seal = _Seal(taken.paths)
+        renew = loop.create_task(self._renew(cdn_id, hold.token))
+        send = loop.create_task(self._send(session, cdn_id, seal, "high" if taken.high else None))
         try:
-            return await self._send(session, cdn_id, taken.paths, "high" if taken.high else None)
+            while not send.done():
+                if not seal.sealed and not lane.wanted():
+                    send.cancel()  # still waiting for its budgets: nothing was sent
+                    await asyncio.wait((send,))
+                    break
+                await lane.nap(self._poll, send)
+        except asyncio.CancelledError:
+            # The queue closes. A request on the wire is not aborted by the session (it may
+            # still be stamped): its batch stays under the lease, unless its outcome is in.
+            hold.guard = seal.sealed
+            if not send.done():
+                send.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait((send,), timeout=_SOCKET_TIMEOUT)
+                done = send.done() and not send.cancelled() and send.exception() is None
+                result = send.result() if done else None
+                if isinstance(result, _Outcome):
+                    hold.guard = True  # until the outcome is recorded
+                    if await asyncio.wait_for(
+                        self._complete(cdn_id, hold, taken, result), _SOCKET_TIMEOUT
+                    ):
+                        self._deliver(taken, result)
+                elif hold.guard:
+                    await asyncio.wait_for(self._abandon(cdn_id, hold.token), _SOCKET_TIMEOUT)
+            raise
         finally:
             renew.cancel()
             await asyncio.gather(renew, return_exceptions=True)
+        result = _Unsent(0.0) if send.cancelled() else send.result()
+        if result is None:
+            hold.guard = True
+            await self._abandon(cdn_id, hold.token)
+        return result
 
-    async def _renew(self, cdn_id: str) -> None:
+    async def _renew(self, cdn_id: str, token: str) -> None:
         while True:
             await asyncio.sleep(self._lease_ttl / 3)
             try:
                 ours = await self._eval(
-                    "lease", [self._key("l", cdn_id)], [self._id, _ms(self._lease_ttl)]
+                    "lease", [self._key("l", cdn_id)], [token, _ms(self._lease_ttl)]
                 )
             except RedisError as exc:
                 logger.warning("purge queue: cannot renew the lease of %s (%s)", cdn_id, exc)
@@ -235,66 +381,84 @@ class _Drainer:
                 )
                 return
 
-    async def _send(
-        self, session: Session, cdn_id: str, paths: list[str], priority: Priority | None
-    ) -> _Outcome | float:
-        """One batch's request (409s retried as the engine does), or when this client sent
-        nothing and the batch should wait for a drainer, seconds to wait before trying again."""
-        url_path = f"/v2/cdn/endpoints/{cdn_id}/cache"
-        retries = session.options.max_retries
-        error: CDNError | None = None
-        for attempt in range(retries + 1):
-            try:
-                resp = await session.request(
-                    "DELETE",
-                    url_path,
-                    endpoint_id=cdn_id,
-                    files=len(paths),
-                    json={"files": paths},
-                    priority=priority,
-                )
-            except ConflictError as exc:
-                # An identical purge is in progress (a dead drainer's): wait, send again.
-                error = exc
-                if attempt < retries:
-                    await session.backoff("DELETE", url_path, attempt + 1, "409 conflict")
-                continue
-            except _OUTCOMES as exc:
-                return _Outcome(exc, sent=True)
-            except CDNError as exc:
-                logger.info(
-                    "purge queue: endpoint %s: batch not sent, left queued (%s)", cdn_id, exc
-                )
-                return _later(exc)
-            except Exception as exc:  # a bug or a misused session: still report the paths
-                return _Outcome(
-                    CDNError(f"purge request failed: {type(exc).__name__}: {exc}"), sent=False
-                )
-            logger.info("purge queue: endpoint %s: purged %d paths", cdn_id, len(paths))
-            return _Outcome(None, sent=True, wait=resp.budget_wait)
-        return _Outcome(error, sent=True)
+    async def _abandon(self, cdn_id: str, token: str) -> None:
+        """Leave a batch that may have been sent under its lease, renewed one last time: the
+        next drainer takes it over (sends it again) once the lease expires, ``lease_ttl``
+        from now, by when the request on the wire has been answered or dropped."""
+        logger.warning(
+            "purge queue: endpoint %s: a batch may have been sent but its outcome is unknown "
+            "(the client was closed or its retry refused); it is sent again once its lease "
+            "expires in %.1f s (at least once)",
+            cdn_id,
+            self._lease_ttl,
+        )
+        with contextlib.suppress(RedisError):
+            await self._eval("lease", [self._key("l", cdn_id)], [token, _ms(self._lease_ttl)])
 
-    async def _complete(self, cdn_id: str, taken: _Taken, outcome: _Outcome) -> bool:
-        """Record a batch's outcome for its tickets; False if it was no longer in flight."""
-        keys = [self._key("f", cdn_id), self._key("l", cdn_id)]
+    async def _send(
+        self, session: Session, cdn_id: str, seal: _Seal, priority: Priority | None
+    ) -> _Outcome | _Unsent | None:
+        """One batch's request: its outcome; ``_Unsent`` (seconds to wait before trying
+        again) when this client sent nothing; None when it may have sent it but ended with no
+        outcome. The session retries what is safe, a 409 (an identical purge in progress)
+        included, within the client's ``max_retries``."""
+        try:
+            resp = await session.request(
+                "DELETE",
+                f"/v2/cdn/endpoints/{cdn_id}/cache",
+                endpoint_id=cdn_id,
+                files=len(seal.paths),
+                seal=seal,
+                priority=priority,
+                retry_conflict=True,
+            )
+        except _OUTCOMES as exc:
+            return _Outcome(exc, sent=True)
+        except CDNError as exc:
+            if seal.sealed:
+                return None
+            logger.info("purge queue: endpoint %s: batch not sent, left queued (%s)", cdn_id, exc)
+            return _Unsent(_later(exc))
+        except Exception as exc:  # a bug or a misused session: still report the paths
+            return _Outcome(
+                CDNError(f"purge request failed: {type(exc).__name__}: {exc}"), sent=seal.sealed
+            )
+        logger.info("purge queue: endpoint %s: purged %d paths", cdn_id, len(seal.paths))
+        return _Outcome(None, sent=True, wait=resp.budget_wait)
+
+    async def _complete(self, cdn_id: str, hold: _Hold, taken: _Taken, outcome: _Outcome) -> bool:
+        """Record a batch's outcome for its tickets; False if it was no longer in flight (or
+        Redis could not be reached: then the batch stays in flight under the lease, which
+        ``hold`` now guards)."""
+        keys = [
+            self._key("f", cdn_id),
+            self._key("l", cdn_id),
+            self._key("p", cdn_id),
+            self._key("e"),
+        ]
         keys.extend(self._key("r", t) for t in taken.seqs)
         args = [
             taken.batch_id,
-            self._id,
+            hold.token,
             outcome.to_json(),
             _ms(self._result_ttl),
             _ms(self._lease_ttl),
+            cdn_id,
             *taken.seqs,
         ]
         nap = self._poll
         for _ in range(5):
             try:
-                return bool(int(await self._eval("complete", keys, args)))
+                done = bool(int(await self._eval("complete", keys, args)))
             except RedisError as exc:
                 logger.warning("purge queue: cannot record a batch's outcome (%s); retrying", exc)
                 await asyncio.sleep(nap)
                 nap = min(nap * 2, _MAX_NAP)
-        # Left in flight: the next drainer sends it again once the lease expires.
+                continue
+            hold.guard = False
+            return done
+        # Left in flight under the lease: sent again once the lease expires.
+        hold.guard = True
         logger.warning("purge queue: a batch of %s stays in flight; it will be sent again", cdn_id)
         return False
 
@@ -308,9 +472,13 @@ class _Drainer:
                 if seqs:
                     ticket._apply(part, head + "\n" + " ".join(seqs))
 
-    async def _release(self, cdn_id: str) -> None:
+    async def _give_back(self, cdn_id: str, token: str, batch_id: str) -> None:
+        """Release the lease, the batch in flight marked unsent (it never reached the wire):
+        the next drainer sends it at once. ``batch_id`` "": whichever batch the lease holds."""
         with contextlib.suppress(RedisError):
-            await self._eval("lease", [self._key("l", cdn_id)], [self._id, "0"])
+            await self._eval(
+                "giveback", [self._key("l", cdn_id), self._key("f", cdn_id)], [token, batch_id]
+            )
 
     # -- Redis ------------------------------------------------------------------------------
 
@@ -336,7 +504,7 @@ class _Drainer:
 
     async def _eval(self, name: str, keys: Sequence[str], args: Sequence[str]) -> Any:
         try:
-            return await self._scripts[name](keys=keys, args=args)
+            return await _call(self._scripts[name](keys=keys, args=args))
         except AskError:  # also MovedError: the URL names a Redis Cluster node
             if not self._may_upgrade:
                 raise
@@ -345,4 +513,4 @@ class _Drainer:
             old, self._redis = self._redis, self._make_client(True)
             self._scripts = self._register()
             await old.aclose()
-            return await self._scripts[name](keys=keys, args=args)
+            return await _call(self._scripts[name](keys=keys, args=args))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import secrets
 from collections.abc import Callable, Iterable, Sequence
@@ -18,7 +19,7 @@ from .._limits import Priority
 from .._logs import logger
 from .._purge import PurgeProgress, PurgeReport, plan
 from ..errors import CDNError, PurgeError
-from ._drain import _MAX_NAP, _Drainer, _Lane, _ms, _session_closed
+from ._drain import _MAX_NAP, _call, _Drainer, _Lane, _ms, _session_closed
 from ._ticket import PurgeTicket, _Part, _str
 
 if TYPE_CHECKING:
@@ -132,8 +133,9 @@ class RedisPurgeQueue(_Drainer):
         self._result_ttl = result_ttl
         self._poll = poll_interval
         self._scripts = self._register()
-        #: This process's drainer id (a lease holds it).
+        #: This process's drainer id; each drain task's lease token is ``<id>.<n>``.
         self._id = secrets.token_hex(8)
+        self._tokens = itertools.count()
         self._lanes: dict[str, _Lane] = {}
         self._watching: set[PurgeTicket] = set()
         self._poller: asyncio.Task[None] | None = None
@@ -230,7 +232,22 @@ class RedisPurgeQueue(_Drainer):
         self._check_open()
         ticket = PurgeTicket(cdn_id, plan(paths))
         ticket._high = (priority or session.options.priority) == "high"
-        await self._submit(ticket, list(ticket._mapping))
+        lane = self._lane(cdn_id)
+
+        def drain() -> None:
+            # The first chunk is in Redis: its batches may go out while the rest is queued
+            # (a 10,000-path call would otherwise send nothing for the whole submission).
+            # Their outcomes reach the ticket through the poller, once it is watched.
+            ticket._session = session
+            lane.tickets.add(ticket)
+            self._ensure_drainer(lane, session)
+
+        try:
+            await self._submit(ticket, list(ticket._mapping), ticket._mapping, on_first=drain)
+        except BaseException:
+            lane.tickets.discard(ticket)
+            lane.poke()
+            raise
         return await self._wait(ticket, session, on_progress, on_batch)
 
     async def work(
@@ -245,6 +262,9 @@ class RedisPurgeQueue(_Drainer):
 
         What ``cdn-async purge-worker`` runs, for processes that only submit. Several workers
         (and waiting processes) may run at once: each endpoint's lease lets one send at a time.
+        Cancelling it stops gracefully: a batch waiting for its budgets is given back at once,
+        one already sent is answered and completed before it returns (cancel again to stop
+        waiting for that; the batch is then sent again once its lease expires).
 
         Args:
             client: Sends the batches (its budgets pace them).
@@ -262,7 +282,7 @@ class RedisPurgeQueue(_Drainer):
         try:
             while not self._closed and not _session_closed(session):
                 try:
-                    members = await self._redis.smembers(self._key("e"))
+                    members = await _call(self._redis.smembers(self._key("e")))
                 except RedisError as exc:
                     logger.warning("purge queue: Redis unavailable (%s); retrying", exc)
                     nap = min(nap * 2, _MAX_NAP)
@@ -279,24 +299,41 @@ class RedisPurgeQueue(_Drainer):
                     return
                 await asyncio.sleep(self._poll)
         finally:
-            if on_batch is not None:
-                self._batch_hooks.remove(on_batch)
-            for lane in self._lanes.values():
+            # Stopping (cancelled, or idle): batches still waiting for their budgets are given
+            # back at once; one already on the wire is waited for and completed, so it is not
+            # sent twice. A second cancel stops that wait (the batch then stays under its
+            # lease until it expires).
+            lanes = [lane for lane in self._lanes.values() if lane.worker]
+            for lane in lanes:
                 lane.worker = False
+                lane.poke()
+            tasks = [
+                lane.task
+                for lane in lanes
+                if lane.task is not None and not lane.task.done() and not lane.wanted()
+            ]
+            try:
+                if tasks:
+                    await asyncio.wait(tasks)
+            finally:
+                if on_batch is not None:
+                    self._batch_hooks.remove(on_batch)
 
     async def pending(self, cdn_id: str) -> int:
         """Paths of an endpoint queued or in flight now (across every process)."""
         cdn_id = check.uuid_str("cdn_id", cdn_id)
-        queued = await self._redis.zcard(self._key("p", cdn_id))
-        flying = await self._redis.hlen(self._key("f", cdn_id))
+        queued = await _call(self._redis.zcard(self._key("p", cdn_id)))
+        flying = await _call(self._redis.hlen(self._key("f", cdn_id)))
         return int(queued) + max(0, int(flying) - 1)
 
     async def aclose(self) -> None:
         """Stop this process's drainers and waits; close the Redis client if the queue made it.
 
-        A batch this process was sending stays in flight in Redis and its lease is released:
-        the next drainer sends it again. Waiting calls end with their unconfirmed paths failed
-        (they stay queued). Idempotent.
+        A batch this process's drainer holds but has not sent (still waiting for its budgets)
+        is given back at once, for the next drainer. One that may be on the wire stays in
+        flight under its lease: the next drainer sends it again once the lease expires
+        (``lease_ttl``; at least once, never two copies at once). Waiting calls end with their
+        unconfirmed paths failed (they stay queued). Idempotent.
         """
         if self._closed:
             return
@@ -318,9 +355,18 @@ class RedisPurgeQueue(_Drainer):
 
     # -- submit and wait --------------------------------------------------------------------
 
-    async def _submit(self, ticket: PurgeTicket, owns: list[str]) -> None:
-        """Queue ``owns`` (own paths of ``ticket``) as a new part of it."""
-        mapping = plan(owns)
+    async def _submit(
+        self,
+        ticket: PurgeTicket,
+        owns: list[str],
+        mapping: dict[str, str] | None = None,
+        *,
+        on_first: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue ``owns`` (own paths of ``ticket``; ``mapping``: their plan, if made) as a new
+        part of it; ``on_first`` is called once the first chunk is in Redis."""
+        if mapping is None:
+            mapping = plan(owns)
         by_target: dict[str, list[str]] = {}
         for own, target in mapping.items():
             by_target.setdefault(target, []).append(own)
@@ -347,6 +393,9 @@ class RedisPurgeQueue(_Drainer):
                         raise _Lost
                     for target, seq in zip(chunk, seqs, strict=True):
                         part.owners.setdefault(int(_str(seq)), []).extend(by_target[target])
+                    if on_first is not None:
+                        call, on_first = on_first, None
+                        call()
             except _Lost:
                 logger.warning("purge queue: Redis lost a submission while it was made; again")
                 continue
@@ -383,6 +432,15 @@ class RedisPurgeQueue(_Drainer):
         finally:
             lane.tickets.discard(ticket)
             self._watching.discard(ticket)
+            lane.poke()
+        # If nobody else here needs the endpoint drained, this process's drainer stops: a
+        # batch still waiting for its budgets is given back at once, one on the wire is
+        # answered and completed first. Waiting for that keeps a caller that closes its client
+        # next from cutting a request on the wire (its batch would wait for its lease to
+        # expire, then be sent again).
+        task = lane.task
+        if task is not None and not task.done() and not lane.wanted():
+            await asyncio.wait((task,))
         report = ticket._report()
         if report.failed:
             raise PurgeError(report)

@@ -146,22 +146,24 @@ class PurgeTicket:
 
 
 class _Taken:
-    """What the take script answered."""
+    """What the take script answered (``lua/take.lua``)."""
 
     __slots__ = ("batch_id", "high", "kind", "paths", "resend", "seqs", "ttl")
 
     def __init__(self, raw: list[Any]) -> None:
+        #: 0: the lease is held (``ttl`` left); 1: a batch, with the lease; 3: nothing to send.
         self.kind = int(raw[0])
         self.ttl = int(raw[1]) / 1000 if self.kind == 0 else 0.0
-        self.batch_id = _str(raw[1]) if self.kind in (1, 2) else ""
-        self.resend = self.kind == 2
+        self.batch_id = _str(raw[1]) if self.kind == 1 else ""
         #: The batch holds a path submitted at priority "high": it waits at that priority.
         self.high = self.kind == 1 and _str(raw[2]) == "1"
+        #: The batch was in flight under a lease that expired: it may have been sent already.
+        self.resend = self.kind == 1 and _str(raw[3]) == "1"
         self.paths: list[str] = []
         #: Each waiting ticket -> the entries (sequence numbers) of the batch it waits on.
         self.seqs: dict[str, list[str]] = {}
-        if self.kind in (1, 2):
-            for i in range(3, len(raw), 2):
+        if self.kind == 1:
+            for i in range(4, len(raw), 2):
                 self.paths.append(_str(raw[i]))
                 seq, *tickets = _str(raw[i + 1]).split()
                 for ticket in tickets:

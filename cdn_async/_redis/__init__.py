@@ -17,7 +17,10 @@ one script's keys all live on one slot):
   push their deadlines forward (heartbeat); an expired entry is treated as answered at its
   deadline and moves to the released set, so a dead process holds a slot for at most
   ``inflight_timeout + period``.
-* ``{ns:T}:r:K``, a sorted set of *released* requests: same members, score ``answer + period``.
+* ``{ns:T}:r:K``, a sorted set of *released* requests: same members, score ``answer + period``
+  (the answer's time in Redis's clock: the release script's ``TIME`` less how long before the
+  call its process got the answer, measured locally before sending, so never earlier than
+  the answer; at most 50 ms is taken off).
 * ``{ns:T}:m:K``, a hash: running sums ``f`` and ``r`` of the units in both sets (so a check is
   O(1), not O(entries)), the server-sync hold ``h`` until ``hu``, and the 429 pause ``p``.
 * ``{ns:T}:epoch``, a hash naming the current incarnation of this state (``id``), the end of
@@ -33,7 +36,9 @@ work, stamped with ``redis.call('TIME')``. The ``acquire`` script, one round tri
 attempt, expires old entries, checks that every key fits (``in flight + released + held +
 units <= limit`` and not paused) and either adds the lease to every key at once, or answers
 how long until it could fit (exact when time alone frees enough, else "unknown": only an
-answer can free the slot, so the caller polls).
+answer can free the slot, so the caller polls). The caller counts that wait from when it
+sent the call (the script ran no sooner), so its next call lands about when the units free,
+not a round trip later.
 
 Each process keeps a *mirror* of what it put in: its leases in flight, its released leases
 until they expire, its give-backs not yet written, its last sync hold and pause per key, and,

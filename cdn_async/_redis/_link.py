@@ -46,6 +46,9 @@ DEFAULT_MARKER_TTL = 86400.0
 # While Redis is unreachable, how often the probe tries it (at most; heartbeat_interval if
 # shorter).
 _PROBE_INTERVAL = 0.1
+# The most a release script takes off Redis's clock for the time between the answer and the
+# call (see ``_release_remote``): normally well under a millisecond.
+_MAX_RELEASE_AGE = 0.05
 
 
 class RedisLink:
@@ -247,8 +250,15 @@ class RedisLink:
         self._ensure_heartbeat()
 
     async def _release_remote(self, lease: RedisLease, *, give_back: bool) -> None:
+        # The units count from one period after the answer, not after this script runs: the
+        # script subtracts how long ago the answer arrived, measured now, before the call is
+        # sent (so short of the true age by the trip to Redis: the safe side). Capped: a
+        # stalled loop's release is stamped late rather than trust a long local interval.
+        age = 0.0
+        if not give_back and lease.released_at is not None:
+            age = min(max(self._clock() - lease.released_at, 0.0), _MAX_RELEASE_AGE)
         try:
-            await self._eval(_scripts.release(lease.id, lease._parts, give_back=give_back))
+            await self._eval(_scripts.release(lease.id, lease._parts, give_back=give_back, age=age))
         except Unavailable as exc:
             logger.debug("release not written to Redis (%s); kept for re-seeding", exc)
             if give_back:
@@ -256,6 +266,10 @@ class RedisLink:
             self._mark_down(exc)
         except Exception:
             logger.exception("budget release failed in Redis")
+        else:
+            # A waiter of this process that asked while this release was on its way heard
+            # "in flight, ask again later": the units are now counted as released, ask now.
+            self._wake_all()
         self._ensure_heartbeat()
 
     async def _restore_quiet(self) -> None:

@@ -153,9 +153,12 @@ def acquire(
     return Call("acquire", tuple(c for c, _ in parts), args, _decode_acquire)
 
 
-def release(lease_id: str, parts: Sequence[tuple[Claim, int]], *, give_back: bool) -> Call[Done]:
-    """Release the lease (its units free a period from now), or give it back (at once)."""
-    args = [lease_id, "1" if give_back else "0"]
+def release(
+    lease_id: str, parts: Sequence[tuple[Claim, int]], *, give_back: bool, age: float = 0.0
+) -> Call[Done]:
+    """Release the lease (its units free a period after the answer, which arrived ``age`` s
+    before this call is sent), or give it back (at once)."""
+    args = [lease_id, "1" if give_back else "0", ms(max(age, 0.0))]
     for c, u in parts:
         args.extend((ms(c.period), str(u)))
     return Call("release", tuple(c for c, _ in parts), args, _decode_done)

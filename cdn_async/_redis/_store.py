@@ -184,8 +184,9 @@ class RedisBudgetStore(RedisLink):
 
         One script call (one round trip) per attempt. Acquires on the same key set queue
         locally in arrival order; only the head asks Redis, sleeping what the script says is
-        left (at most ``max_poll_interval`` when only an answer can free the slot, and waking
-        at once when this process gets an answer).
+        left, counted from when it asked (at most ``max_poll_interval`` when only an answer
+        can free the slot, and waking at once when this process gets an answer or its
+        release reaches Redis).
 
         Args:
             claims: What the request takes, one claim per budget key (repeated keys add up).
@@ -226,9 +227,11 @@ class RedisBudgetStore(RedisLink):
     def release(self, lease: Lease) -> None:
         """The request's answer (or failure) arrived: its units free ``period`` s from now.
 
-        The Redis call runs in a task (``aclose`` waits for it); this process's mirror
-        records the release at once, so a restart or an outage cannot lose it. Idempotent,
-        and a no-op after ``give_back``.
+        The Redis call runs in a task (``aclose`` waits for it) and takes the time since this
+        call (up to 50 ms, measured before it is sent) off Redis's clock, so the units free a
+        period after now, not after the script ran; this process's mirror records the release
+        at once, so a restart or an outage cannot lose it. Idempotent, and a no-op after
+        ``give_back``.
 
         Args:
             lease: A lease this store returned from ``acquire``.
@@ -253,18 +256,22 @@ class RedisBudgetStore(RedisLink):
         """
         self._finish(lease, give_back=True)
 
-    def sync(self, claim: Claim, remaining: int, reset_after: float) -> None:
+    def sync(self, claim: Claim, remaining: int, reset_after: float, refused: bool = False) -> None:
         """Apply server headers for every process: until ``reset_after`` s from now (at most
         ``claim.period``), admit at most ``remaining`` more units on ``claim.key``.
 
         As in ``MemoryBudgetStore``: when the server counts more than Redis holds (in flight
         and released, over all processes), the difference is held until the reset; a live
-        hold is raised, never lowered.
+        hold is raised, never lowered. Unlike it, requests are not sent one at a time after a
+        refusal or while others' units are held (``refused`` is accepted and not used):
+        processes sharing Redis see each other's units exactly, so only clients outside the
+        store can be misread.
 
         Args:
             claim: The claim the headers describe.
             remaining: ``ratelimit-remaining``.
             reset_after: Seconds from now until ``ratelimit-reset``.
+            refused: The answer was a 429.
         """
         if self._closed:
             return
@@ -338,7 +345,8 @@ class RedisBudgetStore(RedisLink):
         if give_back:
             self._mirror.give_back(lease)
         else:
-            self._mirror.release(lease, self._clock())
+            lease.released_at = self._clock()
+            self._mirror.release(lease, lease.released_at)
         self._wake_all()
         if self._down_since is not None:
             if give_back:
@@ -374,6 +382,8 @@ class RedisBudgetStore(RedisLink):
                 await group.nap(self._get_loop(), min(left, _MAX_SLEEP))  # woken when Redis answers
                 continue
             lease = RedisLease(self._new_id(), claims, parts, self)
+            loop = self._get_loop()
+            asked = loop.time()
             try:
                 reply = await self._attempt(lease)
             except Unavailable as exc:
@@ -384,8 +394,15 @@ class RedisBudgetStore(RedisLink):
             if max_wait is not None and reply.paused > max_wait:
                 pidx = reply.paused_index
                 raise paused_error(parts[pidx - 1][0] if pidx else parts[0][0], reply.paused)
-            delay = max(reply.wait, self._poll) if reply.unknown else reply.wait
-            await group.nap(self._get_loop(), min(max(delay, _MIN_SLEEP), _MAX_SLEEP))
+            if reply.unknown:
+                delay = max(reply.wait, self._poll)
+            else:
+                # ``wait`` counts from when the script ran, after this call was sent: the units
+                # free no sooner than ``asked + wait``. Asking again from then (the next call's
+                # own trip out lands it just after) rather than ``wait`` after the reply saves
+                # a round trip per wait; one that lands a little short is only refused again.
+                delay = reply.wait - (loop.time() - asked)
+            await group.nap(loop, min(max(delay, _MIN_SLEEP), _MAX_SLEEP))
 
     async def _attempt(self, lease: RedisLease) -> AcquireReply:
         """One acquire script call; the lease is in the mirror as soon as Redis may hold it."""

@@ -1,8 +1,10 @@
--- KEYS: in-flight hash, lease, then one results list per waiting ticket. ARGV: batch id,
--- drainer id, outcome JSON, result TTL ms, lease TTL ms, then the tickets (as KEYS[3..]).
--- Returns 1, or 0 when the batch is no longer in flight (completed by another, or lost).
-local fl, lease = KEYS[1], KEYS[2]
-if redis.call('HGET', fl, '') ~= ARGV[1] then return 0 end
+-- KEYS: in-flight hash, lease, pending zset, endpoints set, then one results list per waiting
+-- ticket. ARGV: batch id, lease token, outcome JSON, result TTL ms, lease TTL ms, endpoint
+-- id, then the tickets (as KEYS[5..]). Returns 1, or 0 when the batch is no longer in flight
+-- (completed by another, or lost). An endpoint left with nothing pending is idle.
+local fl, lease, pend, eps = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local head = redis.call('HGET', fl, '')
+if not head or string.match(head, '^%S+') ~= ARGV[1] then return 0 end
 local per = {}
 local f = redis.call('HGETALL', fl)
 for i = 1, #f, 2 do
@@ -15,13 +17,14 @@ for i = 1, #f, 2 do
     end
   end
 end
-for k = 3, #KEYS do
-  local seqs = per[ARGV[k + 3]]
+for k = 5, #KEYS do
+  local seqs = per[ARGV[k + 2]]
   if seqs and redis.call('EXISTS', KEYS[k]) == 1 then
     redis.call('RPUSH', KEYS[k], ARGV[3] .. '\n' .. seqs)
     redis.call('PEXPIRE', KEYS[k], ARGV[4])
   end
 end
 redis.call('DEL', fl)
+if redis.call('ZCARD', pend) == 0 then redis.call('SREM', eps, ARGV[6]) end
 if redis.call('GET', lease) == ARGV[2] then redis.call('PEXPIRE', lease, ARGV[5]) end
 return 1
