@@ -17,10 +17,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import os
 import warnings
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
+
+from .redis_server import RedisServer, find_redis_server
 
 #: The first aiohttp release aioresponses 0.7.9 cannot mock.
 _FIRST_UNMOCKABLE = (3, 14)
@@ -74,3 +78,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         function = getattr(item, "function", None)
         if function is not None and _uses_aioresponses(function):
             item.add_marker(skip)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh redis-server on a free port, no persistence; skipped (or, on CI, failed) when
+    redis-server is not installed."""
+    binary = find_redis_server()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed (CI=true: .ci/run installs it)")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -24,7 +23,7 @@ from cdn_async._cli import EXTRA_HINT
 from cdn_async.redis import RedisBudgetStore, token_id_for
 from cdn_async.testing import FakeCDNServer
 
-from .redis_server import RedisServer, find_redis_server
+from .redis_server import RedisServer
 
 SCALE = 0.01  # budgets 100x faster: the files budget is 50 paths / 0.2 s
 ENDPOINT_KEYS = {"id", "origin", "endpoint", "ttl", "created_at", "certificate_id", "custom_domain"}
@@ -88,19 +87,9 @@ async def finish(
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A fresh redis-server's URL; skipped without redis-server (failed on CI)."""
-    binary = find_redis_server()
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not installed (CI=true: .ci/run installs it)")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(binary)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.close()
+def redis_url(redis_server: RedisServer) -> str:
+    """A fresh redis-server's URL (the server fixture is in conftest.py)."""
+    return redis_server.url
 
 
 async def new_redis_for(redis_url: str, token: str) -> None:

@@ -14,12 +14,11 @@ import asyncio
 import json
 import logging
 import math
-import os
 import random
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,22 +42,6 @@ UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 
 
 # -- fixtures and helpers ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A fresh redis-server (no persistence); skipped without redis-server, failed on CI."""
-    binary = find_redis_server()
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not installed (CI=true: .ci/run installs it)")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(binary)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

@@ -12,10 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -34,28 +33,11 @@ from cdn_async.redis import (
 from cdn_async.testing import FakeCDNServer
 
 from ._support import max_in_window
-from .redis_server import RedisServer, find_redis_server, free_port
+from .redis_server import RedisServer, free_port
 
 WORKER = Path(__file__).with_name("redis_server.py")
 # Small settings so restarts and dead processes resolve within a test's budget of time.
 FAST = {"heartbeat_interval": 0.05, "recovery_grace": 0.25}
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A fresh redis-server on a free port, no persistence; skipped (or, on CI, failed) when
-    redis-server is not installed."""
-    binary = find_redis_server()
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not installed (CI=true: .ci/run installs it)")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer(binary)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
