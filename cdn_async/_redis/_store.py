@@ -28,7 +28,7 @@ from . import _link, _scripts
 from ._errors import BudgetStoreUnavailableError, Unavailable, paused_error
 from ._lease import RedisLease
 from ._link import RedisLink
-from ._queue import Group
+from .._local_queue import Group
 
 if TYPE_CHECKING:
     from .._limits import BudgetStore

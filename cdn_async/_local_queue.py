@@ -1,8 +1,9 @@
-"""The local queue of acquires on one key set: only its head asks Redis, and it naps between
-attempts until the time the script named, or until this process gets an answer. The queue is
-in virtual-arrival-time order, as the in-process store's (``priority``: see
-``MemoryBudgetStore.acquire``), so priorities hold among this process's calls for the same
-budgets."""
+"""The local queue of a shared store's acquires on one key set: only its head asks the shared
+state (Redis, the SQLite file), and it naps between attempts until the time the store named,
+or until this process gets an answer. The queue is in virtual-arrival-time order, as the
+in-process store's (``priority``: see ``MemoryBudgetStore.acquire``), so priorities hold among
+this process's calls for the same budgets. Used by ``RedisBudgetStore`` and
+``SQLiteBudgetStore``; it imports nothing of either."""
 
 from __future__ import annotations
 
