@@ -22,13 +22,13 @@ from .._limits import (
     RateLimits,
     merge_claims,
 )
+from .._local_queue import Group
 from .._logs import logger
 from ..errors import CDNError
 from . import _link, _scripts
 from ._errors import BudgetStoreUnavailableError, Unavailable, paused_error
 from ._lease import RedisLease
 from ._link import RedisLink
-from .._local_queue import Group
 
 if TYPE_CHECKING:
     from .._limits import BudgetStore
