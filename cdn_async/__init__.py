@@ -13,6 +13,7 @@ from ._models import TTL, CDNEndpoint, Page, PurgeReport
 from ._public import publish as _publish
 from ._purge import PurgePlan, PurgeProgress, plan_purge
 from ._sentinel import NOT_GIVEN
+from ._sqlite import SQLiteBudgetStore
 from ._version import __version__
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "PurgeProgress",
     "PurgeReport",
     "RateLimits",
+    "SQLiteBudgetStore",
     "__version__",
     "plan_purge",
 ]

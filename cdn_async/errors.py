@@ -10,6 +10,7 @@
     ├── RateLimitedError                        a budget is paused longer than max_rate_limit_wait
     │   └── BudgetWaitTimeout                   ... or admission is further off than max_budget_wait
     ├── QueueFullError                          max_queued calls are already waiting
+    ├── BudgetFileError                         a SQLiteBudgetStore's file is unusable
     ├── APIError                                the API answered with an error status
     │   ├── BadRequestError          400
     │   ├── AuthenticationError      401
@@ -39,6 +40,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetFileError",
     "BudgetWaitTimeout",
     "CDNError",
     "ConflictError",
@@ -145,6 +147,22 @@ class BudgetWaitTimeout(RateLimitedError):
 class QueueFullError(CDNError):
     """``max_queued`` calls of this client are already waiting for their budgets; this one
     was refused at once, nothing sent (shed load instead of piling up tasks)."""
+
+
+class BudgetFileError(CDNError):
+    """A ``SQLiteBudgetStore`` cannot use its file: it cannot be opened or written (a missing
+    or read-only directory), it is not a budget file (corrupt, or another program's), or
+    another program kept it locked for longer than ``lock_timeout``. Nothing was admitted:
+    the budgets shared through the file could not be checked.
+
+    Args:
+        message: What happened, the file's path and what to do.
+        path: The file.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class APIError(CDNError):
