@@ -4,7 +4,8 @@ No persistence (``--save "" --appendonly no``): a restart forgets everything, wh
 the restart tests want. ``RedisServer`` is one server (``stall``/``resume`` SIGSTOP and
 SIGCONT it); ``RedisClusterServers`` is a 3-master Redis Cluster made with ``redis-cli
 --cluster create``. Used by ``tests/test_redis*.py`` and ``benchmarks/bench_redis*.py``; run
-as a script it is a worker process (see ``_work``).
+as a script it is a worker process (see ``_work``), whose budgets live in Redis, in a SQLite
+file (``tests/test_sqlite_processes.py``) or in memory.
 """
 
 from __future__ import annotations
@@ -320,7 +321,7 @@ class RedisClusterServers:
 async def _work(cfg: dict[str, object]) -> dict[str, object]:
     import asyncio
 
-    from cdn_async import CDNClient, RateLimits
+    from cdn_async import CDNClient, RateLimits, SQLiteBudgetStore
     from cdn_async._budgets import MemoryBudgetStore
     from cdn_async._limits import BudgetStore
     from cdn_async.redis import RedisBudgetStore
@@ -337,6 +338,8 @@ async def _work(cfg: dict[str, object]) -> dict[str, object]:
             fallback="memory" if cfg.get("fallback") == "memory" else "error",
             unavailable_timeout=10.0,
         )
+    elif cfg["store"] == "sqlite":
+        store = SQLiteBudgetStore(str(cfg["path"]))
     else:
         store = MemoryBudgetStore()
     ids = list(cfg["ids"])  # type: ignore[call-overload]
@@ -368,10 +371,38 @@ async def _work(cfg: dict[str, object]) -> dict[str, object]:
     return {"ok": ok, "failed": failed, "errors": errors[:5], "elapsed": elapsed}
 
 
+def _fork_workers(cfg: dict[str, object]) -> int:
+    """``cfg["forks"]`` worker processes forked from this one (the SDK imported once, not once
+    per process); each prints its JSON result on a line of its own. The exit status: 0 if
+    every worker exited 0."""
+    import asyncio
+    import json
+
+    import aiohttp  # noqa: F401 (imported before the fork: the children share it)
+
+    import cdn_async  # noqa: F401
+
+    children = []
+    for _ in range(int(cfg["forks"])):  # type: ignore[call-overload]
+        pid = os.fork()
+        if pid == 0:
+            try:
+                line = json.dumps(asyncio.run(_work(cfg))) + "\n"
+                os.write(1, line.encode())  # one write: lines of several workers never mix
+            finally:
+                os._exit(0)
+        children.append(pid)
+    return max(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0 for pid in children)
+
+
 if __name__ == "__main__":
-    # python tests/redis_server.py '<json config>': run one worker, print its JSON result.
+    # python tests/redis_server.py '<json config>': run one worker (or, with "forks", that
+    # many forked ones), print each JSON result on a line.
     import asyncio
     import json
     import sys
 
-    print(json.dumps(asyncio.run(_work(json.loads(sys.argv[1])))), flush=True)
+    config = json.loads(sys.argv[1])
+    if "forks" in config:
+        sys.exit(_fork_workers(config))
+    print(json.dumps(asyncio.run(_work(config))), flush=True)
