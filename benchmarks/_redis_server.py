@@ -6,7 +6,7 @@ which is what the restart benchmarks want. ``stall``/``resume`` SIGSTOP and SIGC
 
 ``run_workers`` starts OS processes that each run ``python -m benchmarks._redis_server
 '<json config>'`` (see ``work``): one ``CDNClient`` with many concurrent tasks against a fake
-server, budgets in Redis or in memory, and returns their JSON results.
+server, budgets in Redis, in a SQLite file or in memory, and returns their JSON results.
 
 (``tests/redis_server.py`` is the test suite's own copy, with a Redis Cluster besides; the
 benchmarks import nothing from ``tests/``.)
@@ -156,8 +156,9 @@ async def run_workers(cfg: dict[str, Any], processes: int) -> list[dict[str, Any
 
 async def work(cfg: dict[str, Any]) -> dict[str, Any]:
     """One worker: ``cfg["tasks"]`` tasks each doing ``cfg["requests"]`` gets through one
-    ``CDNClient`` whose budgets live in Redis (``cfg["store"] == "redis"``) or in memory."""
-    from cdn_async import BudgetStore, CDNClient, MemoryBudgetStore, RateLimits
+    ``CDNClient`` whose budgets live in Redis (``cfg["store"] == "redis"``), in a SQLite file
+    (``"sqlite"``, at ``cfg["path"]``) or in memory. Reports its CPU time besides its counts."""
+    from cdn_async import BudgetStore, CDNClient, MemoryBudgetStore, RateLimits, SQLiteBudgetStore
     from cdn_async.redis import RedisBudgetStore
 
     store: BudgetStore
@@ -172,6 +173,8 @@ async def work(cfg: dict[str, Any]) -> dict[str, Any]:
             fallback="memory" if cfg.get("fallback") == "memory" else "error",
             unavailable_timeout=10.0,
         )
+    elif cfg["store"] == "sqlite":
+        store = SQLiteBudgetStore(str(cfg["path"]))
     else:
         store = MemoryBudgetStore()
     ids = list(cfg["ids"])
@@ -196,11 +199,11 @@ async def work(cfg: dict[str, Any]) -> dict[str, Any]:
                     failed += 1
                     errors.append(f"{type(exc).__name__}: {exc}")
 
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         await asyncio.gather(*(task(n) for n in range(int(cfg["tasks"]))))
-        elapsed = time.monotonic() - started
+        elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
     await store.aclose()  # a store passed in is the caller's to close (its heartbeat too)
-    return {"ok": ok, "failed": failed, "errors": errors[:5], "elapsed": elapsed}
+    return {"ok": ok, "failed": failed, "errors": errors[:5], "elapsed": elapsed, "cpu": cpu}
 
 
 if __name__ == "__main__":

@@ -85,6 +85,17 @@ EXPECTED: dict[str, tuple[bool, list[str], list[str]]] = {
         ["round trips per acquire: 1.000", "acquire latency  redis:"],
         [r"saturation 2 procs x 5 tasks, +redis budgets: ok 10, failed 0, 429s \d+"],
     ),
+    "bench_host_store": (
+        False,  # without redis-server it leaves the Redis rows out
+        [
+            "| store | p50 us | p99 us |",
+            "| processes | budgets | calls | 429s | share of the bound | CPU ms / call |",
+        ],
+        [
+            r"\| sqlite \| [\d.]+ \| [\d.]+ \|",
+            r"\| 2 \| sqlite \| 8 ok, 0 failed \| 0 \|",  # a shared file: never a 429
+        ],
+    ),
     "bench_redis_failures": (
         True,
         [

@@ -215,6 +215,28 @@ async def test_sync_holds_what_others_spent_for_every_store_and_never_lowers_it(
         b.release(lease)
 
 
+async def test_a_unit_expiring_during_the_round_trip_is_not_taken_for_another_clients(
+    stores: Callable[..., SQLiteBudgetStore],
+) -> None:
+    """The server stamped the answered request while one of our units was still in its
+    window; that unit left the file before the answer came. The headers' count is ours alone:
+    nothing is held (a hold would keep a unit idle for a whole period)."""
+    a, b = stores(), stores()
+    c = claim("cdn", 2, 10.0)
+    a.release(await a.acquire([c]))  # frees at 10.0
+    await asyncio.sleep(9.99)
+    lease = await a.acquire([c])
+    await asyncio.sleep(0.02)  # stamped at ~9.995 with both units counted; answered at 10.01
+    a.release(lease)
+    a.sync(c, remaining=0, reset_after=30.0)
+    t = now()
+    b.release(await b.acquire([c]))
+    assert now() == t
+    # Without a release just before (another client's answer), the same reading is held.
+    b.sync(c, remaining=0, reset_after=30.0)
+    assert b.snapshot()["cdn"].used == 2
+
+
 async def test_sync_hold_is_capped_at_a_period(stores: Callable[..., SQLiteBudgetStore]) -> None:
     a, b = stores(), stores()
     a.sync(claim("cdn", 1, 2.0), remaining=0, reset_after=3600.0)

@@ -2,10 +2,11 @@
 per operation (the package docstring has the design and the argument).
 
 Tables (``SCHEMA``): ``units``, one row per (lease, key): its units, ``released`` (0 in flight,
-1 answered) and ``until`` (in flight: the heartbeat deadline after which a silent holder counts
-as answered; released: when the units leave every window, one period after the answer);
-``keys``, one row per budget key: its latest limit and period, the running sums ``f`` (in
-flight) and ``r`` (released, unexpired) of its rows, the sync hold and the 429 pause.
+1 answered, 2 expired) and ``until`` (in flight: the heartbeat deadline after which a silent
+holder counts as answered; released: when the units leave every window, one period after the
+answer; expired rows are kept one more period, for ``sync``); ``keys``, one row per budget
+key: its latest limit and period, the running sums ``f`` (in flight) and ``r`` (released,
+unexpired) of its rows, the sync hold and the 429 pause.
 
 Nothing here awaits: a transaction starts (``BEGIN IMMEDIATE``, which fails at once with
 ``Busy`` if another connection writes) and commits within one call, and every time in it is
@@ -40,6 +41,11 @@ SCHEMA = (
 
 # SQLITE_BUSY and SQLITE_LOCKED (primary codes): another connection holds the lock.
 _BUSY_CODES = (5, 6)
+#: Commits of one connection between checkpoints it runs in a thread (a checkpoint copies the
+#: WAL into the file and syncs it: milliseconds the event loop must not wait for).
+CHECKPOINT_EVERY = 500
+# SQLite's own checkpoint, run inside a commit, only if the WAL grows past this many pages.
+_BACKSTOP_PAGES = 10_000
 
 
 class Busy(Exception):
@@ -63,6 +69,7 @@ class AcquireReply(NamedTuple):
     unknown: bool  # only an answer can free the room: poll
     paused: float  # the longest 429 pause among the keys
     paused_index: int  # index of that key in the parts; -1: none
+    at: float  # the clock in the transaction (admitted: the lease's admission)
 
 
 class KeyRow(NamedTuple):
@@ -111,6 +118,7 @@ class BudgetFile:
         self._inflight = inflight_timeout
         self._pid = os.getpid()
         self._db = self._open(open_timeout)
+        self.commits = 0  # by this connection; see CHECKPOINT_EVERY
 
     # -- opening --------------------------------------------------------------------------------
 
@@ -129,6 +137,9 @@ class BudgetFile:
             # WAL commits without fsync; a power loss may lose the last ones, a reboot the
             # package docstring covers. A crashed process loses nothing committed.
             db.execute("PRAGMA synchronous=NORMAL")
+            # A checkpoint syncs the file: done off the loop (``checkpoint``), every
+            # ``CHECKPOINT_EVERY`` commits; the automatic one only as a backstop.
+            db.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_PAGES}")
             db.execute("BEGIN IMMEDIATE")
             try:
                 for statement in SCHEMA:
@@ -168,6 +179,15 @@ class BudgetFile:
             path=self.path,
         )
 
+    def checkpoint(self) -> None:
+        """Copy the WAL into the file, as far as no reader needs it (blocking: run it in a
+        thread). On a connection of its own, so the loop's connection stays free."""
+        try:
+            with contextlib.closing(sqlite3.connect(self.path, timeout=0)) as db:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            pass  # busy or unreadable: the next one, or the backstop, does it
+
     def close(self) -> None:
         if os.getpid() == self._pid:
             self._db.close()
@@ -202,6 +222,7 @@ class BudgetFile:
         try:
             yield clock()
             db.execute("COMMIT")
+            self.commits += 1
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
@@ -245,9 +266,13 @@ class BudgetFile:
         ).fetchone()
         if gone:
             db.execute(
-                "DELETE FROM units WHERE key = ? AND released = 1 AND until <= ?", (key, now)
+                "UPDATE units SET released = 2 WHERE key = ? AND released = 1 AND until <= ?",
+                (key, now),
             )
             r -= gone
+        db.execute(
+            "DELETE FROM units WHERE key = ? AND released = 2 AND until <= ?", (key, now - period)
+        )
         # No stored time lies further ahead than a writer could have put it: a period for
         # releases, holds and pauses, the in-flight timeout for deadlines. Anything beyond
         # was written under another clock (before a reboot): cap it for good.
@@ -316,14 +341,14 @@ class BudgetFile:
                     at = s.hold_until  # the hold ends last (the rows add up to r)
                 wait = max(wait, at - now)
             if wait > 0 or unknown:
-                return AcquireReply(False, wait, unknown, pmax, pidx)
+                return AcquireReply(False, wait, unknown, pmax, pidx, now)
             deadline = now + self._inflight
             for key, _, _, units in parts:
                 db.execute(
                     "INSERT INTO units VALUES (?, ?, ?, 0, ?)", (lease, key, units, deadline)
                 )
                 db.execute("UPDATE keys SET f = f + ? WHERE key = ?", (units, key))
-            return AcquireReply(True, 0.0, False, 0.0, -1)
+            return AcquireReply(True, 0.0, False, 0.0, -1, now)
 
     def finish(
         self,
@@ -342,31 +367,39 @@ class BudgetFile:
                 row = db.execute(
                     "SELECT released, until FROM units WHERE lease = ? AND key = ?", (lease, key)
                 ).fetchone()
+                state, old = row if row is not None else (2, now)
+                counted = {0: "f", 1: "r"}.get(state)  # the sum the row is in, if any
                 if answered_at is None:
                     if row is not None:
                         db.execute("DELETE FROM units WHERE lease = ? AND key = ?", (lease, key))
-                        column = "r" if row[0] else "f"
+                    if counted is not None:
                         db.execute(
-                            f"UPDATE keys SET {column} = {column} - ? WHERE key = ?", (units, key)
+                            f"UPDATE keys SET {counted} = {counted} - ? WHERE key = ?",
+                            (units, key),
                         )
                     continue
+                # A row already released (counted as answered at its dead deadline) keeps the
+                # later expiry; one expired or gone that is answered only now counts again.
                 until = min(answered_at + period, now + period)
-                if row is None:
-                    # Expired as dead and gone, yet answered just now: count it (safe side).
-                    if until > now:
-                        db.execute(
-                            "INSERT INTO units VALUES (?, ?, ?, 1, ?)", (lease, key, units, until)
-                        )
-                        db.execute("UPDATE keys SET r = r + ? WHERE key = ?", (units, key))
+                if state == 1:
+                    until = max(until, old)
+                elif until <= now:
                     continue
-                released, old = row
-                db.execute(
-                    "UPDATE units SET released = 1, until = ? WHERE lease = ? AND key = ?",
-                    (max(until, old) if released else until, lease, key),
-                )
-                if not released:
+                if row is None:
                     db.execute(
-                        "UPDATE keys SET f = f - ?, r = r + ? WHERE key = ?", (units, units, key)
+                        "INSERT INTO units VALUES (?, ?, ?, 1, ?)", (lease, key, units, until)
+                    )
+                else:
+                    db.execute(
+                        "UPDATE units SET released = 1, until = ? WHERE lease = ? AND key = ?",
+                        (until, lease, key),
+                    )
+                if counted != "r":
+                    db.execute(
+                        "UPDATE keys SET r = r + ? WHERE key = ?"
+                        if counted is None
+                        else "UPDATE keys SET f = f - ?, r = r + ? WHERE key = ?",
+                        (units, key) if counted is None else (units, units, key),
                     )
 
     def heartbeat(self, leases: Sequence[str], clock: Callable[[], float]) -> None:
@@ -380,21 +413,35 @@ class BudgetFile:
             for key, limit, period in db.execute("SELECT key, lim, period FROM keys").fetchall():
                 self._state(key, limit, period, now)
             db.execute(
-                "DELETE FROM keys WHERE f = 0 AND r = 0 AND hold = 0 AND paused_until <= ?",
+                "DELETE FROM keys WHERE f = 0 AND r = 0 AND hold = 0 AND paused_until <= ?"
+                " AND NOT EXISTS (SELECT 1 FROM units WHERE units.key = keys.key)",
                 (now,),
             )
 
     def sync(
-        self, part: Part, remaining: int, reset_after: float, clock: Callable[[], float]
+        self,
+        part: Part,
+        remaining: int,
+        reset_after: float,
+        since: float | None,
+        clock: Callable[[], float],
     ) -> None:
         """Server headers: hold what the server counts beyond the file's units (others')
         until ``reset_after`` s from now, at most a period; a live hold is raised, never
-        lowered."""
+        lowered. ``since``: when the answered request was admitted (the server stamped it
+        later), so units that left the file since then may still have been in the count."""
         key, limit, period, _ = part
         with self._write(clock) as now:
             s = self._state(key, limit, period, now)
             reset = min(reset_after, period)
-            phantom = (limit - min(max(remaining, 0), limit)) - (s.f + s.r)
+            expired = 0
+            if since is not None:
+                (expired,) = self._db.execute(
+                    "SELECT COALESCE(SUM(units), 0) FROM units"
+                    " WHERE key = ? AND released = 2 AND until > ?",
+                    (key, since),
+                ).fetchone()
+            phantom = (limit - min(max(remaining, 0), limit)) - (s.f + s.r + expired)
             if phantom <= 0 or reset <= 0:
                 return
             hold, until = phantom, now + reset

@@ -20,7 +20,7 @@ class SQLiteLease:
         claims: The claims the request was admitted with.
     """
 
-    __slots__ = ("_parts", "_store", "claims", "id", "released")
+    __slots__ = ("_parts", "_store", "admitted_at", "claims", "id", "released")
 
     def __init__(
         self,
@@ -28,8 +28,11 @@ class SQLiteLease:
         claims: tuple[Claim, ...],
         parts: tuple[Part, ...],
         store: SQLiteBudgetStore,
+        admitted_at: float,
     ) -> None:
         self.id = lease_id
+        #: The store's clock when the file admitted it: the server stamps it no earlier.
+        self.admitted_at = admitted_at
         self.claims = claims
         self._parts = parts  # merged per key, sorted by key
         self._store = store

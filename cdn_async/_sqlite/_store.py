@@ -18,7 +18,7 @@ from .._limits import PRIORITY_LEADS, BudgetState, Claim, Lease, Priority, merge
 from .._local_queue import Group
 from .._logs import logger
 from ..errors import BudgetFileError, CDNError, RateLimitedError
-from ._file import AcquireReply, BudgetFile, Busy, Part
+from ._file import CHECKPOINT_EVERY, AcquireReply, BudgetFile, Busy, Part
 from ._lease import SQLiteLease
 
 if TYPE_CHECKING:
@@ -122,12 +122,16 @@ class SQLiteBudgetStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._groups: dict[tuple[str, ...], Group] = {}
         self._inflight: dict[str, SQLiteLease] = {}
+        # Per key, when the request answered last was admitted (``sync`` follows its release).
+        self._answered: dict[str, float] = {}
         # Pauses this process knows of (its own, and what acquires read): key -> until.
         self._pauses: dict[str, float] = {}
         # Writes (release, give back, sync, pause) that met a locked file, in order.
         self._pending: deque[Callable[[], None]] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._checkpoint: asyncio.Task[None] | None = None
+        self._checkpointed = 0  # the file's commit count at the last checkpoint
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(6) + "-"
         self._pid = os.getpid()
@@ -231,12 +235,20 @@ class SQLiteBudgetStore:
         hold is raised, never lowered. As in ``RedisBudgetStore``, requests are not sent one
         at a time after a refusal (``refused`` is accepted and not used): processes sharing
         the file see each other's units exactly.
+
+        The server counted at its stamp, which came after the answered request was admitted;
+        units that left the windows since that admission may have been in its count, so they
+        are not taken for another client's (else one unit expiring during a round trip would
+        hold a unit back for a whole period). The answered request is the one this process
+        released (or gave back) last on the key: the session settles a request, then applies
+        its headers.
         """
+        since = self._answered.pop(claim.key, None)
         if self._closed:
             return
         part = Part(claim.key, claim.limit, claim.period, 0)
         reset = min(reset_after, claim.period)
-        self._write(lambda: self._file.sync(part, remaining, reset, self._clock))
+        self._write(lambda: self._file.sync(part, remaining, reset, since, self._clock))
 
     def pause(self, claim: Claim, resume_after: float) -> None:
         """The server answered 429 for this key: every process admits nothing on it for
@@ -289,6 +301,8 @@ class SQLiteBudgetStore:
             return
         self._closed = True
         self._wake_all()
+        if self._checkpoint is not None:
+            await self._checkpoint
         for task in (self._heartbeat, self._flusher):
             if task is not None:
                 task.cancel()
@@ -334,8 +348,9 @@ class SQLiteBudgetStore:
                 busy_sleep = min(busy_sleep * 2, _MAX_BUSY_SLEEP)
                 continue
             locked_since, busy_sleep = None, _MIN_SLEEP
+            self._maintain()
             if reply.admitted:
-                lease = SQLiteLease(lease_id, claims, parts, self)
+                lease = SQLiteLease(lease_id, claims, parts, self, reply.at)
                 self._inflight[lease_id] = lease
                 self._ensure_heartbeat()
                 return lease
@@ -387,6 +402,8 @@ class SQLiteBudgetStore:
         self._inflight.pop(lease.id, None)
         if self._closed:
             return None
+        for part in lease._parts:
+            self._answered[part.key] = lease.admitted_at
         return lease
 
     def _write(self, op: Callable[[], None]) -> None:
@@ -402,6 +419,7 @@ class SQLiteBudgetStore:
                 return
             else:
                 self._wake_all()
+                self._maintain()
                 return
         self._pending.append(op)
         if self._flusher is None or self._flusher.done():
@@ -423,6 +441,16 @@ class SQLiteBudgetStore:
             self._pending.popleft()
             sleep = _MIN_SLEEP
             self._wake_all()
+
+    def _maintain(self) -> None:
+        """Every ``CHECKPOINT_EVERY`` commits, checkpoint the WAL in a thread."""
+        if self._file.commits - self._checkpointed < CHECKPOINT_EVERY or self._closed:
+            return
+        if self._checkpoint is None or self._checkpoint.done():
+            self._checkpointed = self._file.commits
+            self._checkpoint = self._get_loop().create_task(
+                asyncio.to_thread(self._file.checkpoint)
+            )
 
     # -- heartbeat --------------------------------------------------------------------------------
 
