@@ -82,8 +82,9 @@ class CDNClient:
             ``$CDN_ASYNC_BASE_URL``, else ``https://api.digitalocean.com``.
         limits: The budgets every request is held to (``RateLimits.documented()``).
         budget_store: Where the budget windows live: None keeps them in this process; a
-            ``cdn_async.redis.RedisBudgetStore`` shares them between processes. A store you
-            pass is yours to close (``await store.aclose()``): clients may share one.
+            ``SQLiteBudgetStore(path)`` shares them between the processes of one host, a
+            ``cdn_async.redis.RedisBudgetStore`` between hosts. A store you pass is yours to
+            close (``await store.aclose()``): clients may share one.
         timeout: Seconds an attempt may take, or None for no limit.
         max_retries: Retries after 5xx answers, broken connections and 429s.
         max_rate_limit_wait: The longest a request waits on a budget the server paused (after
