@@ -80,6 +80,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _budget_files(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cdn-async`` commands share their budgets through a file in the user's runtime
+    directory: every test gets its own, never the real user's."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("runtime")))
+
+
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """A fresh redis-server on a free port, no persistence; skipped (or, on CI, failed) when

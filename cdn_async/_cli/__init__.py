@@ -9,7 +9,10 @@ Needs the ``cli`` extra (click and rich), imported only when ``main`` runs, so
     cdn-async purge 19f06b6a-3ace-4315-b086-499a0e521b76 img/logo.png 'css/*'
     cdn-async demo
 
-With ``--redis URL`` (or ``$CDN_ASYNC_REDIS_URL``) every command shares the rate budgets
+Every command shares the rate budgets with the other ``cdn-async`` commands of the user on
+this host through one SQLite file per token (``_host_budgets``; ``--no-share-budgets`` or
+``CDN_ASYNC_SHARE_BUDGETS=0`` to keep them in the process), so parallel jobs on one runner
+draw no 429s. With ``--redis URL`` (or ``$CDN_ASYNC_REDIS_URL``) every command shares them
 (``RedisBudgetStore``) and purges go through one queue shared by every process
 (``RedisPurgeQueue``): parallel CI jobs purge a path once between them. ``purge --no-wait``
 only queues; ``cdn-async purge-worker`` sends what was queued.
@@ -19,7 +22,7 @@ stderr. Exit codes: 0 success, 1 API error (or a declined delete), 2 usage error
 The API token is never printed.
 
 One module per concern: ``_app`` (the click app, the options every API command shares and
-the exit codes of SDK errors), ``_endpoints``, ``_purge`` (``purge`` and ``purge-worker``),
+the exit codes of SDK errors), ``_host_budgets`` (the budget file), ``_endpoints``, ``_purge`` (``purge`` and ``purge-worker``),
 ``_progress`` (the live bar, or a display that shows nothing), ``_demo`` (``demo`` and
 ``fake-server``) and ``_output`` (what is printed, and the exit statuses). Only this module
 loads without click and rich; it imports the others once it has found them.

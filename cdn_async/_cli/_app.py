@@ -21,9 +21,11 @@ from .. import NOT_GIVEN, CDNClient, RateLimits
 from .._constants import DEFAULT_BASE_URL, TOKEN_ENV
 from ..errors import CDNError, ValidationError
 from ..events import BudgetWaited, Event, EventHook, ResponseReceived
+from ._host_budgets import SHARE_ENV, host_store
 from ._output import EXIT_API_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, err, error_line
 
 if TYPE_CHECKING:
+    from .._sqlite import SQLiteBudgetStore
     from ..redis import RedisPurgeQueue
 
 BASE_URL_ENV = "CDN_ASYNC_BASE_URL"
@@ -43,6 +45,8 @@ class ApiOptions:
             (``RedisPurgeQueue``) through, or None (hidden from the repr: it may hold a
             password).
         verbose: Print one line per request on stderr.
+        share_budgets: Without ``redis_url``, share the budgets with the other commands on
+            this host through the token's budget file (``_host_budgets``).
     """
 
     token: str | None = attrs.field(repr=False)
@@ -50,6 +54,7 @@ class ApiOptions:
     time_scale: float
     redis_url: str | None = attrs.field(default=None, repr=False)
     verbose: bool = False
+    share_budgets: bool = True
 
     def _hooks(self) -> list[EventHook]:
         return [RequestLines()] if self.verbose else []
@@ -64,15 +69,20 @@ class ApiOptions:
             limits = limits.scaled(self.time_scale)
         return limits
 
-    def client(self) -> CDNClient:
-        """A client for these options, with budgets in this process (``redis_url`` unused).
+    def client(self, budget_store: SQLiteBudgetStore | None = None) -> CDNClient:
+        """A client for these options (``redis_url`` unused), with its budgets in
+        ``budget_store`` (the caller's to close), else in this process.
 
         Raises:
             ValidationError: No token, a bad base URL or time scale.
         """
         limits = self._limits()
         return CDNClient(
-            self.token, base_url=self.base_url, limits=limits, event_hooks=self._hooks()
+            self.token,
+            base_url=self.base_url,
+            limits=limits,
+            budget_store=budget_store,
+            event_hooks=self._hooks(),
         )
 
     @contextlib.asynccontextmanager
@@ -82,14 +92,24 @@ class ApiOptions:
 
         With ``redis_url`` the client's budgets live in Redis (``RedisBudgetStore``) and its
         purges go through the shared queue, both under the token's id (``token_id_for``).
+        Without, in the token's budget file on this host (``host_store``), unless
+        ``share_budgets`` is off or the file's directory is unusable: then in this process.
 
         Raises:
             ValidationError: No token, a bad base URL, time scale or Redis URL, or no
                 redis-py for ``redis_url``.
+            BudgetFileError: The budget file is corrupt or stays locked.
         """
         if self.redis_url is None:
-            async with self.client() as cdn:
-                yield cdn, None
+            self._limits()  # no token: a usage error before any file is made
+            assert self.token is not None
+            host = host_store(self.token) if self.share_budgets else None
+            try:
+                async with self.client(host) as cdn:
+                    yield cdn, None
+            finally:
+                if host is not None:
+                    await host.aclose()
             return
         limits = self._limits()
         assert self.token is not None
@@ -178,6 +198,15 @@ _API_OPTIONS = (
         metavar="URL",
     ),
     click.option(
+        "--share-budgets/--no-share-budgets",
+        default=True,
+        envvar=SHARE_ENV,
+        show_envvar=True,
+        help="Without --redis, share the rate budgets with every cdn-async command of this "
+        "user on this host, through one file per token (parallel jobs stay within the "
+        "budgets together). --no-share-budgets keeps them in this process.",
+    ),
+    click.option(
         "--redis",
         envvar=REDIS_ENV,
         show_envvar=True,
@@ -198,8 +227,8 @@ _API_OPTIONS = (
 
 
 def api_options(fn: Callable[..., int]) -> Callable[..., int]:
-    """Give a command ``--token``, ``--redis``, ``--base-url``, ``--time-scale`` and
-    ``--verbose``; it is called with them as one ``ApiOptions`` first (also set as the click
+    """Give a command ``--token``, ``--redis``, ``--share-budgets``, ``--base-url``,
+    ``--time-scale`` and ``--verbose``; it is called with them as one ``ApiOptions`` first (also set as the click
     context's ``obj``)."""
 
     @functools.wraps(fn)
@@ -207,12 +236,13 @@ def api_options(fn: Callable[..., int]) -> Callable[..., int]:
         *,
         token: str | None,
         redis: str | None,
+        share_budgets: bool,
         base_url: str,
         time_scale: float,
         verbose: bool,
         **params: Any,
     ) -> int:
-        api = ApiOptions(token, base_url, time_scale, redis or None, verbose)
+        api = ApiOptions(token, base_url, time_scale, redis or None, verbose, share_budgets)
         click.get_current_context().obj = api
         return fn(api, **params)
 

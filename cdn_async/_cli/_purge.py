@@ -78,8 +78,10 @@ def purge(
     dropped, and the rest go out in batches of 50 as fast as the rate limits allow, with
     a progress bar. Ctrl-C stops and reports what was already purged.
 
-    With --redis, parallel jobs share the rate budgets and one purge queue: a path queued
-    by several of them is sent once, and one batch per endpoint is in flight at a time.
+    Parallel jobs on one host share the rate budgets (a file per token; see
+    --no-share-budgets). With --redis, jobs on any host share them and one purge queue: a
+    path queued by several of them is sent once, and one batch per endpoint is in flight at
+    a time.
 
     \b
     Examples:
