@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -196,7 +197,8 @@ class Session:
             files: How many purge paths it carries (for the file budget).
             json: The JSON body, if any.
             seal: Instead of ``json``: a function that makes the body, called once, when the
-                budgets first admit the request (the purge engine seals its batch then). If
+                budgets first admit the request (the purge engine seals its batch then; it
+                may return an awaitable of the body: the purge queue fixes it in Redis). If
                 it raises, the request is not sent and its units are given back.
             params: Query parameters.
             retry_not_found: For this many seconds from the first attempt, treat a 404 as the
@@ -248,6 +250,8 @@ class Session:
                 http = pool.get()
                 if make_body is not None:
                     json, make_body = make_body(), None
+                    if inspect.isawaitable(json):  # a body fixed elsewhere (the purge queue)
+                        json = await json
             except BaseException:
                 self.store.give_back(lease)  # nothing was sent
                 raise
