@@ -9,8 +9,9 @@ order, split at the *frontier*.
 * ``Waiter``: one ``acquire`` call that could not be admitted at once, queued on every key it
   claims. ``BudgetLease``: what an admitted call holds until its answer.
 
-Order. Every queue is in *virtual arrival time* order: the arrival time, ``PRIORITY_LEAD``
-earlier for ``"high"`` and later for ``"low"`` (``_limits.py``). Like plain arrival order it is
+Order. Every queue is in *virtual arrival time* order: the arrival time, the lead
+(``_limits.priority_lead``: 3 periods of the shortest budget claimed) earlier for ``"high"``
+and later for ``"low"``. Like plain arrival order it is
 one total order over all keys, so two keys never disagree about who comes first; that is what
 keeps stacked claims atomic and the argument below whole. A call that arrives with an earlier
 virtual time than waiters already queued *overtakes* them: reserved ones step back behind it.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from ._budget_keys import KeyTable
 from ._budget_queue import ADMITTED, GONE, WAITING, BudgetKey, BudgetLease, Waiter
-from ._limits import PRIORITY_LEADS, BudgetState, Claim, Lease, Priority, merge_claims
+from ._limits import BudgetState, Claim, Lease, Priority, merge_claims, priority_lead
 from .errors import CDNError, RateLimitedError, ValidationError
 
 if TYPE_CHECKING:
@@ -71,10 +71,11 @@ class MemoryBudgetStore(KeyTable):
             max_wait: The longest the caller will wait for a key paused by a 429; None: any.
                 Ordinary budget waits never raise, whatever ``max_wait`` says.
             priority: Queues are ordered by a *virtual arrival time*: the arrival time plus
-                ``PRIORITY_LEAD`` s for ``"low"``, minus it for ``"high"``. So higher calls go
-                first, calls of one level in arrival order, and a call is passed only by
-                higher ones that arrive less than ``PRIORITY_LEAD`` (one level up) or twice
-                that (two levels) after it: none waits forever. Like arrival order, the
+                the lead for ``"low"``, minus it for ``"high"`` (``priority_lead``: 3 periods
+                of the shortest budget claimed, 30 s with the documented budgets). So higher
+                calls go first, calls of one level in arrival order, and a call is passed only
+                by higher ones that arrive less than one lead (one level up) or two (two
+                levels) after it: none waits forever. Like arrival order, the
                 virtual time is one total order over every key, so stacking stays atomic.
 
         Returns:
@@ -120,7 +121,7 @@ class MemoryBudgetStore(KeyTable):
             return BudgetLease(tuple(claims), parts, self)
         for k, u in parts:
             k.give_back(u)
-        return await self._wait(tuple(claims), max_wait, now, now - PRIORITY_LEADS[priority])
+        return await self._wait(tuple(claims), max_wait, now, now - priority_lead(claims, priority))
 
     def release(self, lease: Lease) -> None:
         """The request's answer (or failure) arrived: its units free ``period`` s from now.

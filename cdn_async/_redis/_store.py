@@ -14,13 +14,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from .._limits import (
-    PRIORITY_LEADS,
     BudgetState,
     Claim,
     Lease,
     Priority,
     RateLimits,
     merge_claims,
+    priority_lead,
 )
 from .._local_queue import Group
 from .._logs import logger
@@ -214,7 +214,7 @@ class RedisBudgetStore(RedisLink):
             group = self._groups[keyset] = Group()
         group.count += 1
         try:
-            await group.lock.acquire(self._get_loop().time() - PRIORITY_LEADS[priority])
+            await group.lock.acquire(self._get_loop().time() - priority_lead(claims, priority))
             try:
                 return await self._acquire_head(tuple(claims), parts, max_wait, group)
             finally:

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from .._limits import PRIORITY_LEADS, BudgetState, Claim, Lease, Priority, merge_claims
+from .._limits import BudgetState, Claim, Lease, Priority, merge_claims, priority_lead
 from .._local_queue import Group
 from .._logs import logger
 from ..errors import BudgetFileError, CDNError, RateLimitedError
@@ -189,7 +189,7 @@ class SQLiteBudgetStore:
             group = self._groups[keyset] = Group()
         group.count += 1
         try:
-            await group.lock.acquire(self._clock() - PRIORITY_LEADS[priority])
+            await group.lock.acquire(self._clock() - priority_lead(claims, priority))
             try:
                 return await self._acquire_head(tuple(claims), merged, parts, max_wait, group)
             finally:
