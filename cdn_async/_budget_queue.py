@@ -247,9 +247,11 @@ class BudgetKey(WindowLedger):
         queued.extend(w for w, _ in self.blocked or () if w.state == WAITING)
         return queued
 
-    def units_ahead(self) -> int:
-        """Units every live waiter on this key claims here: a newcomer's wait comes after."""
-        return self.passing_units + sum(u for w, u in self.blocked or () if w.state == WAITING)
+    def units_ahead(self, vt: float) -> int:
+        """Units the live waiters that go before a newcomer of virtual time ``vt`` claim here
+        (those of a later virtual time step back behind it)."""
+        ahead = sum(u for w, u in self.passing.items() if w.vt <= vt)
+        return ahead + sum(u for w, u in self.blocked or () if w.state == WAITING and w.vt <= vt)
 
     def unused(self, now: float) -> bool:
         """Nothing counted, paused or waiting: the store may forget this key."""

@@ -290,9 +290,12 @@ class EstimatesAdmission(Protocol):
     """A store that can tell how long a call queued now would wait (optional for stores:
     without it, ``max_budget_wait`` is enforced by the deadline alone)."""
 
-    def admission_delay(self, claims: Sequence[Claim]) -> tuple[float, str]:
-        """A lower bound on the seconds until ``claims`` would be admitted, and the name of
-        the budget that holds them back (``(0.0, "")`` when they would pass at once)."""
+    def admission_delay(
+        self, claims: Sequence[Claim], priority: Priority = "normal"
+    ) -> tuple[float, str]:
+        """A lower bound on the seconds until ``claims`` queued now at ``priority`` would be
+        admitted (counting only waiters that go before it), and the name of the budget that
+        holds them back (``(0.0, "")`` when they would pass at once)."""
         ...
 
 

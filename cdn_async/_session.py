@@ -345,20 +345,25 @@ class Session:
     async def _acquire(self, claims: tuple[Claim, ...], opts: Options, priority: Priority) -> Lease:
         """Wait for the budgets, within the call's ``max_budget_wait`` and ``max_queued``."""
         store = self.store
-        if opts.max_queued is not None and self._queued >= opts.max_queued:
-            raise QueueFullError(
-                f"{self._queued} calls already wait for their budgets "
-                f"(max_queued={opts.max_queued})"
-            )
-        deadline = opts.max_budget_wait
+        deadline, cap = opts.max_budget_wait, opts.max_queued
         estimator = (
-            store if deadline is not None and isinstance(store, EstimatesAdmission) else None
+            store
+            if (deadline is not None or cap is not None) and isinstance(store, EstimatesAdmission)
+            else None
         )
-        if deadline is not None and estimator is not None:
-            delay, budget = estimator.admission_delay(claims)
-            if delay > deadline:
-                raise wait_timeout(delay, budget, deadline, early=True)
-        self._queued += 1
+        delay, budget = (
+            estimator.admission_delay(claims, priority) if estimator is not None else (1.0, "")
+        )
+        # Queued: waits for budget. A call the budgets admit at once is not, even while it is
+        # held back to go one at a time (a first call, a probe): it never meets the cap.
+        queued = delay > 0
+        if cap is not None and queued and self._queued >= cap:
+            raise QueueFullError(
+                f"{self._queued} calls already wait for their budgets (max_queued={cap})"
+            )
+        if deadline is not None and estimator is not None and delay > deadline:
+            raise wait_timeout(delay, budget, deadline, early=True)
+        self._queued += queued
         try:
             acquire = store.acquire(claims, max_wait=opts.max_rate_limit_wait, priority=priority)
             if deadline is None:
@@ -369,11 +374,13 @@ class Session:
             except TimeoutError:
                 # The store took nothing: a waiter cancelled before admission never does.
                 late, budget = (
-                    estimator.admission_delay(claims) if estimator is not None else (None, "")
+                    estimator.admission_delay(claims, priority)
+                    if estimator is not None
+                    else (None, "")
                 )
                 raise wait_timeout(late, budget, deadline, early=False) from None
         finally:
-            self._queued -= 1
+            self._queued -= queued
 
     async def _exchange(
         self,
