@@ -2,8 +2,11 @@
 state (Redis, the SQLite file), and it naps between attempts until the time the store named,
 or until this process gets an answer. The queue is in virtual-arrival-time order, as the
 in-process store's (``priority``: see ``MemoryBudgetStore.acquire``), so priorities hold among
-this process's calls for the same budgets. Used by ``RedisBudgetStore`` and
-``SQLiteBudgetStore``; it imports nothing of either."""
+this process's calls for the same budgets: a call that arrives with an earlier virtual time
+than the head's wakes the head, which steps back behind it before it asks again (the head
+holds nothing between attempts, so stepping back costs nothing; ``Group.enter``,
+``PriorityLock.passed``). Used by ``RedisBudgetStore`` and ``SQLiteBudgetStore``; it imports
+nothing of either."""
 
 from __future__ import annotations
 
@@ -15,16 +18,23 @@ import itertools
 class PriorityLock:
     """A lock handed to waiters in ``(virtual time, arrival)`` order."""
 
-    __slots__ = ("_locked", "_seq", "_waiters")
+    __slots__ = ("_locked", "_seq", "_waiters", "holder_vt")
 
     def __init__(self) -> None:
         self._locked = False
         self._seq = itertools.count()
         self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
+        #: The virtual time of the holder (the head).
+        self.holder_vt = 0.0
+
+    def passed(self) -> bool:
+        """Whether a waiter of an earlier virtual time than the holder's is queued."""
+        return bool(self._waiters) and self._waiters[0][0] < self.holder_vt
 
     async def acquire(self, vt: float) -> None:
         if not self._locked and not self._waiters:
             self._locked = True
+            self.holder_vt = vt
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (vt, next(self._seq), fut))
@@ -38,9 +48,10 @@ class PriorityLock:
     def release(self) -> None:
         waiters = self._waiters
         while waiters:
-            _, _, fut = heapq.heappop(waiters)
+            vt, _, fut = heapq.heappop(waiters)
             if not fut.done():  # skip the cancelled
                 fut.set_result(None)  # handed over: the lock stays held
+                self.holder_vt = vt
                 return
         self._locked = False
 
@@ -48,12 +59,22 @@ class PriorityLock:
 class Group:
     """Acquires queued on one key set."""
 
-    __slots__ = ("count", "lock", "sleeper")
+    __slots__ = ("count", "line", "lock", "ready_at", "sleeper")
 
     def __init__(self) -> None:
         self.lock = PriorityLock()
         self.count = 0
         self.sleeper: asyncio.Future[None] | None = None
+        #: Each queued acquire's virtual time and units per key (for ``admission_delay``).
+        self.line: dict[object, tuple[float, dict[str, int]]] = {}
+        #: When Redis last said the head's units could fit, at the soonest (loop time).
+        self.ready_at = 0.0
+
+    async def enter(self, vt: float) -> None:
+        """Queue for the lock at ``vt``; a call ahead of the head wakes it to step back."""
+        if self.lock.holder_vt > vt:
+            self.wake()
+        await self.lock.acquire(vt)
 
     async def nap(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
         """Sleep ``delay`` s, or less if ``wake`` is called (a slot may be free)."""

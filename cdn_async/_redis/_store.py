@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+from .._ledger import WindowLedger
 from .._limits import (
     BudgetState,
     Claim,
@@ -33,6 +34,10 @@ from ._link import RedisLink
 if TYPE_CHECKING:
     from .._limits import BudgetStore
     from ._scripts import AcquireReply
+
+
+class _Passed(Exception):
+    """The head steps back: a call of an earlier virtual time queued behind it."""
 
 
 # A sleep never shorter than this (Redis time is in ms; avoid spinning on rounding).
@@ -213,13 +218,20 @@ class RedisBudgetStore(RedisLink):
         if group is None:
             group = self._groups[keyset] = Group()
         group.count += 1
+        vt = self._get_loop().time() - priority_lead(claims, priority)
+        me = object()
+        group.line[me] = (vt, {c.key: u for c, u in parts})
         try:
-            await group.lock.acquire(self._get_loop().time() - priority_lead(claims, priority))
-            try:
-                return await self._acquire_head(tuple(claims), parts, max_wait, group)
-            finally:
-                group.lock.release()
+            while True:
+                await group.enter(vt)
+                try:
+                    return await self._acquire_head(tuple(claims), parts, max_wait, group)
+                except _Passed:
+                    continue  # a call of an earlier virtual time goes first; queue again
+                finally:
+                    group.lock.release()
         finally:
+            del group.line[me]
             group.count -= 1
             if group.count == 0 and self._groups.get(keyset) is group:
                 del self._groups[keyset]
@@ -294,6 +306,46 @@ class RedisBudgetStore(RedisLink):
         self._wake_all()
         self._write_later(_scripts.pause(claim, resume_after))
 
+    def admission_delay(
+        self, claims: Sequence[Claim], priority: Priority = "normal"
+    ) -> tuple[float, str]:
+        """How long, at least, a call with ``claims`` queued now at ``priority`` would wait,
+        and on which budget (sync: it reads no Redis).
+
+        Per key, as ``MemoryBudgetStore.admission_delay`` does, from what this process knows:
+        its own units, the holds and pauses its answers set (its mirror), and the units of its
+        own queued calls that go before this one; and no sooner than Redis last said the head
+        of the same budgets could fit, when that head goes before this call. Other processes'
+        units and calls can only make the wait longer: a lower bound, so a call is not
+        refused early, and ``BudgetWaitTimeout.retry_after`` is never None.
+
+        Returns:
+            ``(seconds, budget name)``; ``(0.0, "")`` when it would be admitted at once.
+        """
+        parts = merge_claims(claims)
+        now = self._clock()
+        loop_now = self._get_loop().time()
+        vt = loop_now - priority_lead(claims, priority)
+        worst, budget = 0.0, ""
+        for c, units in parts:
+            ahead = sum(
+                line_units.get(c.key, 0)
+                for group in self._groups.values()
+                for other_vt, line_units in group.line.values()
+                if other_vt <= vt
+            )
+            led = self._mirror.local.get(c.key) or WindowLedger(c.limit, c.period)
+            delay = led.queue_delay(ahead, units, now)
+            if delay > worst:
+                worst, budget = delay, c.budget
+        group = self._groups.get(tuple(c.key for c, _ in parts))
+        if group is not None and group.lock.holder_vt <= vt:
+            # The head goes before this call: it waits at least what Redis last named.
+            delay = group.ready_at - loop_now
+            if delay > worst:
+                worst, budget = delay, parts[0][0].budget
+        return worst, budget
+
     def snapshot(self) -> dict[str, BudgetState]:
         """This process's view of its keys (sync: it reads no Redis).
 
@@ -365,6 +417,8 @@ class RedisBudgetStore(RedisLink):
         while True:
             if self._closed:
                 raise CDNError("budget store closed")
+            if group.lock.passed():
+                raise _Passed
             down = self._down_since
             if down is not None:
                 if self._fallback == "memory":
@@ -391,6 +445,11 @@ class RedisBudgetStore(RedisLink):
                 continue
             if reply.admitted:
                 return lease
+            # Units in flight (``unknown``) free no sooner than a period after an answer that
+            # had not come when the script ran.
+            group.ready_at = asked + (
+                max(reply.wait, min(c.period for c, _ in parts)) if reply.unknown else reply.wait
+            )
             if max_wait is not None and reply.paused > max_wait:
                 pidx = reply.paused_index
                 raise paused_error(parts[pidx - 1][0] if pidx else parts[0][0], reply.paused)
