@@ -273,11 +273,14 @@ class Endpoints:
             ValidationError: ``files`` is empty, a bare string, or holds a bad path.
             PurgeError: Some paths failed, or were not confirmed because the client was
                 closed; ``.report`` has what was confirmed (``purged``) and the rest
-                (``failed``), and ``.reason`` the one error every failed path shares, if any.
+                (``failed``), and ``.reason`` the one error every failed path shares, if any
+                (the same kind of failure: class, status and error id, or budget).
 
         A cancelled call raises ``CancelledError``: by then ``on_batch`` (and ``on_progress``)
-        has delivered every path confirmed so far; its paths not yet sent are not sent
-        (unless another call waits on them), a batch already sent completes.
+        has delivered every path confirmed so far, and neither is called again (a batch on
+        the wire then completes, but its paths were not confirmed while the call lasted: a
+        checkpoint written in ``except CancelledError`` is complete); its paths not yet sent
+        are not sent (unless another call waits on them).
         """
         cdn_id = check.uuid_str("cdn_id", cdn_id)
         priority = _priority(priority)

@@ -276,9 +276,11 @@ class PurgeError(CDNError):
     Attributes:
         report: The ``PurgeReport``: ``purged`` holds every path confirmed before the purge
             ended, ``failed`` every other path with its error.
-        reason: The error every failed path failed with, when they all failed for the same
-            one (e.g. a ``NotFoundError`` for an unknown endpoint, an
-            ``AuthenticationError``); None when they failed for different errors. It is also
+        reason: The error every failed path failed with, when they all failed the same way
+            (e.g. a ``NotFoundError`` for an unknown endpoint, an ``AuthenticationError``, a
+            ``BudgetWaitTimeout`` on one budget): the same class, and for an API error the
+            same status and error id, for a rate-limit error the same budget; messages may
+            differ. None when they failed in different ways. It is also
             the exception's ``__cause__``, so ``except PurgeError as e: raise map(e.reason)``
             or a traceback shows it directly.
     """
@@ -288,9 +290,7 @@ class PurgeError(CDNError):
         failed = len(report.failed)
         errors = list(report.failed.values())
         first = errors[0] if errors else None
-        same = first is not None and all(
-            e is first or (type(e) is type(first) and str(e) == str(first)) for e in errors
-        )
+        same = first is not None and all(_kind(e) == _kind(first) for e in errors)
         self.reason: CDNError | None = first if same else None
         message = f"{failed} of {failed + len(report.purged)} paths failed to purge"
         if self.reason is not None:
@@ -298,6 +298,18 @@ class PurgeError(CDNError):
         super().__init__(message)
         if self.reason is not None:
             self.__cause__ = self.reason
+
+
+def _kind(error: CDNError) -> tuple[object, ...]:
+    """What failure ``error`` is, for ``PurgeError.reason``: its class and the fields that say
+    why, never a message that varies (a timeout's "0.399 s" and "0.400 s" are one failure)."""
+    if isinstance(error, APIError):
+        return (type(error), error.status, error.error_id)
+    if isinstance(error, RateLimitedError):
+        return (type(error), error.budget)
+    if type(error) is CDNError:  # a plain CDNError says what it is only in its message
+        return (CDNError, str(error))
+    return (type(error),)
 
 
 # CDNError and RateLimitInfo are defined below the errors (see ``_error_root``); they are

@@ -430,6 +430,9 @@ class RedisPurgeQueue(_Drainer):
             # Cancelling the caller cancels only its own wait, never a shared task.
             await asyncio.shield(ticket._finished)
         finally:
+            # The call has ended: no callback of it runs any more (a checkpoint written when
+            # it ends, cancelled or not, has seen every batch it will see).
+            ticket._on_batch = ticket._on_progress = None
             lane.tickets.discard(ticket)
             self._watching.discard(ticket)
             lane.poke()
