@@ -70,7 +70,8 @@ class RedisPurgeQueue(_Drainer):
     drainer that dies mid-batch has it sent again, so possibly twice, once its lease has
     expired and the shared budgets no longer count its request: ``lease_ttl`` after its
     last renewal, and, with a ``RedisBudgetStore``, its ``inflight_timeout`` after its last
-    heartbeat plus the budget's period, whichever is later: about 80 s with the defaults);
+    heartbeat, and until its units expire a period after that, whichever is later: 60-80 s
+    with the defaults);
     nothing submitted is dropped while Redis keeps its data; every path ends purged or failed,
     and a waiter gets that per path. Results are kept ``result_ttl`` after their last write.
     A Redis restart without persistence loses the paths of submitters that do not wait;
