@@ -11,6 +11,7 @@
     │   └── BudgetWaitTimeout                   ... or admission is further off than max_budget_wait
     ├── QueueFullError                          max_queued calls are already waiting
     ├── BudgetFileError                         a SQLiteBudgetStore's file is unusable
+    ├── CreateUnconfirmedError                  a create failed ambiguously and the lookup too
     ├── APIError                                the API answered with an error status
     │   ├── BadRequestError          400
     │   ├── AuthenticationError      401
@@ -44,6 +45,7 @@ __all__ = [
     "BudgetWaitTimeout",
     "CDNError",
     "ConflictError",
+    "CreateUnconfirmedError",
     "InternalServerError",
     "NotFoundError",
     "PermissionDeniedError",
@@ -268,6 +270,31 @@ def error_class_for(status: int) -> type[APIError]:
     if status >= 500:
         return InternalServerError
     return _BY_STATUS.get(status, APIError)
+
+
+class CreateUnconfirmedError(CDNError):
+    """A create may have happened: an attempt failed after it may have reached the server (a
+    5xx, a connection lost after the request was written), and the lookup of its origin that
+    would tell failed too. Look the origin up later (``endpoints.list``) before creating it
+    again; a create is never reported failed while it may exist.
+
+    Attributes:
+        origin: The origin the endpoint was being created for.
+        error: The create attempt's failure (also the ``__cause__``).
+        lookup_error: Why the lookup could not tell.
+    """
+
+    def __init__(self, origin: str, error: CDNError, lookup_error: CDNError) -> None:
+        super().__init__(
+            f"the create of {origin} may have happened: it failed with "
+            f"{type(error).__name__} after it may have reached the server, and looking the "
+            f"origin up failed with {type(lookup_error).__name__}; look it up before "
+            "creating it again"
+        )
+        self.origin = origin
+        self.error = error
+        self.lookup_error = lookup_error
+        self.__cause__ = error
 
 
 class PurgeError(CDNError):
