@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Literal
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from .._ledger import WindowLedger
 from .._limits import (
     BudgetState,
     Claim,
@@ -23,7 +22,7 @@ from .._limits import (
     merge_claims,
     priority_lead,
 )
-from .._local_queue import Group
+from .._local_queue import Group, line_estimate
 from .._logs import logger
 from ..errors import CDNError
 from . import _link, _scripts
@@ -34,10 +33,6 @@ from ._link import RedisLink
 if TYPE_CHECKING:
     from .._limits import BudgetStore
     from ._scripts import AcquireReply
-
-
-class _Passed(Exception):
-    """The head steps back: a call of an earlier virtual time queued behind it."""
 
 
 # A sleep never shorter than this (Redis time is in ms; avoid spinning on rounding).
@@ -219,19 +214,13 @@ class RedisBudgetStore(RedisLink):
             group = self._groups[keyset] = Group()
         group.count += 1
         vt = self._get_loop().time() - priority_lead(claims, priority)
-        me = object()
-        group.line[me] = (vt, {c.key: u for c, u in parts})
         try:
-            while True:
-                await group.enter(vt)
-                try:
-                    return await self._acquire_head(tuple(claims), parts, max_wait, group)
-                except _Passed:
-                    continue  # a call of an earlier virtual time goes first; queue again
-                finally:
-                    group.lock.release()
+            return await group.run(
+                vt,
+                {c.key: u for c, u in parts},
+                lambda: self._acquire_head(tuple(claims), parts, max_wait, group),
+            )
         finally:
-            del group.line[me]
             group.count -= 1
             if group.count == 0 and self._groups.get(keyset) is group:
                 del self._groups[keyset]
@@ -322,29 +311,15 @@ class RedisBudgetStore(RedisLink):
         Returns:
             ``(seconds, budget name)``; ``(0.0, "")`` when it would be admitted at once.
         """
-        parts = merge_claims(claims)
-        now = self._clock()
         loop_now = self._get_loop().time()
-        vt = loop_now - priority_lead(claims, priority)
-        worst, budget = 0.0, ""
-        for c, units in parts:
-            ahead = sum(
-                line_units.get(c.key, 0)
-                for group in self._groups.values()
-                for other_vt, line_units in group.line.values()
-                if other_vt <= vt
-            )
-            led = self._mirror.local.get(c.key) or WindowLedger(c.limit, c.period)
-            delay = led.queue_delay(ahead, units, now)
-            if delay > worst:
-                worst, budget = delay, c.budget
-        group = self._groups.get(tuple(c.key for c, _ in parts))
-        if group is not None and group.lock.holder_vt <= vt:
-            # The head goes before this call: it waits at least what Redis last named.
-            delay = group.ready_at - loop_now
-            if delay > worst:
-                worst, budget = delay, parts[0][0].budget
-        return worst, budget
+        return line_estimate(
+            self._groups,
+            merge_claims(claims),
+            loop_now - priority_lead(claims, priority),
+            loop_now,
+            self._clock(),
+            lambda c: self._mirror.local.get(c.key),
+        )
 
     def snapshot(self) -> dict[str, BudgetState]:
         """This process's view of its keys (sync: it reads no Redis).
@@ -417,8 +392,7 @@ class RedisBudgetStore(RedisLink):
         while True:
             if self._closed:
                 raise CDNError("budget store closed")
-            if group.lock.passed():
-                raise _Passed
+            group.check_passed()  # a call of an earlier virtual time goes first
             down = self._down_since
             if down is not None:
                 if self._fallback == "memory":
