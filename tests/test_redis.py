@@ -851,7 +851,7 @@ async def test_priorities_order_this_processs_waiters(redis_server: RedisServer)
 
 # -- deadlines and the queue cap on the shared store (issue 23) ------------------------------------
 
-SCALE = 0.05  # cdn budget: 5 requests / 0.5 s
+SCALE = 0.02  # cdn budget: 5 requests / 0.2 s
 
 
 async def _fill_and_queue(cdn: Any, cdn_id: str, waiting: int) -> list[asyncio.Task[Any]]:
