@@ -25,6 +25,11 @@ Runs:
   are then queued again (a path sent is never joined).
 * **engine, shared first**: today: each process's own ``PurgeEngine``; the shared half is sent
   once per process.
+* **queue, staggered** (``--runs queue:staggered``): a purge has just filled the files budget
+  (held by this script for half a period after the start), and the processes start
+  0.15 files periods apart with shuffled lists, so they submit while a drainer's batch waits
+  for its budgets: their paths join it (a batch is fixed only when admitted); none should be
+  sent twice.
 
 Figures (from the server's journal and counters): purge requests answered 204, paths sent,
 429s, 409s, wall time; target ``ceil(union / 50)`` requests; the bound is the files budget's:
@@ -74,7 +79,7 @@ def paths_of(k: int, n: int, order: str) -> list[str]:
     shared = [f"shared/asset-{i:05d}.js" for i in range(half)]
     own = [f"p{k}/asset-{i:05d}.png" for i in range(n - half)]
     paths = shared + own
-    if order == "shuffled":
+    if order in ("shuffled", "staggered"):
         random.Random(k).shuffle(paths)
     return paths
 
@@ -165,6 +170,8 @@ async def child(cfg: dict[str, Any]) -> None:
     try:
         print(json.dumps({"ready": True}), flush=True)
         await asyncio.to_thread(sys.stdin.readline)
+        if cfg["order"] == "staggered":  # process k starts k x 0.15 files periods late
+            await asyncio.sleep(int(cfg["k"]) * 0.15 * FILES_PERIOD * float(cfg["scale"]))
         try:
             report = await cdn.endpoints.purge(str(cfg["endpoint"]), paths)
         except PurgeError as exc:
@@ -303,10 +310,25 @@ async def run(
             for proc in procs:
                 assert proc.stdout is not None
                 assert json.loads(await proc.stdout.readline())["ready"]
+            spent = None
+            if order == "staggered":  # a purge just filled the files budget (held here)
+                spender = RedisBudgetStore(
+                    redis.url,
+                    token_id=token_id_for(fake.token),
+                    recovery_grace=0.0,
+                    restart_hold=False,
+                )
+                limits = RateLimits.documented().scaled(scale)
+                files = [c for c in limits.claims(cdn_id, FILES_LIMIT) if c.budget == "purge_files"]
+                spent = await spender.acquire(files)
             started = time.monotonic()
             for proc in procs:
                 assert proc.stdin is not None
                 proc.stdin.write(b"go\n")
+            if spent is not None:
+                await asyncio.sleep(0.5 * FILES_PERIOD * scale)
+                spender.release(spent)
+                await spender.aclose()
 
             async def done(proc: asyncio.subprocess.Process) -> dict[str, Any]:
                 assert proc.stdout is not None
@@ -334,7 +356,7 @@ async def run(
     batches = math.ceil(files / FILES_LIMIT)
     bound = (batches - 1) * FILES_PERIOD * scale
     return {
-        "run": f"{mode}, {'shared first' if order == 'shared' else 'shuffled'}",
+        "run": f"{mode}, {'shared first' if order == 'shared' else order}",
         "union": union,
         "target": math.ceil(union / FILES_LIMIT),
         "requests": len(purges),
@@ -359,7 +381,7 @@ async def main() -> None:
     parser.add_argument(
         "--runs",
         default="queue:shared,queue:shuffled,engine:shared",
-        help="comma-separated mode:order (mode: queue|engine; order: shared|shuffled)",
+        help="comma-separated mode:order (mode: queue|engine; order: shared|shuffled|staggered)",
     )
     parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     parser.add_argument(

@@ -9,8 +9,9 @@ order, split at the *frontier*.
 * ``Waiter``: one ``acquire`` call that could not be admitted at once, queued on every key it
   claims. ``BudgetLease``: what an admitted call holds until its answer.
 
-Order. Every queue is in *virtual arrival time* order: the arrival time, ``PRIORITY_LEAD``
-earlier for ``"high"`` and later for ``"low"`` (``_limits.py``). Like plain arrival order it is
+Order. Every queue is in *virtual arrival time* order: the arrival time, the lead
+(``_limits.priority_lead``: 3 periods of the shortest budget claimed) earlier for ``"high"``
+and later for ``"low"``. Like plain arrival order it is
 one total order over all keys, so two keys never disagree about who comes first; that is what
 keeps stacked claims atomic and the argument below whole. A call that arrives with an earlier
 virtual time than waiters already queued *overtakes* them: reserved ones step back behind it.
@@ -246,9 +247,11 @@ class BudgetKey(WindowLedger):
         queued.extend(w for w, _ in self.blocked or () if w.state == WAITING)
         return queued
 
-    def units_ahead(self) -> int:
-        """Units every live waiter on this key claims here: a newcomer's wait comes after."""
-        return self.passing_units + sum(u for w, u in self.blocked or () if w.state == WAITING)
+    def units_ahead(self, vt: float) -> int:
+        """Units the live waiters that go before a newcomer of virtual time ``vt`` claim here
+        (those of a later virtual time step back behind it)."""
+        ahead = sum(u for w, u in self.passing.items() if w.vt <= vt)
+        return ahead + sum(u for w, u in self.blocked or () if w.state == WAITING and w.vt <= vt)
 
     def unused(self, now: float) -> bool:
         """Nothing counted, paused or waiting: the store may forget this key."""

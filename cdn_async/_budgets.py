@@ -16,14 +16,13 @@ Four modules, one concept each:
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ._budget_keys import KeyTable
 from ._budget_queue import ADMITTED, GONE, WAITING, BudgetKey, BudgetLease, Waiter
-from ._limits import PRIORITY_LEADS, BudgetState, Claim, Lease, Priority, merge_claims
+from ._limits import BudgetState, Claim, Lease, Priority, merge_claims, priority_lead
 from .errors import CDNError, RateLimitedError, ValidationError
 
 if TYPE_CHECKING:
@@ -71,10 +70,11 @@ class MemoryBudgetStore(KeyTable):
             max_wait: The longest the caller will wait for a key paused by a 429; None: any.
                 Ordinary budget waits never raise, whatever ``max_wait`` says.
             priority: Queues are ordered by a *virtual arrival time*: the arrival time plus
-                ``PRIORITY_LEAD`` s for ``"low"``, minus it for ``"high"``. So higher calls go
-                first, calls of one level in arrival order, and a call is passed only by
-                higher ones that arrive less than ``PRIORITY_LEAD`` (one level up) or twice
-                that (two levels) after it: none waits forever. Like arrival order, the
+                the lead for ``"low"``, minus it for ``"high"`` (``priority_lead``: 3 periods
+                of the shortest budget claimed, 30 s with the documented budgets). So higher
+                calls go first, calls of one level in arrival order, and a call is passed only
+                by higher ones that arrive less than one lead (one level up) or two (two
+                levels) after it: none waits forever. Like arrival order, the
                 virtual time is one total order over every key, so stacking stays atomic.
 
         Returns:
@@ -120,7 +120,7 @@ class MemoryBudgetStore(KeyTable):
             return BudgetLease(tuple(claims), parts, self)
         for k, u in parts:
             k.give_back(u)
-        return await self._wait(tuple(claims), max_wait, now, now - PRIORITY_LEADS[priority])
+        return await self._wait(tuple(claims), max_wait, now, now - priority_lead(claims, priority))
 
     def release(self, lease: Lease) -> None:
         """The request's answer (or failure) arrived: its units free ``period`` s from now.
@@ -235,32 +235,32 @@ class MemoryBudgetStore(KeyTable):
         for t in touched:
             self._check_idle(t, now)
 
-    def admission_delay(self, claims: Sequence[Claim]) -> tuple[float, str]:
-        """How long, at least, a call with ``claims`` queued now would wait, and on which budget.
+    def admission_delay(
+        self, claims: Sequence[Claim], priority: Priority = "normal"
+    ) -> tuple[float, str]:
+        """How long, at least, a call with ``claims`` queued now at ``priority`` would wait,
+        and on which budget.
 
-        Each key admits in arrival order, so the units of every waiter already queued on it
-        come first; released units free at their expiry, held ones at the hold's end, and units
-        in flight no sooner than one period from now (their answers are still to come). The
-        longest of those waits over the call's keys is the estimate: a lower bound, exact
-        when nobody ahead gives up and no answer or sync changes the picture.
+        Each key admits in virtual-time order, so the units of every waiter that goes before
+        this call (not those it would pass: a lower level, or a higher one that came long
+        enough before) come first; released units free at their expiry, held ones at the
+        hold's end, and units in flight no sooner than one period from now (their answers are
+        still to come). A line longer than a window waits a period more per window's worth of
+        units (``WindowLedger.queue_delay``). The longest wait over the call's keys is the
+        estimate: a lower bound, exact when nobody ahead gives up and no answer or sync
+        changes the picture but for the answers' round trips.
 
         Returns:
             ``(seconds, budget name)``; ``(0.0, "")`` when it would be admitted at once.
         """
         now = self._clock()
+        vt = now - priority_lead(claims, priority)
         worst, budget = 0.0, ""
-        for c in claims:
+        for c, units in merge_claims(claims):
             k = self._keys.get(c.key)
             if k is None:
                 continue
-            ahead = k.units_ahead()
-            need = ahead + c.units
-            delay = k.fit_delay(need, now)
-            if delay == math.inf:
-                # Only answers still to come can make room: none frees before a period; and
-                # a window admits at most `limit`, so `need` units span that many periods.
-                windows = math.ceil(need / k.limit) - 1
-                delay = max(k.period, windows * k.period, k.paused_until - now)
+            delay = k.queue_delay(k.units_ahead(vt), units, now)
             if delay > worst:
                 worst, budget = delay, k.budget
         return worst, budget

@@ -97,8 +97,9 @@ class CDNClient:
             budgets at once; one more raises ``QueueFullError`` at once. None: no cap.
         priority: ``"high"``, ``"normal"`` or ``"low"``: the calls' place among waiters for
             the same budgets (higher first, arrival order within a level; a lower call is
-            passed only by higher ones that arrive within ``PRIORITY_LEAD`` seconds of it, so
-            none waits forever). Honoured by the in-process store.
+            passed only by higher ones that arrive within 3 periods of the shortest budget
+            it claims, 30 s with the documented budgets, so none waits forever). Honoured by
+            both stores among a process's calls.
         reserve: A fraction of every budget this client never takes, left for the other tools
             on the token (doctl, Terraform, a dashboard): 0.2 keeps 1 of the 5 cdn requests
             per 10 s and 10 of the 50 purged paths per 20 s free. Default 0: the whole budget.

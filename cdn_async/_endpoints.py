@@ -19,6 +19,7 @@ from .errors import (
     APIConnectionError,
     APIResponseError,
     CDNError,
+    CreateUnconfirmedError,
     InternalServerError,
     UnprocessableEntityError,
     ValidationError,
@@ -141,6 +142,8 @@ class Endpoints:
         Raises:
             ValidationError: An argument is invalid (nothing is sent).
             UnprocessableEntityError: The API refused it (an origin already in use...).
+            CreateUnconfirmedError: An attempt failed after it may have reached the server
+                and the lookup that would tell failed too: the endpoint may exist.
 
         A create is never sent twice blindly: when an attempt fails after it may have reached
         the server, the client looks the origin up (origins are unique) before trying again.
@@ -163,10 +166,13 @@ class Endpoints:
                     "POST", PATH, json=body, max_retries=max_retries - used, priority=priority
                 )
                 break
-            except UnprocessableEntityError:
+            except UnprocessableEntityError as exc:
                 if ambiguous:
                     # "Origin in use": an earlier attempt did create it; the list lagged.
-                    found = await self._find_by_origin(origin_name, priority)
+                    try:
+                        found = await self._find_by_origin(origin_name, priority)
+                    except CDNError as lookup:
+                        raise CreateUnconfirmedError(origin_name, exc, lookup) from None
                     if found is not None:
                         return self._mark_created(found)
                 raise
@@ -175,8 +181,9 @@ class Endpoints:
                 used += exc.attempts
                 try:
                     found = await self._find_by_origin(origin_name, priority)
-                except CDNError:
-                    raise exc from None  # the lookup failed too: the outcome is unknown
+                except CDNError as lookup:
+                    # The outcome is unknown: never report failed a create that may exist.
+                    raise CreateUnconfirmedError(origin_name, exc, lookup) from None
                 if found is not None:
                     logger.info("create of %s failed ambiguously but it exists", origin_name)
                     return self._mark_created(found)
@@ -273,11 +280,14 @@ class Endpoints:
             ValidationError: ``files`` is empty, a bare string, or holds a bad path.
             PurgeError: Some paths failed, or were not confirmed because the client was
                 closed; ``.report`` has what was confirmed (``purged``) and the rest
-                (``failed``), and ``.reason`` the one error every failed path shares, if any.
+                (``failed``), and ``.reason`` the one error every failed path shares, if any
+                (the same kind of failure: class, status and error id, or budget).
 
         A cancelled call raises ``CancelledError``: by then ``on_batch`` (and ``on_progress``)
-        has delivered every path confirmed so far; its paths not yet sent are not sent
-        (unless another call waits on them), a batch already sent completes.
+        has delivered every path confirmed so far, and neither is called again (a batch on
+        the wire then completes, but its paths were not confirmed while the call lasted: a
+        checkpoint written in ``except CancelledError`` is complete); its paths not yet sent
+        are not sent (unless another call waits on them).
         """
         cdn_id = check.uuid_str("cdn_id", cdn_id)
         priority = _priority(priority)

@@ -12,6 +12,7 @@ longer be inside any server window that a new request could share.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections import deque
@@ -222,6 +223,52 @@ class WindowLedger:
                     break
         at = max(at, self.paused_until)
         return at - now
+
+    def queue_delay(self, ahead: int, units: int, now: float) -> float:
+        """Seconds from ``now`` until ``units`` more fit behind ``ahead`` units admitted first
+        (the waiters ahead, in order), at least: exact while nothing but time changes, as
+        ``fit_delay`` is, when those units fit in what frees without answers; else a lower
+        bound from the window rule (every unit holds a slot of ``limit`` for at least
+        ``period``: one admitted at ``t`` frees no sooner than ``t + period``, and one in
+        flight no sooner than ``now + period``). A window admits at most ``limit`` units, so
+        a line longer than that waits one more period per ``limit`` units.
+        """
+        delay = self.fit_delay(ahead + units, now)
+        if delay != math.inf:
+            return delay
+        start = max(now, self.paused_until)
+        period = self.period
+        free = self.limit - (self.in_flight + self.unexpired + self.held)
+        # When each slot of the window frees first, as (time, slots), in time order.
+        slots: list[tuple[float, int]] = [(start, free)] if free > 0 else []
+        skip = max(0, -free)  # more counted than the limit: the first frees open no slot
+        for when, n in self._frees():
+            taken = min(skip, n)
+            skip -= taken
+            if n > taken:
+                slots.append((max(when, start), n - taken))
+        if self.in_flight:
+            slots.append((max(now + period, start), self.in_flight))
+        slots.sort()
+        # The k-th unit of the line (0-based) takes the k-th slot time in the order slots free
+        # and free again a period after each use. Once every slot frees within one period of
+        # the first, that order repeats every period: skip whole rounds.
+        k = ahead + units - 1
+        while slots and slots[-1][0] - slots[0][0] > period:
+            at, n = slots.pop(0)
+            if k < n:
+                return at - now
+            k -= n
+            bisect.insort(slots, (at + period, n))
+        total = sum(n for _, n in slots)
+        if not total:
+            return math.inf
+        rounds, k = divmod(k, total)
+        for at, n in slots:
+            if k < n:
+                return at + rounds * period - now
+            k -= n
+        raise AssertionError("unreachable: k < total")
 
     def _frees(self) -> Iterator[tuple[float, int]]:
         """What frees when, in time order: released units at their expiry, held units as the

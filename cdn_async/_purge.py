@@ -322,6 +322,10 @@ class PurgeEngine:
             # Cancelling this caller cancels only its own future, never the shared sender.
             await call.finished
         except asyncio.CancelledError:
+            # The call has ended: its callbacks never run again, so a checkpoint written in
+            # `except CancelledError` has seen every batch it will see (a batch on the wire
+            # now was not confirmed when the caller left).
+            call.on_batch = call.on_progress = None
             for lane, keys in joined.items():
                 _abandon(lane, call, keys)
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -196,7 +197,8 @@ class Session:
             files: How many purge paths it carries (for the file budget).
             json: The JSON body, if any.
             seal: Instead of ``json``: a function that makes the body, called once, when the
-                budgets first admit the request (the purge engine seals its batch then). If
+                budgets first admit the request (the purge engine seals its batch then; it
+                may return an awaitable of the body: the purge queue fixes it in Redis). If
                 it raises, the request is not sent and its units are given back.
             params: Query parameters.
             retry_not_found: For this many seconds from the first attempt, treat a 404 as the
@@ -248,6 +250,8 @@ class Session:
                 http = pool.get()
                 if make_body is not None:
                     json, make_body = make_body(), None
+                    if inspect.isawaitable(json):  # a body fixed elsewhere (the purge queue)
+                        json = await json
             except BaseException:
                 self.store.give_back(lease)  # nothing was sent
                 raise
@@ -341,20 +345,25 @@ class Session:
     async def _acquire(self, claims: tuple[Claim, ...], opts: Options, priority: Priority) -> Lease:
         """Wait for the budgets, within the call's ``max_budget_wait`` and ``max_queued``."""
         store = self.store
-        if opts.max_queued is not None and self._queued >= opts.max_queued:
-            raise QueueFullError(
-                f"{self._queued} calls already wait for their budgets "
-                f"(max_queued={opts.max_queued})"
-            )
-        deadline = opts.max_budget_wait
+        deadline, cap = opts.max_budget_wait, opts.max_queued
         estimator = (
-            store if deadline is not None and isinstance(store, EstimatesAdmission) else None
+            store
+            if (deadline is not None or cap is not None) and isinstance(store, EstimatesAdmission)
+            else None
         )
-        if deadline is not None and estimator is not None:
-            delay, budget = estimator.admission_delay(claims)
-            if delay > deadline:
-                raise wait_timeout(delay, budget, deadline, early=True)
-        self._queued += 1
+        delay, budget = (
+            estimator.admission_delay(claims, priority) if estimator is not None else (1.0, "")
+        )
+        # Queued: waits for budget. A call the budgets admit at once is not, even while it is
+        # held back to go one at a time (a first call, a probe): it never meets the cap.
+        queued = delay > 0
+        if cap is not None and queued and self._queued >= cap:
+            raise QueueFullError(
+                f"{self._queued} calls already wait for their budgets (max_queued={cap})"
+            )
+        if deadline is not None and estimator is not None and delay > deadline:
+            raise wait_timeout(delay, budget, deadline, early=True)
+        self._queued += queued
         try:
             acquire = store.acquire(claims, max_wait=opts.max_rate_limit_wait, priority=priority)
             if deadline is None:
@@ -365,11 +374,13 @@ class Session:
             except TimeoutError:
                 # The store took nothing: a waiter cancelled before admission never does.
                 late, budget = (
-                    estimator.admission_delay(claims) if estimator is not None else (None, "")
+                    estimator.admission_delay(claims, priority)
+                    if estimator is not None
+                    else (None, "")
                 )
                 raise wait_timeout(late, budget, deadline, early=False) from None
         finally:
-            self._queued -= 1
+            self._queued -= queued
 
     async def _exchange(
         self,

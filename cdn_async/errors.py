@@ -11,6 +11,7 @@
     │   └── BudgetWaitTimeout                   ... or admission is further off than max_budget_wait
     ├── QueueFullError                          max_queued calls are already waiting
     ├── BudgetFileError                         a SQLiteBudgetStore's file is unusable
+    ├── CreateUnconfirmedError                  a create failed ambiguously and the lookup too
     ├── APIError                                the API answered with an error status
     │   ├── BadRequestError          400
     │   ├── AuthenticationError      401
@@ -44,6 +45,7 @@ __all__ = [
     "BudgetWaitTimeout",
     "CDNError",
     "ConflictError",
+    "CreateUnconfirmedError",
     "InternalServerError",
     "NotFoundError",
     "PermissionDeniedError",
@@ -270,15 +272,42 @@ def error_class_for(status: int) -> type[APIError]:
     return _BY_STATUS.get(status, APIError)
 
 
+class CreateUnconfirmedError(CDNError):
+    """A create may have happened: an attempt failed after it may have reached the server (a
+    5xx, a connection lost after the request was written), and the lookup of its origin that
+    would tell failed too. Look the origin up later (``endpoints.list``) before creating it
+    again; a create is never reported failed while it may exist.
+
+    Attributes:
+        origin: The origin the endpoint was being created for.
+        error: The create attempt's failure (also the ``__cause__``).
+        lookup_error: Why the lookup could not tell.
+    """
+
+    def __init__(self, origin: str, error: CDNError, lookup_error: CDNError) -> None:
+        super().__init__(
+            f"the create of {origin} may have happened: it failed with "
+            f"{type(error).__name__} after it may have reached the server, and looking the "
+            f"origin up failed with {type(lookup_error).__name__}; look it up before "
+            "creating it again"
+        )
+        self.origin = origin
+        self.error = error
+        self.lookup_error = lookup_error
+        self.__cause__ = error
+
+
 class PurgeError(CDNError):
     """Some paths of a purge failed (or were not confirmed).
 
     Attributes:
         report: The ``PurgeReport``: ``purged`` holds every path confirmed before the purge
             ended, ``failed`` every other path with its error.
-        reason: The error every failed path failed with, when they all failed for the same
-            one (e.g. a ``NotFoundError`` for an unknown endpoint, an
-            ``AuthenticationError``); None when they failed for different errors. It is also
+        reason: The error every failed path failed with, when they all failed the same way
+            (e.g. a ``NotFoundError`` for an unknown endpoint, an ``AuthenticationError``, a
+            ``BudgetWaitTimeout`` on one budget): the same class, and for an API error the
+            same status and error id, for a rate-limit error the same budget; messages may
+            differ. None when they failed in different ways. It is also
             the exception's ``__cause__``, so ``except PurgeError as e: raise map(e.reason)``
             or a traceback shows it directly.
     """
@@ -288,9 +317,7 @@ class PurgeError(CDNError):
         failed = len(report.failed)
         errors = list(report.failed.values())
         first = errors[0] if errors else None
-        same = first is not None and all(
-            e is first or (type(e) is type(first) and str(e) == str(first)) for e in errors
-        )
+        same = first is not None and all(_kind(e) == _kind(first) for e in errors)
         self.reason: CDNError | None = first if same else None
         message = f"{failed} of {failed + len(report.purged)} paths failed to purge"
         if self.reason is not None:
@@ -298,6 +325,18 @@ class PurgeError(CDNError):
         super().__init__(message)
         if self.reason is not None:
             self.__cause__ = self.reason
+
+
+def _kind(error: CDNError) -> tuple[object, ...]:
+    """What failure ``error`` is, for ``PurgeError.reason``: its class and the fields that say
+    why, never a message that varies (a timeout's "0.399 s" and "0.400 s" are one failure)."""
+    if isinstance(error, APIError):
+        return (type(error), error.status, error.error_id)
+    if isinstance(error, RateLimitedError):
+        return (type(error), error.budget)
+    if type(error) is CDNError:  # a plain CDNError says what it is only in its message
+        return (CDNError, str(error))
+    return (type(error),)
 
 
 # CDNError and RateLimitInfo are defined below the errors (see ``_error_root``); they are

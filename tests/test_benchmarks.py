@@ -117,6 +117,11 @@ EXPECTED: dict[str, tuple[bool, list[str], list[str]]] = {
             r"\| engine, shared first \| 250 \| 8 \(target 5\) \| 400 \| 0 \| 0 \|",
         ],
     ),
+    "bench_issue23": (
+        True,
+        ["## Issue 23", "| measure | result |", "urgent purge through RedisPurgeQueue"],
+        [r"\(of which exist: 0\)"],  # a create that may exist is never reported failed
+    ),
     "charts": (
         False,
         ["budget-window.svg", "purge-window.svg"],

@@ -18,7 +18,7 @@ from aiolimiter import AsyncLimiter
 
 from cdn_async._budgets import BudgetLease, MemoryBudgetStore
 from cdn_async._ledger import WindowLedger
-from cdn_async._limits import PRIORITY_LEAD, Budget, Claim, RateLimits
+from cdn_async._limits import Budget, Claim, RateLimits, priority_lead
 from cdn_async.errors import CDNError, RateLimitedError, ValidationError
 
 from ._support import max_in_window
@@ -814,11 +814,13 @@ async def test_higher_priority_waiters_go_first_and_fifo_within_a_level() -> Non
 
 @pytest.mark.looptime
 async def test_a_low_waiter_is_passed_only_by_calls_arriving_within_the_lead() -> None:
-    # No level starves: a call queues at its arrival time moved PRIORITY_LEAD ahead (high)
-    # or behind (low), so a low call waiting longer than twice the lead is passed by nobody.
+    # No level starves: a call queues at its arrival time moved the lead ahead (high) or
+    # behind (low), so a low call waiting longer than twice the lead is passed by nobody.
     store = MemoryBudgetStore()
     c = claim("cdn", 1, 100.0)
-    store.release(await store.acquire([c]))  # full until 100
+    lead = priority_lead([c], "high")
+    assert lead == 300.0  # 3 periods
+    hold = await store.acquire([c])  # full until released below
     log: list[str] = []
 
     async def take(name: str, priority: str) -> None:
@@ -827,13 +829,51 @@ async def test_a_low_waiter_is_passed_only_by_calls_arriving_within_the_lead() -
         store.release(lease)
 
     low = asyncio.create_task(take("low", "low"))
-    await asyncio.sleep(2 * PRIORITY_LEAD - 1)
+    await asyncio.sleep(2 * lead - 1)
     early_high = asyncio.create_task(take("early-high", "high"))  # within 2 x lead: passes
     await asyncio.sleep(2)
     late_high = asyncio.create_task(take("late-high", "high"))  # after it: waits its turn
+    await settle()
+    store.release(hold)
     await asyncio.gather(low, early_high, late_high)
     assert log == ["early-high", "low", "late-high"]
     await store.aclose()
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.01])
+@pytest.mark.looptime
+async def test_the_priority_lead_is_three_cdn_periods_at_any_time_scale(scale: float) -> None:
+    # The lead is in budget terms: 3 cdn periods (30 s at the documented budgets), scaled
+    # with the budgets, so a test at a time scale sees what production does. A high call
+    # arriving just within 3 periods of a waiting normal one goes first; just after, not.
+    limits = RateLimits.documented().scaled(scale)
+    claims = limits.claims()
+    period = limits.get("cdn").period  # type: ignore[union-attr]
+    assert priority_lead(claims, "high") == pytest.approx(3 * period)
+    assert priority_lead(claims, "low") == pytest.approx(-3 * period)
+    for gap, first in [(2.9, "high"), (3.1, "normal")]:
+        store = MemoryBudgetStore()
+        blocker = await store.acquire(claims)
+        order: list[str] = []
+
+        async def take(
+            store: MemoryBudgetStore, order: list[str], name: str, priority: str
+        ) -> None:
+            lease = await store.acquire(claims, priority=priority)  # type: ignore[arg-type]
+            order.append(name)
+            store.release(lease)
+
+        # The cdn budget admits 4 more: fill it so both calls below wait for the blocker.
+        others = [await store.acquire(claims) for _ in range(4)]
+        normal = asyncio.create_task(take(store, order, "normal", "normal"))
+        await asyncio.sleep(gap * period)
+        high = asyncio.create_task(take(store, order, "high", "high"))
+        await settle()
+        for lease in [blocker, *others]:
+            store.release(lease)
+        await asyncio.gather(normal, high)
+        assert order[0] == first, (gap, order)
+        await store.aclose()
 
 
 @pytest.mark.looptime

@@ -162,3 +162,58 @@ async def test_backlog_uses_the_whole_budget_every_period_plus_latency(
         if by_then == total:
             break
     await store.aclose()
+
+
+@pytest.mark.looptime
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    limit=st.integers(1, 5),
+    history=st.lists(st.tuples(grid, st.integers(0, 4).map(lambda n: n * GRID)), max_size=8),
+    queued=st.lists(st.sampled_from(["normal", "normal", "high", "low"]), max_size=14),
+    priority=st.sampled_from(["normal", "high", "low"]),
+    latency=st.integers(0, 4).map(lambda n: n * GRID / 4),
+)
+async def test_the_admission_estimate_is_a_lower_bound_within_a_round_trip_per_window(
+    limit: int,
+    history: list[tuple[float, float]],
+    queued: list[str],
+    priority: str,
+    latency: float,
+) -> None:
+    # Requests sent at random times (some still in flight), then calls of random levels
+    # queued, then a probe: admission_delay at its level must never exceed the wait it then
+    # gets (a call is never refused early), and must fall short of it by at most one answer
+    # round trip per window's worth of units ahead (so retry_after is not a period early).
+    loop = asyncio.get_running_loop()
+    period = 4.0
+    c = Claim("k", limit, period, 1, "k")
+    store = MemoryBudgetStore()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def request(at: float, answer_after: float, prio: str = "normal") -> None:
+        await asyncio.sleep(at)
+        lease = await store.acquire([c], priority=prio)  # type: ignore[arg-type]
+        await asyncio.sleep(answer_after)
+        store.release(lease)
+
+    for at, answer_after in history:
+        tasks.append(asyncio.create_task(request(at, answer_after)))
+    await asyncio.sleep(10.0 + GRID / 2)  # after the history's sends; some answers pending
+    for prio in queued:
+        tasks.append(asyncio.create_task(request(0.0, latency, prio)))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    start = loop.time()
+    estimate, _ = store.admission_delay([c], priority)  # type: ignore[arg-type]
+    lease = await store.acquire([c], priority=priority)  # type: ignore[arg-type]
+    waited = loop.time() - start
+    store.release(lease)
+    windows = (len(history) + len(queued)) // limit + 1  # windows of units ahead, at most
+    assert estimate <= waited + 1e-9, (estimate, waited)
+    assert waited <= estimate + windows * max(latency, 4 * GRID) + 1e-9, (estimate, waited)
+    await asyncio.gather(*tasks)
+    await store.aclose()

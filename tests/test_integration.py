@@ -18,6 +18,7 @@ from cdn_async.errors import (
     AuthenticationError,
     BadRequestError,
     ConflictError,
+    CreateUnconfirmedError,
     InternalServerError,
     NotFoundError,
     PermissionDeniedError,
@@ -176,6 +177,25 @@ async def test_create_after_an_ambiguous_failure_is_not_duplicated(
     other = await cdn.endpoints.create("assets.ams3.digitaloceanspaces.com")
     assert sorted(e["id"] for e in fake_cdn.endpoints) == sorted([ep.id, other.id])
     assert sum(1 for r in fake_cdn.journal if r.method == "POST") == 2  # never sent twice
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+async def test_create_whose_lookup_fails_is_never_reported_failed(
+    fake_cdn: FakeCDNServer, retries: int
+) -> None:
+    # The create is carried out but answered 500; the list that would find it fails too (every
+    # attempt the client allows). The outcome is unknown: CreateUnconfirmedError, naming the
+    # origin, never an InternalServerError saying it failed.
+    fake_cdn.faults.fail_next(1, status=500, when="after", op="create")
+    fake_cdn.faults.fail_next(retries + 1, status=500, when="before", op="list")
+    async with client(fake_cdn, max_retries=retries) as cdn:
+        with pytest.raises(CreateUnconfirmedError) as info:
+            await cdn.endpoints.create(ORIGIN)
+    assert info.value.origin == ORIGIN and ORIGIN in str(info.value)
+    assert isinstance(info.value.error, InternalServerError)
+    assert isinstance(info.value.lookup_error, InternalServerError)
+    assert [e["origin"] for e in fake_cdn.endpoints] == [ORIGIN]  # it was created
+    assert sum(1 for r in fake_cdn.journal if r.method == "POST") == 1
 
 
 async def test_create_after_a_failure_before_the_change_is_sent_again(

@@ -15,8 +15,15 @@ from aioresponses import CallbackResult, aioresponses
 
 from cdn_async import CDNClient, RateLimits
 from cdn_async._limits import Priority
+from cdn_async._models import PurgeReport
 from cdn_async._purge import PurgeProgress, plan
-from cdn_async.errors import InternalServerError, NotFoundError, PurgeError, ValidationError
+from cdn_async.errors import (
+    BudgetWaitTimeout,
+    InternalServerError,
+    NotFoundError,
+    PurgeError,
+    ValidationError,
+)
 from cdn_async.testing import FakeCDNServer
 
 from ._support import BASE, TOKEN
@@ -382,3 +389,46 @@ async def test_an_urgent_path_lifts_a_waiting_batch_ahead_of_other_endpoints(
         mine = await cdn.endpoints.purge(ID, [f"m{i}" for i in range(300)], on_batch=after_a_batch)
         await asyncio.gather(bulk_other, *tasks)
     assert mine.ok and waits and waits[0] <= 20.0  # not about 39 s behind the other's batch
+
+
+def test_purge_error_reason_compares_the_kind_of_failure_not_its_text() -> None:
+    # Paths refused by their deadline at slightly different moments carry messages that
+    # differ by a millisecond: one failure, so one reason. Different kinds have none.
+    def late(seconds: float) -> BudgetWaitTimeout:
+        return BudgetWaitTimeout(
+            f"the call would wait {seconds:.3f} s on budget 'cdn'",
+            retry_after=seconds,
+            budget="cdn",
+        )
+
+    timeouts = {"a": late(0.399), "b": late(0.400), "c": late(0.401)}
+    error = PurgeError(PurgeReport(ID, ("d",), timeouts, 1, 0.0))
+    assert error.reason is timeouts["a"] and error.__cause__ is timeouts["a"]
+    assert "BudgetWaitTimeout" in str(error)
+    five_hundreds = {p: InternalServerError(f"boom {p}", status=500) for p in "ab"}
+    assert PurgeError(PurgeReport(ID, (), five_hundreds, 1, 0.0)).reason is five_hundreds["a"]
+    mixed = {"a": NotFoundError("gone", status=404), "b": late(0.4)}
+    assert PurgeError(PurgeReport(ID, (), mixed, 1, 0.0)).reason is None
+    other_budget = {"a": late(0.4), "b": BudgetWaitTimeout("x", budget="purge_files")}
+    assert PurgeError(PurgeReport(ID, (), other_budget, 1, 0.0)).reason is None
+
+
+async def test_on_batch_never_fires_after_a_cancelled_purge_has_ended(cdn: CDNClient) -> None:
+    # A checkpoint written when the call is cancelled has seen every batch it will see: the
+    # batch on the wire at that moment was not confirmed, and is not reported later.
+    rec = Recorder(latency=5.0)
+    checkpoint: list[str] = []
+    with aioresponses() as m:
+        m.delete(PURGE, callback=rec.handle, repeat=True)
+        job = asyncio.create_task(
+            cdn.endpoints.purge(
+                ID, [f"p{i}" for i in range(50)], on_batch=lambda p: checkpoint.extend(p.confirmed)
+            )
+        )
+        await asyncio.sleep(2.0)  # the batch is on the wire
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        saved = list(checkpoint)
+        await asyncio.sleep(10.0)  # the batch is answered
+    assert len(rec.batches) == 1 and saved == checkpoint == []

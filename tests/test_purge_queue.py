@@ -18,7 +18,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,14 @@ async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
         await asyncio.sleep(0.005)
 
 
+async def until_redis(read: Callable[[], Awaitable[Any]], within: float = 10.0) -> None:
+    """Wait until what ``read`` reads from Redis is set (not None, not 0)."""
+    deadline = time.monotonic() + within
+    while not await read():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
 # -- several processes -------------------------------------------------------------------------
 
 
@@ -194,6 +202,46 @@ async def test_overlapping_submissions_from_four_processes_are_sent_once(
         assert report["failed"] == {}
         assert set(report["purged"]) == set(plan([p.lstrip("/") for p in paths]))
         assert report["requests"] >= 1
+    no_409_no_429(fake_cdn)
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_a_batch_is_fixed_only_when_the_budgets_admit_it_across_processes(
+    redis_server: RedisServer, fake_cdn: FakeCDNServer
+) -> None:
+    """Process A's drainer waits for the files budget (held here); meanwhile process B
+    purges two of A's paths and an urgent one at priority "high". Nothing was sent yet, so
+    B's paths join A's pending entries, and the urgent ones lead the batch the budgets admit
+    next: every path is sent exactly once, the urgent ones in the first request."""
+    cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
+    bulk = [f"bulk/{i}.png" for i in range(60)]
+    urgent = [bulk[5], bulk[40], "urgent.png"]
+    a = await Child.start(**cfg(redis_server, fake_cdn, cdn_id, mode="purge", paths=bulk))
+    b = await Child.start(
+        **cfg(redis_server, fake_cdn, cdn_id, mode="purge", paths=urgent, priority="high")
+    )
+    assert (await a.line())["ready"] and (await b.line())["ready"]
+    cdn, queue, store = setup(redis_server.url, fake_cdn.token, fake_cdn.url)
+    limits = RateLimits.documented().scaled(SCALE)
+    try:
+        files = [c for c in limits.claims(cdn_id, files=50) if c.budget == "purge_files"]
+        spent = await store.acquire(files)  # the files budget is spent until released
+        a.go()
+        async with aioredis.Redis.from_url(redis_server.url) as raw:
+            # A's drainer holds the lease, waiting; then B's submission is in the line.
+            await until_redis(lambda: raw.exists(f"{PREFIX}pq:l:{cdn_id}"))
+            b.go()
+            await until_redis(lambda: raw.zscore(f"{PREFIX}pq:p:{cdn_id}", "urgent.png"))
+        store.release(spent)
+        reports = [await a.finish(), await b.finish()]
+    finally:
+        await teardown(cdn, queue, store)
+    assert reports[0]["purged"] == bulk and reports[1]["purged"] == urgent
+    bodies = purge_bodies(fake_cdn)
+    sent = [p for body in bodies for p in body]
+    assert sorted(sent) == sorted({*bulk, *urgent})  # each once
+    assert [len(body) for body in bodies] == [50, 11]
+    assert set(bodies[0][:3]) == set(urgent)
     no_409_no_429(fake_cdn)
 
 
@@ -742,7 +790,7 @@ async def _child(config: dict[str, Any]) -> None:
         else:
             say({"ready": True})
             await go()
-            call = cdn.endpoints.purge(cdn_id, paths)
+            call = cdn.endpoints.purge(cdn_id, paths, priority=config.get("priority"))
         try:
             report = await call
         except PurgeError as exc:

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -23,7 +24,7 @@ import redis.asyncio as aioredis
 import cdn_async.redis
 from cdn_async import CDNClient, RateLimits
 from cdn_async._limits import Claim
-from cdn_async.errors import CDNError, RateLimitedError, ValidationError
+from cdn_async.errors import BudgetWaitTimeout, CDNError, RateLimitedError, ValidationError
 from cdn_async.redis import (
     BudgetStoreUnavailableError,
     RedisBudgetStore,
@@ -37,6 +38,7 @@ from .redis_server import RedisServer, free_port
 
 WORKER = Path(__file__).with_name("redis_server.py")
 # Small settings so restarts and dead processes resolve within a test's budget of time.
+ORIGIN = "static.nyc3.digitaloceanspaces.com"
 FAST = {"heartbeat_interval": 0.05, "recovery_grace": 0.25}
 
 
@@ -823,7 +825,8 @@ async def test_restart_mid_run_loses_nothing_and_draws_no_429(redis_server: Redi
 
 
 async def test_priorities_order_this_processs_waiters(redis_server: RedisServer) -> None:
-    """Within a process, calls for the same budgets go higher first, FIFO within a level."""
+    """Within a process, calls for the same budgets go higher first, FIFO within a level; the
+    call that started waiting first (the head, asking Redis) is passed like any other."""
     store = store_for(redis_server)
     c = claim("cdn", 1, 0.1)
     holder = await store.acquire([c])
@@ -840,6 +843,68 @@ async def test_priorities_order_this_processs_waiters(redis_server: RedisServer)
         await asyncio.sleep(0.01)
     store.release(holder)
     await asyncio.wait_for(asyncio.gather(*tasks), 10)
-    # "n1" came first and is the head, asking Redis; behind it, "h1" passes "l1" and "n2".
-    assert order == ["n1", "h1", "n2", "l1"]
+    # "n1" came first and was the head, asking Redis; "h1" arrived with an earlier virtual
+    # time, so "n1" stepped back behind it.
+    assert order == ["h1", "n1", "n2", "l1"]
+    await store.aclose()
+
+
+# -- deadlines and the queue cap on the shared store (issue 23) ------------------------------------
+
+SCALE = 0.02  # cdn budget: 5 requests / 0.2 s
+
+
+async def _fill_and_queue(cdn: Any, cdn_id: str, waiting: int) -> list[asyncio.Task[Any]]:
+    """The cdn window full, then ``waiting`` normal calls queued behind it."""
+    await asyncio.gather(*(cdn.endpoints.get(cdn_id) for _ in range(5)))
+    queued = [asyncio.create_task(cdn.endpoints.get(cdn_id)) for _ in range(waiting)]
+    await until(lambda: sum(g.count for g in cdn._session.store._groups.values()) == waiting)
+    return queued
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_redis_store_refuses_with_retry_after_and_spares_high_calls(
+    redis_server: RedisServer, fake_cdn: FakeCDNServer
+) -> None:
+    """With 12 normal calls queued behind a full cdn window, a hasty call is refused at once
+    with a retry_after (never None) of at least the two windows the line fills; a high call
+    with a deadline of 1.5 periods passes them all and is served."""
+    period = 10.0 * SCALE
+    cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
+    store = store_for(redis_server)
+    async with fake_cdn.client(budget_store=store) as cdn:
+        await cdn.endpoints.get(cdn_id)
+        await asyncio.sleep(period * 1.1)
+        queued = await _fill_and_queue(cdn, cdn_id, 12)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(BudgetWaitTimeout) as refused:
+            await cdn.with_options(max_budget_wait=0.1 * period).endpoints.get(cdn_id)
+        assert loop.time() - start < 0.05 * period  # at once
+        assert refused.value.retry_after is not None
+        assert refused.value.retry_after >= 2 * period
+        urgent = cdn.with_options(priority="high", max_budget_wait=1.5 * period)
+        await urgent.endpoints.get(cdn_id)
+        assert loop.time() - start <= 1.5 * period
+        await asyncio.gather(*queued)
+    await store.aclose()
+    assert fake_cdn.counters.rate_limited.total() == 0
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE)
+async def test_redis_store_max_queued_counts_only_calls_that_wait_for_budget(
+    redis_server: RedisServer, fake_cdn: FakeCDNServer
+) -> None:
+    """An idle budget takes a burst of 5 at once: none is shed by max_queued=2, though the
+    store's local line sends them to Redis one after another."""
+    cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
+    store = store_for(redis_server)
+    async with fake_cdn.client(budget_store=store) as cdn:
+        await cdn.endpoints.get(cdn_id)
+        await asyncio.sleep(10.0 * SCALE * 1.1)
+        capped = cdn.with_options(max_queued=2)
+        burst = await asyncio.gather(
+            *(capped.endpoints.get(cdn_id) for _ in range(5)), return_exceptions=True
+        )
+        assert not [r for r in burst if isinstance(r, BaseException)], burst
     await store.aclose()

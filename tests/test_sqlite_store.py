@@ -297,8 +297,9 @@ async def test_priorities_order_this_processs_waiters(
         await asyncio.sleep(0.01)
     store.release(holder)
     await asyncio.gather(*tasks)
-    # "n1" came first and is the head, asking the file; behind it, "h1" passes "l1" and "n2".
-    assert order == ["n1", "h1", "n2", "l1"]
+    # "n1" came first and was the head, asking the file; "h1" arrived with an earlier virtual
+    # time, so "n1" stepped back behind it (issue 23: the head is passed like any other).
+    assert order == ["h1", "n1", "n2", "l1"]
 
 
 async def test_cancelled_waiter_takes_nothing(stores: Callable[..., SQLiteBudgetStore]) -> None:

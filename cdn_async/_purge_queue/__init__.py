@@ -12,14 +12,14 @@ budget keys included, in one Redis Cluster slot, so each script runs on one node
 * ``P:p:<endpoint>``, a sorted set of the *pending* paths, scored by their place in line: the
   entry's sequence number (from the counter ``P:n``: first in, first out), minus 2^50 for a
   path submitted at priority ``"high"`` (ahead of everything else). Sharing needs membership
-  tests (``ZSCORE``: the path itself, ``*``, each parent wildcard ``dir/*``), and taking a
+  tests (``ZSCORE``: the path itself, ``*``, each parent wildcard ``dir/*``), and fixing a
   batch needs the first N atomically (``ZPOPMIN``): a sorted set does both.
 * ``P:w:<endpoint>``, a hash: pending path -> ``"<seq> <tickets...>"``: the entry's sequence
   number (its identity in results; unique, never reused while Redis keeps its data) and the
   tickets waiting on it.
 * ``P:f:<endpoint>``, a hash: the batch *in flight*: path -> ``"<seq> <tickets...>"``, and the
   field ``""`` -> ``"<batch id> <high> <state>"`` (``high`` 1 if it holds a path submitted at
-  priority "high"; ``state`` ``s`` once taken, ``u`` when its drainer gave it back unsent). A
+  priority "high"; ``state`` ``s`` once fixed, ``u`` when its drainer gave it back unsent). A
   path there is never joined (it may be on the wire).
 * ``P:l:<endpoint>``, the endpoint's *lease*: a string (the token of the drain task holding
   it, ``<process id>.<n>``: one per drain task, never shared by two) with a TTL.
@@ -27,8 +27,8 @@ budget keys included, in one Redis Cluster slot, so each script runs on one node
 * ``P:r:<ticket>``, a list: the results of one submission, one entry per batch that carried
   its paths (``"<outcome JSON>\\n<seq> <seq>..."``) after a header entry.
 
-Why these: every step is one Lua script (submit a chunk, take a batch, complete it, give it
-back unsent, renew a lease, poll results), so each is atomic without WATCH/MULTI retries, one round trip,
+Why these: every step is one Lua script (submit a chunk, take a lease and a batch, fix the
+batch, complete it, give it back unsent, renew a lease, poll results), so each is atomic without WATCH/MULTI retries, one round trip,
 and stamped by one Redis. Streams were the other candidate (consumer groups give pending
 entries and claiming), but a purge needs membership tests and de-duplication across entries
 (is ``img/a.png`` pending, or ``img/*``?), which a stream cannot answer; a sorted set plus a
@@ -45,11 +45,16 @@ does not absorb paths already pending (they go out on their own, as in the engin
 
 Drain. A drain task takes the endpoint's lease (``SET PX`` when no lease exists), then a
 batch: the in-flight batch if there is one (its drainer died, or gave it back unsent), else
-the oldest ``purge_batch_size`` pending paths, moved to the in-flight hash with their waiters.
-It sends the batch through a ``Session``, so the budgets (shared through ``RedisBudgetStore``)
-pace it, renewing the lease every third of its TTL meanwhile, then completes it: appends the
-outcome to each waiting ticket's results and deletes the in-flight hash, only if its batch id
-still matches (completion is idempotent). It keeps the lease for its next batch.
+a *size*: ``min(purge_batch_size, pending)``, the paths left pending. It sends the batch
+through a ``Session``, so the budgets (shared through ``RedisBudgetStore``) pace it, renewing
+the lease every third of its TTL meanwhile. The batch is *fixed* only when the budgets admit
+the request (the session's seal, ``lua/seal.lua``, under the lease): the first ``size``
+pending paths, urgent ones first, move to the in-flight hash with their waiters. So a path
+submitted by any process while the request waited for its budgets joins the pending entry
+the batch then takes, as in one process's engine; only from the seal on is it "in flight"
+(queued again, never joined). Then it completes the batch: appends the outcome to each
+waiting ticket's results and deletes the in-flight hash, only if its batch id still matches
+(completion is idempotent). It keeps the lease for its next batch.
 
 One batch per endpoint in flight, across all processes, by construction:
 

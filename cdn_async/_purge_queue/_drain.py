@@ -141,18 +141,40 @@ class _Lane:
 
 
 class _Seal:
-    """A batch's body, made when the budgets admit its request (``Session.request(seal=)``):
-    from then on the request may be on the wire, and the batch may have been sent."""
+    """A batch's body, made when the budgets admit its request (``Session.request(seal=)``).
 
-    __slots__ = ("paths", "sealed")
+    A batch taken as a size only (``_Taken`` kind 2) is fixed in Redis then (``fix``, the seal
+    script): paths submitted meanwhile, in any process, joined the pending entries it takes,
+    as in one process's engine. From ``sealed`` on the request may be on the wire, and the
+    batch may have been sent.
+    """
 
-    def __init__(self, paths: list[str]) -> None:
-        self.paths = paths
+    __slots__ = ("fix", "sealed", "taken")
+
+    def __init__(self, taken: _Taken, fix: Callable[[], Awaitable[None]]) -> None:
+        self.taken = taken
+        self.fix = fix
         self.sealed = False
 
-    def __call__(self) -> dict[str, list[str]]:
+    def __call__(self) -> dict[str, list[str]] | Awaitable[dict[str, list[str]]]:
+        if self.taken.kind == 1:
+            self.sealed = True
+            return {"files": self.taken.paths}
+        return self._fixed()
+
+    async def _fixed(self) -> dict[str, list[str]]:
+        try:
+            await self.fix()
+        except RedisError as exc:
+            raise _NotFixed(f"cannot fix the batch in Redis ({exc})") from None
+        if self.taken.kind != 1:
+            raise _NotFixed("nothing pending any more, or the lease was lost")
         self.sealed = True
-        return {"files": self.paths}
+        return {"files": self.taken.paths}
+
+
+class _NotFixed(CDNError):
+    """The batch could not be fixed when its request was admitted: nothing is sent."""
 
 
 class _Hold:
@@ -252,7 +274,7 @@ class _Drainer:
                     # Nobody here needs it any more (a waiter was answered meanwhile).
                     await self._give_back(cdn_id, hold.token, taken.batch_id)
                     break
-                if taken.resend:
+                if taken.resend:  # kind 1 only: a batch fixed earlier
                     logger.info(
                         "purge queue: endpoint %s: taking over a batch of %d paths whose "
                         "drainer stopped or died with it in flight (its lease expired): it "
@@ -310,6 +332,31 @@ class _Drainer:
         raw = await self._eval("take", keys, [cdn_id, token, _ms(self._lease_ttl), str(size)])
         return _Taken(raw)
 
+    async def _fix(self, cdn_id: str, token: str, taken: _Taken) -> None:
+        """Fix a batch taken as a size (the seal script): ``taken`` becomes kind 1 with its
+        paths, or stays kind 2 (the lease was lost, or nothing is pending). The script's
+        answer is read even if the caller is cancelled meanwhile, so a batch fixed in Redis
+        is known to the drainer's cleanup (given back unsent)."""
+        keys = [
+            self._key("l", cdn_id),
+            self._key("p", cdn_id),
+            self._key("w", cdn_id),
+            self._key("f", cdn_id),
+            self._key("n"),
+        ]
+        call = asyncio.ensure_future(self._eval("seal", keys, [token, str(taken.size)]))
+
+        def read(task: asyncio.Future[Any]) -> None:
+            if not task.cancelled() and task.exception() is None and int(task.result()[0]) == 1:
+                taken.fix(task.result())
+
+        call.add_done_callback(read)
+        try:
+            await asyncio.shield(call)
+        except asyncio.CancelledError:
+            await asyncio.wait((call,), timeout=_SOCKET_TIMEOUT)
+            raise
+
     async def _send_leased(
         self, session: Session, lane: _Lane, hold: _Hold, taken: _Taken, fatal: CDNError | None
     ) -> _Outcome | _Unsent | None:
@@ -321,11 +368,16 @@ class _Drainer:
         soon as this process no longer needs the endpoint drained; once sealed it is waited
         for. Cancelled (the queue closes), a sealed batch is left under its lease.
         """
-        if fatal is not None:  # the API said every batch of this endpoint fails: none is sent
-            return _Outcome(fatal, sent=False)
         cdn_id = lane.cdn_id
+        seal = _Seal(taken, lambda: self._fix(cdn_id, hold.token, taken))
+        if fatal is not None:  # the API said every batch of this endpoint fails: none is sent
+            if taken.kind == 2:
+                try:
+                    await seal.fix()
+                except RedisError:
+                    return _Unsent(self._poll)
+            return _Outcome(fatal, sent=False) if taken.kind == 1 else _Unsent(0.0)
         loop = asyncio.get_running_loop()
-        seal = _Seal(taken.paths)
         renew = loop.create_task(self._renew(cdn_id, hold.token))
         send = loop.create_task(self._send(session, cdn_id, seal, "high" if taken.high else None))
         try:
@@ -407,7 +459,7 @@ class _Drainer:
                 "DELETE",
                 f"/v2/cdn/endpoints/{cdn_id}/cache",
                 endpoint_id=cdn_id,
-                files=len(seal.paths),
+                files=seal.taken.size,
                 seal=seal,
                 priority=priority,
                 retry_conflict=True,
@@ -423,7 +475,7 @@ class _Drainer:
             return _Outcome(
                 CDNError(f"purge request failed: {type(exc).__name__}: {exc}"), sent=seal.sealed
             )
-        logger.info("purge queue: endpoint %s: purged %d paths", cdn_id, len(seal.paths))
+        logger.info("purge queue: endpoint %s: purged %d paths", cdn_id, len(seal.taken.paths))
         return _Outcome(None, sent=True, wait=resp.budget_wait)
 
     async def _complete(self, cdn_id: str, hold: _Hold, taken: _Taken, outcome: _Outcome) -> bool:

@@ -67,7 +67,11 @@ class RedisPurgeQueue(_Drainer):
     ``await queue.work(cdn)``, or ``cdn-async purge-worker``.
 
     Guarantees (package ``cdn_async._purge_queue`` says how): a batch is sent at least once (a
-    drainer that dies mid-batch has it sent again ``lease_ttl`` later, so possibly twice);
+    drainer that dies mid-batch has it sent again, so possibly twice, once its lease has
+    expired and the shared budgets no longer count its request: ``lease_ttl`` after its
+    last renewal, and, with a ``RedisBudgetStore``, its ``inflight_timeout`` after its last
+    heartbeat, and until its units expire a period after that, whichever is later: 60-80 s
+    with the defaults);
     nothing submitted is dropped while Redis keeps its data; every path ends purged or failed,
     and a waiter gets that per path. Results are kept ``result_ttl`` after their last write.
     A Redis restart without persistence loses the paths of submitters that do not wait;
@@ -83,7 +87,8 @@ class RedisPurgeQueue(_Drainer):
             one that switches to a cluster client the first time Redis answers ``MOVED``;
             ``False`` never does.
         lease_ttl: Seconds an endpoint's lease lasts without renewal (renewed every third of
-            it while its drainer lives): the delay before a dead drainer's batch is sent again.
+            it while its drainer lives): the soonest a dead drainer's batch is sent again (the
+            budgets may hold it longer, see above).
             Keep it above the longest a purge request may take (``timeout``), so the batch is
             not re-sent while the dead drainer's request is still running (a 409).
         result_ttl: Seconds a submission's results are kept after their last write.
@@ -430,6 +435,9 @@ class RedisPurgeQueue(_Drainer):
             # Cancelling the caller cancels only its own wait, never a shared task.
             await asyncio.shield(ticket._finished)
         finally:
+            # The call has ended: no callback of it runs any more (a checkpoint written when
+            # it ends, cancelled or not, has seen every batch it will see).
+            ticket._on_batch = ticket._on_progress = None
             lane.tickets.discard(ticket)
             self._watching.discard(ticket)
             lane.poke()

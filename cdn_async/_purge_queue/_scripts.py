@@ -6,7 +6,7 @@ import functools
 from importlib import resources
 
 #: The scripts, one ``lua/<name>.lua`` each.
-NAMES = ("submit", "take", "complete", "giveback", "lease", "poll")
+NAMES = ("submit", "take", "seal", "complete", "giveback", "lease", "poll")
 
 
 @functools.cache

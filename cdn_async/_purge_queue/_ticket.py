@@ -146,28 +146,41 @@ class PurgeTicket:
 
 
 class _Taken:
-    """What the take script answered (``lua/take.lua``)."""
+    """What the take script answered (``lua/take.lua``), or the seal script (``lua/seal.lua``)
+    that fixes the batch of a take's ``kind`` 2 once its request is admitted."""
 
-    __slots__ = ("batch_id", "high", "kind", "paths", "resend", "seqs", "ttl")
+    __slots__ = ("batch_id", "high", "kind", "paths", "resend", "seqs", "size", "ttl")
 
     def __init__(self, raw: list[Any]) -> None:
-        #: 0: the lease is held (``ttl`` left); 1: a batch, with the lease; 3: nothing to send.
+        #: 0: the lease is held (``ttl`` left); 1: a batch, with the lease; 2: the lease, to
+        #: send the first ``size`` pending paths (fixed by ``fix`` when the budgets admit the
+        #: request); 3: nothing to send.
         self.kind = int(raw[0])
         self.ttl = int(raw[1]) / 1000 if self.kind == 0 else 0.0
-        self.batch_id = _str(raw[1]) if self.kind == 1 else ""
+        self.size = int(raw[1]) if self.kind == 2 else 0
+        self.batch_id = ""
         #: The batch holds a path submitted at priority "high": it waits at that priority.
-        self.high = self.kind == 1 and _str(raw[2]) == "1"
+        self.high = self.kind == 2 and _str(raw[2]) == "1"
         #: The batch was in flight under a lease that expired: it may have been sent already.
-        self.resend = self.kind == 1 and _str(raw[3]) == "1"
+        self.resend = False
         self.paths: list[str] = []
         #: Each waiting ticket -> the entries (sequence numbers) of the batch it waits on.
         self.seqs: dict[str, list[str]] = {}
         if self.kind == 1:
-            for i in range(4, len(raw), 2):
-                self.paths.append(_str(raw[i]))
-                seq, *tickets = _str(raw[i + 1]).split()
-                for ticket in tickets:
-                    self.seqs.setdefault(ticket, []).append(seq)
+            self.fix(raw)
+
+    def fix(self, raw: list[Any]) -> None:
+        """Read a batch (``{1, batch id, high, resend, path, "seq tickets", ...}``)."""
+        self.kind = 1
+        self.batch_id = _str(raw[1])
+        self.high = _str(raw[2]) == "1"
+        self.resend = _str(raw[3]) == "1"
+        for i in range(4, len(raw), 2):
+            self.paths.append(_str(raw[i]))
+            seq, *tickets = _str(raw[i + 1]).split()
+            for ticket in tickets:
+                self.seqs.setdefault(ticket, []).append(seq)
+        self.size = len(self.paths)
 
 
 class _Outcome:

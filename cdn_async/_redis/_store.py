@@ -14,15 +14,15 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from .._limits import (
-    PRIORITY_LEADS,
     BudgetState,
     Claim,
     Lease,
     Priority,
     RateLimits,
     merge_claims,
+    priority_lead,
 )
-from .._local_queue import Group
+from .._local_queue import Group, line_estimate
 from .._logs import logger
 from ..errors import CDNError
 from . import _link, _scripts
@@ -213,12 +213,13 @@ class RedisBudgetStore(RedisLink):
         if group is None:
             group = self._groups[keyset] = Group()
         group.count += 1
+        vt = self._get_loop().time() - priority_lead(claims, priority)
         try:
-            await group.lock.acquire(self._get_loop().time() - PRIORITY_LEADS[priority])
-            try:
-                return await self._acquire_head(tuple(claims), parts, max_wait, group)
-            finally:
-                group.lock.release()
+            return await group.run(
+                vt,
+                {c.key: u for c, u in parts},
+                lambda: self._acquire_head(tuple(claims), parts, max_wait, group),
+            )
         finally:
             group.count -= 1
             if group.count == 0 and self._groups.get(keyset) is group:
@@ -294,6 +295,32 @@ class RedisBudgetStore(RedisLink):
         self._wake_all()
         self._write_later(_scripts.pause(claim, resume_after))
 
+    def admission_delay(
+        self, claims: Sequence[Claim], priority: Priority = "normal"
+    ) -> tuple[float, str]:
+        """How long, at least, a call with ``claims`` queued now at ``priority`` would wait,
+        and on which budget (sync: it reads no Redis).
+
+        Per key, as ``MemoryBudgetStore.admission_delay`` does, from what this process knows:
+        its own units, the holds and pauses its answers set (its mirror), and the units of its
+        own queued calls that go before this one; and no sooner than Redis last said the head
+        of the same budgets could fit, when that head goes before this call. Other processes'
+        units and calls can only make the wait longer: a lower bound, so a call is not
+        refused early, and ``BudgetWaitTimeout.retry_after`` is never None.
+
+        Returns:
+            ``(seconds, budget name)``; ``(0.0, "")`` when it would be admitted at once.
+        """
+        loop_now = self._get_loop().time()
+        return line_estimate(
+            self._groups,
+            merge_claims(claims),
+            loop_now - priority_lead(claims, priority),
+            loop_now,
+            self._clock(),
+            lambda c: self._mirror.local.get(c.key),
+        )
+
     def snapshot(self) -> dict[str, BudgetState]:
         """This process's view of its keys (sync: it reads no Redis).
 
@@ -365,6 +392,7 @@ class RedisBudgetStore(RedisLink):
         while True:
             if self._closed:
                 raise CDNError("budget store closed")
+            group.check_passed()  # a call of an earlier virtual time goes first
             down = self._down_since
             if down is not None:
                 if self._fallback == "memory":
@@ -391,6 +419,11 @@ class RedisBudgetStore(RedisLink):
                 continue
             if reply.admitted:
                 return lease
+            # Units in flight (``unknown``) free no sooner than a period after an answer that
+            # had not come when the script ran.
+            group.ready_at = asked + (
+                max(reply.wait, min(c.period for c, _ in parts)) if reply.unknown else reply.wait
+            )
             if max_wait is not None and reply.paused > max_wait:
                 pidx = reply.paused_index
                 raise paused_error(parts[pidx - 1][0] if pidx else parts[0][0], reply.paused)

@@ -21,6 +21,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
+from .._ledger import WindowLedger
 from ..errors import BudgetFileError
 
 #: Written to ``meta``; a file of another version is refused rather than misread.
@@ -469,6 +470,47 @@ class BudgetFile:
             if busy(exc):
                 raise Busy from None
             raise self.error(exc, "cannot be read") from None
+
+    def ledger(self, key: str, now: float) -> WindowLedger | None:
+        """One key's units at ``now`` as a ``WindowLedger`` (a read, for estimates: in flight,
+        released with their expiries, the hold and the pause); None if the file has no such
+        key."""
+        try:
+            return self._ledger(key, now)
+        except sqlite3.Error as exc:
+            if busy(exc):
+                raise Busy from None
+            raise self.error(exc, "cannot be read") from None
+
+    def _ledger(self, key: str, now: float) -> WindowLedger | None:
+        with contextlib.closing(self.db.cursor()) as cur:
+            cur.execute("BEGIN")
+            try:
+                row = cur.execute(
+                    "SELECT lim, period, hold, hold_until, paused_until FROM keys WHERE key = ?",
+                    (key,),
+                ).fetchone()
+                if row is None:
+                    return None
+                units = cur.execute(
+                    "SELECT units, released, until FROM units WHERE key = ? AND until > ?"
+                    " ORDER BY until",
+                    (key, now),
+                ).fetchall()
+            finally:
+                cur.execute("COMMIT")
+        limit, period, hold, hold_until, paused_until = row
+        led = WindowLedger(limit, period)
+        for n, released, until in units:
+            if released:
+                led.unexpired += n
+                led.expiries.extend((min(until, now + period), n))
+            else:
+                led.in_flight += n
+        if hold and hold_until > now:
+            led.held, led.hold_until = hold, min(hold_until, now + period)
+        led.paused_until = min(paused_until, now + period)
+        return led
 
     def _snapshot(self, now: float) -> list[KeyRow]:
         db = self.db

@@ -14,8 +14,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from .._limits import PRIORITY_LEADS, BudgetState, Claim, Lease, Priority, merge_claims
-from .._local_queue import Group
+from .._ledger import WindowLedger
+from .._limits import BudgetState, Claim, Lease, Priority, merge_claims, priority_lead
+from .._local_queue import Group, line_estimate
 from .._logs import logger
 from ..errors import BudgetFileError, CDNError, RateLimitedError
 from ._file import CHECKPOINT_EVERY, AcquireReply, BudgetFile, Busy, Part
@@ -189,15 +190,36 @@ class SQLiteBudgetStore:
             group = self._groups[keyset] = Group()
         group.count += 1
         try:
-            await group.lock.acquire(self._clock() - PRIORITY_LEADS[priority])
-            try:
-                return await self._acquire_head(tuple(claims), merged, parts, max_wait, group)
-            finally:
-                group.lock.release()
+            return await group.run(
+                self._clock() - priority_lead(claims, priority),
+                {p.key: p.units for p in parts},
+                lambda: self._acquire_head(tuple(claims), merged, parts, max_wait, group),
+            )
         finally:
             group.count -= 1
             if group.count == 0 and self._groups.get(keyset) is group:
                 del self._groups[keyset]
+
+    def admission_delay(
+        self, claims: Sequence[Claim], priority: Priority = "normal"
+    ) -> tuple[float, str]:
+        """How long, at least, a call with ``claims`` queued now at ``priority`` would wait,
+        and on which budget: the units of this process's queued calls that go before it,
+        fitted into what the file counts on each key (a read, waiting for no lock;
+        ``line_estimate``), and no sooner than the file last said the head of the same
+        budgets could fit. Other processes' queued calls can only add to it: a lower bound
+        (for ``max_budget_wait``, ``max_queued`` and ``BudgetWaitTimeout.retry_after``)."""
+        now = self._clock()
+        merged = merge_claims(claims)
+        vt = now - priority_lead(claims, priority)
+
+        def ledger(c: Claim) -> WindowLedger | None:
+            try:
+                return self._file.ledger(c.key, now)
+            except (BudgetFileError, Busy):
+                return None  # unreadable now: estimate from the line alone
+
+        return line_estimate(self._groups, merged, vt, now, now, ledger)
 
     def release(self, lease: Lease) -> None:
         """The request's answer (or failure) arrived: its units leave the windows ``period``
@@ -333,6 +355,7 @@ class SQLiteBudgetStore:
         while True:
             if self._closed:
                 raise CDNError("budget store closed")
+            group.check_passed()  # a call of an earlier virtual time goes first
             lease_id = self._new_id()
             try:
                 reply = self._file.acquire(lease_id, parts, self._clock)
@@ -354,6 +377,9 @@ class SQLiteBudgetStore:
                 self._inflight[lease_id] = lease
                 self._ensure_heartbeat()
                 return lease
+            # Units in flight (``unknown``) free no sooner than a period after an answer.
+            soonest = max(reply.wait, min(p.period for p in parts)) if reply.unknown else reply.wait
+            group.ready_at = self._clock() + soonest
             self._check_reply_pause(reply, merged, max_wait)
             delay = max(reply.wait, self._poll) if reply.unknown else reply.wait
             await group.nap(loop, min(max(delay, _MIN_SLEEP), _MAX_SLEEP))

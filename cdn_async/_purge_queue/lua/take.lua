@@ -4,12 +4,15 @@
 --     took is still in flight (a batch is never handed back to the drainer that holds it: it
 --     may be on the wire; only once its lease expires, or is given back unsent, is it taken);
 --   {1, batch id, high, resend, path, "seq tickets", ...}: a batch to send, with the lease:
---     the oldest `size` pending paths, or the batch in flight whose lease expired (resend
---     '1': it may have been sent) or was given back unsent (resend '0'); high '1' when it
---     holds a path submitted at priority "high";
+--     the batch in flight whose lease expired (resend '1': it may have been sent) or was
+--     given back unsent (resend '0'); high '1' when it holds a path submitted at "high";
+--   {2, size, high}: the lease, to send the first `size` pending paths (at most the batch
+--     size): the paths stay pending, shared by later submissions, until the budgets admit the
+--     request and seal.lua takes them out (a batch is fixed only then, as in one process);
+--     high '1' when the first pending path was submitted at "high";
 --   {3}: nothing to send (lease released, endpoint idle).
 -- The in-flight hash's field '' is "<batch id> <high 0/1> <s: taken | u: given back unsent>".
-local lease, pend, wait, fl, eps, ctr = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local lease, pend, fl, eps = KEYS[1], KEYS[2], KEYS[4], KEYS[5]
 local cur = redis.call('GET', lease)
 local f = redis.call('HGETALL', fl)
 if cur and (cur ~= ARGV[2] or #f > 0) then return {0, redis.call('PTTL', lease)} end
@@ -30,22 +33,13 @@ if #f > 0 then
   end
   return out
 end
-local items = redis.call('ZPOPMIN', pend, tonumber(ARGV[4]))
-if #items == 0 then
+local n = redis.call('ZCARD', pend)
+if n == 0 then
   redis.call('DEL', lease)
   redis.call('SREM', eps, ARGV[1])
   return {3}
 end
-local bid = tostring(redis.call('INCR', ctr))
-local out = {1, bid, '0', '0'}
-for i = 1, #items, 2 do
-  local path = items[i]
-  if tonumber(items[i + 1]) < 0 then out[3] = '1' end
-  local v = redis.call('HGET', wait, path) or items[i + 1]
-  redis.call('HDEL', wait, path)
-  redis.call('HSET', fl, path, v)
-  out[#out + 1] = path
-  out[#out + 1] = v
-end
-redis.call('HSET', fl, '', bid .. ' ' .. out[3] .. ' s')
-return out
+local first = redis.call('ZRANGE', pend, 0, 0, 'WITHSCORES')
+local high = '0'
+if tonumber(first[2]) < 0 then high = '1' end
+return {2, tostring(math.min(n, tonumber(ARGV[4]))), high}
