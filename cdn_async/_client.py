@@ -111,6 +111,8 @@ class CDNClient:
         purge_queue: A ``cdn_async.redis.RedisPurgeQueue``: ``endpoints.purge()`` goes through
             one queue shared by every process on the token (same call, same report). Yours to
             close. None: purges are coalesced in this process.
+        name: A name for this client, carried by every log record (``client``), event and span
+            of its calls, to tell several clients of one process apart. None: no name.
         session: An ``aiohttp.ClientSession`` of your own; the client then never closes it.
             Create it with ``raise_for_status=False`` (the default). aiohttp re-sends a GET,
             PUT or DELETE once on its own when a kept-alive connection drops, a request the
@@ -139,6 +141,7 @@ class CDNClient:
         event_hooks: Sequence[EventHook] = (),
         telemetry: Telemetry | None = None,
         purge_queue: PurgeBackend | None = None,
+        name: str | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         token = token if token is not None else os.environ.get(TOKEN_ENV)
@@ -149,6 +152,8 @@ class CDNClient:
             raise ValidationError("the API token contains whitespace or control characters")
         if base_url is None:
             base_url = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+        if name is not None and not isinstance(name, str):
+            raise ValidationError(f"name must be a str or None, got {name!r}")
         options = _options(
             base_url=base_url,
             timeout=timeout,
@@ -182,9 +187,12 @@ class CDNClient:
             ),
             telemetry=telemetry,
         )
+        self._session.observer.name = name
         if telemetry is not None:
             store = self._session.store
-            telemetry.bind(lambda: sum(s.waiters for s in store.snapshot().values()))
+            telemetry.bind(
+                lambda: sum(s.waiters for s in store.snapshot().values()), options.base_url
+            )
         self._owner = True
         self._owns_purge = purge_queue is None
         self._purge: PurgeBackend = purge_queue if purge_queue is not None else PurgeEngine()
@@ -285,6 +293,7 @@ class CDNClient:
         await self._session.aclose()
         if self._owns_store:
             await self._session.store.aclose()
+        await self._session.observer.aclose()  # async hooks finish what they were given
 
     async def __aenter__(self) -> CDNClient:
         return self

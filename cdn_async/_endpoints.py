@@ -284,7 +284,7 @@ class Endpoints:
         # Checked a chunk at a time, yielding to the loop between chunks (100,000 paths never
         # block it for long); a bad path still raises before anything is sent.
         paths = await check.files_async(files)
-        with self._session.observer.span("PURGE", f"{PATH}/{cdn_id}/cache"):
+        with self._session.observer.span("purge", f"{PATH}/{cdn_id}/cache"):
             return await self._purge.purge(
                 self._session,
                 cdn_id,

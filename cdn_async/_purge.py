@@ -90,6 +90,8 @@ class _Call:
         self.request_ids: list[str] = []
         #: The caller's telemetry span, which every batch that carries its paths links to.
         self.trace: object | None = None
+        #: The caller's call id, which every batch that carries its paths names.
+        self.call_id: str | None = None
         self.on_progress = on_progress
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         #: Set when the endpoint's sender met an error every later batch would meet too (or
@@ -291,6 +293,7 @@ class PurgeEngine:
             priority or session.options.priority,
         )
         call.trace = session.observer.trace_context()
+        call.call_id = session.observer.call_id()
         # The pending paths this call waits on, per lane.
         joined: dict[_Lane, list[str]] = {}
         try:
@@ -333,7 +336,9 @@ class PurgeEngine:
     async def _send_lane(self, session: Session, cdn_id: str, lane: _Lane) -> None:
         try:
             while lane.pending:
-                await self._send_batch(session, cdn_id, lane)
+                # Each batch is a call of its own (it may serve several callers).
+                with session.observer.call(new=True):
+                    await self._send_batch(session, cdn_id, lane)
         except BaseException as exc:
             # Whatever stops the sender, every caller still gets an answer for every path.
             why = (
@@ -453,9 +458,17 @@ class PurgeEngine:
             batch, error, wait, sent=sent, stop=isinstance(error, _FATAL), request_id=request_id
         )
         if sent:
+            callers = {c.call_id: None for p, w in batch for c, _ in _pairs(p, w) if c.call_id}
             session.observer.emit(
                 PurgeBatchSent(
-                    cdn_id, tuple(p for p, _ in batch), served, error is None, request_id
+                    cdn_id,
+                    tuple(p for p, _ in batch),
+                    served,
+                    error is None,
+                    request_id,
+                    session.observer.call_id(),
+                    tuple(callers),
+                    session.observer.name,
                 )
             )
         if isinstance(error, _FATAL):

@@ -311,7 +311,7 @@ class Session:
             if verdict == "retry_paused":
                 retries += 1
                 assert info is not None  # a 429 is an answer
-                self.observer.paused(method, path, attempt, plan.budget_for(info), wait)
+                self.observer.paused(method, path, attempt, plan.budget_for(info), wait, retries)
                 continue
             if verdict == "retry_not_found":
                 delay = max(NOT_FOUND_MIN_DELAY, backoff(attempt, self._rand())) * self.time_scale
