@@ -237,9 +237,10 @@ class Emitter:
             except Exception:
                 logger.exception("event hook %r failed on %s", hook, type(event).__name__)
 
-    async def aclose(self, patience: float = HOOK_DRAIN_TIMEOUT) -> None:
-        """Wait (up to ``patience`` seconds) for the async hooks to handle every event given to
-        them, then cancel what is left."""
+    async def aclose(self) -> None:
+        """Wait (up to ``HOOK_DRAIN_TIMEOUT`` seconds) for the async hooks to handle every event
+        given to them, then cancel what is left."""
+        patience = HOOK_DRAIN_TIMEOUT
         runner = self._runner
         if runner is not None and not runner.done():
             done, _ = await asyncio.wait((runner,), timeout=patience)
