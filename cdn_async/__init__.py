@@ -12,6 +12,7 @@ from ._logs import setup_from_env as _setup_logging
 from ._models import TTL, CDNEndpoint, Page, PurgeReport
 from ._public import publish as _publish
 from ._purge import PurgePlan, PurgeProgress, plan_purge
+from ._purge_handle import PurgeHandle
 from ._sentinel import NOT_GIVEN
 from ._sqlite import SQLiteBudgetStore
 from ._version import __version__
@@ -62,6 +63,7 @@ __all__ = [
     "Page",
     "PermissionDeniedError",
     "PurgeError",
+    "PurgeHandle",
     "PurgePlan",
     "PurgeProgress",
     "PurgeReport",

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import attrs
 
+from ._background import Background
 from ._constants import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -23,7 +24,7 @@ from ._constants import (
 from ._endpoints import Endpoints
 from ._events import CAPTURE, Emitter, EventHook, ResponseMeta, Telemetry
 from ._limits import PRIORITIES, BudgetState, BudgetStore, Priority, RateLimits
-from ._models import CDNEndpoint, RateLimitInfo
+from ._models import CDNEndpoint, PurgeReport, RateLimitInfo
 from ._purge import PurgeBackend, PurgeEngine
 from ._sentinel import NOT_GIVEN, NotGiven
 from ._session import Options, Session
@@ -196,7 +197,8 @@ class CDNClient:
         self._owner = True
         self._owns_purge = purge_queue is None
         self._purge: PurgeBackend = purge_queue if purge_queue is not None else PurgeEngine()
-        self.endpoints = Endpoints(self._session, self._purge)
+        self._background = Background()
+        self.endpoints = Endpoints(self._session, self._purge, self._background)
 
     def __repr__(self) -> str:
         return f"<CDNClient base_url={self._session.options.base_url!r}>"
@@ -238,7 +240,8 @@ class CDNClient:
         clone._owns_store = False
         clone._owns_purge = False
         clone._purge = self._purge  # one engine: purges through copies still coalesce
-        clone.endpoints = Endpoints(clone._session, self._purge)
+        clone._background = self._background
+        clone.endpoints = Endpoints(clone._session, self._purge, self._background)
         return clone
 
     @property
@@ -276,7 +279,7 @@ class CDNClient:
         budgets.update(live)
         return BudgetSnapshot(budgets, self._session.last_rate_limit)
 
-    async def close(self) -> None:
+    async def close(self) -> list[PurgeReport]:
         """Stop everything: after it returns no request leaves.
 
         Calls waiting on a budget (in any store, a shared one included) or a retry, and every
@@ -284,16 +287,24 @@ class CDNClient:
         paths failed; the connection pool closes if the client opened it, and the budget
         store if the client made it. Idempotent; a copy made by ``with_options`` closes
         nothing.
+
+        Returns:
+            The report of every background purge (``endpoints.purge_in_background``) the close
+            cut short: what it purged, and every path left, failed (also logged at WARNING).
+            Empty when none was running.
         """
         if not self._owner:
-            return
+            return []
+        self._background.closing = True
         self._session.shut()
         if self._owns_purge:
             await self._purge.aclose()
         await self._session.aclose()
         if self._owns_store:
             await self._session.store.aclose()
+        left = await self._background.aclose()
         await self._session.observer.aclose()  # async hooks finish what they were given
+        return left
 
     async def __aenter__(self) -> CDNClient:
         return self

@@ -3,16 +3,20 @@ and structures the answer; budgets, retries and errors live in the session layer
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import attrs
+
 from . import _validation as check
+from ._background import Background
 from ._constants import CREATE_LAG_WINDOW, DEFAULT_PER_PAGE, NOT_FOUND_PATIENCE
 from ._limits import PRIORITIES, Priority
 from ._logs import logger
 from ._models import CDNEndpoint, Page, converter
 from ._purge import PurgeBackend, PurgeProgress, PurgeReport
+from ._purge_handle import PurgeHandle
 from ._sentinel import NOT_GIVEN, NotGiven
 from ._session import Session
 from .errors import (
@@ -41,9 +45,12 @@ def _structure_endpoint(data: Any, status: int) -> CDNEndpoint:
 class Endpoints:
     """CDN endpoints of the account: ``cdn.endpoints``."""
 
-    def __init__(self, session: Session, purge_engine: PurgeBackend) -> None:
+    def __init__(
+        self, session: Session, purge_engine: PurgeBackend, background: Background | None = None
+    ) -> None:
         self._session = session
         self._purge = purge_engine
+        self._background = background if background is not None else Background()
 
     async def list(
         self, *, per_page: int = DEFAULT_PER_PAGE, priority: Priority | None = None
@@ -293,6 +300,60 @@ class Endpoints:
                 on_batch=on_batch,
                 priority=priority,
             )
+
+    def purge_in_background(
+        self,
+        cdn_id: str,
+        files: Iterable[str],
+        *,
+        on_batch: Callable[[PurgeProgress], None] | None = None,
+        priority: Priority | None = None,
+    ) -> PurgeHandle:
+        """Hand paths to the client to purge in the background, and return at once (a web
+        handler's 202); ``purge`` is the call to use when the caller waits.
+
+        The client owns the purge: it goes on whatever happens to the calling task (a
+        cancelled handler, a client that hung up), waiting as long as its budgets need
+        (``max_budget_wait`` does not apply), and shares batches with other purges of the
+        endpoint as ``purge`` does. The handle may be awaited (``await handle`` returns the
+        ``PurgeReport`` or raises ``PurgeError``, and cancelling the waiter does not cancel
+        the purge) or dropped (the outcome is logged). ``close()`` returns the report of each
+        background purge it cut short.
+
+        Args:
+            cdn_id: The endpoint's UUID.
+            files: The paths; wildcards such as ``css/*`` allowed.
+            on_batch: As for ``purge``.
+            priority: As for ``purge``.
+
+        Returns:
+            The handle.
+
+        Raises:
+            ValidationError: A bad id or path (at once: nothing is started).
+            CDNError: The client is closed.
+            RuntimeError: No event loop is running.
+        """
+        cdn_id = check.uuid_str("cdn_id", cdn_id)
+        priority = _priority(priority)
+        paths = check.files(files)
+        session = self._session
+        session._pool.check_open()
+        # No deadline: nobody waits for it.
+        patient = session.copy(attrs.evolve(session.options, max_budget_wait=None))
+        background = Endpoints(patient, self._purge, self._background)
+
+        def purge(
+            on_confirmed: Callable[[PurgeProgress], None],
+        ) -> Coroutine[Any, Any, PurgeReport]:
+            def each_batch(progress: PurgeProgress) -> None:
+                on_confirmed(progress)
+                if on_batch is not None:
+                    on_batch(progress)
+
+            return background.purge(cdn_id, paths, on_batch=each_batch, priority=priority)
+
+        return self._background.start(cdn_id, paths, purge)
 
     def _mark_created(self, endpoint: CDNEndpoint) -> CDNEndpoint:
         now = self._session.now()

@@ -30,6 +30,7 @@ from ._events import PurgeBatchSent
 from ._limits import Priority
 from ._logs import logger
 from ._models import PurgeReport
+from ._purge_deadline import refuse_if_too_slow
 from ._purge_plan import (
     PurgeBackend,
     PurgePlan,
@@ -42,6 +43,7 @@ from ._validation import CHUNK
 from .errors import (
     APIError,
     AuthenticationError,
+    BudgetWaitTimeout,
     CDNError,
     NotFoundError,
     PermissionDeniedError,
@@ -285,6 +287,11 @@ class PurgeEngine:
         planned = _Plan()
         for _ in planned.steps(paths):
             await asyncio.sleep(0)
+        if session.options.max_budget_wait is not None:
+            # All or nothing: refused before anything is sent when the whole plan cannot be.
+            urgent = (priority or session.options.priority) == "high"
+            ahead = self._files_ahead(cdn_id, planned, urgent, session.limits.purge_batch_size)
+            refuse_if_too_slow(session, cdn_id, ahead)
         call = _Call(
             cdn_id,
             len(planned.mapping),
@@ -330,8 +337,26 @@ class PurgeEngine:
             raise
         report = call.report()
         if report.failed:
+            # Nothing of this call went out, for want of budget within max_budget_wait: the
+            # same answer as a refusal up front (all or nothing).
+            timeouts = [e for e in report.failed.values() if isinstance(e, BudgetWaitTimeout)]
+            if not report.purged and not report.requests and len(timeouts) == len(report.failed):
+                raise max(timeouts, key=lambda e: e.retry_after or 0.0)
             raise PurgeError(report)
         return report
+
+    def _files_ahead(self, cdn_id: str, planned: _Plan, urgent: bool, batch: int) -> int:
+        """The paths a purge of ``planned`` waits for, its own last: the endpoint's pending
+        paths ahead of it (urgent ones only, for an urgent purge), less the batch already
+        waiting for its budgets (the store counts it), and its own paths not already pending."""
+        lane = self._lanes.get(cdn_id)
+        if lane is None:
+            return len(planned.targets)
+        own = sum(1 for t in planned.targets if lane.covering(t) is None)
+        ahead = len(lane.urgent) if urgent else len(lane.pending)
+        if lane.task is not None and not lane.task.done():
+            ahead = max(0, ahead - batch)
+        return ahead + own
 
     async def _send_lane(self, session: Session, cdn_id: str, lane: _Lane) -> None:
         try:
