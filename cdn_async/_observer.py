@@ -14,6 +14,7 @@ from ._events import (
     BudgetWaited,
     Emitter,
     Event,
+    PurgeBatchSent,
     RateLimitPaused,
     RequestSent,
     ResponseReceived,
@@ -134,9 +135,28 @@ class Observer:
             )
 
     def emit(self, event: Event) -> None:
-        """Hand an event to the hooks (the purge engine's batches too)."""
+        """Hand an event to the hooks."""
         if self.events:
             self.events.emit(event)
+
+    def batch_sent(self, event: PurgeBatchSent) -> None:
+        """A purge batch was answered: its record names the calls it served, so their lines
+        join up with the batch's own (its wait, its answer)."""
+        logger.info(
+            "purge of %d path(s) of %s for %d call(s) %s: %s",
+            len(event.paths),
+            event.endpoint_id,
+            event.callers,
+            ", ".join(event.caller_ids),
+            "ok" if event.ok else "failed",
+            extra={
+                "endpoint_id": event.endpoint_id,
+                "caller_ids": event.caller_ids,
+                "files": len(event.paths),
+                "ok": event.ok,
+            },
+        )
+        self.emit(event)
 
     def trace_context(self) -> object | None:
         """The telemetry's current span context (to link to later), or None."""

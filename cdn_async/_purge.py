@@ -484,7 +484,7 @@ class PurgeEngine:
         )
         if sent:
             callers = {c.call_id: None for p, w in batch for c, _ in _pairs(p, w) if c.call_id}
-            session.observer.emit(
+            session.observer.batch_sent(
                 PurgeBatchSent(
                     cdn_id,
                     tuple(p for p, _ in batch),

@@ -55,6 +55,7 @@ def _one_at_first(
     ) -> Response:
         with self.observer.span(method, path):
             pool = self._pool
+            pool.check_loop()
             if not pool.heard:
                 async with pool.first_answer:
                     if not pool.heard:
