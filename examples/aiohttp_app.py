@@ -25,10 +25,12 @@ from typing import Any
 
 from aiohttp import web
 
-from cdn_async import BudgetWaitTimeout, CDNClient, NotFoundError, PurgeError
+from cdn_async import BudgetWaitTimeout, CDNClient, NotFoundError, PurgeError, PurgeReport
 
 ClientFactory = Callable[[], AbstractAsyncContextManager[CDNClient]]
 CDN = web.AppKey("cdn", CDNClient)
+#: Background purges the shutdown cut short (what ``close()`` reported).
+UNPURGED = web.AppKey("unpurged", list[PurgeReport])
 log = logging.getLogger("aiohttp_app")
 
 
@@ -44,8 +46,11 @@ def create_app(make_client: ClientFactory | None = None) -> web.Application:
     async def client_ctx(app: web.Application) -> AsyncIterator[None]:
         async with factory() as cdn:
             app[CDN] = cdn
+            app[UNPURGED] = []
             yield
-            for report in await cdn.close():  # background purges cut short by the shutdown
+            # Background purges the shutdown cut short: logged (and kept, for the tests).
+            app[UNPURGED].extend(await cdn.close())
+            for report in app[UNPURGED]:
                 log.warning(
                     "shutdown: %d path(s) of %s not purged: %s",
                     len(report.failed),
