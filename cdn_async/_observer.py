@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from ._call import CALL, Call
 from ._events import (
@@ -37,33 +37,25 @@ class Observer:
         #: The client's name (``CDNClient(name=...)``), on every record, event and span.
         self.name: str | None = None
 
-    @contextmanager
-    def call(self, *, new: bool = False) -> Iterator[Call]:
+    def call(self, *, new: bool = False) -> AbstractContextManager[Call]:
         """The current logical call: the one already running in this task (a request made by
         a larger call, such as a create's origin lookup, is part of it), else a new one.
         ``new``: always a new one (a purge batch serves several callers: it is a call of its
         own, which its ``PurgeBatchSent`` event ties to theirs)."""
         call = None if new else CALL.get()
-        if call is not None:
-            yield call
-            return
-        call = Call(self.name)
-        token = CALL.set(call)
-        try:
-            yield call
-        finally:
-            CALL.reset(token)
+        return nullcontext(call) if call is not None else Call(self.name)
 
-    @contextmanager
-    def span(self, method: str, path: str) -> Iterator[None]:
+    def span(self, method: str, path: str) -> AbstractContextManager[object]:
         """A logical call (see ``call``) and its telemetry span, if any. ``method``: the HTTP
         method, or ``"purge"`` for a purge, whose requests are calls of their own."""
-        with self.call():
-            if self.telemetry is None:
-                yield
-            else:
-                with self.telemetry.call(method, path):
-                    yield
+        if self.telemetry is None:
+            return self.call()
+        return self._traced(method, path, self.telemetry)
+
+    @contextmanager
+    def _traced(self, method: str, path: str, telemetry: Telemetry) -> Iterator[None]:
+        with self.call(), telemetry.call(method, path):
+            yield
 
     @staticmethod
     def call_id() -> str | None:
