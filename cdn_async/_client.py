@@ -93,7 +93,8 @@ class CDNClient:
         max_budget_wait: The longest a call waits for its budgets before
             ``BudgetWaitTimeout`` is raised (at once when the store can already tell it would
             wait longer); None: as long as it takes. Nothing is taken by a call that times
-            out.
+            out. A purge is all or nothing: refused before anything is sent when its whole
+            plan cannot be sent within it (``endpoints.purge``).
         max_queued: The most calls of this client (and its copies) that may wait for their
             budgets at once; one more raises ``QueueFullError`` at once. None: no cap.
         priority: ``"high"``, ``"normal"`` or ``"low"``: the calls' place among waiters for
@@ -105,8 +106,10 @@ class CDNClient:
             per 10 s and 10 of the 50 purged paths per 20 s free. Default 0: the whole budget.
         event_hooks: Callables that receive every event of every call (``cdn_async.events``:
             a budget wait and which budget, each request sent and answered with its request
-            id, each retry, each 429 pause), synchronously on the event loop. A hook that
-            raises is logged and never breaks a call; none costs nothing.
+            id, each retry, each 429 pause), each naming its call (``call_id``). A plain
+            function is called at once, on the event loop; an ``async def`` one is awaited by
+            a task of the client, in order, without holding up the call. A hook that raises is
+            logged and never breaks a call; none costs nothing.
         telemetry: ``cdn_async.otel.OpenTelemetry()`` (extra ``otel``): a span per call, the
             budget wait as a child span, and metrics. None: no telemetry, at no cost.
         purge_queue: A ``cdn_async.redis.RedisPurgeQueue``: ``endpoints.purge()`` goes through

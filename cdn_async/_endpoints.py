@@ -276,8 +276,16 @@ class Endpoints:
         Returns:
             The report: which paths were purged, requests sent, time spent on budgets.
 
+        Under ``max_budget_wait`` the purge is all or nothing: when its whole plan (with the
+        endpoint's paths pending ahead of it) cannot be sent within the deadline, it raises
+        ``BudgetWaitTimeout`` before anything is sent (see ``purge_in_background`` for a caller
+        that cannot wait).
+
         Raises:
             ValidationError: ``files`` is empty, a bare string, or holds a bad path.
+            BudgetWaitTimeout: Under ``max_budget_wait``, the whole purge could not be sent in
+                time; nothing of it was sent. ``retry_after``: seconds until its last request
+                could have gone, at the earliest.
             PurgeError: Some paths failed, or were not confirmed because the client was
                 closed; ``.report`` has what was confirmed (``purged``) and the rest
                 (``failed``), and ``.reason`` the one error every failed path shares, if any.
