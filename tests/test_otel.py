@@ -119,6 +119,7 @@ async def test_budget_wait_s_is_the_total_of_every_wait_of_the_call() -> None:
     async with FakeCDNServer(time_scale=SCALE) as server:
         ep = server.add_endpoint("static.nyc3.digitaloceanspaces.com")
         async with client(server, rec, limits=tight) as cdn:
+            cdn._session._rand = lambda: 0.0  # no backoff: the retry waits for the budget
             await cdn.endpoints.get(ep["id"])
             server.faults.fail_next(1, status=503, op="get")
             await cdn.endpoints.get(ep["id"])

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from cdn_async import (
+    Budget,
     BudgetWaitTimeout,
     CDNClient,
     MemoryBudgetStore,
@@ -41,7 +42,7 @@ def client(server: FakeCDNServer, **options: Any) -> CDNClient:
     return CDNClient(
         server.token,
         base_url=server.url,
-        limits=RateLimits.documented().scaled(SCALE),
+        limits=options.pop("limits", RateLimits.documented().scaled(SCALE)),
         **options,
     )
 
@@ -112,15 +113,18 @@ async def test_without_an_estimate_a_purge_that_sent_nothing_in_time_raises_budg
     server: FakeCDNServer,
 ) -> None:
     ep = server.add_endpoint(ORIGIN)
-    async with client(server, budget_store=BlindStore()) as cdn:
-        for _ in range(5):  # the cdn budget is spent for the next 0.1 s
-            await cdn.endpoints.get(ep["id"])
+    # One request per 5 s (the fake allows more): after one get, the purge waits seconds.
+    limits = RateLimits((Budget("cdn", 1, 5.0), Budget("purge_files", 50, 0.2, unit="file")))
+    async with client(server, budget_store=BlindStore(), limits=limits) as cdn:
+        await cdn.endpoints.get(ep["id"])
         with pytest.raises(BudgetWaitTimeout):
             await cdn.with_options(max_budget_wait=0.02).endpoints.purge(ep["id"], ["a", "b"])
-        # The plan alone (4 requests at 50 files / 0.2 s) is refused at once too.
+        # The plan alone is refused at once too: 4 requests at 1 per 5 s bind (15 s), not the
+        # file budget (0.6 s).
         with pytest.raises(BudgetWaitTimeout) as refused:
             await cdn.with_options(max_budget_wait=0.3).endpoints.purge(ep["id"], PATHS)
-        assert refused.value.retry_after == pytest.approx(3 * 20 * SCALE)
+        assert refused.value.retry_after == pytest.approx(15.0)
+        assert refused.value.budget == "cdn"
     assert purged_paths(server) == []
 
 
