@@ -251,23 +251,16 @@ class MemoryBudgetStore(KeyTable):
         worst, budget = 0.0, ""
         for c in claims:
             k = self._keys.get(c.key)
-            if k is None:  # idle: the first window's units fit at once
-                delay = (math.ceil(c.units / c.limit) - 1) * c.period
-                if delay > worst:
-                    worst, budget = delay, c.budget
+            if k is None:
                 continue
             ahead = k.units_ahead()
             need = ahead + c.units
-            # More than a window holds (a whole purge plan): the first `first` units fit as
-            # any request would; each further `limit` needs a whole period more, since a unit
-            # counts for at least a period after it is sent.
-            windows = math.ceil(need / k.limit) - 1
-            first = need - windows * k.limit
-            delay = k.fit_delay(first, now)
+            delay = k.fit_delay(need, now)
             if delay == math.inf:
-                # Only answers still to come can make room: none frees before a period.
-                delay = max(k.period, k.paused_until - now)
-            delay += windows * k.period
+                # Only answers still to come can make room: none frees before a period; and
+                # a window admits at most `limit`, so `need` units span that many periods.
+                windows = math.ceil(need / k.limit) - 1
+                delay = max(k.period, windows * k.period, k.paused_until - now)
             if delay > worst:
                 worst, budget = delay, k.budget
         return worst, budget

@@ -290,8 +290,7 @@ class PurgeEngine:
         if session.options.max_budget_wait is not None:
             # All or nothing: refused before anything is sent when the whole plan cannot be.
             urgent = (priority or session.options.priority) == "high"
-            ahead = self._files_ahead(cdn_id, planned, urgent, session.limits.purge_batch_size)
-            refuse_if_too_slow(session, cdn_id, ahead)
+            refuse_if_too_slow(session, cdn_id, *self._files_ahead(cdn_id, planned, urgent))
         call = _Call(
             cdn_id,
             len(planned.mapping),
@@ -345,18 +344,14 @@ class PurgeEngine:
             raise PurgeError(report)
         return report
 
-    def _files_ahead(self, cdn_id: str, planned: _Plan, urgent: bool, batch: int) -> int:
-        """The paths a purge of ``planned`` waits for, its own last: the endpoint's pending
-        paths ahead of it (urgent ones only, for an urgent purge), less the batch already
-        waiting for its budgets (the store counts it), and its own paths not already pending."""
+    def _files_ahead(self, cdn_id: str, planned: _Plan, urgent: bool) -> tuple[int, int]:
+        """The paths of ``planned`` to send (those not already pending), and the endpoint's
+        pending paths that go before them (urgent ones only, for an urgent purge)."""
         lane = self._lanes.get(cdn_id)
         if lane is None:
-            return len(planned.targets)
+            return len(planned.targets), 0
         own = sum(1 for t in planned.targets if lane.covering(t) is None)
-        ahead = len(lane.urgent) if urgent else len(lane.pending)
-        if lane.task is not None and not lane.task.done():
-            ahead = max(0, ahead - batch)
-        return ahead + own
+        return own, len(lane.urgent) if urgent else len(lane.pending)
 
     async def _send_lane(self, session: Session, cdn_id: str, lane: _Lane) -> None:
         try:
