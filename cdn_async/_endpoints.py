@@ -3,6 +3,7 @@ and structures the answer; budgets, retries and errors live in the session layer
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -15,8 +16,10 @@ from ._constants import CREATE_LAG_WINDOW, DEFAULT_PER_PAGE, NOT_FOUND_PATIENCE
 from ._limits import PRIORITIES, Priority
 from ._logs import logger
 from ._models import CDNEndpoint, Page, converter
-from ._purge import PurgeBackend, PurgeProgress, PurgeReport
+from ._purge import PurgeBackend, PurgeEngine, PurgeProgress, PurgeReport
+from ._purge_deadline import refuse_if_too_slow
 from ._purge_handle import PurgeHandle
+from ._purge_plan import _Plan
 from ._sentinel import NOT_GIVEN, NotGiven
 from ._session import Session
 from .errors import (
@@ -300,6 +303,16 @@ class Endpoints:
         # Checked a chunk at a time, yielding to the loop between chunks (100,000 paths never
         # block it for long); a bad path still raises before anything is sent.
         paths = await check.files_async(files)
+        if self._session.options.max_budget_wait is not None and not isinstance(
+            self._purge, PurgeEngine
+        ):
+            # A shared queue: what other processes queued ahead is not known here, but a plan
+            # that alone cannot be sent in time is refused all the same (the engine counts
+            # its pending paths too: PurgeEngine.purge).
+            planned = _Plan()
+            for _ in planned.steps(paths):
+                await asyncio.sleep(0)
+            refuse_if_too_slow(self._session, cdn_id, len(planned.targets), 0)
         with self._session.observer.span("purge", f"{PATH}/{cdn_id}/cache"):
             return await self._purge.purge(
                 self._session,

@@ -25,7 +25,10 @@ from cdn_async import (
     RateLimits,
     events,
 )
+from cdn_async.redis import RedisPurgeQueue
 from cdn_async.testing import FakeCDNServer
+
+from .redis_server import RedisServer
 
 SCALE = 0.01
 ORIGIN = "static.nyc3.digitaloceanspaces.com"
@@ -211,4 +214,20 @@ async def test_bad_input_is_refused_before_a_background_purge_starts(
             cdn.endpoints.purge_in_background(
                 "892071a0-bb95-49bc-8021-3afd67a210bf", "a-bare-string"
             )
+    assert server.journal == []
+
+
+async def test_through_a_shared_purge_queue_a_plan_too_long_for_the_deadline_is_refused(
+    server: FakeCDNServer, redis_server: RedisServer
+) -> None:
+    ep = server.add_endpoint(ORIGIN)["id"]
+    queue = RedisPurgeQueue(redis_server.url, token_id="t-26")
+    try:
+        async with client(server, max_budget_wait=0.3, purge_queue=queue) as cdn:
+            with pytest.raises(BudgetWaitTimeout) as refused:
+                await cdn.endpoints.purge(ep, PATHS)
+            assert refused.value.retry_after == pytest.approx(3 * 20 * SCALE)
+            assert await queue.pending(ep) == 0  # nothing queued either
+    finally:
+        await queue.aclose()
     assert server.journal == []
