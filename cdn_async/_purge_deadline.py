@@ -13,7 +13,7 @@ unit counts for at least a period after it is sent and a window holds ``limit`` 
 so even on idle budgets the last of ``units`` goes that long after the first (docs/design.md,
 "Budgets"). The store's: its own estimate (``admission_delay``) for the call's paths alone,
 which counts what waits in it (the endpoint's next batch among them) and what its windows
-count. A store that cannot estimate (Redis) gets the plan's alone.
+count. A store that cannot estimate (SQLite, Redis) gets the plan's alone.
 Being a lower bound, a purge that passes may still find, later, a batch that cannot be admitted
 in time (callers of higher priority arrived): that batch fails as before, in a ``PurgeError``
 whose report says which paths went out.
