@@ -74,12 +74,12 @@ def no_answer(method: str, path: str, attempt: int, error: BaseException) -> API
 
 
 def wait_timeout(
-    delay: float | None, budget: str, deadline: float, *, early: bool
+    delay: float | None, budget: str, deadline: float, *, early: bool, what: str = "call"
 ) -> BudgetWaitTimeout:
     when = f"would wait {delay:.3f} s" if delay is not None else "was not admitted"
     where = f" on budget {budget!r}" if budget else ""
     return BudgetWaitTimeout(
-        f"the call {when}{where}; max_budget_wait is {deadline} s"
+        f"the {what} {when}{where}; max_budget_wait is {deadline} s"
         + (" (raised at once)" if early else ""),
         retry_after=delay,
         budget=budget or None,

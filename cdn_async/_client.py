@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import attrs
 
+from ._background import Background
 from ._constants import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -23,7 +24,7 @@ from ._constants import (
 from ._endpoints import Endpoints
 from ._events import CAPTURE, Emitter, EventHook, ResponseMeta, Telemetry
 from ._limits import PRIORITIES, BudgetState, BudgetStore, Priority, RateLimits
-from ._models import CDNEndpoint, RateLimitInfo
+from ._models import CDNEndpoint, PurgeReport, RateLimitInfo
 from ._purge import PurgeBackend, PurgeEngine
 from ._sentinel import NOT_GIVEN, NotGiven
 from ._session import Options, Session
@@ -92,7 +93,8 @@ class CDNClient:
         max_budget_wait: The longest a call waits for its budgets before
             ``BudgetWaitTimeout`` is raised (at once when the store can already tell it would
             wait longer); None: as long as it takes. Nothing is taken by a call that times
-            out.
+            out. A purge is all or nothing: refused before anything is sent when its whole
+            plan cannot be sent within it (``endpoints.purge``).
         max_queued: The most calls of this client (and its copies) that may wait for their
             budgets at once; one more raises ``QueueFullError`` at once. None: no cap.
         priority: ``"high"``, ``"normal"`` or ``"low"``: the calls' place among waiters for
@@ -105,13 +107,17 @@ class CDNClient:
             per 10 s and 10 of the 50 purged paths per 20 s free. Default 0: the whole budget.
         event_hooks: Callables that receive every event of every call (``cdn_async.events``:
             a budget wait and which budget, each request sent and answered with its request
-            id, each retry, each 429 pause), synchronously on the event loop. A hook that
-            raises is logged and never breaks a call; none costs nothing.
+            id, each retry, each 429 pause), each naming its call (``call_id``). A plain
+            function is called at once, on the event loop; an ``async def`` one is awaited by
+            a task of the client, in order, without holding up the call. A hook that raises is
+            logged and never breaks a call; none costs nothing.
         telemetry: ``cdn_async.otel.OpenTelemetry()`` (extra ``otel``): a span per call, the
             budget wait as a child span, and metrics. None: no telemetry, at no cost.
         purge_queue: A ``cdn_async.redis.RedisPurgeQueue``: ``endpoints.purge()`` goes through
             one queue shared by every process on the token (same call, same report). Yours to
             close. None: purges are coalesced in this process.
+        name: A name for this client, carried by every log record (``client``), event and span
+            of its calls, to tell several clients of one process apart. None: no name.
         session: An ``aiohttp.ClientSession`` of your own; the client then never closes it.
             Create it with ``raise_for_status=False`` (the default). aiohttp re-sends a GET,
             PUT or DELETE once on its own when a kept-alive connection drops, a request the
@@ -140,6 +146,7 @@ class CDNClient:
         event_hooks: Sequence[EventHook] = (),
         telemetry: Telemetry | None = None,
         purge_queue: PurgeBackend | None = None,
+        name: str | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         token = token if token is not None else os.environ.get(TOKEN_ENV)
@@ -150,6 +157,8 @@ class CDNClient:
             raise ValidationError("the API token contains whitespace or control characters")
         if base_url is None:
             base_url = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+        if name is not None and not isinstance(name, str):
+            raise ValidationError(f"name must be a str or None, got {name!r}")
         options = _options(
             base_url=base_url,
             timeout=timeout,
@@ -183,13 +192,17 @@ class CDNClient:
             ),
             telemetry=telemetry,
         )
+        self._session.observer.name = name
         if telemetry is not None:
             store = self._session.store
-            telemetry.bind(lambda: sum(s.waiters for s in store.snapshot().values()))
+            telemetry.bind(
+                lambda: sum(s.waiters for s in store.snapshot().values()), options.base_url
+            )
         self._owner = True
         self._owns_purge = purge_queue is None
         self._purge: PurgeBackend = purge_queue if purge_queue is not None else PurgeEngine()
-        self.endpoints = Endpoints(self._session, self._purge)
+        self._background = Background()
+        self.endpoints = Endpoints(self._session, self._purge, self._background)
 
     def __repr__(self) -> str:
         return f"<CDNClient base_url={self._session.options.base_url!r}>"
@@ -231,7 +244,8 @@ class CDNClient:
         clone._owns_store = False
         clone._owns_purge = False
         clone._purge = self._purge  # one engine: purges through copies still coalesce
-        clone.endpoints = Endpoints(clone._session, self._purge)
+        clone._background = self._background
+        clone.endpoints = Endpoints(clone._session, self._purge, self._background)
         return clone
 
     @property
@@ -269,7 +283,7 @@ class CDNClient:
         budgets.update(live)
         return BudgetSnapshot(budgets, self._session.last_rate_limit)
 
-    async def close(self) -> None:
+    async def close(self) -> list[PurgeReport]:
         """Stop everything: after it returns no request leaves.
 
         Calls waiting on a budget (in any store, a shared one included) or a retry, and every
@@ -277,15 +291,24 @@ class CDNClient:
         paths failed; the connection pool closes if the client opened it, and the budget
         store if the client made it. Idempotent; a copy made by ``with_options`` closes
         nothing.
+
+        Returns:
+            The report of every background purge (``endpoints.purge_in_background``) the close
+            cut short: what it purged, and every path left, failed (also logged at WARNING).
+            Empty when none was running.
         """
         if not self._owner:
-            return
+            return []
+        self._background.closing = True
         self._session.shut()
         if self._owns_purge:
             await self._purge.aclose()
         await self._session.aclose()
         if self._owns_store:
             await self._session.store.aclose()
+        left = await self._background.aclose()
+        await self._session.observer.aclose()  # async hooks finish what they were given
+        return left
 
     async def __aenter__(self) -> CDNClient:
         return self

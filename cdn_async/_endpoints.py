@@ -3,16 +3,23 @@ and structures the answer; budgets, retries and errors live in the session layer
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import attrs
+
 from . import _validation as check
+from ._background import Background
 from ._constants import CREATE_LAG_WINDOW, DEFAULT_PER_PAGE, NOT_FOUND_PATIENCE
 from ._limits import PRIORITIES, Priority
 from ._logs import logger
 from ._models import CDNEndpoint, Page, converter
-from ._purge import PurgeBackend, PurgeProgress, PurgeReport
+from ._purge import PurgeBackend, PurgeEngine, PurgeProgress, PurgeReport
+from ._purge_deadline import refuse_if_too_slow
+from ._purge_handle import PurgeHandle
+from ._purge_plan import _Plan
 from ._sentinel import NOT_GIVEN, NotGiven
 from ._session import Session
 from .errors import (
@@ -42,9 +49,12 @@ def _structure_endpoint(data: Any, status: int) -> CDNEndpoint:
 class Endpoints:
     """CDN endpoints of the account: ``cdn.endpoints``."""
 
-    def __init__(self, session: Session, purge_engine: PurgeBackend) -> None:
+    def __init__(
+        self, session: Session, purge_engine: PurgeBackend, background: Background | None = None
+    ) -> None:
         self._session = session
         self._purge = purge_engine
+        self._background = background if background is not None else Background()
 
     async def list(
         self, *, per_page: int = DEFAULT_PER_PAGE, priority: Priority | None = None
@@ -276,8 +286,16 @@ class Endpoints:
         Returns:
             The report: which paths were purged, requests sent, time spent on budgets.
 
+        Under ``max_budget_wait`` the purge is all or nothing: when its whole plan (with the
+        endpoint's paths pending ahead of it) cannot be sent within the deadline, it raises
+        ``BudgetWaitTimeout`` before anything is sent (see ``purge_in_background`` for a caller
+        that cannot wait).
+
         Raises:
             ValidationError: ``files`` is empty, a bare string, or holds a bad path.
+            BudgetWaitTimeout: Under ``max_budget_wait``, the whole purge could not be sent in
+                time; nothing of it was sent. ``retry_after``: seconds until its last request
+                could have gone, at the earliest.
             PurgeError: Some paths failed, or were not confirmed because the client was
                 closed; ``.report`` has what was confirmed (``purged``) and the rest
                 (``failed``), and ``.reason`` the one error every failed path shares, if any
@@ -291,10 +309,21 @@ class Endpoints:
         """
         cdn_id = check.uuid_str("cdn_id", cdn_id)
         priority = _priority(priority)
+        self._session._pool.check_loop()  # before the engine makes anything on this loop
         # Checked a chunk at a time, yielding to the loop between chunks (100,000 paths never
         # block it for long); a bad path still raises before anything is sent.
         paths = await check.files_async(files)
-        with self._session.observer.span("PURGE", f"{PATH}/{cdn_id}/cache"):
+        if self._session.options.max_budget_wait is not None and not isinstance(
+            self._purge, PurgeEngine
+        ):
+            # A shared queue: what other processes queued ahead is not known here, but a plan
+            # that alone cannot be sent in time is refused all the same (the engine counts
+            # its pending paths too: PurgeEngine.purge).
+            planned = _Plan()
+            for _ in planned.steps(paths):
+                await asyncio.sleep(0)
+            refuse_if_too_slow(self._session, cdn_id, len(planned.targets), 0)
+        with self._session.observer.span("purge", f"{PATH}/{cdn_id}/cache"):
             return await self._purge.purge(
                 self._session,
                 cdn_id,
@@ -303,6 +332,61 @@ class Endpoints:
                 on_batch=on_batch,
                 priority=priority,
             )
+
+    def purge_in_background(
+        self,
+        cdn_id: str,
+        files: Iterable[str],
+        *,
+        on_batch: Callable[[PurgeProgress], None] | None = None,
+        priority: Priority | None = None,
+    ) -> PurgeHandle:
+        """Hand paths to the client to purge in the background, and return at once (a web
+        handler's 202); ``purge`` is the call to use when the caller waits.
+
+        The client owns the purge: it goes on whatever happens to the calling task (a
+        cancelled handler, a client that hung up), waiting as long as its budgets need
+        (``max_budget_wait`` does not apply), and shares batches with other purges of the
+        endpoint as ``purge`` does. The handle may be awaited (``await handle`` returns the
+        ``PurgeReport`` or raises ``PurgeError``, and cancelling the waiter does not cancel
+        the purge) or dropped (the outcome is logged). ``close()`` returns the report of each
+        background purge it cut short.
+
+        Args:
+            cdn_id: The endpoint's UUID.
+            files: The paths; wildcards such as ``css/*`` allowed.
+            on_batch: As for ``purge``.
+            priority: As for ``purge``.
+
+        Returns:
+            The handle.
+
+        Raises:
+            ValidationError: A bad id or path (at once: nothing is started).
+            CDNError: The client is closed.
+            RuntimeError: No event loop is running.
+        """
+        cdn_id = check.uuid_str("cdn_id", cdn_id)
+        priority = _priority(priority)
+        paths = check.files(files)
+        session = self._session
+        session._pool.check_open()
+        session._pool.check_loop()
+        # No deadline: nobody waits for it.
+        patient = session.copy(attrs.evolve(session.options, max_budget_wait=None))
+        background = Endpoints(patient, self._purge, self._background)
+
+        def purge(
+            on_confirmed: Callable[[PurgeProgress], None],
+        ) -> Coroutine[Any, Any, PurgeReport]:
+            def each_batch(progress: PurgeProgress) -> None:
+                on_confirmed(progress)
+                if on_batch is not None:
+                    on_batch(progress)
+
+            return background.purge(cdn_id, paths, on_batch=each_batch, priority=priority)
+
+        return self._background.start(cdn_id, paths, purge)
 
     def _mark_created(self, endpoint: CDNEndpoint) -> CDNEndpoint:
         now = self._session.now()

@@ -64,10 +64,27 @@ class Pool:
         self.interrupted: set[asyncio.Task[Any]] = set()
         #: Exchanges still on the wire whose caller stopped waiting.
         self.detached: set[asyncio.Task[Any]] = set()
+        #: The event loop of the first call: the aiohttp session, the budget waits and the
+        #: locks all belong to it.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def check_open(self) -> None:
         if self.closed:
             raise CDNError("client closed")
+
+    def check_loop(self) -> None:
+        """Refuse a call from another event loop than the first call's, saying so (rather than
+        aiohttp's "Timeout context manager should be used inside a task" or a hang)."""
+        loop = asyncio.get_running_loop()
+        if self.loop is None:
+            self.loop = loop
+        elif loop is not self.loop:
+            raise CDNError(
+                "this CDNClient is used from another event loop than the one it first ran on "
+                "(its connections and budget waits belong to that loop): make one client per "
+                "event loop, where it is used (an app's lifespan, a fixture with the test's "
+                "loop scope)"
+            )
 
     def get(self) -> aiohttp.ClientSession:
         self.check_open()

@@ -30,6 +30,7 @@ from ._events import PurgeBatchSent
 from ._limits import Priority
 from ._logs import logger
 from ._models import PurgeReport
+from ._purge_deadline import refuse_if_too_slow
 from ._purge_plan import (
     PurgeBackend,
     PurgePlan,
@@ -42,6 +43,7 @@ from ._validation import CHUNK
 from .errors import (
     APIError,
     AuthenticationError,
+    BudgetWaitTimeout,
     CDNError,
     NotFoundError,
     PermissionDeniedError,
@@ -90,6 +92,8 @@ class _Call:
         self.request_ids: list[str] = []
         #: The caller's telemetry span, which every batch that carries its paths links to.
         self.trace: object | None = None
+        #: The caller's call id, which every batch that carries its paths names.
+        self.call_id: str | None = None
         self.on_progress = on_progress
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         #: Set when the endpoint's sender met an error every later batch would meet too (or
@@ -283,6 +287,10 @@ class PurgeEngine:
         planned = _Plan()
         for _ in planned.steps(paths):
             await asyncio.sleep(0)
+        if session.options.max_budget_wait is not None:
+            # All or nothing: refused before anything is sent when the whole plan cannot be.
+            urgent = (priority or session.options.priority) == "high"
+            refuse_if_too_slow(session, cdn_id, *self._files_ahead(cdn_id, planned, urgent))
         call = _Call(
             cdn_id,
             len(planned.mapping),
@@ -291,6 +299,7 @@ class PurgeEngine:
             priority or session.options.priority,
         )
         call.trace = session.observer.trace_context()
+        call.call_id = session.observer.call_id()
         # The pending paths this call waits on, per lane.
         joined: dict[_Lane, list[str]] = {}
         try:
@@ -331,13 +340,29 @@ class PurgeEngine:
             raise
         report = call.report()
         if report.failed:
+            # Nothing of this call went out, for want of budget within max_budget_wait: the
+            # same answer as a refusal up front (all or nothing).
+            timeouts = [e for e in report.failed.values() if isinstance(e, BudgetWaitTimeout)]
+            if not report.purged and not report.requests and len(timeouts) == len(report.failed):
+                raise max(timeouts, key=lambda e: e.retry_after or 0.0)
             raise PurgeError(report)
         return report
+
+    def _files_ahead(self, cdn_id: str, planned: _Plan, urgent: bool) -> tuple[int, int]:
+        """The paths of ``planned`` to send (those not already pending), and the endpoint's
+        pending paths that go before them (urgent ones only, for an urgent purge)."""
+        lane = self._lanes.get(cdn_id)
+        if lane is None:
+            return len(planned.targets), 0
+        own = sum(1 for t in planned.targets if lane.covering(t) is None)
+        return own, len(lane.urgent) if urgent else len(lane.pending)
 
     async def _send_lane(self, session: Session, cdn_id: str, lane: _Lane) -> None:
         try:
             while lane.pending:
-                await self._send_batch(session, cdn_id, lane)
+                # Each batch is a call of its own (it may serve several callers).
+                with session.observer.call(new=True):
+                    await self._send_batch(session, cdn_id, lane)
         except BaseException as exc:
             # Whatever stops the sender, every caller still gets an answer for every path.
             why = (
@@ -457,9 +482,17 @@ class PurgeEngine:
             batch, error, wait, sent=sent, stop=isinstance(error, _FATAL), request_id=request_id
         )
         if sent:
-            session.observer.emit(
+            callers = {c.call_id: None for p, w in batch for c, _ in _pairs(p, w) if c.call_id}
+            session.observer.batch_sent(
                 PurgeBatchSent(
-                    cdn_id, tuple(p for p, _ in batch), served, error is None, request_id
+                    cdn_id,
+                    tuple(p for p, _ in batch),
+                    served,
+                    error is None,
+                    request_id,
+                    session.observer.call_id(),
+                    tuple(callers),
+                    session.observer.name,
                 )
             )
         if isinstance(error, _FATAL):

@@ -56,6 +56,7 @@ def _one_at_first(
     ) -> Response:
         with self.observer.span(method, path):
             pool = self._pool
+            pool.check_loop()
             if not pool.heard:
                 async with pool.first_answer:
                     if not pool.heard:
@@ -315,7 +316,7 @@ class Session:
             if verdict == "retry_paused":
                 retries += 1
                 assert info is not None  # a 429 is an answer
-                self.observer.paused(method, path, attempt, plan.budget_for(info), wait)
+                self.observer.paused(method, path, attempt, plan.budget_for(info), wait, retries)
                 continue
             if verdict == "retry_not_found":
                 delay = max(NOT_FOUND_MIN_DELAY, backoff(attempt, self._rand())) * self.time_scale

@@ -9,9 +9,14 @@ raw answers of a call (``CDNClient.with_raw_response``).
 
     cdn = CDNClient(event_hooks=[on_event])
 
+A hook may be an ``async def`` function: it is awaited by a task of the client, in the order of
+the events, and never holds up the call. Every event names its logical call (``call_id``) and
+the client (``client``, its ``name``).
+
 Every record of the ``cdn_async`` logger also carries its fields as ``extra`` (``method``,
-``path``, ``status``, ``attempt``, ``request_id``, ``budget``, ``wait_s``, ``elapsed_ms``), so a
-JSON log handler gets them without parsing text.
+``path``, ``status``, ``attempt``, ``request_id``, ``budget``, ``wait_s``, ``elapsed_ms``, and
+``call_id`` and ``client`` on every record), so a JSON log handler gets them without parsing
+text.
 """
 
 from ._client import RawResponse

@@ -1,17 +1,23 @@
 """An aiohttp.web app that owns one ``CDNClient`` for its whole life (a cleanup context opens
 and closes it), with the same routes as ``fastapi_app.py``:
 
-- ``POST /endpoints/{endpoint_id}/purge`` with ``{"paths": [...], "urgent": false}``.
+- ``POST /endpoints/{endpoint_id}/purge`` with ``{"paths": [...], "urgent": false}``: all or
+  nothing within the client's ``max_budget_wait`` (2 s): 200 once every path is purged, or 503
+  with ``Retry-After`` and nothing sent.
+- ``POST /endpoints/{endpoint_id}/purge/background`` with ``{"paths": [...]}``: 202 at once; the
+  client purges them in the background, and at shutdown the cleanup context logs what
+  ``close()`` reports was left.
 - ``GET /endpoints``.
 
-A call that cannot get its rate budget within ``max_budget_wait`` answers 503 with
-``Retry-After``; an unknown endpoint answers 404. Run it (token in ``$DIGITALOCEAN_TOKEN``)::
+An unknown endpoint answers 404. ``fastapi_app.LOG_FORMAT`` shows the call id, client name and
+request id every SDK log line carries. Run it (token in ``$DIGITALOCEAN_TOKEN``)::
 
     python -m aiohttp.web -P 8080 examples.aiohttp_app:init_app
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -19,30 +25,43 @@ from typing import Any
 
 from aiohttp import web
 
-from cdn_async import CDNClient
-from cdn_async.errors import BudgetWaitTimeout, NotFoundError, PurgeError
+from cdn_async import BudgetWaitTimeout, CDNClient, NotFoundError, PurgeError, PurgeReport
 
 ClientFactory = Callable[[], AbstractAsyncContextManager[CDNClient]]
 CDN = web.AppKey("cdn", CDNClient)
+#: Background purges the shutdown cut short (what ``close()`` reported).
+UNPURGED = web.AppKey("unpurged", list[PurgeReport])
+log = logging.getLogger("aiohttp_app")
 
 
 def create_app(make_client: ClientFactory | None = None) -> web.Application:
     """The app; ``make_client`` opens its client (default: from the environment, a handler
-    waiting at most 5 s for rate budget)."""
+    waiting at most 2 s for rate budget)."""
 
     def default_client() -> CDNClient:
-        return CDNClient(max_budget_wait=5.0)
+        return CDNClient(max_budget_wait=2.0, name="web")
 
     factory = make_client or default_client
 
     async def client_ctx(app: web.Application) -> AsyncIterator[None]:
         async with factory() as cdn:
             app[CDN] = cdn
+            app[UNPURGED] = []
             yield
+            # Background purges the shutdown cut short: logged (and kept, for the tests).
+            app[UNPURGED].extend(await cdn.close())
+            for report in app[UNPURGED]:
+                log.warning(
+                    "shutdown: %d path(s) of %s not purged: %s",
+                    len(report.failed),
+                    report.endpoint_id,
+                    sorted(report.failed),
+                )
 
     app = web.Application(middlewares=[errors_middleware])
     app.cleanup_ctx.append(client_ctx)
     app.router.add_post("/endpoints/{endpoint_id}/purge", purge)
+    app.router.add_post("/endpoints/{endpoint_id}/purge/background", purge_later)
     app.router.add_get("/endpoints", list_endpoints)
     return app
 
@@ -59,8 +78,8 @@ async def errors_middleware(
     try:
         response: web.StreamResponse = await handler(request)
     except PurgeError as exc:
-        # Every path failed for one reason (an unknown endpoint, a busy budget): map it.
-        if isinstance(exc.reason, NotFoundError | BudgetWaitTimeout):
+        # Every path failed for one reason (an unknown endpoint): map it.
+        if isinstance(exc.reason, NotFoundError):
             return _error_response(exc.reason)
         body = {
             "purged": list(exc.report.purged),
@@ -74,9 +93,10 @@ async def errors_middleware(
 
 def _error_response(exc: Exception) -> web.Response:
     if isinstance(exc, BudgetWaitTimeout):
+        # retry_after: when the budgets could have sent the whole call (a lower bound).
         retry_after = math.ceil(exc.retry_after or 1)
         return web.json_response(
-            {"error": "rate budget busy, retry later"},
+            {"error": "rate budget busy, nothing was purged; retry later"},
             status=503,
             headers={"Retry-After": str(retry_after)},
         )
@@ -91,6 +111,15 @@ async def purge(request: web.Request) -> web.Response:
         priority="high" if body.get("urgent") else None,
     )
     return web.json_response({"purged": list(report.purged), "requests": report.requests})
+
+
+async def purge_later(request: web.Request) -> web.Response:
+    body = await request.json()
+    # The handle is dropped: the client owns the purge and logs its outcome.
+    handle = request.app[CDN].endpoints.purge_in_background(
+        request.match_info["endpoint_id"], body["paths"]
+    )
+    return web.json_response({"accepted": len(handle.paths)}, status=202)
 
 
 async def list_endpoints(request: web.Request) -> web.Response:

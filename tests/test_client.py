@@ -122,8 +122,21 @@ def test_public_names_are_exported_and_documented() -> None:
     for name in cdn_async.__all__:
         obj = getattr(cdn_async, name)
         if isinstance(obj, type):
-            assert obj.__module__ == "cdn_async", name
+            # The errors are documented (as a tree) in cdn_async.errors, and named from there.
+            home = "cdn_async.errors" if issubclass(obj, cdn_async.CDNError) else "cdn_async"
+            assert obj.__module__ == home, name
             assert obj.__doc__, name
+
+
+def test_the_whole_error_tree_is_importable_from_the_top_and_from_errors() -> None:
+    from cdn_async import errors
+
+    exported = [n for n in errors.__all__ if n != "RateLimitInfo"]
+    assert exported and all(getattr(cdn_async, n) is getattr(errors, n) for n in exported)
+    from cdn_async import BudgetWaitTimeout, PurgeError  # what users try first
+
+    assert issubclass(PurgeError, cdn_async.CDNError)
+    assert issubclass(BudgetWaitTimeout, cdn_async.RateLimitedError)
 
 
 @pytest.mark.parametrize("token", [TOKEN + "\n", " " + TOKEN, TOKEN[:10] + "\x00" + TOKEN[10:]])

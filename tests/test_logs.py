@@ -37,3 +37,22 @@ def probe(value: str | None) -> list[int]:
 )
 def test_cdn_async_log_switch(value: str | None, expected: list[int]) -> None:
     assert probe(value) == expected
+
+
+def test_every_record_has_the_call_fields_so_a_format_can_name_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Outside any call (a store's warning, say) the fields are there, as None: a format or a
+    # JSON handler naming them never fails.
+    import logging
+
+    from cdn_async._logs import logger
+
+    caplog.set_level(logging.INFO, logger="cdn_async")
+    logger.warning("outside any call")
+    logger.info("with its own", extra={"request_id": "r-1"})
+    fmt = logging.Formatter("%(call_id)s %(client)s %(request_id)s %(message)s")
+    assert [fmt.format(r) for r in caplog.records] == [
+        "None None None outside any call",
+        "None None r-1 with its own",
+    ]

@@ -12,7 +12,10 @@ windows (periods multiplied by ``time_scale``), the identical-purge rule, switch
 
 With pytest and pytest-asyncio, the ``fake_cdn`` fixture (installed with the package as a
 pytest plugin) yields a running server; ``@pytest.mark.fake_cdn(time_scale=0.01)`` passes
-constructor options. ``python -m cdn_async.testing --port 8080`` runs one from the shell.
+constructor options. ``fake_cdn_fixture(scope=..., in_thread=...)`` makes one of another scope,
+or on a thread of its own for sync tests (FastAPI's ``TestClient``); ``fake_cdn_in_thread()``
+is that thread as a context manager. ``python -m cdn_async.testing --port 8080`` runs one from
+the shell.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from .._public import publish
 if TYPE_CHECKING:
     from ._faults import FaultRule, Faults
     from ._journal import Counters, JournalEntry
+    from ._plugin import fake_cdn_fixture
     from ._server import ALL_SCOPES, FakeCDNServer, serve
+    from ._thread import fake_cdn_in_thread
     from ._windows import DOCUMENTED_BUDGETS, BudgetSpec
 
 __all__ = [
@@ -37,6 +42,8 @@ __all__ = [
     "FaultRule",
     "Faults",
     "JournalEntry",
+    "fake_cdn_fixture",
+    "fake_cdn_in_thread",
     "serve",
 ]
 
@@ -51,6 +58,8 @@ _HOME = {
     "FaultRule": "._faults",
     "Faults": "._faults",
     "JournalEntry": "._journal",
+    "fake_cdn_fixture": "._plugin",
+    "fake_cdn_in_thread": "._thread",
     "serve": "._server",
 }
 
