@@ -256,7 +256,7 @@ class MemoryBudgetStore(KeyTable):
         now = self._clock()
         vt = now - priority_lead(claims, priority)
         worst, budget = 0.0, ""
-        for c, units in merge_claims(claims):
+        for c, units in merge_claims(claims, to_fit=False):
             k = self._keys.get(c.key)
             if k is None:
                 continue

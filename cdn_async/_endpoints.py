@@ -322,7 +322,14 @@ class Endpoints:
             planned = _Plan()
             for _ in planned.steps(paths):
                 await asyncio.sleep(0)
-            refuse_if_too_slow(self._session, cdn_id, len(planned.targets), 0)
+            refuse_if_too_slow(
+                self._session,
+                cdn_id,
+                len(planned.targets),
+                0,
+                priority or self._session.options.priority,
+                plan_only=True,
+            )
         with self._session.observer.span("purge", f"{PATH}/{cdn_id}/cache"):
             return await self._purge.purge(
                 self._session,

@@ -202,8 +202,11 @@ class RateLimits:
         return None
 
 
-def merge_claims(claims: Sequence[Claim]) -> tuple[tuple[Claim, int], ...]:
+def merge_claims(claims: Sequence[Claim], *, to_fit: bool = True) -> tuple[tuple[Claim, int], ...]:
     """One ``(first claim, units)`` per key, sorted by key: repeated keys add up.
+
+    ``to_fit=False`` skips the limit checks: an estimate's claims may span several windows
+    (a purge's whole plan, ``_purge_deadline``).
 
     Raises:
         ValidationError: A claim takes fewer than 1 unit or more than its limit, or the claims
@@ -211,7 +214,7 @@ def merge_claims(claims: Sequence[Claim]) -> tuple[tuple[Claim, int], ...]:
     """
     merged: dict[str, list[Any]] = {}
     for c in claims:
-        if c.units < 1 or c.units > c.limit:
+        if to_fit and (c.units < 1 or c.units > c.limit):
             raise ValidationError(
                 f"claim on {c.key!r} takes {c.units} units; it must be 1..{c.limit}"
             )
@@ -220,7 +223,7 @@ def merge_claims(claims: Sequence[Claim]) -> tuple[tuple[Claim, int], ...]:
             merged[c.key] = [c, c.units]
         else:
             entry[1] += c.units
-            if entry[1] > c.limit:
+            if to_fit and entry[1] > c.limit:
                 raise ValidationError(f"claims on {c.key!r} take {entry[1]} units; limit {c.limit}")
     return tuple((c, u) for _, (c, u) in sorted(merged.items()))
 
@@ -295,7 +298,8 @@ class EstimatesAdmission(Protocol):
     ) -> tuple[float, str]:
         """A lower bound on the seconds until ``claims`` queued now at ``priority`` would be
         admitted (counting only waiters that go before it), and the name of the budget that
-        holds them back (``(0.0, "")`` when they would pass at once)."""
+        holds them back (``(0.0, "")`` when they would pass at once). A claim may take more
+        than its limit (a purge's whole plan): it then spans windows."""
         ...
 
 

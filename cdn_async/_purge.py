@@ -289,8 +289,9 @@ class PurgeEngine:
             await asyncio.sleep(0)
         if session.options.max_budget_wait is not None:
             # All or nothing: refused before anything is sent when the whole plan cannot be.
-            urgent = (priority or session.options.priority) == "high"
-            refuse_if_too_slow(session, cdn_id, *self._files_ahead(cdn_id, planned, urgent))
+            level = priority or session.options.priority
+            own, ahead = self._files_ahead(cdn_id, planned, level == "high")
+            refuse_if_too_slow(session, cdn_id, own, ahead, level, plan_only=False)
         call = _Call(
             cdn_id,
             len(planned.mapping),

@@ -12,8 +12,8 @@ per budget over the paths pending ahead of the call and its own, as ``plan_purge
 unit counts for at least a period after it is sent and a window holds ``limit`` units at most,
 so even on idle budgets the last of ``units`` goes that long after the first (docs/design.md,
 "Budgets"). The store's: its own estimate (``admission_delay``) for the call's paths alone,
-which counts what waits in it (the endpoint's next batch among them) and what its windows
-count. A store that cannot estimate (SQLite, Redis) gets the plan's alone.
+which counts what waits in it before the call (the endpoint's next batch among them) and what
+its windows count. A store that cannot estimate gets the plan's alone.
 Being a lower bound, a purge that passes may still find, later, a batch that cannot be admitted
 in time (callers of higher priority arrived): that batch fails as before, in a ``PurgeError``
 whose report says which paths went out.
@@ -27,16 +27,20 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ._answers import wait_timeout
-from ._limits import Claim, EstimatesAdmission
+from ._limits import Claim, EstimatesAdmission, Priority
 
 if TYPE_CHECKING:
     from ._session import Session
 
 
-def refuse_if_too_slow(session: Session, cdn_id: str, own: int, ahead: int) -> None:
+def refuse_if_too_slow(
+    session: Session, cdn_id: str, own: int, ahead: int, priority: Priority, *, plan_only: bool
+) -> None:
     """Raise ``BudgetWaitTimeout`` when ``own`` new paths for ``cdn_id``, queued now behind
     ``ahead`` paths pending before them (not yet sent, not yet waiting in the store), surely
-    cannot all be sent within the session's ``max_budget_wait``; do nothing without one."""
+    cannot all be sent at ``priority`` within the session's ``max_budget_wait``; do nothing
+    without one. ``plan_only``: the plan's bound alone (a shared purge queue, whose batches
+    wait for their budgets as long as it takes, whichever process drains them)."""
     deadline = session.options.max_budget_wait
     if deadline is None or own <= 0:
         return
@@ -48,8 +52,8 @@ def refuse_if_too_slow(session: Session, cdn_id: str, own: int, ahead: int) -> N
             delay, budget = bound, c.budget
     # The store's, for our own paths (it counts what waits in it, and what it counts).
     store = session.store
-    if isinstance(store, EstimatesAdmission):
-        estimate, holder = store.admission_delay(_claims(session, cdn_id, own))
+    if not plan_only and isinstance(store, EstimatesAdmission):
+        estimate, holder = store.admission_delay(_claims(session, cdn_id, own), priority)
         if estimate > delay:
             delay, budget = estimate, holder
     if delay > deadline:

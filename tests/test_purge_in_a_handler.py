@@ -107,7 +107,7 @@ async def test_paths_pending_ahead_count_against_the_deadline(server: FakeCDNSer
 
 
 class BlindStore(MemoryBudgetStore):
-    """A store that cannot estimate admission (as the Redis store): only the deadline tells."""
+    """A store that cannot estimate admission: only the deadline tells."""
 
     admission_delay = None  # type: ignore[assignment]
 

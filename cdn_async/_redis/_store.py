@@ -314,7 +314,7 @@ class RedisBudgetStore(RedisLink):
         loop_now = self._get_loop().time()
         return line_estimate(
             self._groups,
-            merge_claims(claims),
+            merge_claims(claims, to_fit=False),
             loop_now - priority_lead(claims, priority),
             loop_now,
             self._clock(),

@@ -210,7 +210,7 @@ class SQLiteBudgetStore:
         budgets could fit. Other processes' queued calls can only add to it: a lower bound
         (for ``max_budget_wait``, ``max_queued`` and ``BudgetWaitTimeout.retry_after``)."""
         now = self._clock()
-        merged = merge_claims(claims)
+        merged = merge_claims(claims, to_fit=False)
         vt = now - priority_lead(claims, priority)
 
         def ledger(c: Claim) -> WindowLedger | None:
