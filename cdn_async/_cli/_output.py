@@ -199,7 +199,8 @@ def report_json(
 ) -> dict[str, Any]:
     """A purge report as JSON: status (of the exit ``code``), endpoint_id, purged, failed
     (path -> error), queued (paths still in the shared queue), requests, budget_wait (seconds
-    this command waited for rate budgets; default the report's)."""
+    the purge waited rather than had a request on the wire: for rate budgets, and with
+    ``--redis`` for other processes' batches; default the report's)."""
     wait = report.budget_wait if budget_wait is None else budget_wait
     return {
         "status": status_of(code),

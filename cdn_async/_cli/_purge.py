@@ -235,15 +235,18 @@ def _is_purge(path: str) -> bool:
 
 
 class _Wire:
-    """An event hook: this process's purge requests on the wire, its sealed batches not yet
-    settled (the engine's ``PurgeBatchSent`` comes after the callers heard the outcome), and
-    every second its requests waited for their budgets (a new Redis's recovery grace too)."""
+    """An event hook: this process's purge requests on the wire (and for how long in all),
+    its sealed batches not yet settled (the engine's ``PurgeBatchSent`` comes after the
+    callers heard the outcome), and every second its requests waited for their budgets."""
 
     def __init__(self) -> None:
         self.on_wire = 0
         self.sealed = 0
         self.settled = 0
         self.waited = 0.0
+        #: Seconds with at least one purge request of this process on the wire.
+        self.wire_time = 0.0
+        self._since = 0.0
         self._changed = asyncio.Event()
 
     def __call__(self, event: Event) -> None:
@@ -251,10 +254,14 @@ class _Wire:
         if isinstance(event, BudgetWaited):
             self.waited += event.wait_s
         elif isinstance(event, RequestSent) and _is_purge(event.path):
+            if self.on_wire == 0:
+                self._since = time.monotonic()
             self.on_wire += 1
             self.sealed += event.attempt == 1
         elif isinstance(event, ResponseReceived) and _is_purge(event.path):
             self.on_wire -= 1
+            if self.on_wire == 0:
+                self.wire_time += time.monotonic() - self._since
         elif isinstance(event, PurgeBatchSent):
             self.settled += 1
 
@@ -308,7 +315,6 @@ async def _purge(
     heartbeat: float,
     stop: Stop,
 ) -> int:
-    started = time.monotonic()
     wire = _Wire()
     queued: set[str] = set()
     async with api.connect([wire]) as (cdn, queue):
@@ -324,6 +330,7 @@ async def _purge(
             display.update(settled.done, settled.batches, len(settled.failed))
 
         ticket: PurgeTicket | None = None
+        started = time.monotonic()
         try:
             async with display:
                 display.announce(
@@ -361,11 +368,11 @@ async def _purge(
                 task.uncancel()
             report = settled.report(queued, unsent=unsent)
     elapsed = time.monotonic() - started
-    # Every wait of this process: its own requests' (a new Redis's recovery grace included),
-    # or the report's when the batches carrying these paths waited longer (other processes').
-    waited = max(wire.waited, report.budget_wait)
+    # Every wait: the time the purge was not on the wire here. Its own requests' budget
+    # waits (a new Redis's recovery grace included), and with --redis the batches of other
+    # processes it waited behind (one per endpoint at a time), which may carry its paths.
+    waited = max(elapsed - wire.wire_time, wire.waited, report.budget_wait)
     code = _exit_code(report, stop)
-    _print_outcome(report, queued, code, total=len(settled.paths), as_json=as_json)
     purged, total = len(report.purged), len(settled.paths)
     if stop.signal is not None:
         err(
@@ -381,17 +388,19 @@ async def _purge(
         )
         if as_json:
             dump(report_json(report, code=code, queued=queued, budget_wait=waited))
+        _print_outcome(report, queued, code, total=total, as_json=as_json)
         return code
     summary = (
         f"Purged {purged} of {n(total, 'path')} of endpoint {cdn_id} in "
         f"{n(report.requests, 'request')}, {elapsed:.1f} s ({waited:.1f} s waiting "
-        "for rate budgets)."
+        + ("for rate budgets and the shared queue)." if queue is not None else "for rate budgets).")
     )
     if as_json:
         err(summary)
         dump(report_json(report, code=code, budget_wait=waited))
     else:
         out(summary)
+    _print_outcome(report, queued, code, total=total, as_json=as_json)
     if report.failed:
         for error in distinct_errors(report.failed.values()):
             err(error_line(error))

@@ -45,6 +45,8 @@ class FaultRule:
         html: For ``"5xx"``: send an HTML page (like a proxy) instead of the JSON error body.
         retry_after: For ``"429"``: the ``Retry-After`` seconds to send (None: no header,
             as for every budget but the per-minute one).
+        skip: Matching requests let through before the rule fires ("the second purge
+            fails": ``skip=1``).
     """
 
     kind: FaultKind
@@ -55,6 +57,7 @@ class FaultRule:
     op: str | None = None
     html: bool = False
     retry_after: int | None = None
+    skip: int = 0
 
 
 @attrs.define
@@ -114,6 +117,7 @@ class Faults:
         when: When = "before",
         op: str | None = None,
         html: bool = False,
+        skip: int = 0,
     ) -> FaultRule:
         """Answer the next ``n`` matching requests with a 5xx.
 
@@ -123,13 +127,16 @@ class Faults:
             when: ``"before"`` the change (nothing happens) or ``"after"`` it was applied.
             op: Only requests for this operation (``"create"``, ``"purge"``...).
             html: Send an HTML error page instead of the JSON error body.
+            skip: Let this many matching requests through first.
 
         Returns:
             The rule added (its ``remaining`` counts down).
         """
         if not 500 <= status <= 599:
             raise ValueError(f"status must be a 5xx, got {status}")
-        return self._add(FaultRule("5xx", when, n, status=status, op=op, html=html))
+        if skip < 0:
+            raise ValueError(f"skip must be >= 0, got {skip}")
+        return self._add(FaultRule("5xx", when, n, status=status, op=op, html=html, skip=skip))
 
     def fail_randomly(
         self,
@@ -325,6 +332,9 @@ class Faults:
             if rule.op is not None and rule.op != op:
                 continue
             if rule.probability < 1.0 and self.rng.random() >= rule.probability:
+                continue
+            if rule.skip > 0:
+                rule.skip -= 1
                 continue
             if rule.remaining is not None:
                 rule.remaining -= 1
