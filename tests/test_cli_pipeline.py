@@ -78,7 +78,9 @@ async def test_sigterm_and_sighup_stop_a_purge_like_ctrl_c(
     proc = await start_purge(fake_cdn, cdn_id, paths, env=cli_env(fake_cdn))
     await until(lambda: len(purge_bodies(fake_cdn)) >= 1)
     proc.send_signal(sig)
+    answered = len(purge_bodies(fake_cdn))
     result = await finish(proc, fake_cdn.token)
+    assert len(purge_bodies(fake_cdn)) <= answered + 1  # nothing sent after the signal
     assert result.code == code, result.err
     report = result.json()
     assert set(report) == REPORT_KEYS and report["status"] == "interrupted"
@@ -101,7 +103,9 @@ async def test_sigterm_with_redis_reports_queued_paths_as_queued(
     json_job = await start_purge(fake_cdn, cdn_id, paths, env=env)
     await until(lambda: len(purge_bodies(fake_cdn)) >= 1)
     json_job.send_signal(signal.SIGTERM)
+    answered = len(purge_bodies(fake_cdn))
     result = await finish(json_job, fake_cdn.token)
+    assert len(purge_bodies(fake_cdn)) <= answered + 1  # nothing sent after the signal
     assert result.code == 143, result.err
     report = result.json()
     sent = confirmed(fake_cdn)

@@ -41,6 +41,7 @@ from ._progress import DEFAULT_HEARTBEAT, progress_display
 from ._signals import Stop
 
 if TYPE_CHECKING:
+    from .. import CDNClient
     from .._purge_queue import PurgeTicket
     from ..redis import RedisPurgeQueue
 
@@ -278,18 +279,26 @@ _SETTLE_TIMEOUT = 5.0
 
 
 async def _still_queued(
+    cdn: CDNClient,
     queue: RedisPurgeQueue,
     ticket: PurgeTicket | None,
     settled: _Settled,
     on_batch: Callable[[PurgeProgress], None],
 ) -> set[str]:
-    """After an interrupt: read the ticket's last outcomes, and which open paths are still in
-    the shared queue. A batch completes atomically (its paths leave the queue as its outcome
-    is written), so once every open path is found queued, nothing is missed."""
+    """After an interrupt (no request of this process on the wire): stop sending, read the
+    ticket's last outcomes, and say which open paths are still in the shared queue. A batch
+    completes atomically (its paths leave the queue as its outcome is written), so once every
+    open path is found queued, no outcome is missed."""
     reader = None
     if ticket is not None:
-        # Waiting without a client sends nothing: it only reads outcomes as they come.
+        # Waiting without a client sends nothing: it only reads outcomes as they come. Let it
+        # take the ticket over before the client closes (a waiter whose own client closed has
+        # its open paths failed).
         reader = asyncio.ensure_future(queue.wait(ticket, None, on_batch=on_batch))
+        await asyncio.sleep(0)
+    # Closed, the client sends nothing more: this process's drainer only records the outcome
+    # of what it sent, and stops.
+    await cdn.close()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + _SETTLE_TIMEOUT
     try:
@@ -363,7 +372,7 @@ async def _purge(
                     unsent = True  # every batch sealed has settled: the rest never left
                 else:
                     await wire.until(lambda: wire.on_wire <= 0)
-                    queued = await _still_queued(queue, ticket, settled, on_batch)
+                    queued = await _still_queued(cdn, queue, ticket, settled, on_batch)
             except asyncio.CancelledError:
                 task.uncancel()
             report = settled.report(queued, unsent=unsent)
