@@ -159,6 +159,42 @@ async def test_a_second_signal_stops_waiting_for_the_batch_on_the_wire() -> None
     assert set(failed.values()) == {"interrupted before this path was confirmed purged"}
 
 
+async def test_an_inherited_ignored_sigint_stays_ignored() -> None:
+    """A job started with SIGINT ignored (a shell's background job; nohup does the same for
+    SIGHUP) keeps ignoring it; SIGTERM still stops it."""
+    async with FakeCDNServer(time_scale=SCALE, purge_duration=0.3) as server:
+        cdn_id = server.add_endpoint(ORIGIN)["id"]
+        paths = [f"img/{i}.png" for i in range(500)]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+            "from cdn_async._cli import main; sys.exit(main(sys.argv[1:]))",
+            "purge",
+            cdn_id,
+            *paths,
+            "--json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=cli_env(server),
+        )
+        try:
+            await until(lambda: len(purge_bodies(server)) >= 1)
+            proc.send_signal(signal.SIGINT)
+            await asyncio.sleep(0.4)
+            assert proc.returncode is None  # still purging
+            before = len(purge_bodies(server))
+            await until(lambda: len(purge_bodies(server)) > before)  # and still sending
+            proc.send_signal(signal.SIGTERM)
+            result = await finish(proc, server.token)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert result.code == 143, result.err
+    assert set(result.json()["purged"]) == confirmed(server)
+
+
 def _arrived(server: FakeCDNServer) -> bool:
     """A purge request is at the server (being served: the journal has it only once it is
     answered); read from the budget window it was counted in."""
