@@ -21,7 +21,15 @@ import click
 from .. import PurgePlan, PurgeProgress, PurgeReport, plan_purge
 from .. import _validation as check
 from ..errors import CDNError, PurgeError
-from ..events import BudgetWaited, Event, PurgeBatchSent, RequestSent, ResponseReceived
+from ..events import (
+    BudgetWaited,
+    Event,
+    PurgeBatchSent,
+    RateLimitPaused,
+    RequestSent,
+    ResponseReceived,
+    RetryScheduled,
+)
 from ._app import REDIS_ENV, ApiOptions, api_options, json_option, no_progress_option, run_command
 from ._output import (
     EXIT_OK,
@@ -236,11 +244,16 @@ def _is_purge(path: str) -> bool:
 
 
 class _Wire:
-    """An event hook: this process's purge requests on the wire (and for how long in all),
-    its sealed batches not yet settled (the engine's ``PurgeBatchSent`` comes after the
-    callers heard the outcome), and every second its requests waited for their budgets."""
+    """An event hook on this process's purge requests: how many are live (sent, and not
+    finished: a retry's backoff or 429 pause included), for how long any was on the wire, its
+    sealed batches not yet settled (the engine's ``PurgeBatchSent`` comes after the callers
+    heard the outcome), and every second its requests waited for their budgets."""
 
     def __init__(self) -> None:
+        #: Purge requests sent and not finished. A retry is announced (``RetryScheduled``,
+        #: ``RateLimitPaused``) in the same step as the answer before it, so the count never
+        #: reads 0 between two attempts of one request.
+        self.live = 0
         self.on_wire = 0
         self.sealed = 0
         self.settled = 0
@@ -254,17 +267,23 @@ class _Wire:
         self._changed.set()
         if isinstance(event, BudgetWaited):
             self.waited += event.wait_s
-        elif isinstance(event, RequestSent) and _is_purge(event.path):
+        elif not _is_purge(getattr(event, "path", "")):
+            if isinstance(event, PurgeBatchSent):
+                self.settled += 1
+        elif isinstance(event, RequestSent):
             if self.on_wire == 0:
                 self._since = time.monotonic()
             self.on_wire += 1
-            self.sealed += event.attempt == 1
-        elif isinstance(event, ResponseReceived) and _is_purge(event.path):
+            if event.attempt == 1:
+                self.sealed += 1
+                self.live += 1
+        elif isinstance(event, ResponseReceived):
             self.on_wire -= 1
+            self.live -= 1
             if self.on_wire == 0:
                 self.wire_time += time.monotonic() - self._since
-        elif isinstance(event, PurgeBatchSent):
-            self.settled += 1
+        elif isinstance(event, RetryScheduled | RateLimitPaused):
+            self.live += 1
 
     async def until(self, done: Callable[[], bool]) -> None:
         """Wait until ``done()`` holds (checked after each event)."""
@@ -273,9 +292,14 @@ class _Wire:
             await self._changed.wait()
 
 
+#: The longest a stopped purge waits for the batch on the wire (its retries included): the
+#: report comes well before a SIGKILL (docker stop sends it 10 s after SIGTERM, Kubernetes
+#: 30 s).
+_STOP_WAIT = 5.0
+
 #: The longest an interrupted purge reads the shared queue to tell queued paths from purged
 #: ones (normally one or two polls).
-_SETTLE_TIMEOUT = 5.0
+_SETTLE_TIMEOUT = 2.0
 
 
 async def _still_queued(
@@ -285,7 +309,7 @@ async def _still_queued(
     settled: _Settled,
     on_batch: Callable[[PurgeProgress], None],
 ) -> set[str]:
-    """After an interrupt (no request of this process on the wire): stop sending, read the
+    """After an interrupt (no request of this process live): stop sending, read the
     ticket's last outcomes, and say which open paths are still in the shared queue. A batch
     completes atomically (its paths leave the queue as its outcome is written), so once every
     open path is found queued, no outcome is missed."""
@@ -367,14 +391,21 @@ async def _purge(
             err(f"{stop.name or 'Interrupted'}: stopping; waiting for the batch on the wire...")
             unsent = False
             try:
-                if queue is None:
-                    await wire.until(lambda: wire.settled >= wire.sealed)
-                    unsent = True  # every batch sealed has settled: the rest never left
-                else:
-                    await wire.until(lambda: wire.on_wire <= 0)
-                    queued = await _still_queued(cdn, queue, ticket, settled, on_batch)
-            except asyncio.CancelledError:
+                async with asyncio.timeout(_STOP_WAIT):
+                    if queue is None:
+                        await wire.until(lambda: wire.settled >= wire.sealed)
+                        unsent = True  # every batch sealed has settled: the rest never left
+                    else:
+                        await wire.until(lambda: wire.live <= 0)
+            except asyncio.CancelledError:  # a second signal
                 task.uncancel()
+            except TimeoutError:
+                err(f"The batch on the wire did not finish within {_STOP_WAIT:g} s; not waiting.")
+            if queue is not None:
+                try:
+                    queued = await _still_queued(cdn, queue, ticket, settled, on_batch)
+                except asyncio.CancelledError:
+                    task.uncancel()
             report = settled.report(queued, unsent=unsent)
     elapsed = time.monotonic() - started
     # Every wait: the time the purge was not on the wire here. Its own requests' budget
