@@ -44,7 +44,9 @@ EXIT_STATUSES: dict[int, tuple[str, str]] = {
     EXIT_NOT_FOUND: ("not_found", "404: no such endpoint"),
     EXIT_UNREACHABLE: ("unreachable", "no answer from the API (or the --redis server)"),
     EXIT_RATE_LIMITED: ("rate_limited", "a rate limit did not clear in time (retry later)"),
-    EXIT_INTERRUPTED: ("interrupted", "stopped by SIGINT (Ctrl-C); SIGTERM 143, SIGHUP 129"),
+    EXIT_INTERRUPTED: ("interrupted", "stopped by SIGINT (Ctrl-C), after its report"),
+    128 + 15: ("interrupted", "stopped by SIGTERM (CI, Kubernetes, docker), after its report"),
+    128 + 1: ("interrupted", "stopped by SIGHUP, after its report"),
 }
 
 
