@@ -14,6 +14,7 @@ import attrs
 
 from ._background import Background
 from ._constants import (
+    ACCESS_TOKEN_ENV,
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
     DEFAULT_MAX_RATE_LIMIT_WAIT,
@@ -78,7 +79,8 @@ class CDNClient:
                 print(ep.origin)
 
     Args:
-        token: The API token; defaults to ``$DIGITALOCEAN_TOKEN``.
+        token: The API token; defaults to ``$DIGITALOCEAN_TOKEN``, else doctl's
+            ``$DIGITALOCEAN_ACCESS_TOKEN`` (the first wins when both are set).
         base_url: The API's address; https only (http only for loopback hosts). Defaults to
             ``$CDN_ASYNC_BASE_URL``, else ``https://api.digitalocean.com``.
         limits: The budgets every request is held to (``RateLimits.documented()``).
@@ -149,9 +151,13 @@ class CDNClient:
         name: str | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        if token is None:
+            # Ours first, then doctl's: a token set for cdn-async wins over a general one.
+            token = os.environ.get(TOKEN_ENV) or os.environ.get(ACCESS_TOKEN_ENV)
         if not token:
-            raise ValidationError(f"no API token: pass token=... or set ${TOKEN_ENV}")
+            raise ValidationError(
+                f"no API token: pass token=... or set ${TOKEN_ENV} (or ${ACCESS_TOKEN_ENV})"
+            )
         if not token.isprintable() or any(c.isspace() for c in token):
             # Typically a token read from a file with its newline; never echo the token.
             raise ValidationError("the API token contains whitespace or control characters")

@@ -20,5 +20,7 @@ CREATE_LAG_WINDOW = 30.0
 #: How long such a GET keeps retrying a 404 before believing it.
 NOT_FOUND_PATIENCE = 10.0
 TOKEN_ENV = "DIGITALOCEAN_TOKEN"
+#: doctl's variable, read when ``TOKEN_ENV`` is unset or empty (``TOKEN_ENV`` wins).
+ACCESS_TOKEN_ENV = "DIGITALOCEAN_ACCESS_TOKEN"
 BASE_URL_ENV = "CDN_ASYNC_BASE_URL"
 LOG_ENV = "CDN_ASYNC_LOG"

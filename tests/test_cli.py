@@ -1,7 +1,9 @@
 """The ``cdn-async`` command, run as a subprocess against a fake API server.
 
 Every run goes through ``run_cli``, which also checks that the API token appears nowhere in
-the command's stdout or stderr.
+the command's stdout or stderr. Children restore SIGINT's handler (pytest may run with SIGINT
+ignored, which a child would inherit) and any still running are killed in teardown, so a
+test never hangs on a child that ignored its signal.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
@@ -27,7 +30,7 @@ from .redis_server import RedisServer
 
 SCALE = 0.01  # budgets 100x faster: the files budget is 50 paths / 0.2 s
 ENDPOINT_KEYS = {"id", "origin", "endpoint", "ttl", "created_at", "certificate_id", "custom_domain"}
-REPORT_KEYS = {"endpoint_id", "purged", "failed", "requests", "budget_wait"}
+REPORT_KEYS = {"status", "endpoint_id", "purged", "failed", "queued", "requests", "budget_wait"}
 # "error: " and str(APIError): status, error id, method and path, message, request id.
 API_ERROR_LINE = re.compile(
     r"^error: 404 not_found (GET|DELETE) /v2/cdn/endpoints/\S+: .+ \(request_id=[0-9a-f-]{36}\)$"
@@ -58,19 +61,41 @@ def cli_env(server: FakeCDNServer | None, **extra: str) -> dict[str, str]:
     return env
 
 
+#: ``python -m cdn_async``, with SIGINT's handler restored first: a child of a pytest run
+#: with SIGINT ignored would inherit that, and a Ctrl-C test would then wait forever.
+CHILD = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from cdn_async._cli import main; sys.exit(main(sys.argv[1:]))"
+)
+_children: list[asyncio.subprocess.Process] = []
+
+
+@pytest.fixture(autouse=True)
+async def kill_children() -> AsyncIterator[None]:
+    """Kill any child a test left running (a failed assertion before its signal)."""
+    yield
+    while _children:
+        proc = _children.pop()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def start_cli(
     *args: str, server: FakeCDNServer | None, env: dict[str, str] | None = None
 ) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+    proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "cdn_async",
+        "-c",
+        CHILD,
         *args,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env if env is not None else cli_env(server),
     )
+    _children.append(proc)
+    return proc
 
 
 async def finish(
@@ -152,8 +177,8 @@ async def test_endpoint_commands_print_tables_and_json(fake_cdn: FakeCDNServer) 
 
 @pytest.mark.fake_cdn(time_scale=SCALE)
 async def test_exit_codes_and_error_lines(fake_cdn: FakeCDNServer) -> None:
-    """An API error is one line with status, error id and request_id (exit 1); bad input,
-    a missing token and unknown commands are usage errors (exit 2)."""
+    """An API error is one line with status, error id and request_id (an unknown endpoint
+    exits 6); bad input, a missing token and unknown commands are usage errors (exit 2)."""
     cdn_id = fake_cdn.add_endpoint("static.nyc3.digitaloceanspaces.com")["id"]
     not_found, bad_id, nothing, bad_ttl, no_token, unknown, purge_404 = await asyncio.gather(
         run_cli("endpoints", "get", UNKNOWN_ID, server=fake_cdn),
@@ -169,15 +194,16 @@ async def test_exit_codes_and_error_lines(fake_cdn: FakeCDNServer) -> None:
         run_cli("endpoint", "list", server=fake_cdn),
         run_cli("purge", UNKNOWN_ID, "a.png", server=fake_cdn),
     )
-    assert not_found.code == 1 and not_found.out == ""
+    assert not_found.code == 6 and not_found.out == ""
     assert API_ERROR_LINE.match(not_found.err.strip()), not_found.err
     assert (bad_id.code, nothing.code, bad_ttl.code, no_token.code, unknown.code) == (2,) * 5
     assert bad_id.err.startswith("error: cdn_id must be a UUID")
     assert "at least one of ttl" in nothing.err
     assert "ttl must be one of" in bad_ttl.err
     assert "no API token: set $DIGITALOCEAN_TOKEN or pass --token" in no_token.err
+    assert "$DIGITALOCEAN_ACCESS_TOKEN" in no_token.err
     assert "No such command" in unknown.err
-    assert purge_404.code == 1
+    assert purge_404.code == 6
     assert any(API_ERROR_LINE.match(line) for line in purge_404.err.splitlines()), purge_404.err
 
 
@@ -283,8 +309,9 @@ async def test_purge_all_is_explicit(fake_cdn: FakeCDNServer) -> None:
 
 @pytest.mark.fake_cdn(time_scale=SCALE, purge_duration=0.25)
 async def test_ctrl_c_reports_what_was_purged(fake_cdn: FakeCDNServer) -> None:
-    """Ctrl-C during a bulk purge exits 130 after reporting the paths already purged; with
-    --json the partial report accounts for every path."""
+    """Ctrl-C during a bulk purge waits for the batch on the wire, then exits 130 after
+    reporting the paths purged; with --json the partial report accounts for every path, and
+    says exactly what the server purged."""
     cdn_id = fake_cdn.add_endpoint("static.nyc3.digitaloceanspaces.com")["id"]
     paths = [f"img/{i}.png" for i in range(1000)]
     proc = await start_cli(
@@ -304,13 +331,15 @@ async def test_ctrl_c_reports_what_was_purged(fake_cdn: FakeCDNServer) -> None:
     report = result.json()
     purged = len(report["purged"])
     confirmed = {p for b in purge_bodies(fake_cdn) for p in b}
-    # The server has answered two batches; the client surely has the first (the second was
-    # sent only after it), and may not yet have read the second's answer.
-    assert 50 <= purged < 1000
-    assert set(report["purged"]) <= confirmed
-    assert len(report["purged"]) + len(report["failed"]) == 1000
-    assert all("interrupted" in why for why in report["failed"].values())
-    assert f"Interrupted: {purged} of 1000 paths of endpoint {cdn_id} were purged" in result.err
+    # The batch on the wire was waited for: the report has every path the server purged.
+    assert set(report["purged"]) == confirmed
+    assert 100 <= purged < 1000
+    assert len(report["purged"]) + len(report["failed"]) == 1000 and report["queued"] == []
+    assert report["status"] == "interrupted"
+    assert all(why == "interrupted before this path was sent" for why in report["failed"].values())
+    assert f"Interrupted by SIGINT: {purged} of 1000 paths of endpoint {cdn_id} were purged" in (
+        result.err
+    )
 
 
 async def test_missing_extra_prints_the_install_hint() -> None:
@@ -369,6 +398,7 @@ async def test_fake_server_command_prints_url_and_a_token_that_works() -> None:
     proc.send_signal(signal.SIGINT)
     stopped = await finish(proc, None)
     assert stopped.code == 0
+    assert "Totals: 1 requests (1 x 201); 0 x 429" in stopped.out, stopped.out
 
 
 async def test_demo_runs_the_whole_job_without_a_429() -> None:
@@ -424,6 +454,8 @@ async def test_help_is_written_for_users() -> None:
         "--redis",
         "CDN_ASYNC_REDIS_URL",
         "--no-wait",
+        "--heartbeat",
+        "SIGTERM",
     ):
         assert option in purge.out
     assert "cdn-async" in version.out

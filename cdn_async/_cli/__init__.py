@@ -17,14 +17,17 @@ draw no 429s. With ``--redis URL`` (or ``$CDN_ASYNC_REDIS_URL``) every command s
 (``RedisPurgeQueue``): parallel CI jobs purge a path once between them. ``purge --no-wait``
 only queues; ``cdn-async purge-worker`` sends what was queued.
 
-Results go to stdout (a table, or JSON with ``--json``); progress, prompts and errors go to
-stderr. Exit codes: 0 success, 1 API error (or a declined delete), 2 usage error, 130 Ctrl-C.
-The API token is never printed.
+Results go to stdout (a table, or JSON with ``--json``, whose ``status`` names the exit
+code); progress, prompts and errors go to stderr. Exit codes (``_output.EXIT_STATUSES``): 0
+success, 1 another API error (or a declined delete), 2 usage error, 3 some paths failed, 4
+401, 5 403, 6 404, 7 unreachable, 8 rate limited, 128 + the signal when SIGINT, SIGTERM or
+SIGHUP stopped it (``_signals``). The API token is never printed.
 
 One module per concern: ``_app`` (the click app, the options every API command shares and
-the exit codes of SDK errors), ``_host_budgets`` (the budget file), ``_endpoints``, ``_purge`` (``purge`` and ``purge-worker``),
-``_progress`` (the live bar, or a display that shows nothing), ``_demo`` (``demo`` and
-``fake-server``) and ``_output`` (what is printed, and the exit statuses). Only this module
+the exit codes of SDK errors), ``_host_budgets`` (the budget file), ``_endpoints``,
+``_purge`` (``purge`` and ``purge-worker``), ``_progress`` (the live bar, the heartbeat lines
+of a log, or nothing), ``_signals`` (stop signals), ``_demo`` (``demo`` and ``fake-server``)
+and ``_output`` (what is printed, and the exit statuses). Only this module
 loads without click and rich; it imports the others once it has found them.
 """
 
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         argv: The arguments without the program name; default ``sys.argv[1:]``.
 
     Returns:
-        The exit status: 0 success, 1 API error, 2 usage error, 130 interrupted.
+        The exit status (see the module docstring).
     """
     try:
         import click  # noqa: F401  (only to fail early, with the hint, when it is missing)

@@ -11,21 +11,31 @@ import asyncio
 import contextlib
 import functools
 import math
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import click
 
-from .. import NOT_GIVEN, CDNClient, RateLimits
-from .._constants import DEFAULT_BASE_URL, TOKEN_ENV
+from .. import NOT_GIVEN, BudgetStore, CDNClient, RateLimits
+from .._constants import ACCESS_TOKEN_ENV, DEFAULT_BASE_URL, TOKEN_ENV
 from ..errors import CDNError, ValidationError
 from ..events import BudgetWaited, Event, EventHook, ResponseReceived
 from ._host_budgets import SHARE_ENV, host_store
-from ._output import EXIT_API_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, err, error_line
+from ._output import (
+    EXIT_API_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    dump,
+    err,
+    error_json,
+    error_line,
+    exit_code_for,
+    exit_codes_help,
+)
+from ._signals import Stop
 
 if TYPE_CHECKING:
-    from .._sqlite import SQLiteBudgetStore
     from ..redis import RedisPurgeQueue
 
 BASE_URL_ENV = "CDN_ASYNC_BASE_URL"
@@ -56,12 +66,15 @@ class ApiOptions:
     verbose: bool = False
     share_budgets: bool = True
 
-    def _hooks(self) -> list[EventHook]:
-        return [RequestLines()] if self.verbose else []
+    def _hooks(self, extra: Sequence[EventHook]) -> list[EventHook]:
+        return [*extra, RequestLines()] if self.verbose else list(extra)
 
     def _limits(self) -> RateLimits:
         if not self.token:
-            raise ValidationError(f"no API token: set ${TOKEN_ENV} or pass --token")
+            raise ValidationError(
+                f"no API token: set ${TOKEN_ENV} or pass --token (${ACCESS_TOKEN_ENV}, "
+                "doctl's, is read too)"
+            )
         if not (math.isfinite(self.time_scale) and self.time_scale > 0):
             raise ValidationError(f"--time-scale must be a positive number, got {self.time_scale}")
         limits = RateLimits.documented()
@@ -69,50 +82,53 @@ class ApiOptions:
             limits = limits.scaled(self.time_scale)
         return limits
 
-    def client(self, budget_store: SQLiteBudgetStore | None = None) -> CDNClient:
-        """A client for these options (``redis_url`` unused), with its budgets in
-        ``budget_store`` (the caller's to close), else in this process.
-
-        Raises:
-            ValidationError: No token, a bad base URL or time scale.
-        """
-        limits = self._limits()
-        return CDNClient(
-            self.token,
-            base_url=self.base_url,
-            limits=limits,
-            budget_store=budget_store,
-            event_hooks=self._hooks(),
-        )
-
     @contextlib.asynccontextmanager
-    async def connect(self) -> AsyncIterator[tuple[CDNClient, RedisPurgeQueue | None]]:
+    async def connect(
+        self, hooks: Sequence[EventHook] = ()
+    ) -> AsyncIterator[tuple[CDNClient, RedisPurgeQueue | None]]:
         """A client for these options and the shared purge queue (None without
         ``redis_url``); on exit the client, the queue and the budget store are closed.
 
-        With ``redis_url`` the client's budgets live in Redis (``RedisBudgetStore``) and its
-        purges go through the shared queue, both under the token's id (``token_id_for``).
-        Without, in the token's budget file on this host (``host_store``), unless
-        ``share_budgets`` is off or the file's directory is unusable: then in this process.
+        Args:
+            hooks: Event hooks besides ``--verbose``'s.
 
         Raises:
             ValidationError: No token, a bad base URL, time scale or Redis URL, or no
                 redis-py for ``redis_url``.
             BudgetFileError: The budget file is corrupt or stays locked.
         """
-        if self.redis_url is None:
-            self._limits()  # no token: a usage error before any file is made
-            assert self.token is not None
-            host = host_store(self.token) if self.share_budgets else None
-            try:
-                async with self.client(host) as cdn:
-                    yield cdn, None
-            finally:
-                if host is not None:
-                    await host.aclose()
-            return
-        limits = self._limits()
+        limits = self._limits()  # no token: a usage error before any file is made
+        async with contextlib.AsyncExitStack() as stack:
+            store, queue = self._shared(limits, stack)
+            cdn = CDNClient(
+                self.token,
+                base_url=self.base_url,
+                limits=limits,
+                budget_store=store,
+                purge_queue=queue,
+                event_hooks=self._hooks(hooks),
+            )
+            stack.push_async_callback(cdn.close)
+            # A time-scaled fake answers 1/F times faster: retry delays shrink with the
+            # budgets (as FakeCDNServer.client() does), so a test of a failing API is quick.
+            cdn._session.time_scale = self.time_scale
+            yield cdn, queue
+
+    def _shared(
+        self, limits: RateLimits, stack: contextlib.AsyncExitStack
+    ) -> tuple[BudgetStore | None, RedisPurgeQueue | None]:
+        """The one place every command's budget store and purge queue are made (closed by
+        ``stack``). With ``redis_url`` the budgets live in Redis (``RedisBudgetStore``) and
+        purges go through the shared queue, both under the token's id (``token_id_for``).
+        Without, the budgets live in the token's budget file on this host (``host_store``),
+        unless ``share_budgets`` is off or the file's directory is unusable: then in this
+        process; purges are coalesced in this process."""
         assert self.token is not None
+        if self.redis_url is None:
+            host = host_store(self.token) if self.share_budgets else None
+            if host is not None:
+                stack.push_async_callback(host.aclose)
+            return host, None
         try:
             from ..redis import RedisBudgetStore, RedisPurgeQueue, token_id_for
         except ImportError:
@@ -124,29 +140,10 @@ class ApiOptions:
             store = RedisBudgetStore(self.redis_url, token_id=tid, limits=limits)
         except ValueError as exc:
             raise ValidationError(f"--redis: {exc}") from None
-        try:
-            queue = RedisPurgeQueue(self.redis_url, token_id=tid)
-            try:
-                cdn = CDNClient(
-                    self.token,
-                    base_url=self.base_url,
-                    limits=limits,
-                    budget_store=store,
-                    purge_queue=queue,
-                    event_hooks=self._hooks(),
-                )
-            except BaseException:
-                await queue.aclose()
-                raise
-        except BaseException:
-            await store.aclose()
-            raise
-        try:
-            yield cdn, queue
-        finally:
-            await cdn.close()
-            await queue.aclose()
-            await store.aclose()
+        stack.push_async_callback(store.aclose)
+        queue = RedisPurgeQueue(self.redis_url, token_id=tid)
+        stack.push_async_callback(queue.aclose)
+        return store, queue
 
 
 class RequestLines:
@@ -184,8 +181,8 @@ _API_OPTIONS = (
         default=1.0,
         envvar=TIME_SCALE_ENV,
         show_envvar=True,
-        help="Multiply every budget period by F. Only for a time-scaled fake server "
-        "(cdn-async fake-server --time-scale F).",
+        help="Multiply every budget period and retry delay by F. Only for a time-scaled "
+        "fake server (cdn-async fake-server --time-scale F).",
         metavar="F",
     ),
     click.option(
@@ -217,10 +214,12 @@ _API_OPTIONS = (
     ),
     click.option(
         "--token",
-        envvar=TOKEN_ENV,
+        # click takes the first variable set (and not empty): ours wins over doctl's.
+        envvar=[TOKEN_ENV, ACCESS_TOKEN_ENV],
         show_envvar=True,
-        help=f"API token (needs cdn scopes). Prefer ${TOKEN_ENV}: an option shows in "
-        "the process list. Never printed.",
+        help=f"API token (needs cdn scopes). Prefer ${TOKEN_ENV} (or doctl's "
+        f"${ACCESS_TOKEN_ENV}; the first wins when both are set): an option shows in the "
+        "process list. Never printed.",
         metavar="TOKEN",
     ),
 )
@@ -228,8 +227,8 @@ _API_OPTIONS = (
 
 def api_options(fn: Callable[..., int]) -> Callable[..., int]:
     """Give a command ``--token``, ``--redis``, ``--share-budgets``, ``--base-url``,
-    ``--time-scale`` and ``--verbose``; it is called with them as one ``ApiOptions`` first (also set as the click
-    context's ``obj``)."""
+    ``--time-scale`` and ``--verbose``; it is called with them as one ``ApiOptions`` first
+    (also set as the click context's ``obj``)."""
 
     @functools.wraps(fn)
     def command(
@@ -255,20 +254,45 @@ json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON on stdout instead of a table."
 )
 no_progress_option = click.option(
-    "--no-progress", is_flag=True, help="Do not draw the live progress bar."
+    "--no-progress",
+    is_flag=True,
+    help="Draw no progress bar (and print no progress lines without a terminal).",
 )
 
 
-def run_command(coro: Coroutine[Any, Any, int]) -> int:
-    """Run one command's coroutine and map SDK errors to an error line and an exit code."""
+def run_command(
+    command: Callable[[Stop], Coroutine[Any, Any, int]], *, as_json: bool = False
+) -> int:
+    """Run one command's coroutine with SIGINT, SIGTERM and SIGHUP as a stop request, and map
+    SDK errors to an error line (and with ``as_json`` a ``{"status", "error"}`` object on
+    stdout) and an exit code.
+
+    Args:
+        command: Makes the coroutine, given the ``Stop`` it may read (a command that reports
+            what it did before stopping catches the cancellation itself).
+        as_json: ``--json`` was given.
+    """
+    stop = Stop()
+
+    async def main() -> int:
+        with stop.installed():
+            return await command(stop)
+
     try:
-        return asyncio.run(coro)
-    except ValidationError as exc:
-        err(error_line(exc))
-        return EXIT_USAGE
+        return asyncio.run(main())
     except CDNError as exc:
+        code = exit_code_for(exc)
         err(error_line(exc))
-        return EXIT_API_ERROR
+        if as_json:
+            dump(error_json(exc, code))
+        return code
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        # Stopped before anything worth reporting: the code names the signal.
+        code = stop.exit_code or EXIT_INTERRUPTED
+        err(f"Interrupted by {stop.name or 'SIGINT'}.")
+        if as_json:
+            dump(error_json(CDNError(f"interrupted by {stop.name or 'SIGINT'}"), code))
+        return code
 
 
 def given(value: Any) -> Any:
@@ -288,13 +312,16 @@ def build_cli() -> click.Group:
         """Manage DigitalOcean CDN endpoints and purge their caches.
 
         Every request stays within DigitalOcean's rate limits (no 429s), and a bulk purge
-        uses the whole budget. The token comes from $DIGITALOCEAN_TOKEN (or --token).
+        uses the whole budget. The token comes from $DIGITALOCEAN_TOKEN (else doctl's
+        $DIGITALOCEAN_ACCESS_TOKEN, or --token).
 
-        Exit codes: 0 success, 1 API error, 2 usage error, 130 interrupted.
+        SIGINT (Ctrl-C), SIGTERM and SIGHUP stop a command the same way: a purge stops
+        sending, waits for the batch on the wire, reports and exits 130, 143 or 129.
 
         Try it with no account and no token: cdn-async demo
         """
 
+    cli.epilog = '\b\nExit codes (--json prints the same word as "status"):\n' + exit_codes_help()
     for command in (endpoints, purge, purge_worker, fake_server, demo):
         cli.add_command(command)
     return cli

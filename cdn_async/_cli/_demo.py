@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ import click
 from .. import CDNClient, PurgeReport, RateLimits, plan_purge
 from .._constants import TOKEN_ENV
 from ..errors import CDNError, PurgeError
+from ..testing._faults import OPERATIONS
 from ._app import no_progress_option
 from ._output import EXIT_API_ERROR, EXIT_OK, endpoint_table, err, error_line, out, stdout_console
 from ._progress import progress_display
@@ -23,7 +25,10 @@ if TYPE_CHECKING:
     from ..testing import FakeCDNServer
 
 
-@click.command("fake-server", short_help="Serve a fake CDN API for local work.")
+_SHARE = click.FloatRange(0.0, 1.0)
+
+
+@click.command("fake-server", short_help="Serve a fake CDN API for local work and pipelines.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", type=int, default=8080, show_default=True, help="Port (0: any free one).")
 @click.option(
@@ -42,16 +47,122 @@ if TYPE_CHECKING:
     metavar="SECONDS",
     help="How long each purge request takes.",
 )
-def fake_server(host: str, port: int, time_scale: float, purge_duration: float) -> int:
-    """Serve a fake DigitalOcean CDN API for local work, until Ctrl-C.
+@click.option(
+    "--token",
+    "tokens",
+    multiple=True,
+    metavar="TOKEN",
+    help="Accept this token too, with every scope (repeatable): set it in the pipeline first.",
+)
+@click.option("--fail", type=_SHARE, default=0.0, metavar="P", help="Answer 503 to a share P.")
+@click.option(
+    "--fail-after",
+    type=_SHARE,
+    default=0.0,
+    metavar="P",
+    help="Answer 500 to a share P of requests, after the change was made.",
+)
+@click.option("--drop", type=_SHARE, default=0.0, metavar="P", help="Drop a share P of requests.")
+@click.option(
+    "--refuse",
+    type=_SHARE,
+    default=0.0,
+    metavar="P",
+    help="Refuse a share P of requests with a 429 (not counted, as the API does).",
+)
+@click.option(
+    "--refuse-next",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="Refuse the next N requests with a 429.",
+)
+@click.option(
+    "--retry-after",
+    type=click.IntRange(min=0),
+    metavar="SECONDS",
+    help="Send Retry-After with the injected 429s.",
+)
+@click.option(
+    "--cotenant",
+    "cotenants",
+    multiple=True,
+    metavar="BUDGET=UNITS",
+    help="Another client on the token spends UNITS of BUDGET (cdn, purge_files, minute, "
+    "hourly) every period (repeatable): cdn=3 leaves 2 requests per 10 s.",
+)
+@click.option(
+    "--latency",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="SECONDS",
+    help="Delay requests and answers by this much each way.",
+)
+@click.option(
+    "--jitter",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="SECONDS",
+    help="Up to this much more delay, random, each way.",
+)
+@click.option(
+    "--fault-op",
+    type=click.Choice(OPERATIONS),
+    help="Only this operation's requests get the 5xx, drops and 429s.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random fault.")
+def fake_server(
+    host: str,
+    port: int,
+    time_scale: float,
+    purge_duration: float,
+    tokens: tuple[str, ...],
+    fail: float,
+    fail_after: float,
+    drop: float,
+    refuse: float,
+    refuse_next: int,
+    retry_after: int | None,
+    cotenants: tuple[str, ...],
+    latency: float,
+    jitter: float,
+    fault_op: str | None,
+    seed: int,
+) -> int:
+    """Serve a fake DigitalOcean CDN API for local work and pipeline tests, until Ctrl-C or
+    SIGTERM; then print its totals (requests by status, 429s, paths purged).
 
-    Prints its URL and a throwaway token that only the fake accepts.
+    Prints its URL and a throwaway token that only the fake accepts. Faults test a
+    pipeline's own error handling from a shell: 5xx before or after the change, dropped
+    connections, latency, and 429s (a share refused, or a co-tenant spending the budget).
+
+    \b
+    Example:
+      cdn-async fake-server --port 0 --time-scale 0.01 --refuse 0.2 --cotenant cdn=2
     """
     if not (math.isfinite(time_scale) and time_scale > 0):
         raise click.BadParameter("must be a positive number", param_hint="--time-scale")
-    from ..testing import serve
+    spent = [_parse_cotenant(text) for text in cotenants]
+    from ..testing import ALL_SCOPES, serve
+    from ..testing._main import apply_faults, serve_until_stopped, totals_text
+
+    running: list[FakeCDNServer] = []
 
     def ready(server: FakeCDNServer) -> None:
+        apply_faults(
+            server,
+            fail=fail,
+            fail_after=fail_after,
+            drop=drop,
+            refuse=refuse,
+            refuse_next=refuse_next,
+            retry_after=retry_after,
+            cotenants=spent,
+            latency=latency,
+            jitter=jitter,
+            op=fault_op,
+        )
+        running.append(server)
         scale = f" --time-scale {time_scale:g}" if time_scale != 1.0 else ""
         out(f"Fake CDN API listening on {server.url}")
         out(f"Throwaway token for it (the fake's own, not a DigitalOcean token): {server.token}")
@@ -60,19 +171,34 @@ def fake_server(host: str, port: int, time_scale: float, purge_duration: float) 
         out(f"  cdn-async endpoints list --base-url {server.url}{scale}")
         out("Press Ctrl-C to stop.")
 
-    try:
-        asyncio.run(
-            serve(
-                host,
-                port,
-                on_ready=ready,
-                time_scale=time_scale,
-                purge_duration=purge_duration,
-            )
-        )
-    except KeyboardInterrupt:
+    def stopped() -> None:
         err("Stopped.")
+        if running:
+            out(totals_text(running[0]))
+
+    serving = serve(
+        host,
+        port,
+        on_ready=ready,
+        tokens={t: ALL_SCOPES for t in tokens},
+        time_scale=time_scale,
+        purge_duration=purge_duration,
+        seed=seed,
+    )
+    try:
+        asyncio.run(serve_until_stopped(serving, stopped, signals=(signal.SIGINT, signal.SIGTERM)))
+    except KeyboardInterrupt:  # before the loop took the signal over
+        stopped()
     return EXIT_OK
+
+
+def _parse_cotenant(text: str) -> tuple[str, int]:
+    from ..testing._main import parse_cotenant
+
+    try:
+        return parse_cotenant(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cotenant") from None
 
 
 @click.command("demo", short_help="Run the whole job against a local fake API.")

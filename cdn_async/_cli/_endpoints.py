@@ -32,7 +32,7 @@ def endpoints() -> None:
 @api_options
 def list_(api: ApiOptions, per_page: int, as_json: bool) -> int:
     """List every CDN endpoint of the account."""
-    return run_command(_list(api, per_page=per_page, as_json=as_json))
+    return run_command(lambda stop: _list(api, per_page=per_page, as_json=as_json), as_json=as_json)
 
 
 @endpoints.command("get")
@@ -41,7 +41,10 @@ def list_(api: ApiOptions, per_page: int, as_json: bool) -> int:
 @api_options
 def get(api: ApiOptions, endpoint_id: str, as_json: bool) -> int:
     """Show one CDN endpoint."""
-    return run_command(_one(api, lambda cdn: cdn.endpoints.get(endpoint_id), as_json=as_json))
+    return run_command(
+        lambda stop: _one(api, lambda cdn: cdn.endpoints.get(endpoint_id), as_json=as_json),
+        as_json=as_json,
+    )
 
 
 @endpoints.command("create", short_help="Create a CDN endpoint for a Space.")
@@ -65,7 +68,7 @@ def create(
 ) -> int:
     """Create a CDN endpoint for the Space ORIGIN (name.region.digitaloceanspaces.com)."""
     return run_command(
-        _one(
+        lambda stop: _one(
             api,
             lambda cdn: cdn.endpoints.create(
                 origin,
@@ -74,7 +77,8 @@ def create(
                 certificate_id=given(certificate_id),
             ),
             as_json=as_json,
-        )
+        ),
+        as_json=as_json,
     )
 
 
@@ -109,13 +113,14 @@ def update(
     if remove_custom_domain:
         domain = cert = None
     return run_command(
-        _one(
+        lambda stop: _one(
             api,
             lambda cdn: cdn.endpoints.update(
                 endpoint_id, ttl=given(ttl), custom_domain=domain, certificate_id=cert
             ),
             as_json=as_json,
-        )
+        ),
+        as_json=as_json,
     )
 
 
@@ -131,7 +136,7 @@ def delete(api: ApiOptions, endpoint_id: str, yes: bool, as_json: bool) -> int:
     ):
         err("Not deleted.")
         return EXIT_API_ERROR
-    return run_command(_delete(api, endpoint_id, as_json=as_json))
+    return run_command(lambda stop: _delete(api, endpoint_id, as_json=as_json), as_json=as_json)
 
 
 async def _list(api: ApiOptions, *, per_page: int, as_json: bool) -> int:

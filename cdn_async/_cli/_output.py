@@ -24,7 +24,87 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_API_ERROR = 1
 EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_AUTH = 4
+EXIT_FORBIDDEN = 5
+EXIT_NOT_FOUND = 6
+EXIT_UNREACHABLE = 7
+EXIT_RATE_LIMITED = 8
+#: Ctrl-C (SIGINT); SIGTERM and SIGHUP exit 128 + their number (143, 129), as a shell reports.
 EXIT_INTERRUPTED = 130
+
+#: Every exit status and its ``status`` in ``--json`` output, with what a pipeline should do.
+EXIT_STATUSES: dict[int, tuple[str, str]] = {
+    EXIT_OK: ("ok", "success"),
+    EXIT_API_ERROR: ("api_error", "another API error (5xx after retries, 422, ...)"),
+    EXIT_USAGE: ("usage", "usage error, bad input or no token: nothing was sent"),
+    EXIT_PARTIAL: ("partial", "purge: some paths purged, some failed (retry the failed)"),
+    EXIT_AUTH: ("unauthorized", "401: the token is wrong, expired or revoked"),
+    EXIT_FORBIDDEN: ("forbidden", "403: the token lacks a cdn scope"),
+    EXIT_NOT_FOUND: ("not_found", "404: no such endpoint"),
+    EXIT_UNREACHABLE: ("unreachable", "no answer from the API (or the --redis server)"),
+    EXIT_RATE_LIMITED: ("rate_limited", "a rate limit did not clear in time (retry later)"),
+    EXIT_INTERRUPTED: ("interrupted", "stopped by SIGINT (Ctrl-C), after its report"),
+    128 + 15: ("interrupted", "stopped by SIGTERM (CI, Kubernetes, docker), after its report"),
+    128 + 1: ("interrupted", "stopped by SIGHUP, after its report"),
+}
+
+
+def status_of(code: int) -> str:
+    """The ``status`` word of an exit code (``"interrupted"`` for 128 + a signal)."""
+    if code > 128:
+        return "interrupted"
+    return EXIT_STATUSES.get(code, ("api_error", ""))[0]
+
+
+def exit_codes_help() -> str:
+    """The exit codes, one a line, for ``--help`` (click keeps the lines after ``\\b``)."""
+    lines = [
+        f"  {code:<3} {EXIT_STATUSES[code][0]}: {EXIT_STATUSES[code][1]}" for code in EXIT_STATUSES
+    ]
+    return "\n".join(lines)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit status an SDK error stands for.
+
+    Args:
+        exc: The error.
+
+    Returns:
+        One of the ``EXIT_*`` codes.
+    """
+    from ..errors import (
+        APIConnectionError,
+        AuthenticationError,
+        NotFoundError,
+        PermissionDeniedError,
+        QueueFullError,
+        RateLimitedError,
+        ValidationError,
+    )
+
+    if isinstance(exc, ValidationError):
+        return EXIT_USAGE
+    if isinstance(exc, AuthenticationError):
+        return EXIT_AUTH
+    if isinstance(exc, PermissionDeniedError):
+        return EXIT_FORBIDDEN
+    if isinstance(exc, NotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, RateLimitedError | QueueFullError):  # TooManyRequestsError included
+        return EXIT_RATE_LIMITED
+    if isinstance(exc, APIConnectionError) or _store_unreachable(exc):
+        return EXIT_UNREACHABLE
+    return EXIT_API_ERROR
+
+
+def _store_unreachable(exc: BaseException) -> bool:
+    try:
+        from .._redis._errors import BudgetStoreUnavailableError
+    except ImportError:  # no redis-py: no Redis store either
+        return False
+    return isinstance(exc, BudgetStoreUnavailableError)
 
 
 def err(message: str) -> None:
@@ -116,16 +196,28 @@ def endpoint_json(endpoint: CDNEndpoint) -> Any:
     return converter.unstructure(endpoint)
 
 
-def report_json(report: PurgeReport) -> dict[str, Any]:
-    """A purge report as JSON: endpoint_id, purged, failed (path -> error), requests,
-    budget_wait."""
+def report_json(
+    report: PurgeReport, *, code: int, queued: Iterable[str] = (), budget_wait: float | None = None
+) -> dict[str, Any]:
+    """A purge report as JSON: status (of the exit ``code``), endpoint_id, purged, failed
+    (path -> error), queued (paths still in the shared queue), requests, budget_wait (seconds
+    the purge waited rather than had a request on the wire: for rate budgets, and with
+    ``--redis`` for other processes' batches; default the report's)."""
+    wait = report.budget_wait if budget_wait is None else budget_wait
     return {
+        "status": status_of(code),
         "endpoint_id": report.endpoint_id,
         "purged": list(report.purged),
         "failed": {path: str(error) for path, error in report.failed.items()},
+        "queued": list(queued),
         "requests": report.requests,
-        "budget_wait": round(report.budget_wait, 3),
+        "budget_wait": round(wait, 3),
     }
+
+
+def error_json(exc: BaseException, code: int) -> dict[str, Any]:
+    """What ``--json`` prints on stdout when a command fails without a result."""
+    return {"status": status_of(code), "error": str(exc)}
 
 
 def distinct_errors(errors: Iterable[CDNError]) -> list[CDNError]:

@@ -1,4 +1,5 @@
-"""The progress display of long commands: a live bar on stderr, or nothing.
+"""The progress display of long commands: a live bar on a terminal, a heartbeat line at a
+steady pace in logs (CI runners kill jobs that stay silent for 10 minutes), or nothing.
 
 ``progress_display`` picks the display once; the commands then call the same methods either
 way, so no command carries a ``live`` flag.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
 
@@ -21,6 +23,9 @@ if TYPE_CHECKING:
 
 #: How often the progress bar reads the budgets to say which one it waits for.
 _POLL_INTERVAL = 0.2
+#: Seconds between two heartbeat lines without a terminal: often enough for CI runners that
+#: kill a job silent for 10 minutes, rare enough to read (pip and docker print as often).
+DEFAULT_HEARTBEAT = 30.0
 
 
 class Display(Protocol):
@@ -35,28 +40,42 @@ class Display(Protocol):
         tb: TracebackType | None,
     ) -> None: ...
 
-    def announce(self, total: int, line: str) -> None:
-        """Count to ``total`` paths; a display without a bar prints ``line`` (on stderr)
-        instead, when it is not empty."""
+    def announce(self, total: int, line: str, *, requests: int = 0, seconds: float = 0.0) -> None:
+        """Count to ``total`` paths in ``requests`` requests (``seconds`` at the budgets'
+        pace, from the plan); a display without a bar prints ``line`` (on stderr) instead,
+        when it is not empty."""
 
-    def update(self, done: int, requests: int) -> None:
-        """Show ``done`` paths finished (purged or failed) and ``requests`` sent."""
+    def update(self, done: int, requests: int, failed: int = 0) -> None:
+        """Show ``done`` paths finished (``failed`` of them failed) and ``requests`` sent."""
 
 
 def progress_display(
-    cdn: CDNClient, *, description: str, no_progress: bool, total: int = 0
+    cdn: CDNClient,
+    *,
+    description: str,
+    no_progress: bool,
+    total: int = 0,
+    heartbeat: float = DEFAULT_HEARTBEAT,
 ) -> Display:
-    """A live bar when stderr is a terminal and ``--no-progress`` was not given, otherwise a
-    display that shows nothing (the caller still prints a summary).
+    """A live bar when stderr is a terminal; otherwise a heartbeat line every ``heartbeat``
+    seconds (none when it is 0). ``--no-progress`` shows neither (the caller still prints a
+    summary).
 
     Args:
         cdn: The client whose budgets the bar shows.
         description: The bar's label.
         no_progress: ``--no-progress`` was given.
         total: Paths to count to (``announce`` may set it later).
+        heartbeat: Seconds between two progress lines when stderr is not a terminal.
     """
-    if no_progress or not sys.stderr.isatty():
+    if no_progress:
         return NullProgress()
+    if not sys.stderr.isatty():
+        return (
+            HeartbeatProgress(heartbeat, description=description)
+            if heartbeat > 0
+            else (NullProgress())
+        )
     return LiveProgress(cdn, total, description=description)
 
 
@@ -74,13 +93,98 @@ class NullProgress:
     ) -> None:
         pass
 
-    def announce(self, total: int, line: str) -> None:
+    def announce(self, total: int, line: str, *, requests: int = 0, seconds: float = 0.0) -> None:
         """Print ``line`` on stderr (there is no bar to show ``total``)."""
         if line:
             err(line)
 
-    def update(self, done: int, requests: int) -> None:
+    def update(self, done: int, requests: int, failed: int = 0) -> None:
         """Nothing to show."""
+
+
+def duration_text(seconds: float) -> str:
+    """``45 s``, ``2 min 10 s``, ``1 h 05 min``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+class HeartbeatProgress:
+    """Without a terminal: a progress line on stderr every ``interval`` seconds of the event
+    loop's clock (paths done, requests, elapsed, the rest's estimate from the plan).
+
+    Args:
+        interval: Seconds between two lines (> 0).
+        description: The lines' label.
+        write: Where a line goes (stderr by default).
+    """
+
+    def __init__(
+        self, interval: float, *, description: str, write: Callable[[str], None] = err
+    ) -> None:
+        if not interval > 0:
+            raise ValueError(f"interval must be > 0, got {interval!r}")
+        self._interval = interval
+        self._description = description
+        self._write = write
+        self._total = self._done = self._failed = self._requests = 0
+        self._planned_requests = 0
+        self._planned_seconds = 0.0
+        self._started = 0.0
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        loop = asyncio.get_running_loop()
+        self._started = loop.time()
+        self._ticker = loop.create_task(self._tick())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+
+    def announce(self, total: int, line: str, *, requests: int = 0, seconds: float = 0.0) -> None:
+        """Print ``line``; count to ``total`` paths in ``requests`` requests (``seconds``)."""
+        self._total, self._planned_requests, self._planned_seconds = total, requests, seconds
+        if line:
+            self._write(line)
+
+    def update(self, done: int, requests: int, failed: int = 0) -> None:
+        """Keep the counts for the next line."""
+        self._done, self._requests, self._failed = done, requests, failed
+
+    def line(self) -> str:
+        """The progress line now."""
+        elapsed = asyncio.get_running_loop().time() - self._started
+        text = (
+            f"{self._description}: {self._done} of {self._total} paths done"
+            f" ({self._failed} failed), {self._requests}"
+        )
+        if self._planned_requests:
+            text += f" of {self._planned_requests}"
+        text += f" requests, {duration_text(elapsed)} elapsed"
+        if self._planned_requests:
+            # The plan's pace: its requests spread evenly over its seconds.
+            step = self._planned_seconds / max(1, self._planned_requests - 1)
+            left = max(0, self._planned_requests - self._requests) * step
+            text += f", about {duration_text(left)} left at the budgets' pace"
+        return text
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            self._write(self.line())
 
 
 def budget_wait_text(budgets: dict[str, BudgetState]) -> str:
@@ -166,13 +270,13 @@ class LiveProgress:
             self._progress.update(self._task_id, waiting="")
             self._progress.stop()
 
-    def announce(self, total: int, line: str) -> None:
+    def announce(self, total: int, line: str, *, requests: int = 0, seconds: float = 0.0) -> None:
         """Count to ``total`` paths (the bar says the rest)."""
         self._total = total
         if self._progress is not None and self._task_id is not None:
             self._progress.update(self._task_id, total=total)
 
-    def update(self, done: int, requests: int) -> None:
+    def update(self, done: int, requests: int, failed: int = 0) -> None:
         """Show ``done`` paths finished (purged or failed) and ``requests`` sent."""
         if self._progress is not None and self._task_id is not None:
             self._progress.update(self._task_id, completed=done, requests=requests)

@@ -10,11 +10,10 @@ were purged. With ``--redis`` the same call goes through the shared purge queue;
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 import time
 from collections import Counter
-from typing import TextIO
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 
 import click
@@ -22,22 +21,40 @@ import click
 from .. import PurgePlan, PurgeProgress, PurgeReport, plan_purge
 from .. import _validation as check
 from ..errors import CDNError, PurgeError
+from ..events import (
+    BudgetWaited,
+    Event,
+    PurgeBatchSent,
+    RateLimitPaused,
+    RequestSent,
+    ResponseReceived,
+    RetryScheduled,
+)
 from ._app import REDIS_ENV, ApiOptions, api_options, json_option, no_progress_option, run_command
 from ._output import (
-    EXIT_API_ERROR,
-    EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_PARTIAL,
     distinct_errors,
     dump,
     err,
     error_line,
+    exit_code_for,
     n,
     out,
     report_json,
+    status_of,
+    stdout_console,
 )
-from ._progress import progress_display
+from ._progress import DEFAULT_HEARTBEAT, progress_display
+from ._signals import Stop
+
+if TYPE_CHECKING:
+    from .. import CDNClient
+    from .._purge_queue import PurgeTicket
+    from ..redis import RedisPurgeQueue
 
 _NOT_CONFIRMED = "interrupted before this path was confirmed purged"
+_NOT_SENT = "interrupted before this path was sent"
 
 
 @click.command("purge")
@@ -60,6 +77,16 @@ _NOT_CONFIRMED = "interrupted before this path was confirmed purged"
     help="With --redis: queue the paths in the shared purge queue and exit at once; a "
     "cdn-async purge-worker (or any process waiting on a purge) sends them.",
 )
+@click.option(
+    "--heartbeat",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_HEARTBEAT,
+    show_default=True,
+    envvar="CDN_ASYNC_HEARTBEAT",
+    show_envvar=True,
+    metavar="SECONDS",
+    help="Without a terminal (CI logs), print a progress line this often; 0: never.",
+)
 @json_option
 @api_options
 def purge(
@@ -70,13 +97,18 @@ def purge(
     purge_all: bool,
     no_progress: bool,
     no_wait: bool,
+    heartbeat: float,
     as_json: bool,
 ) -> int:
     """Purge cached PATHS of the CDN endpoint ENDPOINT_ID.
 
     Any number of paths: duplicates and paths under a wildcard given too (css/*) are
     dropped, and the rest go out in batches of 50 as fast as the rate limits allow, with
-    a progress bar. Ctrl-C stops and reports what was already purged.
+    a progress bar on a terminal, and a progress line every 30 s in CI logs.
+
+    Ctrl-C, SIGTERM or SIGHUP stops sending, waits for the batch on the wire, prints the
+    report so far (purged, failed, and with --redis still queued) and exits 130, 143 or
+    129. Exit 3 when some paths failed; see cdn-async --help for every exit code.
 
     Parallel jobs on one host share the rate budgets (a file per token; see
     --no-share-budgets). With --redis, jobs on any host share them and one purge queue: a
@@ -101,8 +133,21 @@ def purge(
     if no_wait:
         if not api.redis_url:
             raise click.UsageError(f"--no-wait needs a shared queue: --redis URL or ${REDIS_ENV}")
-        return run_command(_submit(api, endpoint_id, files, as_json=as_json))
-    return run_command(_purge(api, endpoint_id, files, as_json=as_json, no_progress=no_progress))
+        return run_command(
+            lambda stop: _submit(api, endpoint_id, files, as_json=as_json), as_json=as_json
+        )
+    return run_command(
+        lambda stop: _purge(
+            api,
+            endpoint_id,
+            files,
+            as_json=as_json,
+            no_progress=no_progress,
+            heartbeat=heartbeat,
+            stop=stop,
+        ),
+        as_json=as_json,
+    )
 
 
 @click.command("purge-worker", short_help="Send what other processes queued for purging.")
@@ -130,7 +175,7 @@ def purge_worker(api: ApiOptions, endpoint_ids: tuple[str, ...], until_idle: boo
     """
     if not api.redis_url:
         raise click.UsageError(f"purge-worker needs the shared queue: --redis URL or ${REDIS_ENV}")
-    return run_command(_work(api, list(endpoint_ids), until_idle=until_idle))
+    return run_command(lambda stop: _work(api, list(endpoint_ids), until_idle=until_idle))
 
 
 def read_paths(source: TextIO) -> list[str]:
@@ -151,7 +196,7 @@ def read_paths(source: TextIO) -> list[str]:
 
 
 class _Settled:
-    """What ``on_batch`` has delivered of one purge call: its report if it is cancelled.
+    """What ``on_batch`` has delivered of one purge call: its report if it is stopped.
 
     Args:
         endpoint_id: The endpoint purged.
@@ -166,38 +211,159 @@ class _Settled:
         self.failed: dict[str, CDNError] = {}
         self.batches = 0
 
+    @property
+    def done(self) -> int:
+        """Paths with an outcome so far."""
+        return len(self.confirmed) + len(self.failed)
+
     def add(self, progress: PurgeProgress) -> None:
         """Take in one settled batch."""
         self.confirmed.extend(progress.confirmed)
         self.failed.update(progress.failed)
         self.batches += 1
 
-    def report(self) -> PurgeReport:
-        """The report so far: paths with no outcome yet fail as not confirmed. ``requests``
-        counts the batches settled; the time they waited on budgets is not known (0)."""
-        failed = dict(self.failed)
+    def open_paths(self) -> list[str]:
+        """Paths with no outcome yet."""
         done = set(self.confirmed)
-        for path in self.paths:
-            if path not in done and path not in failed:
-                failed[path] = CDNError(_NOT_CONFIRMED)
+        return [p for p in self.paths if p not in done and p not in self.failed]
+
+    def report(self, queued: Collection[str] = (), *, unsent: bool = False) -> PurgeReport:
+        """The report so far: paths with no outcome that are not ``queued`` fail as not
+        confirmed (as not sent, when ``unsent`` says none of them was). ``requests`` counts
+        the batches settled."""
+        failed = dict(self.failed)
+        why = _NOT_SENT if unsent else _NOT_CONFIRMED
+        for path in self.open_paths():
+            if path not in queued:
+                failed[path] = CDNError(why)
         return PurgeReport(self.endpoint_id, tuple(self.confirmed), failed, self.batches, 0.0)
 
 
+def _is_purge(path: str) -> bool:
+    return path.endswith("/cache")
+
+
+class _Wire:
+    """An event hook on this process's purge requests: how many are live (sent, and not
+    finished: a retry's backoff or 429 pause included), for how long any was on the wire, its
+    sealed batches not yet settled (the engine's ``PurgeBatchSent`` comes after the callers
+    heard the outcome), and every second its requests waited for their budgets."""
+
+    def __init__(self) -> None:
+        #: Purge requests sent and not finished. A retry is announced (``RetryScheduled``,
+        #: ``RateLimitPaused``) in the same step as the answer before it, so the count never
+        #: reads 0 between two attempts of one request.
+        self.live = 0
+        self.on_wire = 0
+        self.sealed = 0
+        self.settled = 0
+        self.waited = 0.0
+        #: Seconds with at least one purge request of this process on the wire.
+        self.wire_time = 0.0
+        self._since = 0.0
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: Event) -> None:
+        self._changed.set()
+        if isinstance(event, BudgetWaited):
+            self.waited += event.wait_s
+        elif not _is_purge(getattr(event, "path", "")):
+            if isinstance(event, PurgeBatchSent):
+                self.settled += 1
+        elif isinstance(event, RequestSent):
+            if self.on_wire == 0:
+                self._since = time.monotonic()
+            self.on_wire += 1
+            if event.attempt == 1:
+                self.sealed += 1
+                self.live += 1
+        elif isinstance(event, ResponseReceived):
+            self.on_wire -= 1
+            self.live -= 1
+            if self.on_wire == 0:
+                self.wire_time += time.monotonic() - self._since
+        elif isinstance(event, RetryScheduled | RateLimitPaused):
+            self.live += 1
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        """Wait until ``done()`` holds (checked after each event)."""
+        while not done():
+            self._changed.clear()
+            await self._changed.wait()
+
+
+#: The longest a stopped purge waits for the batch on the wire (its retries included): the
+#: report comes well before a SIGKILL (docker stop sends it 10 s after SIGTERM, Kubernetes
+#: 30 s).
+_STOP_WAIT = 5.0
+
+#: The longest an interrupted purge reads the shared queue to tell queued paths from purged
+#: ones (normally one or two polls).
+_SETTLE_TIMEOUT = 2.0
+
+
+async def _still_queued(
+    cdn: CDNClient,
+    queue: RedisPurgeQueue,
+    ticket: PurgeTicket | None,
+    settled: _Settled,
+    on_batch: Callable[[PurgeProgress], None],
+) -> set[str]:
+    """After an interrupt (no request of this process live): stop sending, read the
+    ticket's last outcomes, and say which open paths are still in the shared queue. A batch
+    completes atomically (its paths leave the queue as its outcome is written), so once every
+    open path is found queued, no outcome is missed."""
+    reader = None
+    if ticket is not None:
+        # Waiting without a client sends nothing: it only reads outcomes as they come. Let it
+        # take the ticket over before the client closes (a waiter whose own client closed has
+        # its open paths failed).
+        reader = asyncio.ensure_future(queue.wait(ticket, None, on_batch=on_batch))
+        await asyncio.sleep(0)
+    # Closed, the client sends nothing more: this process's drainer only records the outcome
+    # of what it sent, and stops.
+    await cdn.close()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _SETTLE_TIMEOUT
+    try:
+        while True:
+            rest = settled.open_paths()
+            found = await queue.queued(settled.endpoint_id, rest) if rest else set()
+            if len(found) == len(rest) or loop.time() > deadline:
+                return found
+            await asyncio.sleep(0.05)
+    finally:
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+
 async def _purge(
-    api: ApiOptions, cdn_id: str, paths: list[str], *, as_json: bool, no_progress: bool
+    api: ApiOptions,
+    cdn_id: str,
+    paths: list[str],
+    *,
+    as_json: bool,
+    no_progress: bool,
+    heartbeat: float,
+    stop: Stop,
 ) -> int:
-    interrupted = False
-    started = time.monotonic()
-    async with api.connect() as (cdn, queue):
+    wire = _Wire()
+    queued: set[str] = set()
+    async with api.connect([wire]) as (cdn, queue):
         cdn_id = check.uuid_str("cdn_id", cdn_id)
         plan = plan_purge(paths, cdn.limits)
         settled = _Settled(cdn_id, plan)
-        display = progress_display(cdn, description="purging", no_progress=no_progress)
+        display = progress_display(
+            cdn, description="purging", no_progress=no_progress, heartbeat=heartbeat
+        )
 
         def on_batch(progress: PurgeProgress) -> None:
             settled.add(progress)
-            display.update(progress.done, settled.batches)
+            display.update(settled.done, settled.batches, len(settled.failed))
 
+        ticket: PurgeTicket | None = None
+        started = time.monotonic()
         try:
             async with display:
                 display.announce(
@@ -205,50 +371,123 @@ async def _purge(
                     f"Purging {n(len(settled.paths), 'path')} of endpoint {cdn_id} "
                     f"({len(plan.paths)} sent in {n(plan.requests, 'request')} of up to "
                     f"{cdn.limits.purge_batch_size})...",
+                    requests=plan.requests,
+                    seconds=plan.seconds,
                 )
                 try:
-                    report = await cdn.endpoints.purge(cdn_id, paths, on_batch=on_batch)
+                    if queue is None:
+                        report = await cdn.endpoints.purge(cdn_id, paths, on_batch=on_batch)
+                    else:
+                        ticket = await queue.submit(cdn_id, paths)
+                        report = await queue.wait(ticket, cdn, on_batch=on_batch)
                 except PurgeError as exc:
                     report = exc.report
         except asyncio.CancelledError:
-            # Ctrl-C: asyncio.run cancelled this task. Report, then exit with 130.
+            # SIGINT, SIGTERM or SIGHUP: nothing more is sent. Wait for the batch on the wire
+            # (its outcome is reported), unless a second signal says not to.
             task = asyncio.current_task()
-            if task is not None:
+            assert task is not None
+            task.uncancel()
+            err(f"{stop.name or 'Interrupted'}: stopping; waiting for the batch on the wire...")
+            unsent = False
+            try:
+                async with asyncio.timeout(_STOP_WAIT):
+                    if queue is None:
+                        await wire.until(lambda: wire.settled >= wire.sealed)
+                        unsent = True  # every batch sealed has settled: the rest never left
+                    else:
+                        await wire.until(lambda: wire.live <= 0)
+            except asyncio.CancelledError:  # a second signal
                 task.uncancel()
-            interrupted = True
-            report = settled.report()
+            except TimeoutError:
+                err(f"The batch on the wire did not finish within {_STOP_WAIT:g} s; not waiting.")
+            if queue is not None:
+                try:
+                    queued = await _still_queued(cdn, queue, ticket, settled, on_batch)
+                except asyncio.CancelledError:
+                    task.uncancel()
+            report = settled.report(queued, unsent=unsent)
     elapsed = time.monotonic() - started
+    # Every wait: the time the purge was not on the wire here. Its own requests' budget
+    # waits (a new Redis's recovery grace included), and with --redis the batches of other
+    # processes it waited behind (one per endpoint at a time), which may carry its paths.
+    waited = max(elapsed - wire.wire_time, wire.waited, report.budget_wait)
+    code = _exit_code(report, stop)
     purged, total = len(report.purged), len(settled.paths)
-    if interrupted:
+    if stop.signal is not None:
         err(
-            f"Interrupted: {purged} of {n(total, 'path')} of endpoint {cdn_id} were purged "
-            f"({n(report.requests, 'request')}); the other {total - purged} were not confirmed"
+            f"Interrupted by {stop.name}: {purged} of {n(total, 'path')} of endpoint {cdn_id} "
+            f"were purged ({n(report.requests, 'request')}), {len(report.failed)} failed, "
+            f"{len(queued)} still queued"
             + (
-                " and stay in the shared purge queue (a purge-worker, or another process "
-                "waiting on them, sends them)."
+                " in the shared purge queue (a purge-worker, or the next purge of this "
+                f"endpoint, sends them; see README for how long they stay): exit {code}."
                 if queue is not None
-                else "."
+                else f": exit {code}."
             )
         )
         if as_json:
-            dump(report_json(report))
-        return EXIT_INTERRUPTED
+            dump(report_json(report, code=code, queued=queued, budget_wait=waited))
+        _print_outcome(report, queued, code, total=total, as_json=as_json)
+        return code
     summary = (
         f"Purged {purged} of {n(total, 'path')} of endpoint {cdn_id} in "
-        f"{n(report.requests, 'request')}, {elapsed:.1f} s ({report.budget_wait:.1f} s waiting "
-        "for rate budgets)."
+        f"{n(report.requests, 'request')}, {elapsed:.1f} s ({waited:.1f} s waiting "
+        + ("for rate budgets and the shared queue)." if queue is not None else "for rate budgets).")
     )
     if as_json:
         err(summary)
-        dump(report_json(report))
+        dump(report_json(report, code=code, budget_wait=waited))
     else:
         out(summary)
+    _print_outcome(report, queued, code, total=total, as_json=as_json)
     if report.failed:
         for error in distinct_errors(report.failed.values()):
             err(error_line(error))
-        err(f"{n(len(report.failed), 'path')} failed to purge.")
-        return EXIT_API_ERROR
-    return EXIT_OK
+        err(f"{n(len(report.failed), 'path')} failed to purge: exit {code} ({status_of(code)}).")
+    return code
+
+
+def _exit_code(report: PurgeReport, stop: Stop) -> int:
+    """Interrupted: 128 + the signal. Some paths purged and some failed: partial. None
+    purged: what the first error stands for (401, 403, 404, unreachable, rate limited...)."""
+    if stop.exit_code is not None:
+        return stop.exit_code
+    if not report.failed:
+        return EXIT_OK
+    if report.purged:
+        return EXIT_PARTIAL
+    return exit_code_for(next(iter(report.failed.values())))
+
+
+#: Rows of each outcome the table shows (--json lists every path).
+_TABLE_ROWS = 20
+
+
+def _print_outcome(
+    report: PurgeReport, queued: Collection[str], code: int, *, total: int, as_json: bool
+) -> None:
+    """Unless ``--json``: a table on stdout of the paths that need attention (failed, still
+    queued) and how many were purged; nothing when every path was purged."""
+    if as_json or (not report.failed and not queued):
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{status_of(code)}: {total} paths", title_justify="left")
+    table.add_column("outcome", no_wrap=True)
+    table.add_column("path", no_wrap=True)
+    table.add_column("detail")
+    table.add_row("purged", f"{len(report.purged)} paths", "")
+    groups = (
+        ("failed", [(p, str(e)) for p, e in report.failed.items()]),
+        ("queued", [(p, "still in the shared purge queue") for p in queued]),
+    )
+    for outcome, rows in groups:
+        for path, detail in rows[:_TABLE_ROWS]:
+            table.add_row(outcome, path, detail)
+        if len(rows) > _TABLE_ROWS:
+            table.add_row(outcome, f"... {len(rows) - _TABLE_ROWS} more", "--json lists all")
+    stdout_console().print(table)
 
 
 async def _submit(api: ApiOptions, cdn_id: str, paths: list[str], *, as_json: bool) -> int:
@@ -280,29 +519,23 @@ async def _work(api: ApiOptions, endpoint_ids: list[str], *, until_idle: bool) -
         assert queue is not None
         err(
             f"purge-worker: draining the shared purge queue at {_redis_where(api.redis_url)} "
-            "(Ctrl-C or SIGTERM to stop)..."
+            "(Ctrl-C, SIGTERM or SIGHUP to stop)..."
         )
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGTERM, task.cancel)
         try:
             await queue.work(
                 cdn, endpoints=endpoint_ids or None, until_idle=until_idle, on_batch=on_batch
             )
         except asyncio.CancelledError:
-            # Ctrl-C or SIGTERM: a worker's normal stop. A batch it was sending is sent
-            # again by the next drainer (its lease is released on the way out).
+            # A stop signal: a worker's normal stop (exit 0). A batch on the wire is answered
+            # and completed first; one waiting for its budgets is given back to the queue.
+            task = asyncio.current_task()
+            assert task is not None
             task.uncancel()
-        finally:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signal.SIGTERM)
     out(
         f"purge-worker: {counts['batches']} batches, {counts['purged']} paths purged, "
         f"{counts['failed']} failed."
     )
-    return EXIT_API_ERROR if counts["failed"] else EXIT_OK
+    return EXIT_PARTIAL if counts["failed"] else EXIT_OK
 
 
 def _redis_where(url: str | None) -> str:

@@ -39,6 +39,16 @@ DEFAULT_POLL_INTERVAL = 0.05
 _SUBMIT_CHUNK = 1000
 
 
+def _members_covering(path: str) -> list[str]:
+    """The queue members that stand for ``path``: itself, ``*``, each parent's ``dir/*``."""
+    members = [path, "*"]
+    cut = path.find("/")
+    while cut != -1:
+        members.append(path[: cut + 1] + "*")
+        cut = path.find("/", cut + 1)
+    return members
+
+
 class _Lost(Exception):
     """Redis lost a submission's results between two of its chunks (a restart)."""
 
@@ -330,6 +340,30 @@ class RedisPurgeQueue(_Drainer):
         queued = await _call(self._redis.zcard(self._key("p", cdn_id)))
         flying = await _call(self._redis.hlen(self._key("f", cdn_id)))
         return int(queued) + max(0, int(flying) - 1)
+
+    async def queued(self, cdn_id: str, paths: Iterable[str]) -> set[str]:
+        """Which of ``paths`` (normalised, as in a report) are still in the queue: pending,
+        covered by a pending wildcard (``*``, ``dir/*``), or in a batch in flight.
+
+        For a caller that stopped waiting (an interrupted ``cdn-async purge``): these paths
+        are still sent by whichever process drains the endpoint next; the others have an
+        outcome (or were never queued).
+        """
+        cdn_id = check.uuid_str("cdn_id", cdn_id)
+        standing: dict[str, list[str]] = {}  # queue member -> the paths it stands for
+        for path in dict.fromkeys(paths):
+            for member in _members_covering(path):
+                standing.setdefault(member, []).append(path)
+        members = list(standing)
+        found: set[str] = set()
+        for start in range(0, len(members), _SUBMIT_CHUNK):
+            chunk = members[start : start + _SUBMIT_CHUNK]
+            pending = await _call(self._redis.zmscore(self._key("p", cdn_id), chunk))
+            flying = await _call(self._redis.hmget(self._key("f", cdn_id), chunk))
+            for member, score, batch in zip(chunk, pending, flying, strict=True):
+                if score is not None or batch is not None:
+                    found.update(standing[member])
+        return found
 
     async def aclose(self) -> None:
         """Stop this process's drainers and waits; close the Redis client if the queue made it.

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from typing import Literal
 
+from ._faults import Faults
 from ._routes import _error, _Reply, _Route
 from ._windows import BudgetSpec, SlidingWindow
 
@@ -25,6 +26,7 @@ class _Admission:
     _budgets: tuple[BudgetSpec, ...]
     _tokens: dict[str, frozenset[str]]
     _windows: dict[tuple[str, str, str], SlidingWindow]
+    faults: Faults
 
     def _now(self) -> float:
         if self._clock is not None:
@@ -59,8 +61,32 @@ class _Admission:
                 claims.append((spec, self._window(token, spec, route.cdn_id), cost))
         return claims
 
+    def _cotenants_spend(self, token: str, now: float) -> None:
+        """Count the co-tenants' units on ``token`` that fell due by ``now``, each at its own
+        time (in clock order, before a request stamped at ``now``: the windows stay sorted)."""
+        for tenant in self.faults.cotenants:
+            if tenant.token is not None and tenant.token != token:
+                continue
+            spec = self._spec(tenant.budget)
+            window = self._window(token, spec, None)
+            step = spec.period * self.time_scale / tenant.units
+            due = tenant.next_at.get(token, now)
+            while due <= now:
+                if window.fits(1, due):
+                    window.add(1, due)
+                    tenant.spent += 1
+                due += step
+            tenant.next_at[token] = due
+
     def _admit(self, token: str, route: _Route, files: int, now: float) -> _Reply | None:
-        """Count the request in all its windows at once, or refuse it with 429 (counting none)."""
+        """Count the request in all its windows at once, or refuse it with 429 (counting none):
+        over a budget, or by an injected 429 (``faults.refuse_next``)."""
+        self._cotenants_spend(token, now)
+        rule = self.faults.take("admit", route.op)
+        if rule is not None:
+            reply = _error(429, "too_many_requests", "API rate limit exceeded.", "fault:429")
+            reply.retry_after = rule.retry_after
+            return reply
         claims = self._claims(token, route, files)
         for spec, window, cost in claims:
             if not window.fits(cost, now):
