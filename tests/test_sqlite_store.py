@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -467,6 +468,23 @@ def test_a_file_that_is_not_a_budget_file_is_refused_with_a_clear_error(tmp_path
     db.close()
     with pytest.raises(BudgetFileError, match="another version"):
         SQLiteBudgetStore(other)
+
+
+@pytest.mark.looptime(False)
+async def test_a_new_file_another_process_is_setting_up_is_waited_for(tmp_path: Path) -> None:
+    """Processes opening a new file at once (parallel CLI jobs): one that meets the other's
+    lock while switching the file to WAL waits for it, as opening does, instead of failing."""
+    path = tmp_path / "b.sqlite3"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE setup (x)")
+    other.execute("BEGIN IMMEDIATE")
+    done = threading.Timer(0.2, lambda: other.execute("COMMIT"))
+    done.start()
+    try:
+        await SQLiteBudgetStore(path, lock_timeout=5).aclose()
+    finally:
+        done.join()
+        other.close()
 
 
 @pytest.mark.looptime(False)

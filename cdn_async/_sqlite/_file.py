@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -134,7 +135,18 @@ class BudgetFile:
             check = db.execute("PRAGMA quick_check").fetchone()
             if check is None or check[0] != "ok":
                 raise self.error(None, f"failed SQLite's integrity check ({check})")
-            db.execute("PRAGMA journal_mode=WAL")
+            # Switching to WAL needs the file to itself, and SQLite reports a lock met there at
+            # once, without waiting (another process opening the new file at the same time):
+            # tried again until open_timeout, as the statements around it wait.
+            deadline = time.monotonic() + open_timeout
+            while True:
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if not busy(exc) or time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.005)
             # WAL commits without fsync; a power loss may lose the last ones, a reboot the
             # package docstring covers. A crashed process loses nothing committed.
             db.execute("PRAGMA synchronous=NORMAL")
