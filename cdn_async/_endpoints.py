@@ -4,6 +4,7 @@ and structures the answer; budgets, retries and errors live in the session layer
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -12,6 +13,7 @@ from ._constants import CREATE_LAG_WINDOW, DEFAULT_PER_PAGE, NOT_FOUND_PATIENCE
 from ._limits import PRIORITIES, Priority
 from ._logs import logger
 from ._models import CDNEndpoint, Page, converter
+from ._planned import purge_planned
 from ._purge import PurgeBackend, PurgeProgress, PurgeReport
 from ._sentinel import NOT_GIVEN, NotGiven
 from ._session import Session
@@ -245,6 +247,9 @@ class Endpoints:
         on_progress: Callable[[int, int], None] | None = None,
         on_batch: Callable[[PurgeProgress], None] | None = None,
         priority: Priority | None = None,
+        manifest: Iterable[str] | None = None,
+        deadline: float | timedelta | None = None,
+        allow_all: bool = False,
     ) -> PurgeReport:
         """Purge cached paths of an endpoint; any number of them, each purged once.
 
@@ -265,9 +270,22 @@ class Endpoints:
                 waiting at a lower priority, still unsent, leaves the queue and waits again at
                 ``"high"``). ``"normal"``/``"low"``: a batch waits at the priority of the caller
                 of its first path. None: the client's ``priority``.
+            manifest: Every path the endpoint may cache (the build's output, a listing of
+                the Space): ``files`` are then the changed paths, and ``dir/*`` wildcards are
+                chosen to cover them within the ``deadline``, purging the fewest manifest
+                files that did not change (see ``plan_purge``). Changed paths missing from it
+                are sent exactly.
+            deadline: Seconds (or a ``timedelta``) from now by which the last request must go:
+                the entries that fit are the file budget's windows until then, less what
+                this client already used or has pending. A plan that cannot fit raises
+                ``ValidationError`` (saying by how much it misses) before anything is sent.
+            allow_all: Whether the planner may choose ``*`` (purge everything cached).
 
         Returns:
-            The report: which paths were purged, requests sent, time spent on budgets.
+            The report: which paths were purged, requests sent, time spent on budgets. With
+            a manifest, ``wildcards`` names each wildcard purged and the changed paths it
+            covered, and ``unchanged`` counts the unchanged files they purged; ``purged``,
+            ``failed`` and the progress callbacks count the changed paths.
 
         Raises:
             ValidationError: ``files`` is empty, a bare string, or holds a bad path.
@@ -284,6 +302,20 @@ class Endpoints:
         # Checked a chunk at a time, yielding to the loop between chunks (100,000 paths never
         # block it for long); a bad path still raises before anything is sent.
         paths = await check.files_async(files)
+        if manifest is not None or deadline is not None:
+            with self._session.observer.span("PURGE", f"{PATH}/{cdn_id}/cache"):
+                return await purge_planned(
+                    self._session,
+                    self._purge,
+                    cdn_id,
+                    paths,
+                    manifest=manifest,
+                    deadline=deadline,
+                    allow_all=allow_all,
+                    on_progress=on_progress,
+                    on_batch=on_batch,
+                    priority=priority,
+                )
         with self._session.observer.span("PURGE", f"{PATH}/{cdn_id}/cache"):
             return await self._purge.purge(
                 self._session,
