@@ -30,7 +30,7 @@ def site(seed: int = 5) -> tuple[list[str], list[str]]:
     for s in rng.sample(range(10), 3):
         for d in rng.sample(range(20), 12):
             changed.update(dict.fromkeys(f"s{s}/d{d}/f{f}.html" for f in range(10)))
-    changed.update(dict.fromkeys(rng.sample(manifest, 150)))
+    changed.update(dict.fromkeys(rng.sample(manifest, 300)))
     return manifest, list(changed)
 
 
