@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -41,7 +42,7 @@ _ODD_CHAR = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff]").search
 #: Each line's directory ("a/b/" for "a/b/c", "" for "c"), as one C call over a chunk.
 _PARENTS = re.compile(r"^(?:[^\n]*/)?", re.MULTILINE).findall
 #: Steps (manifest paths read, front pairs combined) between two yields.
-_STEP = 4000
+_STEP = 1000
 
 
 @attrs.frozen
@@ -115,19 +116,23 @@ class Manifest:
                 direct[parent] = direct.get(parent, 0) + 1
             yield
 
-    def files_under(self, dirs: Iterable[str]) -> dict[str, int]:
-        """Each of ``dirs`` -> manifest files below it. ``dirs`` holds ``""`` (everything) and
-        the parent of each of its directories (``"a/"`` for ``"a/b/"``)."""
-        counts = dict.fromkeys(dirs, 0)
-        for parent, n in self._direct.items():
+    def count_under(self, dirs: Iterable[str], counts: dict[str, int]) -> Iterator[None]:
+        """Set ``counts``: each of ``dirs`` -> manifest files below it; ``dirs`` holds ``""``
+        (everything) and the parent of each of its directories (``"a/"`` for ``"a/b/"``).
+        Yields every ``_STEP`` directories."""
+        counts.update(dict.fromkeys(dirs, 0))
+        for i, (parent, n) in enumerate(self._direct.items()):
             d = parent
             while d not in counts:  # the nearest one of ``dirs`` above
                 d = d[: d.rfind("/", 0, len(d) - 1) + 1]
             counts[d] += n
-        for d in sorted(counts, key=len, reverse=True):  # children before parents
+            if i % _STEP == _STEP - 1:
+                yield
+        for i, d in enumerate(sorted(counts, key=len, reverse=True)):  # children first
             if d:
                 counts[d[: d.rfind("/", 0, len(d) - 1) + 1]] += counts[d]
-        return counts
+            if i % _STEP == _STEP - 1:
+                yield
 
 
 def _one(index: int, item: object) -> str:
@@ -151,20 +156,26 @@ class _Node:
     __slots__ = ("changed", "children", "front", "merges", "opened", "own", "pick", "units")
 
     def __init__(self) -> None:
-        self.own: list[str] = []  # changed files directly in it
-        self.children: list[str] = []  # child directories with changed files below them
+        # Lists are made when first needed (most directories are leaves): fewer objects for
+        # the garbage collector, whose full passes are the longest pauses of a large plan.
+        self.own: list[str] = _SHARED  # changed files directly in it
+        self.children: list[str] = _SHARED  # child directories with changed files below them
         self.changed = 0  # changed files below it
         #: Children with one point, (1, 0): one changed file, or no unchanged file (a free
         #: wildcard). The rest are ``opened``: their fronts are convolved.
-        self.units: list[str] = []
-        self.opened: list[str] = []
+        self.units: list[str] = _SHARED
+        self.opened: list[str] = _SHARED
         #: Pareto points (entries, unchanged purged, reduced cost), entries rising, cost falling.
-        self.front: list[tuple[int, int, int]] = []
+        self.front: list[tuple[int, int, int]] = _SHARED
         #: Per point: -1 for the wildcard, else its index in the convolution's front.
-        self.pick: list[int] = []
+        self.pick: list[int] = _SHARED
         #: Each opened child convolved, with, per point after it, the indexes of the point
         #: before it and of the child's point.
-        self.merges: list[tuple[str, list[tuple[int, int]]]] = []
+        self.merges: list[tuple[str, list[tuple[int, int]]]] = _SHARED
+
+
+#: The empty list every ``_Node`` starts with: never appended to, only replaced.
+_SHARED: list[Any] = []
 
 
 def _convolve(
@@ -228,7 +239,9 @@ def steps(
     listed = [p for p in changed if p in manifest.names]
     unlisted = tuple(p for p in changed if p not in manifest.names)
     nodes: dict[str, _Node] = {"": _Node()}
-    for path in listed:
+    for i, path in enumerate(listed):
+        if i % _STEP == _STEP - 1:
+            yield
         d = parent_dir(path)
         node = nodes.get(d)
         if node is None:
@@ -239,23 +252,34 @@ def steps(
                 known = up in nodes
                 if not known:
                     nodes[up] = _Node()
-                nodes[up].children.append(lower)
+                parent = nodes[up]
+                if parent.children:
+                    parent.children.append(lower)
+                else:
+                    parent.children = [lower]
                 if known:
                     break
                 lower = up
-        node.own.append(path)
-    yield
-    files = manifest.files_under(nodes)
-    yield
+        if node.own:
+            node.own.append(path)
+        else:
+            node.own = [path]
+    files: dict[str, int] = {}
+    yield from manifest.count_under(nodes, files)
     bottom_up = sorted(nodes, key=len, reverse=True)  # children before parents
-    for d in bottom_up:
+    for i, d in enumerate(bottom_up):
         node = nodes[d]
         node.changed = len(node.own) + sum(nodes[c].changed for c in node.children)
+        if i % _STEP == _STEP - 1:
+            yield
     is_open = {""}
-    for d in reversed(bottom_up):  # parents first: only what an opened directory holds
+    for i, d in enumerate(reversed(bottom_up)):  # parents first: what an opened one holds
+        if i % _STEP == _STEP - 1:
+            yield
         if d not in is_open:
             continue
         node = nodes[d]
+        node.units, node.opened = [], []
         for name in node.children:
             kid = nodes[name]
             if kid.changed == 1 or files[name] == kid.changed:
@@ -271,8 +295,9 @@ def steps(
     cap = room - (fewest - 1)  # what one top-level group can get
     yield
 
-    def lagrange(price: int) -> _Lagrange:
-        """Each opened directory's best at ``price`` per entry; see ``_Lagrange``."""
+    def lagrange(price: int, spreads: bool = False) -> _Lagrange:
+        """Each opened directory's best at ``price`` per entry; see ``_Lagrange`` (``spread``
+        only with ``spreads``)."""
         best: dict[str, int] = {}
         entries: dict[str, int] = {}
         cost: dict[str, int] = {}
@@ -285,7 +310,8 @@ def steps(
             for ch in node.opened:
                 g, k, c = g + best[ch], k + entries[ch], c + cost[ch]
             if d or allow_all:
-                spread[d] = (k, c)
+                if spreads:
+                    spread[d] = (k, c)
                 unchanged = files[d] - node.changed
                 w = unchanged * SCALE + price
                 if w < g or (w == g and k > 1):
@@ -313,7 +339,7 @@ def steps(
         price = high
         # A better cover that fits, for a smaller slack: some wildcards of this one spread
         # as they do at the lower price, the most unchanged files saved per entry first.
-        below = lagrange(low).spread
+        below = lagrange(low, spreads=True).spread
         spare, upper = room - lag.entries[""], lag.cost[""]
         spreads = []
         for d in _tops(nodes, lag.wild):
@@ -343,7 +369,7 @@ def steps(
             node = nodes[d]
             shift = len(node.own) + len(node.units)
             front: list[tuple[int, int, int]] = [(shift, 0, 0)]
-            node.merges.append(("", [(0, 0)]))
+            node.merges = [("", [(0, 0)])]
             limit = cap if d else room
             for ch in sorted(node.opened, key=lambda c: len(nodes[c].front)):
                 child = nodes[ch]
@@ -354,6 +380,10 @@ def steps(
                 if work > _STEP:
                     work = 0
                     yield
+            work += len(front) + 1
+            if work > _STEP:
+                work = 0
+                yield
             # Reduced costs against this directory's Lagrangian best.
             g = best[d]
             points = [(k, c, c * SCALE + price * k - g) for k, c, _ in front]
