@@ -201,7 +201,9 @@ def planning(
         if "*" not in files:
             # Wildcards given stay as they are; the planner covers the other paths.
             given = [p for p in files if p.endswith("/*")]
-            rest = [t for p, t in plan(files).items() if p == t and not p.endswith("/*")]
+            given_plan = _Plan()
+            yield from given_plan.steps(files)
+            rest = [p for p, t in given_plan.mapping.items() if p == t and not p.endswith("/*")]
             room = len(rest) + len(given) if allowed is None else allowed
             found: list[Cover] = []
             yield from steps(rest, site, room - len(given), allow_all=allow_all, out=found)

@@ -236,8 +236,15 @@ def steps(
     point can cost ``UB`` or less, since the rest of the tree adds at least its own Lagrangian
     best minus ``L`` per entry it gets (see docs/design.md, "Choosing wildcards").
     """
-    listed = [p for p in changed if p in manifest.names]
-    unlisted = tuple(p for p in changed if p not in manifest.names)
+    names = manifest.names
+    listed: list[str] = []
+    missing: list[str] = []
+    for start in range(0, len(changed), _STEP):
+        chunk = changed[start : start + _STEP]
+        listed += [p for p in chunk if p in names]
+        missing += [p for p in chunk if p not in names]
+        yield
+    unlisted = tuple(missing)
     nodes: dict[str, _Node] = {"": _Node()}
     for i, path in enumerate(listed):
         if i % _STEP == _STEP - 1:
@@ -423,7 +430,9 @@ def steps(
         wildcards[name] = tuple(_below(nodes, d))
         unchanged_by[name] = files[d] - nodes[d].changed
 
-    for d, how in chosen:
+    for i, (d, how) in enumerate(chosen):
+        if i % _STEP == _STEP - 1:
+            yield
         node = nodes[d]
         if how < 0:
             take_wildcard(d)
@@ -445,9 +454,22 @@ def steps(
             wildcards[w] += (path,)
         else:
             alone.append(path)
-    order = {p: n for n, p in enumerate(changed)}
-    exact.sort(key=order.__getitem__)
-    wildcards = {w: tuple(sorted(ps, key=order.__getitem__)) for w, ps in wildcards.items()}
+    yield
+    # In the order given: one pass over the changed paths, not a sort.
+    owner = {p: w for w, paths in wildcards.items() for p in paths}
+    yield
+    sent_exact = set(exact)
+    exact = []
+    groups: dict[str, list[str]] = {w: [] for w in wildcards}
+    for start in range(0, len(changed), _STEP):
+        for path in changed[start : start + _STEP]:
+            group = owner.get(path)
+            if group is not None:
+                groups[group].append(path)
+            elif path in sent_exact:
+                exact.append(path)
+        yield
+    wildcards = {w: tuple(paths) for w, paths in groups.items()}
     cover = Cover((*wildcards, *exact, *alone), wildcards, unchanged_by, unlisted)
     if out is not None:
         out.append(cover)
