@@ -3,20 +3,25 @@
 ``build_site(files, changed, seed)`` returns the site's file list (the manifest) and the files
 a release changes, shaped like a static-site generator's output (Hugo, Eleventy, Next export):
 
-* pages (45 %): ``<section>/<slug>/index.html`` with pretty URLs, in 8 sections of uneven
-  size (``blog`` by year, ``docs`` by chapter, ``products`` by category...), plus each
-  section's pagination (``<section>/page/N/index.html``) and tag pages (``tags/<tag>/``);
-* images (45 %): each page's images and their resized variants,
-  ``images/<section>/<slug>/<name>-<w>w.webp`` (one to six images, three widths each);
-* assets (8 %): content-hashed bundles, ``assets/js/<name>.<hash>.js``,
-  ``assets/css/...``, ``assets/fonts/...``;
-* top level (2 %): ``index.html``, ``sitemap-N.xml``, ``feed/<section>.xml``, ``404.html``.
+* pages: ``<section>/<slug>/index.html`` with pretty URLs, in 8 sections of uneven size
+  (``blog`` by year, ``docs`` by chapter, ``products`` by category...), plus each section's
+  pagination (``<section>/page/N/index.html``) and tag pages (``tags/<tag>/index.html``);
+* images: each page's images and their resized variants,
+  ``images/<section>/<slug>/img<N>-<w>w.webp`` (zero to six images, three widths each);
+* assets: content-hashed bundles, ``assets/js/<name>.<hash>.js``, ``assets/css/...``,
+  ``assets/fonts/...``;
+* top level: ``index.html``, ``robots.txt``, ``sitemap-N.xml``, ``feed/<section>.xml``.
 
-A release mixes what changes a real one: a template edit re-renders every page of two or three
-sections (pages only, not their images), an image pipeline change re-encodes the images of
+As many pages are made as 45 % of ``files``; with their images that overshoots, and a random
+``files`` of the paths are kept. At 50,000 files: 7,588 pages (15 %), 41,137 images (82 %),
+1,256 assets, 19 top-level files, in 23,646 directories.
+
+A release mixes what changes a real one: a template edit re-renders every page of three sections
+(pages only, not their images), an image pipeline change re-encodes the images of
 some pages, content edits touch single pages and their images scattered over every section,
-every tag page and pagination is re-rendered, and a random tail of single files. The total is
-trimmed or topped up at random to exactly ``changed`` files.
+every tag page and pagination is re-rendered, a quarter of the assets change, and the top
+level. The total is trimmed or topped up at random to exactly ``changed`` files: at 10,000 of
+50,000, 4,077 pages, 5,550 images, 354 assets and the 19 top-level files.
 """
 
 from __future__ import annotations

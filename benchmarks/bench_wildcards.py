@@ -12,7 +12,8 @@ release mixing template edits, re-encoded images, content edits and scattered fi
 
 1. speed: ``plan_purge(changed, manifest=..., deadline=D)`` for a 200,000-path manifest with
    20,000 changed, at deadlines from 20 s to an hour; best of N wall-clock seconds (reading and
-   checking the manifest included). Target: < 1 s.
+   checking the manifest included) and best of N CPU seconds of the process (what a shared,
+   loaded machine inflates least). Target: < 1 s.
 2. loop blocking: the same planning as ``cdn.endpoints.purge(..., manifest=, deadline=)`` runs
    it (a few ms of work between yields) in an event loop with a ticker task sleeping 1 ms;
    the ticker's worst lateness is the longest the loop was blocked. Target: < 50 ms. For
@@ -65,12 +66,13 @@ def speed(files: int, changed: int, repeat: int) -> None:
     manifest, paths = build_site(files, changed)
     rows = []
     for deadline in SPEED_DEADLINES:
-        best = math.inf
+        best = cpu = math.inf
         plan: PurgePlan | None = None
         for _ in range(repeat):
-            started = time.perf_counter()
+            started, used = time.perf_counter(), time.process_time()
             plan = plan_purge(paths, manifest=manifest, deadline=deadline)
             best = min(best, time.perf_counter() - started)
+            cpu = min(cpu, time.process_time() - used)
         assert plan is not None
         rows.append(
             [
@@ -79,11 +81,12 @@ def speed(files: int, changed: int, repeat: int) -> None:
                 f"{len(plan.paths):,}",
                 f"{plan.unchanged:,}",
                 f"**{best:.3f}**",
+                f"{cpu:.3f}",
             ]
         )
     table(
         f"speed: plan_purge of {changed:,} changed in a {files:,}-path manifest (best of {repeat})",
-        ["deadline", "entries allowed", "entries", "unchanged purged", "seconds"],
+        ["deadline", "entries allowed", "entries", "unchanged purged", "seconds", "CPU seconds"],
         rows,
     )
 
@@ -311,14 +314,19 @@ def chart(
         for i, (_, p) in enumerate(points)
     )
     svg.add("path", class_="series", d=line, stroke=BLUE, stroke_width=2, fill="none")
+    # Deadlines whose plans are the same point share one label ("30 min .. 67 min").
+    same: dict[tuple[float, int], list[float]] = {}
     for d, p in points:
-        x, y = x_of(p.seconds), y_of(p.unchanged)
-        svg.add("circle", class_="plan", data_deadline=d, cx=_num(x), cy=_num(y), r=4, fill=BLUE)
-        svg.text(x + 6, y - 6, f"{label(d)}: {p.unchanged:,}", font_size=10.5, fill=TEXT)
+        same.setdefault((p.seconds, p.unchanged), []).append(d)
+    for (seconds, unchanged), deadlines in same.items():
+        x, y = x_of(seconds), y_of(unchanged)
+        svg.add("circle", class_="plan", cx=_num(x), cy=_num(y), r=4, fill=BLUE)
+        name = label(deadlines[0]) + (f" .. {label(deadlines[-1])}" if len(deadlines) > 1 else "")
+        svg.text(x + 6, y - 6, f"{name}: {unchanged:,}", font_size=10.5, fill=TEXT)
     svg.add("circle", cx=_num(x_of(exact.seconds)), cy=_num(y_of(0)), r=6, fill=PURPLE)
     svg.text(
         x_of(exact.seconds) - 8,
-        y_of(0) - 10,
+        y_of(0) - 26,
         f"exact: {label(exact.seconds)}, 0",
         font_size=11,
         text_anchor="end",
