@@ -165,6 +165,7 @@ class PurgeReport:
             changed paths it covered.
         unchanged: With a manifest: manifest files that did not change which those
             wildcards purged.
+        unlisted: With a manifest: the changed paths missing from it (sent exactly).
     """
 
     endpoint_id: str
@@ -175,6 +176,7 @@ class PurgeReport:
     request_ids: tuple[str, ...] = ()
     wildcards: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
     unchanged: int = 0
+    unlisted: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -162,6 +162,7 @@ async def purge_planned(
         report.request_ids,
         wildcards,
         sum(n for w, n in chosen.items() if w in purged),
+        planned.unlisted,
     )
     if error is not None:
         raise PurgeError(result) from error.__cause__

@@ -151,10 +151,25 @@ async def test_a_purge_planned_for_60_s_confirms_every_changed_path_within_60_s(
     for wildcard, paths in report.wildcards.items():
         assert set(paths) == {p for p in changed if covers(wildcard, p)}
     assert report.unchanged == len(manifest) - len(left) - len(changed)
+    assert report.unlisted == ()
     # Progress counts changed paths, each confirmed once.
     assert progress[-1] == (len(changed), len(changed))
     confirmed = [p for b in batches for p in b.confirmed]
     assert sorted(confirmed) == sorted(changed)
+
+
+@pytest.mark.looptime
+async def test_the_report_counts_changed_paths_missing_from_the_manifest() -> None:
+    manifest = [f"a/{i}.html" for i in range(10)] + ["b/1.html"]
+    changed = [f"a/{i}.html" for i in range(8)] + ["b/1.html", "new/page.html"]
+    async with FakeCDNServer() as server, CDNClient(server.token, base_url=server.url) as cdn:
+        ep = server.add_endpoint(ORIGIN)["id"]
+        report = await cdn.endpoints.purge(ep, changed, manifest=manifest, deadline=0)
+        sent = [p for r in server.purges for p in r.files]
+    assert report.unlisted == ("new/page.html",)
+    assert sorted(report.purged) == sorted(changed)
+    # Fifty entries fit at once: nothing collapsed, the unlisted path sent as itself.
+    assert sorted(sent) == sorted(changed) and report.wildcards == {} and report.unchanged == 0
 
 
 @pytest.mark.looptime

@@ -125,6 +125,8 @@ def planned_purge(
     read_paths: Any,
 ) -> int:
     """``purge`` with ``--manifest``, ``--deadline`` or ``--dry-run``."""
+    if not files and allow_all and manifest_file is None:
+        files = ["*"]  # --all alone: everything, as without a deadline
     if not files:
         raise click.UsageError("no paths to purge: give PATH... or --from-file FILE")
     manifest = read_paths(manifest_file) if manifest_file is not None else None
@@ -216,6 +218,7 @@ async def _send(
     data = report_json(report)
     data["wildcards"] = {w: list(paths) for w, paths in report.wildcards.items()}
     data["unchanged"] = report.unchanged
+    data["unlisted"] = list(report.unlisted)
     purged = len(report.purged)
     if interrupted:
         err(

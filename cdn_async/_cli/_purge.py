@@ -119,6 +119,8 @@ def purge(
     if from_file is not None:
         files.extend(read_paths(from_file))
     if manifest_file is not None or deadline is not None or dry_run:
+        if no_wait:
+            raise click.UsageError("--no-wait only queues: it takes no --manifest or --deadline")
         return planned_purge(
             api,
             endpoint_id,
