@@ -361,7 +361,7 @@ def steps(
         slack = upper * SCALE - (lag.best[""] - price * room)
     best, wild = lag.best, lag.wild
     chosen: list[tuple[str, int]] = []
-    if upper * SCALE - (lag.best[""] - price * room) == 0:  # the Lagrangian cover is optimal
+    if lag.cost[""] * SCALE == lag.best[""] - price * room:  # the Lagrangian cover is optimal
         todo = [""]
         while todo:
             d = todo.pop()
