@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,6 +17,7 @@ from ._constants import CREATE_LAG_WINDOW, DEFAULT_PER_PAGE, NOT_FOUND_PATIENCE
 from ._limits import PRIORITIES, Priority
 from ._logs import logger
 from ._models import CDNEndpoint, Page, converter
+from ._planned import purge_planned
 from ._purge import PurgeBackend, PurgeEngine, PurgeProgress, PurgeReport
 from ._purge_deadline import refuse_if_too_slow
 from ._purge_handle import PurgeHandle
@@ -262,6 +264,9 @@ class Endpoints:
         on_progress: Callable[[int, int], None] | None = None,
         on_batch: Callable[[PurgeProgress], None] | None = None,
         priority: Priority | None = None,
+        manifest: Iterable[str] | None = None,
+        deadline: float | timedelta | None = None,
+        allow_all: bool = False,
     ) -> PurgeReport:
         """Purge cached paths of an endpoint; any number of them, each purged once.
 
@@ -282,9 +287,22 @@ class Endpoints:
                 waiting at a lower priority, still unsent, leaves the queue and waits again at
                 ``"high"``). ``"normal"``/``"low"``: a batch waits at the priority of the caller
                 of its first path. None: the client's ``priority``.
+            manifest: Every path the endpoint may cache (the build's output, a listing of
+                the Space): ``files`` are then the changed paths, and ``dir/*`` wildcards are
+                chosen to cover them within the ``deadline``, purging the fewest manifest
+                files that did not change (see ``plan_purge``). Changed paths missing from it
+                are sent exactly.
+            deadline: Seconds (or a ``timedelta``) from now by which the last request must go:
+                the entries that fit are the file budget's windows until then, less what
+                this client already used or has pending. A plan that cannot fit raises
+                ``ValidationError`` (saying by how much it misses) before anything is sent.
+            allow_all: Whether the planner may choose ``*`` (purge everything cached).
 
         Returns:
-            The report: which paths were purged, requests sent, time spent on budgets.
+            The report: which paths were purged, requests sent, time spent on budgets. With
+            a manifest, ``wildcards`` names each wildcard purged and the changed paths it
+            covered, and ``unchanged`` counts the unchanged files they purged; ``purged``,
+            ``failed`` and the progress callbacks count the changed paths.
 
         Under ``max_budget_wait`` the purge is all or nothing: when its whole plan (with the
         endpoint's paths pending ahead of it) cannot be sent within the deadline, it raises
@@ -313,6 +331,20 @@ class Endpoints:
         # Checked a chunk at a time, yielding to the loop between chunks (100,000 paths never
         # block it for long); a bad path still raises before anything is sent.
         paths = await check.files_async(files)
+        if manifest is not None or deadline is not None:
+            with self._session.observer.span("purge", f"{PATH}/{cdn_id}/cache"):
+                return await purge_planned(
+                    self._session,
+                    self._purge,
+                    cdn_id,
+                    paths,
+                    manifest=manifest,
+                    deadline=deadline,
+                    allow_all=allow_all,
+                    on_progress=on_progress,
+                    on_batch=on_batch,
+                    priority=priority,
+                )
         if self._session.options.max_budget_wait is not None and not isinstance(
             self._purge, PurgeEngine
         ):

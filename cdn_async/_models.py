@@ -161,6 +161,11 @@ class PurgeReport:
         budget_wait: Seconds those requests spent waiting on rate budgets.
         request_ids: The server's request ids of those requests (of their final answers,
             errors included), in order; for support tickets and logs.
+        wildcards: With a manifest: each wildcard the planner chose that was purged -> the
+            changed paths it covered.
+        unchanged: With a manifest: manifest files that did not change which those
+            wildcards purged.
+        unlisted: With a manifest: the changed paths missing from it (sent exactly).
     """
 
     endpoint_id: str
@@ -169,6 +174,9 @@ class PurgeReport:
     requests: int
     budget_wait: float
     request_ids: tuple[str, ...] = ()
+    wildcards: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+    unchanged: int = 0
+    unlisted: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

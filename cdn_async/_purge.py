@@ -536,3 +536,8 @@ class PurgeEngine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def pending_files(self) -> int:
+        """Paths waiting to be sent, over every endpoint: file-budget units they will take
+        (what a purge with a deadline counts ahead of itself)."""
+        return sum(len(lane.pending) for lane in self._lanes.values())

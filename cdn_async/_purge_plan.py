@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -16,7 +17,8 @@ from . import _validation as check
 from ._limits import RateLimits
 from ._models import PurgeReport
 from ._validation import CHUNK
-from .errors import CDNError
+from ._wildcards import Cover, Manifest, steps
+from .errors import CDNError, ValidationError
 
 if TYPE_CHECKING:
     from ._limits import Priority
@@ -48,44 +50,189 @@ class PurgePlan:
     """What ``plan_purge`` predicts for one purge call.
 
     Args:
-        paths: The paths that will be sent, in order, after normalising, dropping duplicates
-            and dropping paths a wildcard of the same call covers.
+        paths: The paths that will be sent (the entries), in order, after normalising,
+            dropping duplicates and dropping paths a wildcard of the same call covers. With a
+            manifest, the wildcards chosen come first.
         covered: Each path not sent itself -> the wildcard sent for it.
         requests: Purge requests needed: ``ceil(len(paths) / batch size)``.
         seconds: The least time from the first request to the last at the budgets' pace
-            (round trips and other clients of the token not counted).
+            (round trips and other clients of the token not counted; the file budget's
+            ``in_use`` units counted ahead of this purge).
+        unchanged: Manifest files that did not change which the wildcards chosen purge
+            (0 without a manifest: wildcards you give are taken as they are).
+        unchanged_by: Each wildcard chosen -> the unchanged manifest files it purges.
+        unlisted: The changed paths missing from the manifest: each takes an entry and is
+            sent exactly (unless a wildcard chosen for other paths covers it anyway).
+        allowed: The most entries that fit before the deadline (or ``entries=``); None
+            without either.
+        late_by: Seconds by which the last request misses the deadline (0.0: it fits).
     """
 
     paths: tuple[str, ...]
     covered: Mapping[str, str]
     requests: int
     seconds: float
+    unchanged: int = 0
+    unchanged_by: Mapping[str, int] = attrs.field(factory=dict)
+    unlisted: tuple[str, ...] = ()
+    allowed: int | None = None
+    late_by: float = 0.0
+
+    @property
+    def fits(self) -> bool:
+        """Whether the plan fits in ``allowed`` entries (always, without a limit)."""
+        return self.allowed is None or len(self.paths) <= self.allowed
+
+    @property
+    def wildcards(self) -> dict[str, tuple[str, ...]]:
+        """Each wildcard sent -> the paths of the call it covers (itself excluded)."""
+        out: dict[str, list[str]] = {p: [] for p in self.paths if p == "*" or p.endswith("/*")}
+        for path, target in self.covered.items():
+            out[target].append(path)
+        return {w: tuple(paths) for w, paths in out.items()}
 
 
-def plan_purge(paths: Iterable[str], limits: RateLimits | None = None) -> PurgePlan:
+def plan_purge(
+    paths: Iterable[str],
+    limits: RateLimits | None = None,
+    *,
+    manifest: Iterable[str] | None = None,
+    deadline: float | timedelta | None = None,
+    entries: int | None = None,
+    allow_all: bool = False,
+    in_use: int = 0,
+) -> PurgePlan:
     """Plan a purge without sending anything: what is sent, in how many requests, how fast.
 
+    With a ``manifest`` (every path the CDN may hold: the build's output, a listing of the
+    Space) and a ``deadline`` (or a number of ``entries``), changed paths are collapsed into
+    ``dir/*`` wildcards so that the purge fits: the plan covers every changed path with at
+    most that many entries and purges the fewest manifest files that did not change (exact:
+    see docs/design.md, "Choosing wildcards"). ``*`` alone only with ``allow_all``. With a
+    manifest and no limit, only wildcards that purge nothing unchanged are taken. Without a
+    manifest nothing is collapsed (what a wildcard would purge is unknown): the deadline only
+    checks that the plan fits (``fits``, ``late_by``).
+
     Args:
-        paths: The paths, as given to ``cdn.endpoints.purge``.
+        paths: The changed paths, as given to ``cdn.endpoints.purge``.
         limits: The budgets to pace by; default ``RateLimits.documented()``.
+        manifest: Every path the endpoint may cache (files, no wildcards), or None.
+        deadline: Seconds (or a ``timedelta``) from now by which the last request must be
+            sent: the file budget's windows until then (``limit * (floor(deadline / period)
+            + 1)`` files, less ``in_use``; the request budgets likewise) bound the entries.
+        entries: The most entries to send, instead of a deadline.
+        allow_all: Whether ``*`` (purge everything cached) may be chosen.
+        in_use: File-budget units already used in the current window or pending ahead of
+            this purge (``cdn.endpoints.purge`` counts them itself).
 
     Returns:
         The ``PurgePlan``.
 
     Raises:
-        ValidationError: ``paths`` is empty, a bare string, or holds a bad path.
+        ValidationError: ``paths`` is empty, a bare string, or holds a bad path; the
+            manifest holds a bad path or a wildcard; a bad deadline or number of entries.
     """
+    out: list[PurgePlan] = []
+    for _ in planning(
+        check.files(paths),
+        limits,
+        manifest=manifest,
+        deadline=deadline,
+        entries=entries,
+        allow_all=allow_all,
+        in_use=in_use,
+        out=out,
+    ):
+        pass
+    return out[0]
+
+
+def entries_within(limits: RateLimits, deadline: float, in_use: int = 0) -> int:
+    """The most purge entries whose last request goes by ``deadline`` seconds from now: the
+    ``k``-th window's worth of a budget's units may go one period after the ``(k-1)``-th."""
+    batch = limits.purge_batch_size
+    most = math.inf
+    for budget in limits.budgets:
+        windows = math.floor(deadline / budget.period + 1e-9) + 1
+        if budget.unit == "file":
+            most = min(most, budget.capacity * windows - in_use)
+        else:
+            most = min(most, budget.capacity * windows * batch)
+    return max(0, int(most))
+
+
+def planning(
+    files: Sequence[str],
+    limits: RateLimits | None = None,
+    *,
+    manifest: Iterable[str] | Manifest | None = None,
+    deadline: float | timedelta | None = None,
+    entries: int | None = None,
+    allow_all: bool = False,
+    in_use: int = 0,
+    out: list[PurgePlan],
+) -> Iterator[None]:
+    """``plan_purge`` of checked, normalised ``files`` into ``out``, yielding every few ms of
+    work (``cdn.endpoints.purge`` hands the event loop back in between)."""
     limits = RateLimits.documented() if limits is None else limits
-    mapping = plan(check.files(paths))
-    sent = tuple(dict.fromkeys(mapping.values()))
+    if isinstance(deadline, timedelta):
+        deadline = deadline.total_seconds()
+    if deadline is not None and not (
+        isinstance(deadline, int | float) and math.isfinite(deadline) and deadline >= 0
+    ):
+        raise ValidationError(f"deadline must be seconds >= 0, got {deadline!r}")
+    if entries is not None and (isinstance(entries, bool) or not isinstance(entries, int)):
+        raise ValidationError(f"entries must be an int, got {entries!r}")
+    if entries is not None and entries < 1:
+        raise ValidationError(f"entries must be at least 1, got {entries}")
+    if isinstance(in_use, bool) or not isinstance(in_use, int) or in_use < 0:
+        raise ValidationError(f"in_use must be an int >= 0, got {in_use!r}")
+    allowed = entries
+    if deadline is not None:
+        within = entries_within(limits, deadline, in_use)
+        allowed = within if allowed is None else min(allowed, within)
+    chosen: Cover | None = None
+    if manifest is not None:
+        if isinstance(manifest, Manifest):  # read already
+            site = manifest
+        else:
+            site = Manifest()
+            yield from site.read(manifest)
+        if "*" not in files:
+            # Wildcards given stay as they are; the planner covers the other paths.
+            given = [p for p in files if p.endswith("/*")]
+            given_plan = _Plan()
+            yield from given_plan.steps(files)
+            rest = [p for p, t in given_plan.mapping.items() if p == t and not p.endswith("/*")]
+            room = len(rest) + len(given) if allowed is None else allowed
+            found: list[Cover] = []
+            yield from steps(rest, site, room - len(given), allow_all=allow_all, out=found)
+            chosen = found[0]
+            files = [*chosen.wildcards, *files]
+    planned = _Plan()
+    yield from planned.steps(files)
+    sent = tuple(planned.targets)
     requests = math.ceil(len(sent) / limits.purge_batch_size)
     seconds = 0.0
     for budget in limits.budgets:
-        units = len(sent) if budget.unit == "file" else requests
+        units = len(sent) + in_use if budget.unit == "file" else requests
         # The k-th window's worth of units may leave one period after the (k-1)-th.
         seconds = max(seconds, (math.ceil(units / budget.capacity) - 1) * budget.period)
-    covered = {p: t for p, t in mapping.items() if p != t}
-    return PurgePlan(sent, covered, requests, seconds)
+    covered = {p: t for p, t in planned.mapping.items() if p != t}
+    unchanged_by = dict(chosen.unchanged) if chosen is not None else {}
+    out.append(
+        PurgePlan(
+            sent,
+            covered,
+            requests,
+            seconds,
+            sum(unchanged_by.values()),
+            unchanged_by,
+            chosen.unlisted if chosen is not None else (),
+            allowed,
+            max(0.0, seconds - deadline) if deadline is not None else 0.0,
+        )
+    )
 
 
 def plan(paths: Sequence[str]) -> dict[str, str]:

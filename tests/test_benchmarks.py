@@ -122,6 +122,20 @@ EXPECTED: dict[str, tuple[bool, list[str], list[str]]] = {
         ["## Issue 23", "| measure | result |", "urgent purge through RedisPurgeQueue"],
         [r"\(of which exist: 0\)"],  # a create that may exist is never reported failed
     ),
+    "bench_wildcards": (
+        False,
+        [
+            "## speed: plan_purge of 1,000 changed in a 5,000-path manifest (best of 1)",
+            "## loop blocking: planning 1,000 changed in 5,000 inside the event loop",
+            "## curve: 1,000 of 5,000 files changed, at the documented budgets",
+            "| `*` |  | 1 | 1 | 0 s | 4,000 | 100% |",
+        ],
+        [
+            r"\| 60 s \| 200 \| 200 \| 4 \| 60 s \| [\d,]+ \|",  # the 60 s plan fills 4 windows
+            r"\| exact \(1,000 paths\) \| +\| 1,000 \| 20 \| 6\.3 min \| 0 \|",
+            r"\| \d \| [\d. /]+ \| \*\*[\d.]+\*\* \| [\d.]+ \| 1,000 of 1,000 \| 0 \|",
+        ],
+    ),
     "charts": (
         False,
         ["budget-window.svg", "purge-window.svg"],

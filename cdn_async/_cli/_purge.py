@@ -31,6 +31,7 @@ from ..events import (
     RetryScheduled,
 )
 from ._app import REDIS_ENV, ApiOptions, api_options, json_option, no_progress_option, run_command
+from ._deadline import duration, planned_purge
 from ._output import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -87,6 +88,23 @@ _NOT_SENT = "interrupted before this path was sent"
     metavar="SECONDS",
     help="Without a terminal (CI logs), print a progress line this often; 0: never.",
 )
+@click.option(
+    "--manifest",
+    "manifest_file",
+    type=click.File("r"),
+    help="Every path the endpoint may cache, one a line (the build's output, a listing of "
+    "the Space): the changed PATHS are collapsed into dir/* wildcards chosen from it to meet "
+    "--deadline, purging the fewest unchanged files. With it, --all allows '*'.",
+    metavar="FILE",
+)
+@click.option(
+    "--deadline",
+    callback=duration,
+    help="Send the last request within this time (60s, 5m, 1h30m): the plan must fit the "
+    "file budget's windows until then, or nothing is sent.",
+    metavar="DURATION",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan (table or --json) and send nothing.")
 @json_option
 @api_options
 def purge(
@@ -99,6 +117,9 @@ def purge(
     no_wait: bool,
     heartbeat: float,
     as_json: bool,
+    manifest_file: TextIO | None = None,
+    deadline: float | None = None,
+    dry_run: bool = False,
 ) -> int:
     """Purge cached PATHS of the CDN endpoint ENDPOINT_ID.
 
@@ -115,15 +136,35 @@ def purge(
     path queued by several of them is sent once, and one batch per endpoint is in flight at
     a time.
 
+    With --manifest and --deadline, the changed paths are covered by exact paths and
+    dir/* wildcards chosen to meet the deadline, purging the fewest files that did not
+    change; --dry-run prints that plan.
+
     \b
     Examples:
       cdn-async purge ID img/logo.png 'css/*'
       git diff --name-only HEAD~1 | cdn-async purge ID --from-file -
       cdn-async purge ID --all
+      cdn-async purge ID --from-file changed.txt --manifest all.txt --deadline 60s --dry-run
     """
     files = list(paths)
     if from_file is not None:
         files.extend(read_paths(from_file))
+    if manifest_file is not None or deadline is not None or dry_run:
+        if no_wait:
+            raise click.UsageError("--no-wait only queues: it takes no --manifest or --deadline")
+        return planned_purge(
+            api,
+            endpoint_id,
+            files,
+            manifest_file,
+            deadline,
+            dry_run=dry_run,
+            allow_all=purge_all,
+            as_json=as_json,
+            no_progress=no_progress,
+            read_paths=read_paths,
+        )
     if purge_all:
         if files:
             raise click.UsageError("--all purges everything; give no paths with it")

@@ -3,7 +3,10 @@
 ``FakeCDNServer`` serves the six CDN operations over real HTTP on loopback, with the official
 response shapes, scopes, validation, the documented rate-limit budgets as exact sliding
 windows (periods multiplied by ``time_scale``), the identical-purge rule, switchable faults
-(``server.faults``) and a journal of every request (``server.journal``, ``server.counters``)::
+(``server.faults``), a journal of every request (``server.journal``, ``server.counters``) and
+an edge cache: ``server.cache(id, paths)`` marks paths cached, each purge records which of them
+it covered (``server.purges``, a wildcard counted as one file against the budget, as
+documented) and ``server.cached(id)`` says what is left::
 
     from cdn_async.testing import FakeCDNServer
 
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .._public import publish
 
 if TYPE_CHECKING:
+    from ._cache import PurgeRecord
     from ._faults import FaultRule, Faults
     from ._journal import Counters, JournalEntry
     from ._plugin import fake_cdn_fixture
@@ -42,6 +46,7 @@ __all__ = [
     "FaultRule",
     "Faults",
     "JournalEntry",
+    "PurgeRecord",
     "fake_cdn_fixture",
     "fake_cdn_in_thread",
     "serve",
@@ -58,6 +63,7 @@ _HOME = {
     "FaultRule": "._faults",
     "Faults": "._faults",
     "JournalEntry": "._journal",
+    "PurgeRecord": "._cache",
     "fake_cdn_fixture": "._plugin",
     "fake_cdn_in_thread": "._thread",
     "serve": "._server",

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
 
+from ._cache import EdgeCache, PurgeRecord
 from ._endpoints import (
     DEFAULT_TTL,
     BodyError,
@@ -35,6 +36,24 @@ class _Operations:
     _endpoints: dict[str, Endpoint]
     _origins: dict[str, str]
     _purging: set[tuple[str, frozenset[str]]]
+    _caches: dict[str, EdgeCache]
+    #: Every purge applied, with the cached paths it covered.
+    purges: list[PurgeRecord]
+
+    def cache(self, endpoint_id: str, paths: Iterable[str]) -> None:
+        """Mark ``paths`` cached at ``endpoint_id``'s edge: each purge then records which of
+        them it covered (``purges``) and removes them (``cached``).
+
+        Args:
+            endpoint_id: The endpoint.
+            paths: Paths now cached (files; a leading ``/`` dropped).
+        """
+        self._caches.setdefault(endpoint_id, EdgeCache()).add(paths)
+
+    def cached(self, endpoint_id: str) -> frozenset[str]:
+        """The paths still cached at ``endpoint_id``'s edge (what no purge covered yet)."""
+        cache = self._caches.get(endpoint_id)
+        return cache.paths if cache is not None else frozenset()
 
     async def _operate(self, request: web.Request, route: _Route, body: Any, now: float) -> _Reply:
         op = route.op
@@ -74,7 +93,7 @@ class _Operations:
             except BodyError as exc:
                 return _error(422, "unprocessable_entity", str(exc), "validation")
             return _Reply(200, "ok", {"endpoint": endpoint.to_json()})
-        return await self._purge(endpoint, body)
+        return await self._purge(endpoint, body, now)
 
     def _list(self, request: web.Request) -> _Reply:
         try:
@@ -141,7 +160,7 @@ class _Operations:
             raise BodyError("certificate_id is required with custom_domain")
         endpoint.ttl, endpoint.custom_domain, endpoint.certificate_id = ttl, new_domain, new_cert
 
-    async def _purge(self, endpoint: Endpoint, body: Mapping[str, Any]) -> _Reply:
+    async def _purge(self, endpoint: Endpoint, body: Mapping[str, Any], now: float) -> _Reply:
         try:
             files = check_purge_files(body)
         except BodyError as exc:
@@ -157,4 +176,6 @@ class _Operations:
                 await asyncio.sleep(self.purge_duration)
         finally:
             self._purging.discard(key)
+        cache = self._caches.setdefault(endpoint.id, EdgeCache())
+        self.purges.append(PurgeRecord(endpoint.id, tuple(files), cache.purge(files), now))
         return _Reply(204, "ok")

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ._admission import CdnBudgetScope, HeaderBudget, _Admission
+from ._cache import EdgeCache, PurgeRecord
 from ._endpoints import DEFAULT_TTL, Endpoint, purge_cost
 from ._faults import Faults
 from ._journal import Counters, JournalEntry
@@ -130,6 +131,8 @@ class FakeCDNServer(_Admission, _Operations):
         self._endpoints: dict[str, Endpoint] = {}
         self._origins: dict[str, str] = {}
         self._purging: set[tuple[str, frozenset[str]]] = set()
+        self._caches: dict[str, EdgeCache] = {}
+        self.purges: list[PurgeRecord] = []
         self._runner: web.AppRunner | None = None
         self.url = ""
         self.token = self.add_token()

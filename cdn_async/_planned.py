@@ -1,0 +1,169 @@
+"""A purge that meets a deadline: ``cdn.endpoints.purge(..., manifest=, deadline=)``.
+
+Plans with the wildcard planner (``_purge_plan.planning``) a few ms at a time, handing the
+event loop back in between; refuses a plan that cannot meet the deadline before anything is
+sent; sends the wildcards chosen with the changed paths through the client's purge backend
+(which maps each changed path to the wildcard that covers it); and reports in terms of the
+changed paths: progress counts them, the report names each wildcard purged and the changed
+paths it covered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from ._logs import logger
+from ._models import PurgeReport
+from ._purge import PurgeEngine
+from ._purge_plan import PurgeBackend, PurgePlan, PurgeProgress, entries_within, planning
+from ._wildcards import Manifest
+from .errors import PurgeError, ValidationError
+
+if TYPE_CHECKING:
+    from ._limits import Priority
+    from ._session import Session
+
+#: Seconds of planning between two yields to the event loop.
+_SLICE = 0.005
+
+
+async def _run(steps: Iterator[None]) -> None:
+    """Run ``steps``, handing the loop back after every ``_SLICE`` of work."""
+    clock = time.perf_counter
+    started = clock()
+    for _ in steps:
+        if clock() - started > _SLICE:
+            await asyncio.sleep(0)
+            started = clock()
+
+
+def in_use(session: Session, backend: PurgeBackend) -> int:
+    """File-budget units a new purge finds ahead of it: counted in the file budget's window
+    now, and paths this client's engine has yet to send."""
+    files = {b.name for b in session.limits.budgets if b.unit == "file" and b.scope == "token"}
+    states = session.store.snapshot()
+    used = max((states[k].used for k in files if k in states), default=0)
+    pending = backend.pending_files() if isinstance(backend, PurgeEngine) else 0
+    return used + pending
+
+
+async def plan_for(
+    session: Session,
+    backend: PurgeBackend,
+    paths: Sequence[str],
+    *,
+    manifest: Iterable[str] | None,
+    deadline: float | timedelta | None,
+    allow_all: bool,
+) -> PurgePlan:
+    """The plan of a purge with a deadline, made now; the time planning takes counts
+    against the deadline (the first request goes only once it is done)."""
+    started = session.now()
+    site: Manifest | None = None
+    if manifest is not None:
+        site = Manifest()
+        await _run(site.read(manifest))
+    busy = in_use(session, backend)
+    seconds = deadline.total_seconds() if isinstance(deadline, timedelta) else deadline
+
+    async def plan(within: float | None) -> PurgePlan:
+        out: list[PurgePlan] = []
+        await _run(
+            planning(
+                paths,
+                session.limits,
+                manifest=site,
+                deadline=within,
+                allow_all=allow_all,
+                in_use=busy,
+                out=out,
+            )
+        )
+        return out[0]
+
+    planned = await plan(seconds)
+    spent = session.now() - started
+    if seconds is not None and spent > 0 and planned.allowed is not None:
+        # Planning again takes about as long: the deadline left after both.
+        left = max(0.0, seconds - 2 * spent)
+        if entries_within(session.limits, left, busy) < planned.allowed:
+            planned = await plan(left)
+    return planned
+
+
+async def purge_planned(
+    session: Session,
+    backend: PurgeBackend,
+    cdn_id: str,
+    paths: Sequence[str],
+    *,
+    manifest: Iterable[str] | None,
+    deadline: float | timedelta | None,
+    allow_all: bool,
+    on_progress: Callable[[int, int], None] | None,
+    on_batch: Callable[[PurgeProgress], None] | None,
+    priority: Priority | None,
+) -> PurgeReport:
+    """Plan, check, send and report a purge of changed ``paths`` (checked, normalised)."""
+    planned = await plan_for(
+        session, backend, paths, manifest=manifest, deadline=deadline, allow_all=allow_all
+    )
+    if not planned.fits:
+        hint = (
+            "give a manifest so that paths can be collapsed into wildcards"
+            if manifest is None
+            else "even with paths collapsed into wildcards; allow '*' or a later deadline"
+        )
+        raise ValidationError(
+            f"the purge cannot meet its deadline: it needs {len(planned.paths)} entries "
+            f"({planned.requests} requests, the last {planned.seconds:.0f} s from now) and the "
+            f"deadline allows {planned.allowed}; it would miss it by {planned.late_by:.0f} s "
+            f"({hint}). Nothing was sent."
+        )
+    chosen = planned.unchanged_by  # the planner's wildcards (not paths of the call)
+    total = len(dict.fromkeys(paths))
+    done = 0
+
+    def batch(progress: PurgeProgress) -> None:
+        nonlocal done
+        confirmed = tuple(p for p in progress.confirmed if p not in chosen)
+        failed = {p: e for p, e in progress.failed.items() if p not in chosen}
+        done += len(confirmed) + len(failed)
+        if on_progress is not None:
+            try:
+                on_progress(done, total)
+            except Exception:  # a broken callback must not lose the purge's results
+                logger.exception("on_progress callback failed")
+        if on_batch is not None:
+            try:
+                on_batch(PurgeProgress(done, total, confirmed, failed))
+            except Exception:
+                logger.exception("on_batch callback failed")
+
+    error: PurgeError | None = None
+    try:
+        report = await backend.purge(
+            session, cdn_id, [*chosen, *paths], on_batch=batch, priority=priority
+        )
+    except PurgeError as exc:
+        report, error = exc.report, exc
+    purged = set(report.purged)
+    wildcards = {w: covered for w, covered in planned.wildcards.items() if w in purged}
+    result = PurgeReport(
+        report.endpoint_id,
+        tuple(p for p in report.purged if p not in chosen),
+        {p: e for p, e in report.failed.items() if p not in chosen},
+        report.requests,
+        report.budget_wait,
+        report.request_ids,
+        wildcards,
+        sum(n for w, n in chosen.items() if w in purged),
+        planned.unlisted,
+    )
+    if error is not None:
+        raise PurgeError(result) from error.__cause__
+    return result
