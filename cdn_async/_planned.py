@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ._logs import logger
 from ._models import PurgeReport
 from ._purge import PurgeEngine
+from ._purge_deadline import refuse_if_too_slow
 from ._purge_plan import PurgeBackend, PurgePlan, PurgeProgress, entries_within, planning
 from ._wildcards import Manifest
 from .errors import PurgeError, ValidationError
@@ -124,6 +125,11 @@ async def purge_planned(
             f"deadline allows {planned.allowed}; it would miss it by {planned.late_by:.0f} s "
             f"({hint}). Nothing was sent."
         )
+    if session.options.max_budget_wait is not None and not isinstance(backend, PurgeEngine):
+        # All or nothing through a shared queue, as Endpoints.purge: the plan's entries alone
+        # (the engine checks its own, with its pending paths).
+        level = priority or session.options.priority
+        refuse_if_too_slow(session, cdn_id, len(planned.paths), 0, level, plan_only=True)
     chosen = planned.unchanged_by  # the planner's wildcards (not paths of the call)
     total = len(dict.fromkeys(paths))
     done = 0

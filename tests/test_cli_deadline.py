@@ -3,13 +3,15 @@ subprocess against the fake server at a time scale (``test_cli``'s helpers)."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
 from cdn_async.testing import FakeCDNServer
 
-from .test_cli import SCALE, cli_env, run_cli
+from .test_cli import SCALE, cli_env, finish, purge_bodies, run_cli
+from .test_cli_pipeline import start_purge, until
 from .test_deadline_purge import ORIGIN, covers, site
 
 
@@ -80,3 +82,23 @@ async def test_purge_with_a_manifest_meets_its_deadline(
     )
     assert late.code == 2 and "cannot meet its deadline" in late.err
     assert len(fake_cdn.purges) == before
+
+
+@pytest.mark.fake_cdn(time_scale=SCALE, purge_duration=0.25)
+async def test_sigterm_stops_a_purge_with_a_deadline_and_reports_every_path(
+    fake_cdn: FakeCDNServer,
+) -> None:
+    """A pipeline's stop signal reaches a --deadline purge too: exit 143, a JSON report with
+    status "interrupted" in which every changed path is purged or failed, none dropped."""
+    ep = fake_cdn.add_endpoint(ORIGIN)["id"]
+    paths = [f"img/{i}.png" for i in range(600)]
+    proc = await start_purge(fake_cdn, ep, paths, "--deadline", "1h", env=cli_env(fake_cdn))
+    await until(lambda: len(purge_bodies(fake_cdn)) >= 1)
+    proc.send_signal(signal.SIGTERM)
+    result = await finish(proc, fake_cdn.token)
+    assert result.code == 143, result.err
+    report = result.json()
+    assert report["status"] == "interrupted"
+    assert set(report["purged"]) <= {p for body in purge_bodies(fake_cdn) for p in body}
+    assert sorted([*report["purged"], *report["failed"]]) == sorted(paths)
+    assert "Interrupted by SIGTERM" in result.err

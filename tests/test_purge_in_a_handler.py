@@ -228,6 +228,10 @@ async def test_through_a_shared_purge_queue_a_plan_too_long_for_the_deadline_is_
                 await cdn.endpoints.purge(ep, PATHS)
             assert refused.value.retry_after == pytest.approx(3 * 20 * SCALE)
             assert await queue.pending(ep) == 0  # nothing queued either
+            # A purge with a deadline is checked on its plan's entries the same way.
+            with pytest.raises(BudgetWaitTimeout):
+                await cdn.endpoints.purge(ep, PATHS, deadline=3600)
+            assert await queue.pending(ep) == 0
     finally:
         await queue.aclose()
     assert server.journal == []

@@ -21,7 +21,6 @@ from ..errors import CDNError, PurgeError
 from ._app import ApiOptions, run_command
 from ._output import (
     EXIT_API_ERROR,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     distinct_errors,
@@ -33,7 +32,8 @@ from ._output import (
     report_json,
     stdout_console,
 )
-from ._progress import progress_display
+from ._progress import DEFAULT_HEARTBEAT, progress_display
+from ._signals import Stop
 
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -123,6 +123,7 @@ def planned_purge(
     as_json: bool,
     no_progress: bool,
     read_paths: Any,
+    heartbeat: float = DEFAULT_HEARTBEAT,
 ) -> int:
     """``purge`` with ``--manifest``, ``--deadline`` or ``--dry-run``."""
     if not files and allow_all and manifest_file is None:
@@ -148,7 +149,7 @@ def planned_purge(
             print_plan(cdn_id, plan, deadline, len(dict.fromkeys(check.files(files))))
         return EXIT_OK if plan.fits else EXIT_API_ERROR
     return run_command(
-        _send(
+        lambda stop: _send(
             api,
             endpoint_id,
             files,
@@ -157,7 +158,10 @@ def planned_purge(
             allow_all=allow_all,
             as_json=as_json,
             no_progress=no_progress,
-        )
+            heartbeat=heartbeat,
+            stop=stop,
+        ),
+        as_json=as_json,
     )
 
 
@@ -171,7 +175,11 @@ async def _send(
     allow_all: bool,
     as_json: bool,
     no_progress: bool,
+    heartbeat: float,
+    stop: Stop,
 ) -> int:
+    from ._purge import _NOT_CONFIRMED, _exit_code  # _purge imports this module
+
     started = time.monotonic()
     confirmed: list[str] = []
     failed: dict[str, CDNError] = {}
@@ -180,14 +188,16 @@ async def _send(
     interrupted = False
     async with api.connect() as (cdn, _):
         cdn_id = check.uuid_str("cdn_id", cdn_id)
-        display = progress_display(cdn, description="purging", no_progress=no_progress)
+        display = progress_display(
+            cdn, description="purging", no_progress=no_progress, heartbeat=heartbeat
+        )
 
         def on_batch(progress: PurgeProgress) -> None:
             nonlocal batches
             confirmed.extend(progress.confirmed)
             failed.update(progress.failed)
             batches += 1
-            display.update(progress.done, batches)
+            display.update(progress.done, batches, len(failed))
 
         try:
             async with display:
@@ -213,22 +223,28 @@ async def _send(
             if task is not None:
                 task.uncancel()
             interrupted = True
-            report = PurgeReport(cdn_id, tuple(confirmed), failed, batches, 0.0)
+            # Every changed path has an outcome: those not confirmed are reported failed.
+            rest = dict(failed)
+            for path in dict.fromkeys(check.files(files)):
+                if path not in rest and path not in confirmed:
+                    rest[path] = CDNError(_NOT_CONFIRMED)
+            report = PurgeReport(cdn_id, tuple(confirmed), rest, batches, 0.0)
     elapsed = time.monotonic() - started
-    data = report_json(report)
+    code = _exit_code(report, stop)
+    data = report_json(report, code=code)
     data["wildcards"] = {w: list(paths) for w, paths in report.wildcards.items()}
     data["unchanged"] = report.unchanged
     data["unlisted"] = list(report.unlisted)
     purged = len(report.purged)
     if interrupted:
         err(
-            f"Interrupted: {purged} of {n(total, 'changed path')} of endpoint {cdn_id} were "
-            f"purged ({n(report.requests, 'request')}); the other {total - purged} were not "
-            "confirmed."
+            f"Interrupted by {stop.name or 'SIGINT'}: {purged} of {n(total, 'changed path')} "
+            f"of endpoint {cdn_id} were purged ({n(report.requests, 'request')}); the other "
+            f"{total - purged} were not confirmed: exit {code}."
         )
         if as_json:
             dump(data)
-        return EXIT_INTERRUPTED
+        return code
     summary = (
         f"Purged {purged} of {n(total, 'changed path')} of endpoint {cdn_id} in "
         f"{n(report.requests, 'request')}, {elapsed:.1f} s, with "
@@ -243,6 +259,5 @@ async def _send(
     if report.failed:
         for error in distinct_errors(report.failed.values()):
             err(error_line(error))
-        err(f"{n(len(report.failed), 'path')} failed to purge.")
-        return EXIT_API_ERROR
-    return EXIT_OK
+        err(f"{n(len(report.failed), 'path')} failed to purge: exit {code}.")
+    return code

@@ -164,6 +164,7 @@ def purge(
             as_json=as_json,
             no_progress=no_progress,
             read_paths=read_paths,
+            heartbeat=heartbeat,
         )
     if purge_all:
         if files:
