@@ -106,6 +106,23 @@ async def test_paths_pending_ahead_count_against_the_deadline(server: FakeCDNSer
     assert not set(mine) & set(purged_paths(server))
 
 
+async def test_an_urgent_purge_is_not_held_to_the_normal_batch_it_passes(
+    server: FakeCDNServer,
+) -> None:
+    # A bulk purge's next batch waits in the store at "normal"; a high purge passes it, so
+    # only the window's expiry (about a period) counts against its deadline, not that batch.
+    ep = server.add_endpoint(ORIGIN)["id"]
+    async with client(server) as cdn:
+        bulk = asyncio.create_task(cdn.endpoints.purge(ep, PATHS))
+        await asyncio.sleep(0.03)  # the first batch answered, the second waits in the store
+        hasty = cdn.with_options(max_budget_wait=1.5 * 20 * SCALE)
+        report = await hasty.endpoints.purge(ep, ["urgent.png"], priority="high")
+        assert report.ok
+        with pytest.raises(BudgetWaitTimeout):  # at "normal" it would queue behind the batch
+            await hasty.endpoints.purge(ep, ["normal.png"])
+        assert (await bulk).ok
+
+
 class BlindStore(MemoryBudgetStore):
     """A store that cannot estimate admission: only the deadline tells."""
 
