@@ -286,6 +286,7 @@ class MemoryBudgetStore(KeyTable):
                 next_free_in=k.next_free_in(now),
                 waiters=len(k.passing) + k.blocked_live,
                 paused_for=k.paused_for(now),
+                others=k.held,  # expired by used(now)
             )
         return out
 

@@ -107,6 +107,12 @@ class CDNClient:
         reserve: A fraction of every budget this client never takes, left for the other tools
             on the token (doctl, Terraform, a dashboard): 0.2 keeps 1 of the 5 cdn requests
             per 10 s and 10 of the 50 purged paths per 20 s free. Default 0: the whole budget.
+        polite_purges: Leave room for purge jobs this client cannot see (on other hosts, with
+            no shared store): a bulk purge (more than 50 paths) starts at a quarter of the file
+            budget and finds, by trial, how much more fits beside the others, so jobs that
+            start together share the budget instead of the first taking it and the rest
+            drawing 429s. Costs a lone bulk purge a quarter period (5 s) in its first window.
+            The CLI's purges are polite. Default False: the whole budget at once.
         event_hooks: Callables that receive every event of every call (``cdn_async.events``:
             a budget wait and which budget, each request sent and answered with its request
             id, each retry, each 429 pause), each naming its call (``call_id``). A plain
@@ -145,6 +151,7 @@ class CDNClient:
         max_queued: int | None = None,
         priority: Priority = "normal",
         reserve: float = 0.0,
+        polite_purges: bool = False,
         event_hooks: Sequence[EventHook] = (),
         telemetry: Telemetry | None = None,
         purge_queue: PurgeBackend | None = None,
@@ -197,6 +204,7 @@ class CDNClient:
                 (*event_hooks, telemetry) if telemetry is not None else tuple(event_hooks)
             ),
             telemetry=telemetry,
+            polite_purges=polite_purges,
         )
         self._session.observer.name = name
         if telemetry is not None:

@@ -14,30 +14,37 @@ OTHERS_MEMORY = 3
 
 
 class Plan:
-    """A request's claims, and which of them a ``ratelimit-limit`` value describes."""
+    """A request's claims, which of them a ``ratelimit-limit`` value describes, and which
+    a 429 that the described budget does not explain can be blamed on."""
 
-    __slots__ = ("by_limit", "claims")
+    __slots__ = ("by_limit", "claims", "files", "requests")
 
-    def __init__(self, claims: tuple[Claim, ...], by_limit: dict[int, Claim]) -> None:
+    def __init__(self, claims: tuple[Claim, ...], limits: RateLimits) -> None:
         self.claims = claims
-        self.by_limit = by_limit
-
-    @classmethod
-    def build(cls, limits: RateLimits, claims: tuple[Claim, ...]) -> Plan:
         # What RateLimits.claim_for_header answers, for every limit at once: the first
         # request-counted claim with that limit wins (hence filled back to front).
-        by_limit: dict[int, Claim] = {}
+        self.by_limit: dict[int, Claim] = {}
         for c in reversed(claims):
             found = limits.claim_for_header(_server_limit(limits, c), (c,))
             if found is not None:
                 claim, budget = found
-                by_limit[budget.limit] = claim
-        return cls(claims, by_limit)
+                self.by_limit[budget.limit] = claim
+        #: The file budgets (no header describes them), and the request budgets, shortest
+        #: period first: what a refusal with room on the described budget is blamed on.
+        self.files = tuple(c for c in claims if _counts_files(limits, c))
+        self.requests = tuple(
+            sorted((c for c in claims if c not in self.files), key=lambda c: c.period)
+        )
 
     def budget_for(self, info: RateLimitInfo) -> str | None:
         """The name of the budget an answer's ``ratelimit-limit`` describes, if one of ours."""
         found = self.by_limit.get(info.limit) if info.limit is not None else None
         return found.budget if found is not None else None
+
+
+def _counts_files(limits: RateLimits, claim: Claim) -> bool:
+    budget = limits.get(claim.budget)
+    return budget is not None and budget.unit == "file"
 
 
 def _server_limit(limits: RateLimits, claim: Claim) -> int:
@@ -88,15 +95,34 @@ def apply_headers(store: BudgetStore, info: RateLimitInfo, plan: Plan, *, refuse
 
 
 def pause(store: BudgetStore, info: RateLimitInfo, plan: Plan, wait: float) -> float:
-    """Pause the budget a 429 names (every budget of the request when it names none);
-    returns the pause as the stores apply it (capped at the paused budgets' period)."""
-    # The 429 names its budget only by ratelimit-limit; when that budget is not the one
-    # that is spent, every budget of the request is paused (the server did not say which).
+    """Pause what a 429 blames; returns the longest pause as the stores apply it (each
+    capped at its budget's period).
+
+    - No header budget of ours: every budget of the request, for ``wait``.
+    - The described budget reads 0 left: it may be the one spent, paused for ``wait`` (its
+      ``Retry-After`` or reset).
+    - A file budget of the request (a purge) is paused for a full period whatever the
+      described budget reads: no header describes it, a refusal with room on the described
+      budget can only be it, and one that reads 0 may be it too (a refused answer reads 0
+      whichever budget refused it). A full period is the shortest pause after which every
+      unit another client had in its window has surely expired (docs/design.md, "Budgets", 6).
+    - Room on the described budget and no file budget: the shortest undescribed budget, for
+      the server's ``Retry-After`` when it sent one, else a full period.
+    """
     described = plan.by_limit.get(info.limit) if info.limit is not None else None
-    if described is not None and info.remaining == 0:
-        targets: tuple[Claim, ...] = (described,)
+    if described is None:
+        targets = [(c, wait) for c in plan.claims]
     else:
-        targets = plan.claims
-    for claim in targets:
-        store.pause(claim, wait)
-    return min(wait, max(c.period for c in targets))
+        targets = [(described, wait)] if info.remaining == 0 else []
+        targets += [(c, c.period) for c in plan.files]
+        if info.remaining != 0 and not plan.files:
+            others = [c for c in plan.requests if c is not described][:1]
+            given = info.retry_after
+            targets += [(c, given if given is not None else c.period) for c in others]
+        if not targets:  # room on the only budget it has: trust the refusal, not the count
+            targets = [(described, wait)]
+    longest = 0.0
+    for claim, seconds in targets:
+        store.pause(claim, seconds)
+        longest = max(longest, min(seconds, claim.period))
+    return longest

@@ -315,6 +315,8 @@ class BudgetState:
         next_free_in: Seconds until the next unit frees (0.0 when some are free now).
         waiters: Requests queued on this key.
         paused_for: Seconds left of a pause imposed by a 429 (0.0 if none).
+        others: Of ``used``, the units the server's headers showed another client spent,
+            held for it (0 where a store does not tell them apart).
     """
 
     key: str
@@ -324,3 +326,4 @@ class BudgetState:
     next_free_in: float
     waiters: int
     paused_for: float = 0.0
+    others: int = 0

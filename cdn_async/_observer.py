@@ -29,13 +29,29 @@ class Observer:
     """One client's observers: the hooks (``events``) and the telemetry, if any, and the
     client's ``name`` that its calls carry."""
 
-    __slots__ = ("events", "name", "telemetry")
+    __slots__ = ("events", "name", "others_seen", "telemetry")
 
     def __init__(self, events: Emitter, telemetry: Telemetry | None) -> None:
         self.events = events
         self.telemetry = telemetry
         #: The client's name (``CDNClient(name=...)``), on every record, event and span.
         self.name: str | None = None
+        #: Another client was seen spending this token's budgets (warned once).
+        self.others_seen = False
+
+    def another_client(self, evidence: str) -> None:
+        """Say once, at WARNING, that another client spends this token's budgets, and the
+        fix: only a store shared by every process keeps them all exact."""
+        if self.others_seen:
+            return
+        self.others_seen = True
+        logger.warning(
+            "another client is spending this API token's budgets (%s): share the budgets "
+            "between processes with CDNClient(budget_store=SQLiteBudgetStore(path)) on one "
+            "host or cdn_async.redis.RedisBudgetStore across hosts; for other tools (doctl, "
+            "Terraform) leave them room with CDNClient(reserve=0.2)",
+            evidence,
+        )
 
     def call(self, *, new: bool = False) -> AbstractContextManager[Call]:
         """The current logical call: the one already running in this task (a request made by

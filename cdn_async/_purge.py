@@ -192,6 +192,10 @@ class _Lane:
             first = cast("_Call", first[0]) if first else None
         return first.priority if first is not None else None
 
+    def put_back(self, paths: list[tuple[str, _Waiting]]) -> None:
+        """Return paths of a refused batch (the server counted none) to the front."""
+        self.pending = {**dict(paths), **self.pending}
+
     def take(self, size: int) -> list[tuple[str, _Waiting]]:
         """Remove and return up to ``size`` pending paths, urgent ones first."""
         batch: list[tuple[str, _Waiting]] = []
@@ -380,9 +384,27 @@ class PurgeEngine:
     async def _send_batch(self, session: Session, cdn_id: str, lane: _Lane) -> None:
         # The size is fixed now, so the file budget is claimed exactly; paths that arrive
         # while this batch waits for its budget go in the next one.
+        share = session.file_share
+        # What a batch sealed now would take; cut() sets it again when the share has room.
         size = min(session.limits.purge_batch_size, len(lane.pending))
         priority = lane.priority()
         batch: list[tuple[str, _Waiting]] = []
+
+        def cut() -> int:
+            # Before the first attempt, and after a 429: the size the client's file share
+            # allows now. A refused batch was counted by nobody: what is over it goes back to
+            # the front of the pending paths (paths that arrive meanwhile go in the next).
+            nonlocal size
+            want = len(batch) or max(1, len(lane.pending))
+            size = (
+                share.batch_size(want)
+                if share is not None
+                else min(want, session.limits.purge_batch_size)
+            )
+            if len(batch) > size:
+                lane.put_back(batch[size:])
+                del batch[size:]
+            return size
 
         def seal() -> dict[str, list[str]]:
             # Runs when the budgets first admit the request: from here on no caller may join.
@@ -413,7 +435,7 @@ class PurgeEngine:
                         "DELETE",
                         path,
                         endpoint_id=cdn_id,
-                        files=size,
+                        files=cut,
                         seal=seal,
                         retry_conflict=True,
                         priority=priority,
@@ -439,7 +461,7 @@ class PurgeEngine:
                 "DELETE",
                 path,
                 endpoint_id=cdn_id,
-                files=size,
+                files=cut,
                 seal=seal,
                 priority=priority,
                 retry_conflict=True,

@@ -93,8 +93,8 @@ class Attempt:
             connection lost after the request was written).
         gone_is_done: A 404 after ``maybe_done`` means the work was done (a DELETE).
         not_found_open: A 404 is still read as the API's lag after a create.
-        pause: The pause a 429 set, in seconds.
-        max_pause: The longest pause the call may wait out.
+        rate_limited_for: Seconds from the call's first 429 to the end of this pause.
+        max_pause: The longest the call may spend rate limited (``max_rate_limit_wait``).
         retry_conflict: A 409 is an identical request in progress (a purge): retry it.
     """
 
@@ -106,7 +106,7 @@ class Attempt:
     maybe_done: bool = False
     gone_is_done: bool = False
     not_found_open: bool = False
-    pause: float = 0.0
+    rate_limited_for: float = 0.0
     max_pause: float = 0.0
     retry_conflict: bool = False
 
@@ -118,6 +118,10 @@ def decide(a: Attempt) -> Verdict:
     attempt did the work); ``"retry"`` after a backoff; ``"retry_paused"`` once the 429's
     pause ends (the budget store waits it out); ``"retry_not_found"`` after a short sleep;
     ``"raise"`` the typed error.
+
+    A 429 costs time, never the call: it is retried, whatever ``max_retries`` says, for as
+    long as the call has been rate limited no longer than ``max_pause`` (the server counted
+    nothing, so the retry spends nothing the budgets do not already pace).
     """
     can_retry = a.retries < a.max_retries
     if a.status is None:
@@ -125,7 +129,7 @@ def decide(a: Attempt) -> Verdict:
     if 200 <= a.status < 300:
         return "return"
     if a.status == 429:
-        return "retry_paused" if can_retry and a.pause <= a.max_pause else "raise"
+        return "retry_paused" if a.rate_limited_for <= a.max_pause else "raise"
     if a.status == 404 and a.gone_is_done and a.maybe_done:
         return "gone"
     if a.status == 404 and a.not_found_open:

@@ -13,7 +13,7 @@ import inspect
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, Concatenate, ParamSpec
+from typing import Any, Concatenate, ParamSpec, cast
 
 import aiohttp
 import attrs
@@ -26,6 +26,7 @@ from ._events import (
     ResponseMeta,
     Telemetry,
 )
+from ._file_share import FileShare, Outcome
 from ._headers import Plan, apply_headers, pause, server_now
 from ._limits import BudgetStore, Claim, EstimatesAdmission, Lease, Priority, RateLimits
 from ._logs import logger
@@ -117,6 +118,7 @@ class Session:
         rand: Callable[[], float] = random.random,
         events: Emitter | None = None,
         telemetry: Telemetry | None = None,
+        polite_purges: bool = False,
     ) -> None:
         self.options = options
         self.limits = limits
@@ -141,6 +143,13 @@ class Session:
         #: Endpoint id -> loop time of its creation by this client (for the 404 lag rule).
         self.recently_created: dict[str, float] = {}
         self._timeout = _exchange_timeout(options.timeout)
+        file_periods = [b.period for b in limits.budgets if b.unit == "file"]
+        #: This client's own ceiling on purged files per window (None without a file budget).
+        self.file_share = (
+            FileShare(limits.purge_batch_size, max(file_periods), self.now, polite=polite_purges)
+            if file_periods
+            else None
+        )
         #: Claims by purge-file count; only when no budget is keyed by endpoint (else the
         #: cache would grow with every endpoint id).
         self._plans: dict[int, Plan] | None = (
@@ -179,7 +188,7 @@ class Session:
         path: str,
         *,
         endpoint_id: str | None = None,
-        files: int = 0,
+        files: int | Callable[[], int] = 0,
         json: Any = None,
         params: Mapping[str, str | int] | None = None,
         retry_not_found: float = 0.0,
@@ -195,7 +204,9 @@ class Session:
             method: The HTTP method.
             path: The URL path below ``base_url``.
             endpoint_id: The CDN endpoint the request is about (for per-endpoint budgets).
-            files: How many purge paths it carries (for the file budget).
+            files: How many purge paths it carries (for the file budget); or a function
+                called before each attempt that cuts the batch and says how many (a purge
+                refused with a 429 was counted by nobody and may be cut again, smaller).
             json: The JSON body, if any.
             seal: Instead of ``json``: a function that makes the body, called once, when the
                 budgets first admit the request (the purge engine seals its batch then; it
@@ -226,8 +237,12 @@ class Session:
         pool = self._pool
         pool.check_open()
         retries_allowed = opts.max_retries if max_retries is None else max_retries
-        plan = self._plan(endpoint_id, files)
-        claims = plan.claims
+        cut = files if callable(files) else None
+        share = self.file_share
+        count = 0 if cut is not None else cast(int, files)  # purged paths this attempt carries
+        if cut is None:
+            plan = self._plan(endpoint_id, count)
+            claims = plan.claims
         url = opts.base_url + path
         loop = asyncio.get_running_loop()
         clock = loop.time
@@ -235,63 +250,90 @@ class Session:
         retries = 0
         budget_wait = 0.0
         wait = 0.0  # the pause the last 429 set
+        limited_since: float | None = None  # when the call drew its first 429
+        recut = True  # cut the batch before this attempt: the first, or after a 429
         attempt = 0
         maybe_done = False  # an earlier attempt may have been carried out
         not_found_until = clock() + retry_not_found
         while True:
             attempt += 1
             started = clock()
-            lease = await self._acquire(claims, opts, priority or opts.priority)
-            sent = clock()
-            budget_wait += sent - started
-            if sent - started >= 0.001:
-                budget = getattr(lease, "waited_on", None)
-                self.observer.waited(method, path, attempt, budget, sent - started)
+            if cut is not None and recut:
+                # The batch is cut when this client's file share has room for it, and again
+                # after a 429 (the server counted none of it); any other retry resends it.
+                if share is not None and opts.max_budget_wait is None:
+                    # (Under a deadline the store's wait, which it bounds, does the waiting.)
+                    await self._pool.while_open(share.room())
+                count = cut()
+                plan = self._plan(endpoint_id, count)
+                claims = plan.claims
+                make_body = seal
+            # What the file share counts in flight for this attempt, settled once.
+            reserved = count if share is not None else 0
+            lease, trial = await self._acquire(claims, opts, priority or opts.priority, reserved)
             try:
-                http = pool.get()
-                if make_body is not None:
-                    json, make_body = make_body(), None
-                    if inspect.isawaitable(json):  # a body fixed elsewhere (the purge queue)
-                        json = await json
-            except BaseException:
-                self.store.give_back(lease)  # nothing was sent
-                raise
-            wire = Wire(written=not pool.traced)
-            exchange = loop.create_task(self._exchange(http, method, url, json, params, wire))
-            self.observer.sent(method, path, attempt)
-            try:
-                # Waiting on the task, not awaiting it: a cancelled caller must not cancel an
-                # exchange that is already on the wire (see _abandon).
-                done, _ = await asyncio.wait((exchange,), timeout=opts.timeout)
-            except asyncio.CancelledError:
-                self._abandon(exchange, wire, lease, plan)
-                raise
-            failure: Failure | None = None
-            error: BaseException | None = None
-            info: RateLimitInfo | None = None
-            status = 0
-            body = b""
-            headers: Mapping[str, str] = {}
-            if not done:
-                self._abandon(exchange, wire, lease, plan)
-                failure = "transport" if wire.written else "connect"
-                error = TimeoutError(f"no answer within {opts.timeout} s")
-            else:
+                sent = clock()
+                budget_wait += sent - started
+                if sent - started >= 0.001:
+                    budget = getattr(lease, "waited_on", None)
+                    self.observer.waited(method, path, attempt, budget, sent - started)
                 try:
-                    status, body, headers = exchange.result()
-                except aiohttp.ClientConnectorError as exc:
-                    failure, error = "connect", exc
-                except (TimeoutError, aiohttp.ClientError) as exc:
-                    failure, error = ("transport" if wire.written else "connect"), exc
+                    http = pool.get()
+                    if make_body is not None:
+                        json, make_body = make_body(), None
+                        if inspect.isawaitable(json):  # a body fixed elsewhere (the purge queue)
+                            json = await json
                 except BaseException:
-                    self.store.release(lease)
+                    self.store.give_back(lease)  # nothing was sent
+                    if share is not None and reserved:
+                        share.settle(reserved, trial, "unsent")
+                        reserved = 0
                     raise
-                info, wait = self._settle(lease, plan, status, headers, failure)
-            self.observer.answered(
-                method, path, attempt, status, error, clock() - sent, headers, info
-            )
+                wire = Wire(written=not pool.traced)
+                exchange = loop.create_task(self._exchange(http, method, url, json, params, wire))
+                self.observer.sent(method, path, attempt)
+                try:
+                    # Waiting on the task, not awaiting it: a cancelled caller must not cancel an
+                    # exchange that is already on the wire (see _abandon).
+                    done, _ = await asyncio.wait((exchange,), timeout=opts.timeout)
+                except asyncio.CancelledError:
+                    self._abandon(exchange, wire, lease, plan)
+                    raise
+                failure: Failure | None = None
+                error: BaseException | None = None
+                info: RateLimitInfo | None = None
+                status = 0
+                body = b""
+                headers: Mapping[str, str] = {}
+                if not done:
+                    self._abandon(exchange, wire, lease, plan)
+                    failure = "transport" if wire.written else "connect"
+                    error = TimeoutError(f"no answer within {opts.timeout} s")
+                else:
+                    try:
+                        status, body, headers = exchange.result()
+                    except aiohttp.ClientConnectorError as exc:
+                        failure, error = "connect", exc
+                    except (TimeoutError, aiohttp.ClientError) as exc:
+                        failure, error = ("transport" if wire.written else "connect"), exc
+                    except BaseException:
+                        self.store.release(lease)
+                        raise
+                    info, wait = self._settle(lease, plan, status, headers, failure, trial)
+                self.observer.answered(
+                    method, path, attempt, status, error, clock() - sent, headers, info
+                )
 
+            except BaseException:
+                if share is not None and reserved:
+                    share.settle(reserved, trial, "counted")  # it may be on the wire
+                raise
             maybe_done = maybe_done or failure == "transport" or status >= 500
+            if share is not None and reserved:
+                share.settle(reserved, trial, _share_outcome(status, failure))
+            recut = status == 429
+            if recut and limited_since is None:
+                limited_since = clock()
             verdict = decide(
                 Attempt(
                     method,
@@ -302,7 +344,9 @@ class Session:
                     maybe_done=maybe_done,
                     gone_is_done=gone_is_done,
                     not_found_open=clock() < not_found_until,
-                    pause=wait,
+                    rate_limited_for=(
+                        clock() - limited_since + wait if limited_since is not None else 0.0
+                    ),
                     max_pause=opts.max_rate_limit_wait,
                     retry_conflict=retry_conflict,
                 )
@@ -314,9 +358,8 @@ class Session:
                 await self._pool.while_open(self.backoff(method, path, retries, why))
                 continue
             if verdict == "retry_paused":
-                retries += 1
                 assert info is not None  # a 429 is an answer
-                self.observer.paused(method, path, attempt, plan.budget_for(info), wait, retries)
+                self.observer.paused(method, path, attempt, plan.budget_for(info), wait, attempt)
                 continue
             if verdict == "retry_not_found":
                 delay = max(NOT_FOUND_MIN_DELAY, backoff(attempt, self._rand())) * self.time_scale
@@ -343,8 +386,12 @@ class Session:
                 err.budget = plan.budget_for(info)
             raise err
 
-    async def _acquire(self, claims: tuple[Claim, ...], opts: Options, priority: Priority) -> Lease:
-        """Wait for the budgets, within the call's ``max_budget_wait`` and ``max_queued``."""
+    async def _acquire(
+        self, claims: tuple[Claim, ...], opts: Options, priority: Priority, files: int = 0
+    ) -> tuple[Lease, bool]:
+        """Wait for the budgets, within the call's ``max_budget_wait`` and ``max_queued``:
+        the file share's room for ``files`` purged paths first, then the store. Returns the
+        lease and whether the request is a file share trial (``FileShare.reserve``)."""
         store = self.store
         deadline, cap = opts.max_budget_wait, opts.max_queued
         estimator = (
@@ -366,12 +413,11 @@ class Session:
             raise wait_timeout(delay, budget, deadline, early=True)
         self._queued += queued
         try:
-            acquire = store.acquire(claims, max_wait=opts.max_rate_limit_wait, priority=priority)
             if deadline is None:
-                return await self._pool.while_open(acquire)
+                return await self._pool.while_open(self._admit(claims, opts, priority, files))
             try:
                 async with asyncio.timeout(deadline):
-                    return await self._pool.while_open(acquire)
+                    return await self._pool.while_open(self._admit(claims, opts, priority, files))
             except TimeoutError:
                 # The store took nothing: a waiter cancelled before admission never does.
                 late, budget = (
@@ -382,6 +428,21 @@ class Session:
                 raise wait_timeout(late, budget, deadline, early=False) from None
         finally:
             self._queued -= queued
+
+    async def _admit(
+        self, claims: tuple[Claim, ...], opts: Options, priority: Priority, files: int
+    ) -> tuple[Lease, bool]:
+        share = self.file_share if files else None
+        trial = await share.reserve(files) if share is not None else False
+        try:
+            lease = await self.store.acquire(
+                claims, max_wait=opts.max_rate_limit_wait, priority=priority
+            )
+        except BaseException:
+            if share is not None:
+                share.settle(files, trial, "unsent")
+            raise
+        return lease, trial
 
     async def _exchange(
         self,
@@ -446,6 +507,7 @@ class Session:
         status: int,
         headers: Mapping[str, str],
         failure: Failure | None,
+        trial: bool = False,
     ) -> tuple[RateLimitInfo | None, float]:
         """Account for one finished exchange; returns the answer's rate-limit headers (None
         without an answer) and the pause a 429 set (else 0.0).
@@ -454,6 +516,9 @@ class Session:
         refused without counting (counting them would make this client think another one
         spent them). Every other outcome counts until one period from now. The answer's
         headers are applied after that, so the server's count is compared with ours alone.
+        A refused trial of the file share (``_file_share``) pauses and holds nothing: it
+        asked for room beyond what this client knows fits, which explains the refusal, and
+        its share is sent at once.
         """
         if failure == "connect":
             self.store.give_back(lease)
@@ -469,7 +534,13 @@ class Session:
         if status != 429:
             self.store.release(lease)
             apply_headers(self.store, info, plan, refused=False)
+            if not self.observer.others_seen:
+                self._look_for_others(info, plan)
             return info, 0.0
+        if trial:
+            self.store.give_back(lease)
+            return info, 0.0
+        self.observer.another_client("a 429 this client's own requests do not explain")
         # No usable reset: any budget of the request surely frees something within its period.
         wait = parse_retry_after(headers, now) or min(c.period for c in plan.claims)
         # The server counted nothing: the units go back once the pause is set (else a waiter
@@ -480,6 +551,18 @@ class Session:
         self.store.give_back(lease)
         apply_headers(self.store, info, plan, refused=True)
         return info, paused
+
+    def _look_for_others(self, info: RateLimitInfo, plan: Plan) -> None:
+        """Warn once when the store holds units the headers showed another client spent."""
+        claim = plan.by_limit.get(info.limit) if info.limit is not None else None
+        if claim is None or info.remaining is None or info.remaining >= claim.limit:
+            return
+        state = self.store.snapshot().get(claim.key)
+        if state is not None and state.others > 0:
+            self.observer.another_client(
+                f"the server counts {state.others} more on the {claim.budget} budget than "
+                "this client sent"
+            )
 
     async def backoff(self, method: str, path: str, retry: int, why: str) -> None:
         """Sleep before retry number ``retry``, as the retry policy says, and log why."""
@@ -492,11 +575,19 @@ class Session:
         on ``endpoint_id``: the same few tuples serve every request of a session."""
         limits = self.limits
         if self._plans is None:
-            return Plan.build(limits, limits.claims(endpoint_id, files))
+            return Plan(limits.claims(endpoint_id, files), limits)
         plan = self._plans.get(files)
         if plan is None:
-            plan = self._plans[files] = Plan.build(limits, limits.claims(endpoint_id, files))
+            plan = self._plans[files] = Plan(limits.claims(endpoint_id, files), limits)
         return plan
+
+
+def _share_outcome(status: int, failure: Failure | None) -> Outcome:
+    if failure == "connect":
+        return "unsent"
+    if failure is not None:
+        return "counted"
+    return "accepted" if 200 <= status < 300 else "refused" if status == 429 else "counted"
 
 
 def _exchange_timeout(timeout: float | None) -> aiohttp.ClientTimeout:

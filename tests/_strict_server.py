@@ -47,7 +47,13 @@ class StrictServer:
     """One token's cdn budget, counted as an exact sliding window of stamps."""
 
     def __init__(
-        self, limit: int, period: float, rng: random.Random, latency: tuple[float, float]
+        self,
+        limit: int,
+        period: float,
+        rng: random.Random,
+        latency: tuple[float, float],
+        *,
+        files: tuple[int, float] | None = None,
     ) -> None:
         self.limit = limit
         self.period = period
@@ -55,6 +61,12 @@ class StrictServer:
         self.latency = latency  # each way: uniform in [low, high]
         self.loop = asyncio.get_running_loop()
         self.window: deque[float] = deque()
+        # The purge file budget (limit, period), which no header describes, as on the API.
+        self.files = files
+        self.file_window: deque[tuple[float, int]] = deque()
+        self.file_stamps: list[tuple[float, int]] = []  # counted purges: (stamp, paths)
+        self.purge_answers: list[int] = []  # statuses of purge requests, in stamp order
+        self.purge_trace: list[tuple[float, int, int, int]] = []
         self.stamps: list[tuple[float, int]] = []  # counted ones, for max_in_window
         self.answers: list[int] = []  # statuses, in stamp order
         self.trace: list[tuple[float, object, int, int]] = []  # stamp, who, status, remaining
@@ -65,14 +77,28 @@ class StrictServer:
     def _delay(self) -> float:
         return self.rng.uniform(*self.latency)
 
-    def _stamp(self, who: object = None) -> tuple[int, dict[str, str]]:
+    def _files_fit(self, files: int, now: float) -> bool:
+        if self.files is None or files == 0:
+            return True
+        limit, period = self.files
+        while self.file_window and self.file_window[0][0] + period <= now:
+            self.file_window.popleft()
+        return sum(n for _, n in self.file_window) + files <= limit
+
+    def _stamp(self, who: object = None, files: int = 0) -> tuple[int, dict[str, str]]:
         now = self.loop.time()
         while self.window and self.window[0] + self.period <= now:
             self.window.popleft()
-        refused = len(self.window) >= self.limit
+        refused = len(self.window) >= self.limit or not self._files_fit(files, now)
         if not refused:
             self.window.append(now)
             self.stamps.append((now, 1))
+            if files:
+                self.file_window.append((now, files))
+                self.file_stamps.append((now, files))
+        if files:
+            self.purge_answers.append(429 if refused else 200)
+            self.purge_trace.append((now, id(who) % 1000, files, 429 if refused else 200))
         self.answers.append(429 if refused else 200)
         self.trace.append((now, who, 429 if refused else 200, self.limit - len(self.window)))
         wall = self.wall()
@@ -85,13 +111,15 @@ class StrictServer:
         }
 
     async def exchange(
-        self, wire: Wire, who: object = None
+        self, wire: Wire, who: object = None, files: int = 0
     ) -> tuple[int, bytes, Mapping[str, str]]:
         wire.written = True
         await asyncio.sleep(self._delay())
-        status, headers = self._stamp(who)
+        status, headers = self._stamp(who, files)
         await asyncio.sleep(self._delay())
-        return status, ENDPOINT if status == 200 else REFUSED, headers
+        if status != 200:
+            return status, REFUSED, headers
+        return (204, b"", headers) if files else (200, ENDPOINT, headers)
 
 
 #: What answers an exchange instead of the network: (session, url, wire) -> the answer.
@@ -116,5 +144,19 @@ def route(mp: pytest.MonkeyPatch, handler: Handler) -> None:
 
 
 def install(mp: pytest.MonkeyPatch, server: StrictServer) -> None:
-    """Route every ``Session`` exchange to ``server`` (each client's pool tells them apart)."""
-    route(mp, lambda session, url, wire: server.exchange(wire, session._pool))
+    """Route every ``Session`` exchange to ``server`` (each client's pool tells them apart);
+    a purge's paths count against the server's file budget."""
+
+    async def exchange(
+        self: Session,
+        http: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        json: Any,
+        params: Mapping[str, str | int] | None,
+        wire: Wire,
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        files = len(json["files"]) if isinstance(json, dict) and "files" in json else 0
+        return await server.exchange(wire, self._pool, files)
+
+    mp.setattr(Session, "_exchange", exchange)

@@ -136,6 +136,15 @@ EXPECTED: dict[str, tuple[bool, list[str], list[str]]] = {
             r"\| \d \| [\d. /]+ \| \*\*[\d.]+\*\* \| [\d.]+ \| 1,000 of 1,000 \| 0 \|",
         ],
     ),
+    "bench_unshared_jobs": (
+        False,
+        [
+            "## unshared purge jobs: cdn-async purge processes, nothing shared, scale 0.01",
+            "| jobs | exit codes | purge requests | 429s | paths purged |",
+        ],
+        # Every job exits 0 and every path reaches the server, whatever the timing.
+        [r"\| 2 x 60 \| 0 0 \| \d+ \| [^|]+ \| 120 of 120 \|", r"\| 4 x 60 \| 0 0 0 0 \|"],
+    ),
     "charts": (
         False,
         ["budget-window.svg", "purge-window.svg"],

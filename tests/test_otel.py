@@ -184,7 +184,7 @@ async def test_a_failed_call_has_error_type_and_an_error_status() -> None:
             await cdn.endpoints.get("892071a0-bb95-49bc-8021-3afd67a210bf")
         server.spend(server.token, "cdn", 5)
         with pytest.raises(TooManyRequestsError):
-            await cdn.with_options(max_retries=0).endpoints.list().__anext__()
+            await cdn.with_options(max_rate_limit_wait=0).endpoints.list().__anext__()
     failed = [s for s in rec.spans.get_finished_spans() if s.name.startswith("GET ")]
     assert [s.attributes["error.type"] for s in failed] == ["404", "429"]
     assert all(s.status.status_code == StatusCode.ERROR for s in failed)

@@ -158,3 +158,28 @@ async def test_a_lone_client_never_mistakes_itself_for_another(seed: int) -> Non
     assert server.answers.count(429) == 0
     # 60 requests at 5 per window: 11 windows after the first 5, plus round trips.
     assert loop.time() - started < 11 * PERIOD + 60 * 0.4 + 1.0
+
+
+@pytest.mark.looptime
+async def test_a_client_that_sees_another_on_its_token_warns_once_naming_the_fix(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rng = random.Random(3)
+    server = StrictServer(5, PERIOD, rng, latency(3))
+    with pytest.MonkeyPatch.context() as mp, caplog.at_level("WARNING", logger="cdn_async"):
+        install(mp, server)
+        await asyncio.gather(busy(client(server, rng), 20, 4), busy(client(server, rng), 20, 4))
+    warnings = [r for r in caplog.records if "another client" in r.getMessage()]
+    assert len(warnings) == 2  # one per client, once each
+    assert all("SQLiteBudgetStore" in r.getMessage() for r in warnings)
+    assert all("RedisBudgetStore" in r.getMessage() for r in warnings)
+
+
+@pytest.mark.looptime
+async def test_a_lone_client_never_warns_of_another(caplog: pytest.LogCaptureFixture) -> None:
+    rng = random.Random(4)
+    server = StrictServer(5, PERIOD, rng, (0.001, 0.2))
+    with pytest.MonkeyPatch.context() as mp, caplog.at_level("WARNING", logger="cdn_async"):
+        install(mp, server)
+        assert await busy(client(server, rng), 40, 10) == 0
+    assert not [r for r in caplog.records if "another client" in r.getMessage()]

@@ -67,7 +67,7 @@ async def test_the_429_users_see_carries_the_same_retry_after_either_way(form: s
         )
 
     limits = RateLimits.documented().scaled(0.1)
-    async with CDNClient(TOKEN, base_url=BASE, limits=limits, max_retries=0) as cdn:
+    async with CDNClient(TOKEN, base_url=BASE, limits=limits, max_rate_limit_wait=0) as cdn:
         with aioresponses() as m:
             m.get(GET_URL, callback=answer)
             with pytest.raises(TooManyRequestsError) as raised:

@@ -94,9 +94,20 @@ DECISIONS = [
     (Attempt("POST", None, "transport", max_retries=1), "raise"),
     (Attempt("POST", None, "connect", max_retries=1), "retry"),  # never written: safe
     (Attempt("POST", None, "connect", retries=1, max_retries=1), "raise"),
-    (Attempt("GET", 429, max_retries=3, pause=5.0, max_pause=120.0), "retry_paused"),
-    (Attempt("GET", 429, max_retries=3, pause=300.0, max_pause=120.0), "raise"),
-    (Attempt("GET", 429, retries=3, max_retries=3, pause=1.0, max_pause=120.0), "raise"),
+    (Attempt("GET", 429, max_retries=3, rate_limited_for=5.0, max_pause=120.0), "retry_paused"),
+    (Attempt("GET", 429, max_retries=3, rate_limited_for=300.0, max_pause=120.0), "raise"),
+    # A 429 costs time, never the call: retries spent on 5xx do not stop it, nor does
+    # max_retries=0; only the time spent rate limited does.
+    (
+        Attempt("GET", 429, retries=3, max_retries=3, rate_limited_for=1.0, max_pause=120.0),
+        "retry_paused",
+    ),
+    (
+        Attempt("DELETE", 429, max_retries=0, rate_limited_for=119.0, max_pause=120.0),
+        "retry_paused",
+    ),
+    (Attempt("POST", 429, max_retries=0, rate_limited_for=121.0, max_pause=120.0), "raise"),
+    (Attempt("GET", 429, rate_limited_for=1e6, max_pause=float("inf")), "retry_paused"),
     (Attempt("DELETE", 404, maybe_done=True, gone_is_done=True), "gone"),
     (Attempt("DELETE", 404, maybe_done=False, gone_is_done=True), "raise"),
     (Attempt("GET", 404, not_found_open=True), "retry_not_found"),

@@ -335,10 +335,10 @@ async def test_redirects_are_not_followed_and_map_to_an_error(cdn: CDNClient) ->
     assert info.value.status == 302
 
 
-async def test_429_that_is_not_retried_still_pauses_the_budget_and_says_when(
+async def test_429_paused_longer_than_the_call_waits_still_pauses_the_budget_and_says_when(
     cdn: CDNClient,
 ) -> None:
-    client = cdn.with_options(max_retries=0)
+    client = cdn.with_options(max_rate_limit_wait=5)
     with aioresponses() as m:
         m.get(
             GET_URL,
@@ -352,6 +352,30 @@ async def test_429_that_is_not_retried_still_pauses_the_budget_and_says_when(
     assert max(s.paused_for for s in cdn.budget_snapshot().budgets.values()) == pytest.approx(
         9, abs=0.1
     )
+
+
+async def test_429s_are_retried_whatever_max_retries_says_until_max_rate_limit_wait(
+    cdn: CDNClient,
+) -> None:
+    # A 429 costs time, never the call: max_retries=0 still waits out three refusals.
+    client = cdn.with_options(max_retries=0, max_rate_limit_wait=60)
+    loop = asyncio.get_running_loop()
+    refused = {"id": "too_many_requests", "message": "x"}
+    with aioresponses() as m:
+        for _ in range(3):
+            m.get(GET_URL, status=429, payload=refused, headers={"retry-after": "2"})
+        m.get(GET_URL, payload={"endpoint": endpoint_json(id=ID)})
+        start = loop.time()
+        ep = await client.endpoints.get(ID)
+    assert ep.id == ID
+    assert loop.time() - start >= 6.0  # three pauses of 2 s
+    # ... and gives up once the next pause would take it past max_rate_limit_wait.
+    short = cdn.with_options(max_retries=5, max_rate_limit_wait=5)
+    with aioresponses() as m:
+        for _ in range(3):
+            m.get(GET_URL, status=429, payload=refused, headers={"retry-after": "2"})
+        with pytest.raises(TooManyRequestsError):
+            await short.endpoints.get(ID)
 
 
 async def test_429_with_a_reset_already_past_waits_a_period_not_zero(cdn: CDNClient) -> None:
@@ -427,7 +451,7 @@ async def test_a_wrong_local_clock_does_not_turn_a_429_into_an_hours_pause(
     cdn._session._wall_clock = lambda: time.time() - 3600
     server_now = int(time.time())
     date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(server_now))
-    client = cdn.with_options(max_retries=0)
+    client = cdn.with_options(max_rate_limit_wait=1)  # raise once it knows the pause
     with aioresponses() as m:
         m.get(
             GET_URL,
@@ -451,7 +475,7 @@ async def test_a_wrong_local_clock_does_not_turn_a_429_into_an_hours_pause(
 async def test_a_pause_is_never_longer_than_the_period_of_the_budget_it_pauses(
     cdn: CDNClient,
 ) -> None:
-    client = cdn.with_options(max_retries=0)
+    client = cdn.with_options(max_rate_limit_wait=0)
     with aioresponses() as m:
         m.get(
             GET_URL,
@@ -468,7 +492,7 @@ async def test_a_pause_is_never_longer_than_the_period_of_the_budget_it_pauses(
 
 
 async def test_a_429_error_says_its_text_once_and_names_its_budget(cdn: CDNClient) -> None:
-    client = cdn.with_options(max_retries=0)
+    client = cdn.with_options(max_rate_limit_wait=0)
     with aioresponses() as m:
         m.get(
             GET_URL,
@@ -489,7 +513,7 @@ async def test_a_429_error_says_its_text_once_and_names_its_budget(cdn: CDNClien
 async def test_a_429_is_not_counted_against_our_own_budget(cdn: CDNClient) -> None:
     # The server refused the request without counting it: neither do we (else our estimate
     # of what other clients spend would be short by our own refused requests).
-    client = cdn.with_options(max_retries=0)
+    client = cdn.with_options(max_rate_limit_wait=0)
     with aioresponses() as m:
         m.get(
             GET_URL,

@@ -18,7 +18,7 @@ import attrs
 import click
 
 from .. import NOT_GIVEN, BudgetStore, CDNClient, RateLimits
-from .._constants import ACCESS_TOKEN_ENV, DEFAULT_BASE_URL, TOKEN_ENV
+from .._constants import ACCESS_TOKEN_ENV, DEFAULT_BASE_URL, DEFAULT_MAX_RATE_LIMIT_WAIT, TOKEN_ENV
 from ..errors import CDNError, ValidationError
 from ..events import BudgetWaited, Event, EventHook, ResponseReceived
 from ._host_budgets import SHARE_ENV, host_store
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 BASE_URL_ENV = "CDN_ASYNC_BASE_URL"
 TIME_SCALE_ENV = "CDN_ASYNC_TIME_SCALE"
 REDIS_ENV = "CDN_ASYNC_REDIS_URL"
+MAX_RATE_LIMIT_WAIT_ENV = "CDN_ASYNC_MAX_RATE_LIMIT_WAIT"
 
 
 @attrs.frozen
@@ -55,6 +56,8 @@ class ApiOptions:
             (``RedisPurgeQueue``) through, or None (hidden from the repr: it may hold a
             password).
         verbose: Print one line per request on stderr.
+        max_rate_limit_wait: ``--max-rate-limit-wait``; None: unbounded for purges, the
+            client's default otherwise.
         share_budgets: Without ``redis_url``, share the budgets with the other commands on
             this host through the token's budget file (``_host_budgets``).
     """
@@ -65,6 +68,7 @@ class ApiOptions:
     redis_url: str | None = attrs.field(default=None, repr=False)
     verbose: bool = False
     share_budgets: bool = True
+    max_rate_limit_wait: float | None = None
 
     def _hooks(self, extra: Sequence[EventHook]) -> list[EventHook]:
         return [*extra, RequestLines()] if self.verbose else list(extra)
@@ -84,13 +88,15 @@ class ApiOptions:
 
     @contextlib.asynccontextmanager
     async def connect(
-        self, hooks: Sequence[EventHook] = ()
+        self, hooks: Sequence[EventHook] = (), *, bulk: bool = False
     ) -> AsyncIterator[tuple[CDNClient, RedisPurgeQueue | None]]:
         """A client for these options and the shared purge queue (None without
         ``redis_url``); on exit the client, the queue and the budget store are closed.
 
         Args:
             hooks: Event hooks besides ``--verbose``'s.
+            bulk: For a purge job: it waits out 429s as long as the job needs, and leaves
+                room for jobs on other hosts (``CDNClient(polite_purges=True)``).
 
         Raises:
             ValidationError: No token, a bad base URL, time scale or Redis URL, or no
@@ -107,6 +113,14 @@ class ApiOptions:
                 budget_store=store,
                 purge_queue=queue,
                 event_hooks=self._hooks(hooks),
+                max_rate_limit_wait=(
+                    self.max_rate_limit_wait
+                    if self.max_rate_limit_wait is not None
+                    else math.inf
+                    if bulk
+                    else DEFAULT_MAX_RATE_LIMIT_WAIT
+                ),
+                polite_purges=bulk,
             )
             stack.push_async_callback(cdn.close)
             # A time-scaled fake answers 1/F times faster: retry delays shrink with the
@@ -204,6 +218,17 @@ _API_OPTIONS = (
         "budgets together). --no-share-budgets keeps them in this process.",
     ),
     click.option(
+        "--max-rate-limit-wait",
+        type=click.FloatRange(min=0),
+        default=None,
+        envvar=MAX_RATE_LIMIT_WAIT_ENV,
+        show_envvar=True,
+        help="Give up a request rate limited (429s) for longer than SECONDS, with exit 8. "
+        "Default: purges wait as long as the job needs (other jobs on the token finish), "
+        f"other commands {DEFAULT_MAX_RATE_LIMIT_WAIT:g} s.",
+        metavar="SECONDS",
+    ),
+    click.option(
         "--redis",
         envvar=REDIS_ENV,
         show_envvar=True,
@@ -226,7 +251,8 @@ _API_OPTIONS = (
 
 
 def api_options(fn: Callable[..., int]) -> Callable[..., int]:
-    """Give a command ``--token``, ``--redis``, ``--share-budgets``, ``--base-url``,
+    """Give a command ``--token``, ``--redis``, ``--share-budgets``,
+    ``--max-rate-limit-wait``, ``--base-url``,
     ``--time-scale`` and ``--verbose``; it is called with them as one ``ApiOptions`` first
     (also set as the click context's ``obj``)."""
 
@@ -236,12 +262,21 @@ def api_options(fn: Callable[..., int]) -> Callable[..., int]:
         token: str | None,
         redis: str | None,
         share_budgets: bool,
+        max_rate_limit_wait: float | None,
         base_url: str,
         time_scale: float,
         verbose: bool,
         **params: Any,
     ) -> int:
-        api = ApiOptions(token, base_url, time_scale, redis or None, verbose, share_budgets)
+        api = ApiOptions(
+            token,
+            base_url,
+            time_scale,
+            redis or None,
+            verbose,
+            share_budgets,
+            max_rate_limit_wait,
+        )
         click.get_current_context().obj = api
         return fn(api, **params)
 

@@ -20,6 +20,7 @@ import click
 
 from .. import PurgePlan, PurgeProgress, PurgeReport, plan_purge
 from .. import _validation as check
+from .._file_share import polite_start
 from ..errors import CDNError, PurgeError
 from ..events import (
     BudgetWaited,
@@ -265,6 +266,17 @@ class _Settled:
         self.failed.update(progress.failed)
         self.batches += 1
 
+    def confirm_late(self, sent: Collection[str]) -> None:
+        """Take in paths confirmed by batches that settled after the call stopped (a call
+        that ended hears no more ``on_batch``; the batch on the wire still completes)."""
+        done = set(self.confirmed)
+        wildcards = [w[:-1] for w in sent if w.endswith("*")]
+        for path in self.paths:
+            if path in done or path in self.failed:
+                continue
+            if path in sent or any(path.startswith(w) for w in wildcards):
+                self.confirmed.append(path)
+
     def open_paths(self) -> list[str]:
         """Paths with no outcome yet."""
         done = set(self.confirmed)
@@ -300,6 +312,8 @@ class _Wire:
         self.on_wire = 0
         self.sealed = 0
         self.settled = 0
+        #: Paths of every batch the server accepted (``PurgeBatchSent``).
+        self.accepted: set[str] = set()
         self.waited = 0.0
         #: Seconds with at least one purge request of this process on the wire.
         self.wire_time = 0.0
@@ -313,6 +327,8 @@ class _Wire:
         elif not _is_purge(getattr(event, "path", "")):
             if isinstance(event, PurgeBatchSent):
                 self.settled += 1
+                if event.ok:
+                    self.accepted.update(event.paths)
         elif isinstance(event, RequestSent):
             if self.on_wire == 0:
                 self._since = time.monotonic()
@@ -393,7 +409,7 @@ async def _purge(
 ) -> int:
     wire = _Wire()
     queued: set[str] = set()
-    async with api.connect([wire]) as (cdn, queue):
+    async with api.connect([wire], bulk=True) as (cdn, queue):
         cdn_id = check.uuid_str("cdn_id", cdn_id)
         plan = plan_purge(paths, cdn.limits)
         settled = _Settled(cdn_id, plan)
@@ -409,13 +425,20 @@ async def _purge(
         started = time.monotonic()
         try:
             async with display:
+                # A CLI purge is polite (room for jobs on other hosts): its first window
+                # costs a few more requests and a quarter period.
+                file_period = max(b.period for b in cdn.limits.budgets if b.unit == "file")
+                extra, late = polite_start(
+                    cdn.limits.purge_batch_size, file_period, len(plan.paths)
+                )
+                requests = plan.requests + extra
                 display.announce(
                     len(settled.paths),
                     f"Purging {n(len(settled.paths), 'path')} of endpoint {cdn_id} "
-                    f"({len(plan.paths)} sent in {n(plan.requests, 'request')} of up to "
+                    f"({len(plan.paths)} sent in {n(requests, 'request')} of up to "
                     f"{cdn.limits.purge_batch_size})...",
-                    requests=plan.requests,
-                    seconds=plan.seconds,
+                    requests=requests,
+                    seconds=plan.seconds + late,
                 )
                 try:
                     if queue is None:
@@ -449,6 +472,8 @@ async def _purge(
                     queued = await _still_queued(cdn, queue, ticket, settled, on_batch)
                 except asyncio.CancelledError:
                     task.uncancel()
+            if queue is None:
+                settled.confirm_late(wire.accepted)
             report = settled.report(queued, unsent=unsent)
     elapsed = time.monotonic() - started
     # Every wait: the time the purge was not on the wire here. Its own requests' budget
@@ -558,7 +583,7 @@ async def _work(api: ApiOptions, endpoint_ids: list[str], *, until_idle: bool) -
             counts["failed"] += paths
             err(f"endpoint {cdn_id}: {n(paths, 'path')} failed: {error_line(error)}")
 
-    async with api.connect() as (cdn, queue):
+    async with api.connect(bulk=True) as (cdn, queue):
         assert queue is not None
         err(
             f"purge-worker: draining the shared purge queue at {_redis_where(api.redis_url)} "
