@@ -122,8 +122,9 @@ class StrictServer:
         return (204, b"", headers) if files else (200, ENDPOINT, headers)
 
 
-#: What answers an exchange instead of the network: (session, url, wire) -> the answer.
-Handler = Callable[[Session, str, Wire], Awaitable[tuple[int, bytes, Mapping[str, str]]]]
+#: What answers an exchange instead of the network: (session, url, wire, json body) -> the
+#: answer.
+Handler = Callable[[Session, str, Wire, Any], Awaitable[tuple[int, bytes, Mapping[str, str]]]]
 
 
 def route(mp: pytest.MonkeyPatch, handler: Handler) -> None:
@@ -138,7 +139,7 @@ def route(mp: pytest.MonkeyPatch, handler: Handler) -> None:
         params: Mapping[str, str | int] | None,
         wire: Wire,
     ) -> tuple[int, bytes, Mapping[str, str]]:
-        return await handler(self, url, wire)
+        return await handler(self, url, wire, json)
 
     mp.setattr(Session, "_exchange", exchange)
 
@@ -147,16 +148,7 @@ def install(mp: pytest.MonkeyPatch, server: StrictServer) -> None:
     """Route every ``Session`` exchange to ``server`` (each client's pool tells them apart);
     a purge's paths count against the server's file budget."""
 
-    async def exchange(
-        self: Session,
-        http: aiohttp.ClientSession,
-        method: str,
-        url: str,
-        json: Any,
-        params: Mapping[str, str | int] | None,
-        wire: Wire,
-    ) -> tuple[int, bytes, Mapping[str, str]]:
-        files = len(json["files"]) if isinstance(json, dict) and "files" in json else 0
-        return await server.exchange(wire, self._pool, files)
+    def files(json: Any) -> int:
+        return len(json["files"]) if isinstance(json, dict) and "files" in json else 0
 
-    mp.setattr(Session, "_exchange", exchange)
+    route(mp, lambda session, url, wire, json: server.exchange(wire, session._pool, files(json)))

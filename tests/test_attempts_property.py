@@ -75,7 +75,7 @@ class StrictServer:
 
 def simulated_exchange(server: StrictServer, plans: dict[str, list[dict[str, Any]]]) -> Handler:
     async def exchange(
-        session: Session, url: str, wire: Wire
+        session: Session, url: str, wire: Wire, json: Any
     ) -> tuple[int, bytes, Mapping[str, str]]:
         plan = plans[url].pop(0)
         await asyncio.sleep(plan["connect"])  # cancelled here: nothing was ever written
