@@ -787,17 +787,17 @@ async def run_workers(
         "requests": requests,
         "max_retries": 0,  # a 429 fails the call: it cannot hide behind a retry
     }
-    procs = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, str(WORKER), json.dumps(cfg), stdout=asyncio.subprocess.PIPE
-        )
-        for _ in range(processes)
-    ]
-    results = []
-    for p in procs:
-        out, _ = await p.communicate()
-        assert p.returncode == 0
-        results.append(json.loads(out))
+    # One launcher forks the workers: the SDK is imported once, not once per process.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(WORKER),
+        json.dumps({**cfg, "forks": processes}),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    results = [json.loads(line) for line in out.splitlines()]
+    assert len(results) == processes
     return results
 
 
