@@ -21,12 +21,11 @@ import attrs
 import pytest
 import redis.asyncio as aioredis
 
+from benchmarks._redis_server import RedisServer
 from cdn_async import RateLimits
 from cdn_async._cli import EXTRA_HINT
 from cdn_async.redis import RedisBudgetStore, token_id_for
 from cdn_async.testing import FakeCDNServer
-
-from .redis_server import RedisServer
 
 SCALE = 0.01  # budgets 100x faster: the files budget is 50 paths / 0.2 s
 ENDPOINT_KEYS = {"id", "origin", "endpoint", "ttl", "created_at", "certificate_id", "custom_domain"}

@@ -22,6 +22,7 @@ import pytest
 import redis.asyncio as aioredis
 
 import cdn_async.redis
+from benchmarks._redis_server import RedisServer, free_port
 from cdn_async import CDNClient, RateLimits
 from cdn_async._limits import Claim
 from cdn_async.errors import BudgetWaitTimeout, CDNError, RateLimitedError, ValidationError
@@ -34,9 +35,8 @@ from cdn_async.redis import (
 from cdn_async.testing import FakeCDNServer
 
 from ._support import max_in_window
-from .redis_server import RedisServer, free_port
 
-WORKER = Path(__file__).with_name("redis_server.py")
+ROOT = Path(__file__).resolve().parent.parent
 # Small settings so restarts and dead processes resolve within a test's budget of time.
 ORIGIN = "static.nyc3.digitaloceanspaces.com"
 FAST = {"heartbeat_interval": 0.05, "recovery_grace": 0.25}
@@ -772,8 +772,8 @@ async def run_workers(
     ids: Sequence[str] | None = None,
     **extra: object,
 ) -> list[dict[str, object]]:
-    """Run ``processes`` worker processes (``tests/redis_server.py``) to the end; ``extra``
-    goes into their config (``grace``, ``fallback``, ``restart_hold``...)."""
+    """Run ``processes`` worker processes (``benchmarks/_redis_server.py``) to the end;
+    ``extra`` goes into their config (``grace``, ``fallback``, ``restart_hold``...)."""
     if ids is None:
         ids = [fake.add_endpoint(f"space-{i}.nyc3.digitaloceanspaces.com")["id"] for i in range(4)]
     cfg = {
@@ -792,9 +792,11 @@ async def run_workers(
     # One launcher forks the workers: the SDK is imported once, not once per process.
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(WORKER),
+        "-m",
+        "benchmarks._redis_server",
         json.dumps({**cfg, "forks": processes}),
         stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
     )
     out, _ = await proc.communicate()
     assert proc.returncode == 0

@@ -17,11 +17,11 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+from benchmarks._redis_server import RedisClusterServers, find_redis_cli, find_redis_server
 from cdn_async._limits import Claim
 from cdn_async.redis import BudgetStoreUnavailableError, RedisBudgetStore
 
 from ._support import max_in_window
-from .redis_server import RedisClusterServers, find_redis_cli, find_redis_server
 
 
 @pytest.fixture(scope="module")
