@@ -96,13 +96,6 @@ async def hammer(
 def test_public_module_exports() -> None:
     """``cdn_async.redis`` exports a small ``__all__`` under its own name."""
     assert set(cdn_async.redis.__all__) == {
-        "DEFAULT_CALL_TIMEOUT",
-        "DEFAULT_HEARTBEAT_INTERVAL",
-        "DEFAULT_INFLIGHT_TIMEOUT",
-        "DEFAULT_MARKER_TTL",
-        "DEFAULT_MAX_POLL_INTERVAL",
-        "DEFAULT_RECOVERY_GRACE",
-        "DEFAULT_UNAVAILABLE_TIMEOUT",
         "BudgetStoreUnavailableError",
         "RedisBudgetStore",
         "RedisLease",

@@ -108,26 +108,10 @@ the others off for longer than a period from when they first meet the pause.
 
 from ._errors import BudgetStoreUnavailableError
 from ._lease import RedisLease
-from ._link import (
-    DEFAULT_CALL_TIMEOUT,
-    DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_INFLIGHT_TIMEOUT,
-    DEFAULT_MARKER_TTL,
-    DEFAULT_MAX_POLL_INTERVAL,
-    DEFAULT_RECOVERY_GRACE,
-    DEFAULT_UNAVAILABLE_TIMEOUT,
-)
 from ._scripts import token_id_for
 from ._store import RedisBudgetStore
 
 __all__ = [
-    "DEFAULT_CALL_TIMEOUT",
-    "DEFAULT_HEARTBEAT_INTERVAL",
-    "DEFAULT_INFLIGHT_TIMEOUT",
-    "DEFAULT_MARKER_TTL",
-    "DEFAULT_MAX_POLL_INTERVAL",
-    "DEFAULT_RECOVERY_GRACE",
-    "DEFAULT_UNAVAILABLE_TIMEOUT",
     "BudgetStoreUnavailableError",
     "RedisBudgetStore",
     "RedisLease",
