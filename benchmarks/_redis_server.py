@@ -371,7 +371,7 @@ async def work(cfg: dict[str, Any]) -> dict[str, Any]:
             namespace=str(cfg.get("namespace", "cdn-async")),
             heartbeat_interval=float(cfg.get("heartbeat", 0.05)),
             recovery_grace=float(cfg.get("grace", 0.3)),
-            restart_hold=bool(cfg.get("restart_hold", True)),
+            _restart_hold=bool(cfg.get("restart_hold", True)),
             fallback="memory" if cfg.get("fallback") == "memory" else "error",
             unavailable_timeout=10.0,
         )

@@ -120,7 +120,7 @@ async def new_redis_for(redis_url: str, token: str) -> None:
     """Tell the budgets this Redis is new (no process can have lost units in it), so the
     commands' stores skip the wait a store applies to an empty Redis (``recovery_grace``)."""
     store = RedisBudgetStore(
-        redis_url, token_id=token_id_for(token), recovery_grace=0.0, restart_hold=False
+        redis_url, token_id=token_id_for(token), recovery_grace=0.0, _restart_hold=False
     )
     try:
         store.release(await store.acquire(RateLimits.documented().scaled(SCALE).claims()))

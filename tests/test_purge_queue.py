@@ -61,7 +61,7 @@ def setup(url: str, token: str, server_url: str, **opts: Any) -> tuple[CDNClient
         heartbeat_interval=0.05,
         inflight_timeout=0.5,  # a killed process's request stops counting 0.5 s after it died
         recovery_grace=float(opts.get("grace", 0.0)),
-        restart_hold=bool(opts.get("hold", False)),
+        _restart_hold=bool(opts.get("hold", False)),
     )
     queue = RedisPurgeQueue(
         url,

@@ -67,7 +67,7 @@ def claim(key: str, limit: int, period: float, units: int = 1) -> Claim:
 
 def store_for(server: RedisServer, **kwargs: object) -> RedisBudgetStore:
     """A store on the test server; the server is new, so no restart wait unless asked."""
-    options: dict[str, object] = {**FAST, "recovery_grace": 0.0, "restart_hold": False, **kwargs}
+    options: dict[str, object] = {**FAST, "recovery_grace": 0.0, "_restart_hold": False, **kwargs}
     return RedisBudgetStore(server.url, **options)  # type: ignore[arg-type]
 
 
@@ -453,7 +453,7 @@ async def test_keys_are_hash_tagged_and_expire(
     redis_server: RedisServer, client: aioredis.Redis
 ) -> None:
     """Every key of a token shares one Cluster hash tag, has a TTL, and vanishes when idle."""
-    store = store_for(redis_server, token_id="t1", inflight_timeout=0.2, marker_ttl=0.3)
+    store = store_for(redis_server, token_id="t1", inflight_timeout=0.2, _marker_ttl=0.3)
     lease = await store.acquire([claim("cdn:ep1", 5, 0.1), claim("minute", 250, 0.2)])
     store.release(lease)
     await store.aclose()
@@ -702,7 +702,7 @@ async def test_restart_hold_only_where_no_other_budget_bounds(
     purges wait for purge_files' period, minute and hourly (which cdn bounds) add no wait of
     their own, and a budget claimed with nothing to bound it waits its own period."""
     limits = RateLimits.documented().scaled(0.05)  # cdn 0.5 s, purge_files 1 s, minute 3 s
-    store = store_for(redis_server, restart_hold=True)
+    store = store_for(redis_server, _restart_hold=True)
     started = redis_server.started_at
     plain = limits.claims("ep")
     alone = [c for c in plain if c.budget == "minute"]
