@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ._admission import Admission, CdnBudgetScope, HeaderBudget
-from ._cache import EdgeCache, PurgeRecord
-from ._endpoints import DEFAULT_TTL, Endpoint, purge_cost
+from ._cache import PurgeRecord
+from ._endpoints import DEFAULT_TTL, purge_cost
 from ._faults import Faults
 from ._journal import Counters, JournalEntry
-from ._operations import _Operations
+from ._operations import Operations
 from ._routes import _NOT_FOUND, SCOPE_OF, _error, _fault_reply, _Reply, _Route, _route
 from ._windows import DOCUMENTED_BUDGETS, BudgetSpec
 
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 ALL_SCOPES: tuple[str, ...] = ("cdn:read", "cdn:create", "cdn:update", "cdn:delete")
 
 
-class FakeCDNServer(_Operations):
+class FakeCDNServer:
     """A fake of DigitalOcean's CDN Endpoints API, served over real HTTP on loopback.
 
     Use it as an async context manager::
@@ -112,8 +112,6 @@ class FakeCDNServer(_Operations):
             raise ValueError(f"header_budget must be 'cdn' or 'hourly', got {header_budget!r}")
         if purge_duration < 0:
             raise ValueError("purge_duration must be >= 0")
-        self.purge_duration = purge_duration
-        self.invisible_after_create = invisible_after_create
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
@@ -131,11 +129,9 @@ class FakeCDNServer(_Operations):
             faults=self.faults,
             tokens=self._tokens,
         )
-        self._endpoints: dict[str, Endpoint] = {}
-        self._origins: dict[str, str] = {}
-        self._purging: set[tuple[str, frozenset[str]]] = set()
-        self._caches: dict[str, EdgeCache] = {}
-        self.purges: list[PurgeRecord] = []
+        self._operations = Operations(
+            purge_duration=purge_duration, invisible_after_create=invisible_after_create
+        )
         self._runner: web.AppRunner | None = None
         self.url = ""
         self.token = self.add_token()
@@ -158,6 +154,43 @@ class FakeCDNServer(_Operations):
     def header_budget(self) -> HeaderBudget:
         """Which window the ``ratelimit-*`` headers of CDN paths describe."""
         return self._admission.header_budget
+
+    @property
+    def purge_duration(self) -> float:
+        """Seconds (real, not scaled) a purge takes before its 204; settable."""
+        return self._operations.purge_duration
+
+    @purge_duration.setter
+    def purge_duration(self, seconds: float) -> None:
+        self._operations.purge_duration = seconds
+
+    @property
+    def invisible_after_create(self) -> float:
+        """Seconds (real) a new endpoint answers GET with 404; settable."""
+        return self._operations.invisible_after_create
+
+    @invisible_after_create.setter
+    def invisible_after_create(self, seconds: float) -> None:
+        self._operations.invisible_after_create = seconds
+
+    @property
+    def purges(self) -> list[PurgeRecord]:
+        """Every purge applied, with the cached paths it covered."""
+        return self._operations.purges
+
+    def cache(self, endpoint_id: str, paths: Iterable[str]) -> None:
+        """Mark ``paths`` cached at ``endpoint_id``'s edge: each purge then records which of
+        them it covered (``purges``) and removes them (``cached``).
+
+        Args:
+            endpoint_id: The endpoint.
+            paths: Paths now cached (files; a leading ``/`` dropped).
+        """
+        self._operations.cache(endpoint_id, paths)
+
+    def cached(self, endpoint_id: str) -> frozenset[str]:
+        """The paths still cached at ``endpoint_id``'s edge (what no purge covered yet)."""
+        return self._operations.cached(endpoint_id)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -272,12 +305,12 @@ class FakeCDNServer(_Operations):
         if certificate_id is not None:
             body["certificate_id"] = certificate_id
         visible_at = -math.inf if visible else self._admission.now() + self.invisible_after_create
-        return self._create(body, visible_at=visible_at).to_json()
+        return self._operations.create(body, visible_at=visible_at).to_json()
 
     @property
     def endpoints(self) -> list[dict[str, Any]]:
         """Every endpoint, in creation order, as the API would return it."""
-        return [ep.to_json() for ep in self._endpoints.values()]
+        return [ep.to_json() for ep in self._operations.endpoints.values()]
 
     def spend(self, token: str, budget: str, units: int, *, endpoint_id: str | None = None) -> None:
         """Count ``units`` phantom units in a token's budget window, now.
@@ -411,7 +444,7 @@ class FakeCDNServer(_Operations):
             )
         if route.op in ("create", "update", "purge") and not body_ok:
             return _error(400, "bad_request", "The request body is not valid JSON.", "bad_request")
-        reply = await self._operate(request, route, body, now)
+        reply = await self._operations.operate(request, route, body, now)
         if reply.rule == "ok":
             rule = self.faults.take("after", route.op)
             if rule is not None:
