@@ -1,15 +1,17 @@
-"""A throwaway redis-server for the Redis benchmarks, and their worker processes.
+"""Throwaway redis-servers on free loopback ports, and worker processes, for the tests and the
+benchmarks (one module: the tests import it from here; the benchmarks import nothing from
+``tests/``).
 
-``RedisServer`` starts one redis-server on a free loopback port in its own temporary
-directory, with no persistence (``--save "" --appendonly no``): a restart forgets everything,
-which is what the restart benchmarks want. ``stall``/``resume`` SIGSTOP and SIGCONT it.
+No persistence (``--save "" --appendonly no``): a restart forgets everything, which is what
+the restart tests and benchmarks want. ``RedisServer`` is one server (``stall``/``resume``
+SIGSTOP and SIGCONT it); ``RedisClusterServers`` is a 3-master Redis Cluster made with
+``redis-cli --cluster create``.
 
 ``run_workers`` starts OS processes that each run ``python -m benchmarks._redis_server
 '<json config>'`` (see ``work``): one ``CDNClient`` with many concurrent tasks against a fake
-server, budgets in Redis, in a SQLite file or in memory, and returns their JSON results.
-
-(``tests/redis_server.py`` is the test suite's own copy, with a Redis Cluster besides; the
-benchmarks import nothing from ``tests/``.)
+server, budgets in Redis, in a SQLite file or in memory. With ``"forks": n`` in the config
+one launcher forks ``n`` workers instead (the SDK imported once, not once per process), each
+printing its JSON result on a line of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -24,10 +27,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RedisServer", "find_redis_server", "run_workers", "work"]
+__all__ = [
+    "RedisClusterServers",
+    "RedisServer",
+    "find_redis_cli",
+    "find_redis_server",
+    "free_port",
+    "key_slot",
+    "run_workers",
+    "work",
+]
 
 #: The repository root: the workers run there so ``benchmarks`` imports as a package.
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +53,13 @@ def find_redis_server() -> str | None:
     )
 
 
+def find_redis_cli() -> str | None:
+    """The path of ``redis-cli``, or None when it is not installed."""
+    return shutil.which("redis-cli") or (
+        "/usr/bin/redis-cli" if os.path.exists("/usr/bin/redis-cli") else None
+    )
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -47,11 +67,59 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ping(port: int, timeout: float) -> bool:
-    """Whether 127.0.0.1:``port`` answers PING (RESP by hand, no client library)."""
+def command(port: int, *args: str, timeout: float = 1.0) -> bytes:
+    """Send one command to 127.0.0.1:``port`` (RESP, no client library) and return the raw
+    reply; for waiting on servers, not for the code under test."""
+    payload = f"*{len(args)}\r\n".encode()
+    for a in args:
+        data = a.encode()
+        payload += b"$%d\r\n%s\r\n" % (len(data), data)
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(b"*1\r\n$4\r\nPING\r\n")
-        return s.recv(64).startswith(b"+PONG")
+        s.sendall(payload)
+        reply = s.recv(65536)
+        if reply.startswith(b"$"):
+            size = int(reply[1 : reply.index(b"\r\n")])
+            while len(reply) < size + len(str(size)) + 5:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        return reply
+
+
+def free_cluster_port() -> int:
+    """A port free on 127.0.0.1 whose cluster bus port (``port + 10000``) is free too."""
+    for _ in range(200):
+        port = random.randrange(20000, 30000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+def _crc16(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def key_slot(key: str) -> int:
+    """The Redis Cluster hash slot of ``key`` (hash tags honoured)."""
+    data = key.encode()
+    start = data.find(b"{")
+    if start != -1:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    return _crc16(data) % 16384
 
 
 class RedisServer:
@@ -60,12 +128,19 @@ class RedisServer:
     Args:
         binary: The redis-server executable.
         port: The port; default a free one. ``restart`` keeps it.
+        extra: More command-line options (cluster mode, for instance).
+
+    Attributes:
+        started_at: ``time.monotonic()`` just before the last start (the loop clock of the
+            default asyncio loop): Redis started no earlier than this.
     """
 
-    def __init__(self, binary: str, port: int | None = None) -> None:
+    def __init__(self, binary: str, port: int | None = None, extra: Sequence[str] = ()) -> None:
         self.binary = binary
         self.port = port or free_port()
-        self._dir = tempfile.TemporaryDirectory(prefix="cdn-async-bench-redis-")
+        self.extra = tuple(extra)
+        self.started_at = 0.0
+        self._dir = tempfile.TemporaryDirectory(prefix="cdn-async-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,26 +148,47 @@ class RedisServer:
         """``redis://127.0.0.1:<port>/0``."""
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int:
+        """The server's process id (it must be running)."""
+        assert self._proc is not None
+        return self._proc.pid
+
     def start(self, timeout: float = 10.0) -> None:
-        """Start the server and wait until it answers PING.
+        """Start the server and wait until it accepts connections.
 
         Raises:
             RuntimeError: It exited or did not answer within ``timeout`` s.
         """
-        # fmt: off
-        args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", self._dir.name, "--save", "", "--appendonly", "no",
-            "--protected-mode", "yes", "--loglevel", "warning",
-        ]
-        # fmt: on
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.started_at = time.monotonic()
+        self._proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                self._dir.name,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+                "--loglevel",
+                "warning",
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self._proc.returncode}")
             try:
-                if ping(self.port, timeout=0.2):
+                if command(self.port, "PING", timeout=0.2).startswith(b"+PONG"):
                     return
             except OSError:
                 pass
@@ -115,8 +211,7 @@ class RedisServer:
 
     def stall(self) -> None:
         """SIGSTOP the server: connections are accepted by the kernel, nothing answers."""
-        assert self._proc is not None
-        os.kill(self._proc.pid, signal.SIGSTOP)
+        os.kill(self.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
         """SIGCONT a stalled server."""
@@ -127,6 +222,113 @@ class RedisServer:
         """Stop the server and remove its directory."""
         self.stop()
         self._dir.cleanup()
+
+
+class RedisClusterServers:
+    """A Redis Cluster of 3 masters (no replicas) on free loopback ports.
+
+    Each node runs ``redis-server --cluster-enabled yes --cluster-config-file nodes-P.conf``
+    without persistence, in its own directory; ``redis-cli --cluster create`` assigns the
+    slots. A node restarted with ``restart_node`` keeps its config file, so it comes back
+    owning the same slots, with no data.
+
+    Args:
+        binary: The redis-server executable.
+        cli: The redis-cli executable.
+    """
+
+    def __init__(self, binary: str, cli: str) -> None:
+        self.cli = cli
+        ports: list[int] = []
+        while len(ports) < 3:
+            port = free_cluster_port()
+            if all(abs(port - p) not in (0, 10000) for p in ports):
+                ports.append(port)
+        self.nodes = [RedisServer(binary, port) for port in ports]
+        for node in self.nodes:
+            node.extra = (
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{node.port}.conf",
+                "--cluster-node-timeout",
+                "1000",
+            )
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start the nodes, create the cluster and wait until every node says it is ok."""
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                self.cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+        )
+        self.wait_ok(timeout)
+
+    def wait_ok(self, timeout: float = 20.0) -> None:
+        """Wait until every node reports ``cluster_state:ok`` and knows every slot's owner.
+
+        Raises:
+            RuntimeError: Not within ``timeout`` s.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if all(
+                    b"cluster_state:ok" in command(n.port, "CLUSTER", "INFO")
+                    and b"cluster_slots_ok:16384" in command(n.port, "CLUSTER", "INFO")
+                    for n in self.nodes
+                ):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+
+    def owner(self, key: str) -> RedisServer:
+        """The node that serves ``key``'s slot (the nodes keep the slots they were given)."""
+        slot = key_slot(key)
+        for node in self.nodes:
+            reply = command(node.port, "CLUSTER", "MYID")
+            myid = reply.split(b"\r\n")[1].decode()
+            for line in command(node.port, "CLUSTER", "NODES").decode().splitlines():
+                fields = line.split()
+                if not fields or fields[0] != myid:
+                    continue
+                for part in fields[8:]:
+                    lo, _, hi = part.partition("-")
+                    if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                        return node
+        raise RuntimeError(f"no node owns slot {slot}")
+
+    def other(self, key: str) -> RedisServer:
+        """A node that does not serve ``key``'s slot."""
+        owner = self.owner(key)
+        return next(n for n in self.nodes if n is not owner)
+
+    def restart_node(self, node: RedisServer, down: float = 0.0) -> None:
+        """Kill ``node``, wait ``down`` s, start it again (same slots, no data) and wait until
+        the cluster is ok."""
+        node.stop()
+        time.sleep(down)
+        node.start()
+        self.wait_ok()
+
+    def close(self) -> None:
+        """Stop every node and remove their directories."""
+        for node in self.nodes:
+            node.close()
 
 
 # -- worker processes: many concurrent requests against a fake CDN server -------------------
@@ -169,7 +371,7 @@ async def work(cfg: dict[str, Any]) -> dict[str, Any]:
             namespace=str(cfg.get("namespace", "cdn-async")),
             heartbeat_interval=float(cfg.get("heartbeat", 0.05)),
             recovery_grace=float(cfg.get("grace", 0.3)),
-            restart_hold=bool(cfg.get("restart_hold", True)),
+            _restart_hold=bool(cfg.get("restart_hold", True)),
             fallback="memory" if cfg.get("fallback") == "memory" else "error",
             unavailable_timeout=10.0,
         )
@@ -206,6 +408,31 @@ async def work(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"ok": ok, "failed": failed, "errors": errors[:5], "elapsed": elapsed, "cpu": cpu}
 
 
+def _fork_workers(cfg: dict[str, Any]) -> int:
+    """``cfg["forks"]`` worker processes forked from this one (the SDK imported once, not once
+    per process); each prints its JSON result on a line of its own. The exit status: 0 if
+    every worker exited 0."""
+    import aiohttp  # noqa: F401 (imported before the fork: the children share it)
+
+    import cdn_async  # noqa: F401
+
+    children = []
+    for _ in range(int(cfg["forks"])):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                line = json.dumps(asyncio.run(work(cfg))) + "\n"
+                os.write(1, line.encode())  # one write: lines of several workers never mix
+            finally:
+                os._exit(0)
+        children.append(pid)
+    return max(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0 for pid in children)
+
+
 if __name__ == "__main__":
-    # python -m benchmarks._redis_server '<json config>': one worker; prints its JSON result.
-    print(json.dumps(asyncio.run(work(json.loads(sys.argv[1])))), flush=True)
+    # python -m benchmarks._redis_server '<json config>': run one worker (or, with "forks",
+    # that many forked ones), print each JSON result on a line.
+    config = json.loads(sys.argv[1])
+    if "forks" in config:
+        sys.exit(_fork_workers(config))
+    print(json.dumps(asyncio.run(work(config))), flush=True)

@@ -151,14 +151,14 @@ async def drain(
     if kind == "cdn-async":
         store = MemoryBudgetStore()
         claims = [Claim("k", limit, period, 1, "k")]
-        on_timer = store._on_timer
+        on_timer = store._table._on_timer
 
         def timed(k: Any) -> None:
             t = time.perf_counter()
             on_timer(k)
             longest[0] = max(longest[0], time.perf_counter() - t)
 
-        store._on_timer = timed  # type: ignore[method-assign]
+        store._table._on_timer = timed  # type: ignore[method-assign]
 
         async def one() -> None:
             lease = await store.acquire(claims)
@@ -345,12 +345,12 @@ async def memory_run(keys: int) -> dict[str, float]:
     for c in claims:
         store.release(await store.acquire(c))
     used = tracemalloc.get_traced_memory()[0] - before
-    live = len(store._keys)
+    live = len(store._table.keys)
     await asyncio.sleep(10.0)  # one period later every key is idle
     gc.collect()
     after = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    left = len(store._keys)
+    left = len(store._table.keys)
     await store.aclose()
     return {"used": used, "after": after, "live": live, "left": left}
 

@@ -122,7 +122,7 @@ async def main() -> int:
                     (
                         "redis",
                         lambda: RedisBudgetStore(
-                            url, recovery_grace=0.0, restart_hold=False, heartbeat_interval=30.0
+                            url, recovery_grace=0.0, _restart_hold=False, heartbeat_interval=30.0
                         ),
                     )
                 )

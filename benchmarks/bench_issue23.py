@@ -44,7 +44,7 @@ async def urgent_through_the_queue(redis_url: str, tries: int) -> list[float]:
         async with FakeCDNServer(time_scale=SCALE) as fake:
             cdn_id = fake.add_endpoint(ORIGIN)["id"]
             store = RedisBudgetStore(
-                redis_url, namespace=f"u{n}", restart_hold=False, recovery_grace=0.0
+                redis_url, namespace=f"u{n}", _restart_hold=False, recovery_grace=0.0
             )
             queue = RedisPurgeQueue(redis_url, namespace=f"u{n}", poll_interval=0.01)
             limits = RateLimits.documented().scaled(SCALE)
@@ -69,7 +69,7 @@ async def redis_priorities(redis_url: str, rounds: int) -> tuple[int, int]:
     """(pairs out of order, pairs) over ``rounds`` rounds of 5 normal + 5 high calls."""
     limits = RateLimits.documented().scaled(SCALE)
     claims = limits.claims()
-    store = RedisBudgetStore(redis_url, namespace="prio", restart_hold=False, recovery_grace=0.0)
+    store = RedisBudgetStore(redis_url, namespace="prio", _restart_hold=False, recovery_grace=0.0)
     out_of_order = pairs = 0
     try:
         for _ in range(rounds):

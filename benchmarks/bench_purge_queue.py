@@ -156,7 +156,7 @@ async def child(cfg: dict[str, Any]) -> None:
     tid = token_id_for(str(cfg["token"]))
     # The benchmark's Redis is new: no process can have lost units in it.
     store = RedisBudgetStore(
-        str(cfg["redis"]), token_id=tid, recovery_grace=0.0, restart_hold=False
+        str(cfg["redis"]), token_id=tid, recovery_grace=0.0, _restart_hold=False
     )
     queue = RedisPurgeQueue(str(cfg["redis"]), token_id=tid) if cfg["mode"] == "queue" else None
     cdn = CDNClient(
@@ -316,7 +316,7 @@ async def run(
                     redis.url,
                     token_id=token_id_for(fake.token),
                     recovery_grace=0.0,
-                    restart_hold=False,
+                    _restart_hold=False,
                 )
                 limits = RateLimits.documented().scaled(scale)
                 files = [c for c in limits.claims(cdn_id, FILES_LIMIT) if c.budget == "purge_files"]

@@ -44,7 +44,7 @@ CLAIMS = [
 async def round_trips(url: str, n: int) -> dict[str, float]:
     import redis.asyncio as aioredis
 
-    store = RedisBudgetStore(url, recovery_grace=0.0, restart_hold=False, heartbeat_interval=30.0)
+    store = RedisBudgetStore(url, recovery_grace=0.0, _restart_hold=False, heartbeat_interval=30.0)
     store.release(await store.acquire(CLAIMS))  # loads the script
     await asyncio.sleep(0.05)
     sent = 0
@@ -158,7 +158,7 @@ async def main() -> int:
         mem = await latency(MemoryBudgetStore(), args.n)
         red = await latency(
             RedisBudgetStore(
-                server.url, recovery_grace=0.0, restart_hold=False, heartbeat_interval=30.0
+                server.url, recovery_grace=0.0, _restart_hold=False, heartbeat_interval=30.0
             ),
             args.n,
         )

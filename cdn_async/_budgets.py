@@ -7,7 +7,7 @@ Four modules, one concept each:
   arrival order, split at the *frontier*; its docstring argues why the frontier gives the scan
   rule of docs/design.md without scanning. ``Waiter`` and ``BudgetLease`` live there too.
 * ``KeyTable`` (``_budget_keys.py``): the keys by name, the clock, one timer per key with
-  blocked waiters, and the sweep that drops idle keys.
+  blocked waiters, and the sweep that drops idle keys; the store holds one.
 * ``MemoryBudgetStore`` (here): the ``BudgetStore`` methods, and admission: a call that does
   not fit at once is queued on every key it claims, each key's frontier is moved when its room
   changes (*dispatch*), and a call is admitted the moment it passes on all of its keys.
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["BudgetLease", "MemoryBudgetStore"]
 
 
-class MemoryBudgetStore(KeyTable):
+class MemoryBudgetStore:
     """Budget windows kept in this process; see the module docstring for the algorithm.
 
     Use it from one event loop. Every time it uses comes from ``clock`` and every wait is a
@@ -49,7 +49,8 @@ class MemoryBudgetStore(KeyTable):
         clock: Callable[[], float] | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(clock)
+        self._table = KeyTable(self._dispatch, clock)
+        self._closed = False
         self._wall_clock = wall_clock
         # Keys whose frontier must be recomputed during the current dispatch.
         self._todo: list[BudgetKey] = []
@@ -89,15 +90,15 @@ class MemoryBudgetStore(KeyTable):
         """
         if self._closed:
             raise CDNError("budget store closed")
-        now = self._clock()
-        keys = self._keys
+        now = self._table.clock()
+        keys = self._table.keys
         parts: list[tuple[BudgetKey, int]] = []
         # Fast path: nobody queued, everything fits. Take as we go (so repeated keys add up)
         # and put back on the first miss; nothing awaits, so nobody can see the partial take.
         for c in claims:
             k = keys.get(c.key)
             if k is None:
-                k = self._new_key(c.key, c.limit, c.period, c.budget)
+                k = self._table.new_key(c.key, c.limit, c.period, c.budget)
             u = c.units
             if (
                 k.blocked_live
@@ -139,7 +140,7 @@ class MemoryBudgetStore(KeyTable):
         if parts is None:
             return
         own._parts = None
-        now = self._clock()
+        now = self._table.clock()
         if self._closed:
             return
         for k, u in parts:
@@ -147,9 +148,9 @@ class MemoryBudgetStore(KeyTable):
             # In-flight units just became expiring ones: a head that was waiting for an answer
             # (so had no timer) now has a time to wait for.
             if k.blocked_live and k.timer is None:
-                self._arm(k, now)
+                self._table.arm(k, now)
             if k.gc_at is None:
-                self._schedule_gc(k, expiry)
+                self._table.schedule_gc(k, expiry)
 
     def give_back(self, lease: Lease) -> None:
         """The request never reached the server, or the server refused it without counting
@@ -189,19 +190,19 @@ class MemoryBudgetStore(KeyTable):
         """
         if self._closed:
             return
-        now = self._clock()
-        k = self._keys.get(claim.key)
+        now = self._table.clock()
+        k = self._table.keys.get(claim.key)
         if k is None:
             if (remaining >= claim.limit or reset_after <= 0) and not refused:
-                self._described.add(claim.key)
+                self._table.described.add(claim.key)
                 return  # nothing to hold; do not create a key just to forget it
-            k = self._new_key(claim.key, claim.limit, claim.period, claim.budget)
-        self._described.add(claim.key)
+            k = self._table.new_key(claim.key, claim.limit, claim.period, claim.budget)
+        self._table.described.add(claim.key)
         # Every answer syncs; most change nothing (a lone client never holds), so only a
         # change re-dispatches. Expiries are the key's timer's business.
         if k.sync(remaining, reset_after, now, refused):
             self._dispatch([k])
-            self._check_idle(k, now)
+            self._table.check_idle(k, now)
 
     def pause(self, claim: Claim, resume_after: float) -> None:
         """The server answered 429 for this key: admit nothing on it for ``resume_after`` s.
@@ -218,10 +219,10 @@ class MemoryBudgetStore(KeyTable):
         resume_after = min(resume_after, claim.period)
         if self._closed or resume_after <= 0:
             return
-        now = self._clock()
-        k = self._keys.get(claim.key)
+        now = self._table.clock()
+        k = self._table.keys.get(claim.key)
         if k is None:
-            k = self._new_key(claim.key, claim.limit, claim.period, claim.budget)
+            k = self._table.new_key(claim.key, claim.limit, claim.period, claim.budget)
         k.pause(resume_after, now)
         paused_for = k.paused_until - now
         touched: list[BudgetKey] = [k]
@@ -233,7 +234,7 @@ class MemoryBudgetStore(KeyTable):
                     w.fut.set_exception(self._paused_error(claim.budget, k.key, paused_for))
         self._dispatch(touched)
         for t in touched:
-            self._check_idle(t, now)
+            self._table.check_idle(t, now)
 
     def admission_delay(
         self, claims: Sequence[Claim], priority: Priority = "normal"
@@ -253,11 +254,11 @@ class MemoryBudgetStore(KeyTable):
         Returns:
             ``(seconds, budget name)``; ``(0.0, "")`` when it would be admitted at once.
         """
-        now = self._clock()
+        now = self._table.clock()
         vt = now - priority_lead(claims, priority)
         worst, budget = 0.0, ""
         for c, units in merge_claims(claims, to_fit=False):
-            k = self._keys.get(c.key)
+            k = self._table.keys.get(c.key)
             if k is None:
                 continue
             delay = k.queue_delay(k.units_ahead(vt), units, now)
@@ -272,10 +273,10 @@ class MemoryBudgetStore(KeyTable):
             ``{key: BudgetState}``. ``next_free_in`` is ``inf`` when every counted unit is in
             flight (it frees only when an answer arrives).
         """
-        now = self._clock()
+        now = self._table.clock()
         out: dict[str, BudgetState] = {}
-        for key, k in list(self._keys.items()):
-            if self._check_idle(k, now):
+        for key, k in list(self._table.keys.items()):
+            if self._table.check_idle(k, now):
                 continue
             used = k.used(now)
             out[key] = BudgetState(
@@ -298,15 +299,15 @@ class MemoryBudgetStore(KeyTable):
         """
         self._closed = True
         waiters: dict[Waiter, None] = {}
-        for k in self._keys.values():
+        for k in self._table.keys.values():
             waiters.update(dict.fromkeys(k.waiters()))
-        self._close_timers()
+        self._table.close()
         for w in waiters:
             w.state = GONE
             if not w.fut.done():
                 w.fut.set_exception(CDNError("budget store closed"))
-        self._keys.clear()
-        self._gc_heap.clear()
+        self._table.keys.clear()
+        self._table.gc_heap.clear()
 
     # -- waiting --------------------------------------------------------------------------------
 
@@ -322,9 +323,9 @@ class MemoryBudgetStore(KeyTable):
         parts: list[tuple[BudgetKey, int]] = []
         for c, units in merged:
             key = c.key
-            k = self._keys.get(key)
+            k = self._table.keys.get(key)
             if k is None:
-                k = self._new_key(key, c.limit, c.period, c.budget)
+                k = self._table.new_key(key, c.limit, c.period, c.budget)
             elif k.limit != c.limit or k.period != c.period:
                 # The budget's policy changed: the newest claim wins. Re-fit the queue.
                 k.limit, k.period = c.limit, c.period
@@ -337,7 +338,7 @@ class MemoryBudgetStore(KeyTable):
                     self._drop_if_idle(claims, now)
                     raise self._paused_error(k.budget, k.key, paused_for)
 
-        w = Waiter(claims, self._get_loop().create_future(), parts, max_wait, vt)
+        w = Waiter(claims, self._table.loop().create_future(), parts, max_wait, vt)
         reordered: list[BudgetKey] = []
         for k, u in parts:
             place = k.enqueue(w, u, now)
@@ -346,7 +347,7 @@ class MemoryBudgetStore(KeyTable):
                 # key's frontier is settled again below.
                 reordered.append(k)
             elif place == "head":
-                self._arm(k, now)  # w is the head: the key needs a timer now
+                self._table.arm(k, now)  # w is the head: the key needs a timer now
         if w.pending == 0:
             # Fits everywhere (the fast path declined only for a policy change or repeats).
             self._admit(w)
@@ -365,9 +366,9 @@ class MemoryBudgetStore(KeyTable):
             elif w.state == WAITING:
                 touched = w.withdraw()
                 self._dispatch(touched)
-                now = self._clock()
+                now = self._table.clock()
                 for k in touched:
-                    self._check_idle(k, now)
+                    self._table.check_idle(k, now)
             elif w.fut.done() and not w.fut.cancelled():
                 w.fut.exception()  # failed and cancelled at once: mark the error as seen
             raise
@@ -378,9 +379,9 @@ class MemoryBudgetStore(KeyTable):
     def _drop_if_idle(self, claims: Sequence[Claim], now: float) -> None:
         # The fast path may have created keys for a request that then failed validation.
         for c in claims:
-            k = self._keys.get(c.key)
+            k = self._table.keys.get(c.key)
             if k is not None:
-                self._check_idle(k, now)
+                self._table.check_idle(k, now)
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -406,16 +407,16 @@ class MemoryBudgetStore(KeyTable):
         if not self._closed:
             touched = [k for k, _ in parts]
             self._dispatch(touched)
-            now = self._clock()
+            now = self._table.clock()
             for k in touched:
-                self._check_idle(k, now)
+                self._table.check_idle(k, now)
 
     def _dispatch(self, keys: list[BudgetKey]) -> None:
         """Move the frontier of every key in ``keys`` (and of keys that change meanwhile)."""
         if self._closed:
             return
         self._todo.extend(keys)
-        self._run_todo(self._clock())
+        self._run_todo(self._table.clock())
 
     def _run_todo(self, now: float) -> None:
         todo = self._todo
@@ -424,7 +425,7 @@ class MemoryBudgetStore(KeyTable):
             k = todo[i]
             # Admitting a waiter that was cancelled meanwhile appends the keys it leaves.
             k.settle(now, self._admit)
-            self._arm(k, now)
+            self._table.arm(k, now)
             i += 1
         todo.clear()
 

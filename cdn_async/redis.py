@@ -28,13 +28,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ._public import publish as _publish
 from ._purge_queue import RedisPurgeQueue
 from ._redis import (
-    DEFAULT_CALL_TIMEOUT,
-    DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_INFLIGHT_TIMEOUT,
-    DEFAULT_MARKER_TTL,
-    DEFAULT_MAX_POLL_INTERVAL,
-    DEFAULT_RECOVERY_GRACE,
-    DEFAULT_UNAVAILABLE_TIMEOUT,
     BudgetStoreUnavailableError,
     RedisBudgetStore,
     RedisLease,
@@ -42,13 +35,6 @@ from ._redis import (
 )
 
 __all__ = [
-    "DEFAULT_CALL_TIMEOUT",
-    "DEFAULT_HEARTBEAT_INTERVAL",
-    "DEFAULT_INFLIGHT_TIMEOUT",
-    "DEFAULT_MARKER_TTL",
-    "DEFAULT_MAX_POLL_INTERVAL",
-    "DEFAULT_RECOVERY_GRACE",
-    "DEFAULT_UNAVAILABLE_TIMEOUT",
     "BudgetStoreUnavailableError",
     "RedisBudgetStore",
     "RedisLease",

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from .redis_server import RedisServer, find_redis_server
+from benchmarks._redis_server import RedisServer, find_redis_server
 
 #: The first aiohttp release aioresponses 0.7.9 cannot mock.
 _FIRST_UNMOCKABLE = (3, 14)

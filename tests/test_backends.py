@@ -13,7 +13,6 @@ import contextlib
 import random
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 
 from cdn_async import CDNClient, RateLimits
@@ -71,12 +70,14 @@ async def test_handlers_under_asyncio_timeout_never_draw_a_429(server: FakeCDNSe
     rng = random.Random(7)
     async with client(server) as cdn:
 
-        async def handler() -> None:
+        async def handler(patient: bool) -> None:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(rng.uniform(0.01, 0.25)):
+                async with asyncio.timeout(30.0 if patient else rng.uniform(0.01, 0.25)):
                     await cdn.endpoints.get(ep["id"])
 
-        await asyncio.gather(*(handler() for _ in range(150)))
+        # Five handlers wait as long as it takes, so requests are sent however slow the
+        # machine; the others give up at random moments around them.
+        await asyncio.gather(*(handler(patient=n % 30 == 0) for n in range(150)))
         await asyncio.sleep(0.1)  # let detached attempts land
     assert server.counters.requests >= 5
     assert rate_limited(server) == 0, server.counters
@@ -99,7 +100,6 @@ async def test_the_clients_own_timeout_keeps_late_requests_counted(server: FakeC
 
 async def test_an_abandoned_purge_gives_its_units_back(server: FakeCDNServer) -> None:
     ep = server.add_endpoint("static.nyc3.digitaloceanspaces.com")
-    loop = asyncio.get_running_loop()
     async with client(server) as cdn:
         # Fill the cdn window so the next purge waits for its budget with its batch fixed.
         await asyncio.gather(*(cdn.endpoints.get(ep["id"]) for _ in range(5)))
@@ -110,15 +110,15 @@ async def test_an_abandoned_purge_gives_its_units_back(server: FakeCDNServer) ->
         abandoned.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await abandoned
+        # Its 30 file units are free again at once, not when its window would have ended.
+        files = cdn.budget_snapshot().budgets["purge_files"]
+        assert (files.used, files.remaining) == (0, 50), files
         await asyncio.sleep(0.15)  # the cdn window frees; the abandoned batch is not sent
-        started = loop.time()
         report = await cdn.endpoints.purge(ep["id"], [f"new/{i}.png" for i in range(30)])
-        took = loop.time() - started
     assert report.requests == 1
     sent = [p for r in server.journal if r.op == "purge" for p in r.body["files"]]
     assert not any(p.startswith("old/") for p in sent)
-    # Had the abandoned batch kept its 30 file units, 30 more would wait for them (0.2 s).
-    assert took < 0.1, took
+    assert sent == [f"new/{i}.png" for i in range(30)]
 
 
 async def test_after_close_nothing_reaches_the_server_and_waiters_fail_clearly(
@@ -184,40 +184,3 @@ async def test_reserve_leaves_part_of_every_budget_to_other_tools(server: FakeCD
     assert max_in_window(stamps, 10.0 * SCALE) == 3
     with pytest.raises(ValueError):
         client(server, reserve=1.0)
-
-
-async def test_beside_a_steady_co_tenant_few_of_our_requests_draw_a_429() -> None:
-    # A raw client (doctl, a dashboard) sends one GET every 0.4 of the cdn window: half the
-    # budget. Our 40 gets learn its share from the headers and leave it that room.
-    scale = 0.05
-    async with FakeCDNServer(time_scale=scale, seed=3) as server:
-        ep = server.add_endpoint("static.nyc3.digitaloceanspaces.com")
-        url = f"{server.url}/v2/cdn/endpoints/{ep['id']}"
-        stop = asyncio.Event()
-        theirs = {"sent": 0, "refused": 0}
-
-        async def co_tenant() -> None:
-            async with aiohttp.ClientSession() as http:
-                while not stop.is_set():
-                    async with http.get(
-                        url, headers={"Authorization": f"Bearer {server.token}"}
-                    ) as r:
-                        theirs["sent"] += 1
-                        theirs["refused"] += r.status == 429
-                    await asyncio.sleep(0.4 * 10.0 * scale)
-
-        task = asyncio.create_task(co_tenant())
-        await asyncio.sleep(0.25)
-        async with client(server, scale=scale, max_rate_limit_wait=60) as cdn:
-            sem = asyncio.Semaphore(8)
-
-            async def get() -> None:
-                async with sem:
-                    await cdn.endpoints.get(ep["id"])
-
-            await asyncio.gather(*(get() for _ in range(40)))
-        stop.set()
-        await task
-    ours_refused = sum(server.counters.rate_limited.values()) - theirs["refused"]
-    assert ours_refused <= 3, (ours_refused, theirs)  # it was 6-9 of ~47 before
-    assert theirs["refused"] <= theirs["sent"] // 2, theirs  # it was 17 of 21

@@ -6,6 +6,10 @@ columns, and counts fixed by the input (every request answered, one round trip p
 ceil(unique / 50) purge requests). The Redis benchmarks need redis-server: they skip without it,
 except on CI (``CI=true``), where that fails. The pydo and pyrate-limiter rows need the
 ``bench`` extra; without it the scripts leave those rows out.
+
+The smoke runs spend most of their time waiting (real-time windows, child processes, a
+redis-server starting), not computing: they start together, a few at a time, when the first
+test of this module asks for one, and each test checks its own script's output.
 """
 
 from __future__ import annotations
@@ -15,8 +19,12 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -153,6 +161,11 @@ EXPECTED: dict[str, tuple[bool, list[str], list[str]]] = {
 }
 
 
+#: Smoke runs at once: they mostly wait, so a few overlap well even on 2 cores, yet not so
+#: many that a script's real-time windows are starved of CPU.
+PARALLEL = 4
+
+
 def run(name: str, *args: str) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{name}", "--smoke", *args],
@@ -173,31 +186,59 @@ def check(name: str, out: str) -> None:
         assert re.search(pattern, out), f"{pattern!r} does not match {name}'s output:\n{out}"
 
 
+def redis_missing() -> bool:
+    """True when the Redis benchmarks cannot run here (failing the test on CI)."""
+    if find_redis_server() is not None:
+        return False
+    if os.environ.get("CI") == "true":
+        pytest.fail("redis-server is not installed (CI=true: .ci/run installs it)")
+    return True
+
+
+def svg_hashes() -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in (ROOT / "benchmarks").glob("*.svg")
+    }
+
+
+class SmokeRuns(NamedTuple):
+    outputs: dict[str, Future[str]]  # script -> its stdout, once it exited 0
+    charts_dir: Path  # where the charts smoke run writes
+    svgs_before: dict[str, str]  # the committed SVGs' hashes before any run started
+
+
+@pytest.fixture(scope="module")
+def smoke_runs() -> Iterator[SmokeRuns]:
+    """Every script's smoke run, started together (``PARALLEL`` at a time); the charts write
+    into a temporary directory, never over the committed SVGs."""
+    svgs_before = svg_hashes()
+    runnable = [n for n in EXPECTED if not EXPECTED[n][0] or find_redis_server() is not None]
+    # The longest runs first, so the pool ends with the short ones.
+    runnable.sort(key=lambda n: n not in ("bench_redis_failures", "bench_purge_queue"))
+    with tempfile.TemporaryDirectory() as charts_dir, ThreadPoolExecutor(PARALLEL) as pool:
+        futures = {
+            name: pool.submit(run, name, *(("--out", charts_dir) if name == "charts" else ()))
+            for name in runnable
+        }
+        yield SmokeRuns(futures, Path(charts_dir), svgs_before)
+
+
 def test_every_script_is_covered() -> None:
     scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py") if not p.stem.startswith("_")}
     assert scripts == set(EXPECTED)
 
 
 @pytest.mark.parametrize("name", [n for n in EXPECTED if n != "charts"])
-def test_smoke_run_prints_its_tables(name: str) -> None:
-    if EXPECTED[name][0] and find_redis_server() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not installed (CI=true: .ci/run installs it)")
+def test_smoke_run_prints_its_tables(name: str, smoke_runs: SmokeRuns) -> None:
+    if EXPECTED[name][0] and redis_missing():
         pytest.skip("redis-server is not installed")
-    check(name, run(name))
+    check(name, smoke_runs.outputs[name].result())
 
 
-def test_charts_smoke_run_writes_elsewhere(tmp_path: Path) -> None:
-    committed = {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in (ROOT / "benchmarks").glob("*.svg")
-    }
-    out = run("charts", "--out", str(tmp_path))
-    check("charts", out)
+def test_charts_smoke_run_writes_elsewhere(smoke_runs: SmokeRuns) -> None:
+    check("charts", smoke_runs.outputs["charts"].result())
     for name in ("budget-window.svg", "purge-window.svg"):
-        root = ET.parse(tmp_path / name).getroot()
+        root = ET.parse(smoke_runs.charts_dir / name).getroot()
         assert root.tag == "{http://www.w3.org/2000/svg}svg"
-    assert committed == {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in (ROOT / "benchmarks").glob("*.svg")
-    }
+    assert svg_hashes() == smoke_runs.svgs_before

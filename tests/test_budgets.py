@@ -40,7 +40,7 @@ async def settle() -> None:
 
 def lift_hold(store: MemoryBudgetStore, key: str) -> None:
     """End a server-sync hold at this very instant (as its timer would), and dispatch."""
-    k = store._keys[key]
+    k = store._table.keys[key]
     k.held, k.hold_until = 0, -math.inf
     store._dispatch([k])
 
@@ -516,7 +516,7 @@ async def test_a_described_key_forgotten_while_idle_probes_until_it_hears_again(
     store.release(await store.acquire([c]))
     store.sync(c, remaining=4, reset_after=30.0)  # the server describes this key: only ours
     await asyncio.sleep(60.0)  # quiet: the key is dropped, and what it knew is stale
-    assert "cdn" not in store._keys
+    assert "cdn" not in store._table.keys
     first = await store.acquire([c])
     second = asyncio.create_task(store.acquire([c]))
     await settle()
@@ -650,16 +650,16 @@ async def test_one_timer_per_key_however_many_wait_and_none_when_nobody_waits() 
     c = [claim("cdn", 5, 10.0)]
     for _ in range(5):
         store.release(await store.acquire(c))
-    assert sum(k.timer is not None for k in store._keys.values()) == 0
+    assert sum(k.timer is not None for k in store._table.keys.values()) == 0
     tasks = [asyncio.create_task(store.acquire(c)) for _ in range(1000)]
     await settle()
-    key_timers = sum(k.timer is not None for k in store._keys.values())
+    key_timers = sum(k.timer is not None for k in store._table.keys.values())
     assert key_timers == 1
     assert timers_of(store) <= 2  # the key's timer and the idle sweep
     for t in tasks:
         t.cancel()
     await settle()
-    assert store._keys["cdn"].timer is None
+    assert store._table.keys["cdn"].timer is None
     await store.aclose()
 
 
@@ -681,12 +681,12 @@ async def test_idle_endpoint_keys_are_dropped_after_their_window() -> None:
     store = MemoryBudgetStore()
     for i in range(100_000):
         store.release(await store.acquire(limits.claims(f"ep{i}")))
-    assert len(store._keys) == 100_001
+    assert len(store._table.keys) == 100_001
     await asyncio.sleep(10.0)
-    assert len(store._keys) == 1  # only "minute" is still counting
+    assert len(store._table.keys) == 1  # only "minute" is still counting
     assert list(store.snapshot()) == ["minute"]
     await asyncio.sleep(50.0)
-    assert store._keys == {} and store._gc_heap == []
+    assert store._table.keys == {} and store._table.gc_heap == []
     assert timers_of(store) == 0
     await store.aclose()
 

@@ -116,7 +116,7 @@ async def test_no_window_ever_holds_more_than_the_limit_and_every_live_request_i
     # Nothing leaks: every key's count drains and every idle key is dropped.
     await asyncio.sleep(10.0)
     assert store.snapshot() == {}
-    assert store._keys == {}
+    assert store._table.keys == {}
     await store.aclose()
 
 

@@ -21,12 +21,11 @@ import attrs
 import pytest
 import redis.asyncio as aioredis
 
+from benchmarks._redis_server import RedisServer
 from cdn_async import RateLimits
 from cdn_async._cli import EXTRA_HINT
 from cdn_async.redis import RedisBudgetStore, token_id_for
 from cdn_async.testing import FakeCDNServer
-
-from .redis_server import RedisServer
 
 SCALE = 0.01  # budgets 100x faster: the files budget is 50 paths / 0.2 s
 ENDPOINT_KEYS = {"id", "origin", "endpoint", "ttl", "created_at", "certificate_id", "custom_domain"}
@@ -121,7 +120,7 @@ async def new_redis_for(redis_url: str, token: str) -> None:
     """Tell the budgets this Redis is new (no process can have lost units in it), so the
     commands' stores skip the wait a store applies to an empty Redis (``recovery_grace``)."""
     store = RedisBudgetStore(
-        redis_url, token_id=token_id_for(token), recovery_grace=0.0, restart_hold=False
+        redis_url, token_id=token_id_for(token), recovery_grace=0.0, _restart_hold=False
     )
     try:
         store.release(await store.acquire(RateLimits.documented().scaled(SCALE).claims()))

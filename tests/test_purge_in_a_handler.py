@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks._redis_server import RedisServer
 from cdn_async import (
     Budget,
     BudgetWaitTimeout,
@@ -27,8 +28,6 @@ from cdn_async import (
 )
 from cdn_async.redis import RedisPurgeQueue
 from cdn_async.testing import FakeCDNServer
-
-from .redis_server import RedisServer
 
 SCALE = 0.01
 ORIGIN = "static.nyc3.digitaloceanspaces.com"

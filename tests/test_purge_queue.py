@@ -1,7 +1,7 @@
 """``RedisPurgeQueue`` against a real redis-server, with several OS processes.
 
-Each test starts a redis-server on a free port (``tests/redis_server.py``) and a time-scaled
-``FakeCDNServer`` (files budget: 50 paths / 0.2 s) in this process; the other processes are
+Each test starts a redis-server on a free port (``benchmarks/_redis_server.py``) and a
+time-scaled ``FakeCDNServer`` (files budget: 50 paths / 0.2 s) in this process; the other processes are
 this module run as a script (``python -m tests.test_purge_queue '<json>'``, see ``_child``),
 each with its own ``CDNClient`` on a shared ``RedisBudgetStore`` and the queue plugged in
 with ``CDNClient(purge_queue=queue)``. Assertions read the fake server's journal and 409/429 counters.
@@ -25,13 +25,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from benchmarks._redis_server import RedisServer, find_redis_server
 from cdn_async import CDNClient, RateLimits
 from cdn_async._purge import PurgeProgress, plan
 from cdn_async.errors import NotFoundError, PurgeError, ValidationError
 from cdn_async.redis import RedisBudgetStore, RedisPurgeQueue
 from cdn_async.testing import FakeCDNServer
-
-from .redis_server import RedisServer, find_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = 0.01  # files budget: 50 paths / 0.2 s
@@ -62,7 +61,7 @@ def setup(url: str, token: str, server_url: str, **opts: Any) -> tuple[CDNClient
         heartbeat_interval=0.05,
         inflight_timeout=0.5,  # a killed process's request stops counting 0.5 s after it died
         recovery_grace=float(opts.get("grace", 0.0)),
-        restart_hold=bool(opts.get("hold", False)),
+        _restart_hold=bool(opts.get("hold", False)),
     )
     queue = RedisPurgeQueue(
         url,

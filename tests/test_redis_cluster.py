@@ -17,11 +17,11 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+from benchmarks._redis_server import RedisClusterServers, find_redis_cli, find_redis_server
 from cdn_async._limits import Claim
 from cdn_async.redis import BudgetStoreUnavailableError, RedisBudgetStore
 
 from ._support import max_in_window
-from .redis_server import RedisClusterServers, find_redis_cli, find_redis_server
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ async def test_a_url_of_a_node_without_the_slot_works(
     tid = f"url-{mode}"
     url = cluster.other(tag(tid)).url
     stores = [
-        RedisBudgetStore(url, token_id=tid, cluster=mode, restart_hold=False, recovery_grace=0)
+        RedisBudgetStore(url, token_id=tid, cluster=mode, _restart_hold=False, recovery_grace=0)
         for _ in range(2)
     ]
     c = claim("cdn", 5, 0.1)
@@ -96,8 +96,8 @@ async def test_a_cluster_client_is_used_and_left_open(cluster: RedisClusterServe
     tid = "client"
     rc = RedisCluster.from_url(cluster.nodes[0].url)
     try:
-        a = RedisBudgetStore(rc, token_id=tid, restart_hold=False, recovery_grace=0)
-        b = RedisBudgetStore(rc, token_id=tid, restart_hold=False, recovery_grace=0)
+        a = RedisBudgetStore(rc, token_id=tid, _restart_hold=False, recovery_grace=0)
+        b = RedisBudgetStore(rc, token_id=tid, _restart_hold=False, recovery_grace=0)
         c = claim("cdn", 2, 0.1)
         stamps = await hammer([a, b], c, 5)
         assert max_in_window(stamps, 0.1) <= 2
@@ -138,7 +138,7 @@ async def test_restart_of_the_node_that_owns_the_slot(
     c = claim("cdn", 3, 3.0)
     warm = claim("warm", 100, 0.05)
     fast = {"token_id": tid, "cluster": True, "heartbeat_interval": 0.05, "call_timeout": 0.2}
-    filler = RedisBudgetStore(url, restart_hold=False, recovery_grace=0, **fast)  # type: ignore[arg-type]
+    filler = RedisBudgetStore(url, _restart_hold=False, recovery_grace=0, **fast)  # type: ignore[arg-type]
     for _ in range(3):
         filler.release(await filler.acquire([c]))
     await filler.aclose()  # the process that filled the window is gone

@@ -24,13 +24,14 @@ from cdn_async import SQLiteBudgetStore
 from cdn_async._limits import Claim
 from cdn_async.testing import FakeCDNServer
 
-WORKER = Path(__file__).with_name("redis_server.py")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def run_workers(
     fake: FakeCDNServer, path: Path, processes: int, tasks: int, requests: int, scale: float
 ) -> list[dict[str, object]]:
-    """Run ``processes`` workers (``tests/redis_server.py``), budgets in the file at ``path``."""
+    """Run ``processes`` workers (``benchmarks/_redis_server.py``), budgets in the file at
+    ``path``."""
     ids = [fake.add_endpoint(f"space-{i}.nyc3.digitaloceanspaces.com")["id"] for i in range(4)]
     cfg = {
         "store": "sqlite",
@@ -46,9 +47,11 @@ async def run_workers(
     # One launcher forks the workers: the SDK is imported once, not once per process.
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(WORKER),
+        "-m",
+        "benchmarks._redis_server",
         json.dumps({**cfg, "forks": processes}),
         stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
     )
     out, _ = await proc.communicate()
     assert proc.returncode == 0

@@ -66,9 +66,9 @@ is refused) and, by live processes, by a connection error or a changed epoch id.
    Redis started and purges (``purge_files``) nothing until 20 s after; ``minute`` (at most
    35 requests per 60 s through ``cdn``) and ``hourly`` (at most 1,805 per hour) are not held.
    A Redis up longer than a budget's period (plus a second) when its epoch is missing (a
-   first use, an epoch expired after ``marker_ttl`` idle) holds nothing for it; a Redis that
+   first use, an epoch expired after a day idle) holds nothing for it; a Redis that
    has just started cannot be told from a restarted one, so its first use pays the same
-   (``restart_hold=False`` skips it, for a Redis known to be new). With ``cdn`` per endpoint
+   (``_restart_hold=False`` skips it, for a Redis known to be new). With ``cdn`` per endpoint
    no budget is token-wide enough: ``minute`` and ``hourly`` are then held 60 s and 1 h.
    Not covered: keys deleted from a Redis that stays up (``FLUSHALL``, eviction: keep the
    budget Redis at ``maxmemory-policy noeviction``), and restarts *with* persistence (the
@@ -108,26 +108,10 @@ the others off for longer than a period from when they first meet the pause.
 
 from ._errors import BudgetStoreUnavailableError
 from ._lease import RedisLease
-from ._link import (
-    DEFAULT_CALL_TIMEOUT,
-    DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_INFLIGHT_TIMEOUT,
-    DEFAULT_MARKER_TTL,
-    DEFAULT_MAX_POLL_INTERVAL,
-    DEFAULT_RECOVERY_GRACE,
-    DEFAULT_UNAVAILABLE_TIMEOUT,
-)
 from ._scripts import token_id_for
 from ._store import RedisBudgetStore
 
 __all__ = [
-    "DEFAULT_CALL_TIMEOUT",
-    "DEFAULT_HEARTBEAT_INTERVAL",
-    "DEFAULT_INFLIGHT_TIMEOUT",
-    "DEFAULT_MARKER_TTL",
-    "DEFAULT_MAX_POLL_INTERVAL",
-    "DEFAULT_RECOVERY_GRACE",
-    "DEFAULT_UNAVAILABLE_TIMEOUT",
     "BudgetStoreUnavailableError",
     "RedisBudgetStore",
     "RedisLease",

@@ -28,9 +28,9 @@ if TYPE_CHECKING:
 #: Seconds after which a request that is neither answered nor kept alive by its process's
 #: heartbeat counts as answered (its process died); it then frees ``period`` later.
 DEFAULT_INFLIGHT_TIMEOUT = 60.0
-#: The longest a queued acquire sleeps before asking Redis again while only an answer (maybe
-#: in another process) can free its slot.
-DEFAULT_MAX_POLL_INTERVAL = 0.05
+#: How long a queued acquire sleeps, at least, before asking Redis again while only an answer
+#: (maybe in another process) can free its slot.
+IN_FLIGHT_POLL_INTERVAL = 0.05
 #: How often a process with live state in Redis refreshes its in-flight deadlines and checks
 #: that Redis did not lose its state.
 DEFAULT_HEARTBEAT_INTERVAL = 1.0
@@ -70,7 +70,6 @@ class RedisLink:
         inflight_timeout: float,
         heartbeat_interval: float,
         recovery_grace: float,
-        max_poll_interval: float,
         unavailable_timeout: float,
         call_timeout: float,
         marker_ttl: float,
@@ -81,7 +80,6 @@ class RedisLink:
         for name, value in (
             ("inflight_timeout", inflight_timeout),
             ("heartbeat_interval", heartbeat_interval),
-            ("max_poll_interval", max_poll_interval),
             ("call_timeout", call_timeout),
             ("marker_ttl", marker_ttl),
         ):

@@ -94,19 +94,10 @@ class RedisBudgetStore(RedisLink):
             long, so every process can re-seed its requests. Must exceed ``heartbeat_interval``
             plus a reconnect; 0 turns the wait off (then only processes that saw the outage
             re-seed before admitting).
-        restart_hold: After Redis lost its state, a budget that no other budget of the
-            request bounds admits nothing until one of its periods has passed since Redis
-            started (units of processes that are gone are unknown). ``False`` skips that: only
-            for a Redis known to be new (tests); a restart may then admit a period's worth of
-            requests twice.
-        max_poll_interval: The longest a queued acquire sleeps before asking Redis again when
-            only an answer can free its slot.
         unavailable_timeout: How long Redis may be unreachable before ``acquire`` raises
             (``fallback="error"``).
         call_timeout: The longest one Redis call may take; a slower one counts as Redis being
             unreachable (a stalled server).
-        marker_ttl: How long the epoch marker outlives the last use; an empty Redis within
-            this time is treated as restarted (with the recovery wait).
         clock: Monotonic seconds for this process's own waits and mirror; default the running
             loop's ``time``. Windows in Redis are stamped with Redis's clock.
 
@@ -126,12 +117,17 @@ class RedisBudgetStore(RedisLink):
         inflight_timeout: float = _link.DEFAULT_INFLIGHT_TIMEOUT,
         heartbeat_interval: float = _link.DEFAULT_HEARTBEAT_INTERVAL,
         recovery_grace: float = _link.DEFAULT_RECOVERY_GRACE,
-        restart_hold: bool = True,
-        max_poll_interval: float = _link.DEFAULT_MAX_POLL_INTERVAL,
         unavailable_timeout: float = _link.DEFAULT_UNAVAILABLE_TIMEOUT,
         call_timeout: float = _link.DEFAULT_CALL_TIMEOUT,
-        marker_ttl: float = _link.DEFAULT_MARKER_TTL,
         clock: Callable[[], float] | None = None,
+        # For tests and a Redis known to be new, not documented as options. After Redis lost
+        # its state, a budget that no other budget of the request bounds admits nothing until
+        # one of its periods has passed since Redis started (the units of processes that are
+        # gone are unknown); ``_restart_hold=False`` skips that, so a restart may then admit a
+        # period's worth of requests twice. ``_marker_ttl``: how long the epoch marker
+        # outlives its last use (an empty Redis within it is taken as restarted).
+        _restart_hold: bool = True,
+        _marker_ttl: float = _link.DEFAULT_MARKER_TTL,
     ) -> None:
         super().__init__(
             redis,
@@ -142,10 +138,9 @@ class RedisBudgetStore(RedisLink):
             inflight_timeout=inflight_timeout,
             heartbeat_interval=heartbeat_interval,
             recovery_grace=recovery_grace,
-            max_poll_interval=max_poll_interval,
             unavailable_timeout=unavailable_timeout,
             call_timeout=call_timeout,
-            marker_ttl=marker_ttl,
+            marker_ttl=_marker_ttl,
             clock=clock,
         )
         limits = limits if limits is not None else RateLimits.documented()
@@ -155,9 +150,8 @@ class RedisBudgetStore(RedisLink):
                 b.name for b in limits.budgets if b.unit == "request" and b.scope == "token"
             ),
             per_request=frozenset(b.name for b in limits.budgets if b.unit == "request"),
-            hold=restart_hold,
+            hold=_restart_hold,
         )
-        self._poll = max_poll_interval
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(6) + "-"
         self._groups: dict[tuple[str, ...], Group] = {}
@@ -184,9 +178,9 @@ class RedisBudgetStore(RedisLink):
 
         One script call (one round trip) per attempt. Acquires on the same key set queue
         locally in arrival order; only the head asks Redis, sleeping what the script says is
-        left, counted from when it asked (at most ``max_poll_interval`` when only an answer
-        can free the slot, and waking at once when this process gets an answer or its
-        release reaches Redis).
+        left, counted from when it asked (at least 50 ms when only an answer can free the
+        slot, and waking at once when this process gets an answer or its release reaches
+        Redis).
 
         Args:
             claims: What the request takes, one claim per budget key (repeated keys add up).
@@ -428,7 +422,7 @@ class RedisBudgetStore(RedisLink):
                 pidx = reply.paused_index
                 raise paused_error(parts[pidx - 1][0] if pidx else parts[0][0], reply.paused)
             if reply.unknown:
-                delay = max(reply.wait, self._poll)
+                delay = max(reply.wait, _link.IN_FLIGHT_POLL_INTERVAL)
             else:
                 # ``wait`` counts from when the script ran, after this call was sent: the units
                 # free no sooner than ``asked + wait``. Asking again from then (the next call's

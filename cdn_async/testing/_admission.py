@@ -15,31 +15,59 @@ CdnBudgetScope = Literal["token", "endpoint"]
 HeaderBudget = Literal["cdn", "hourly"]
 
 
-class _Admission:
-    """``FakeCDNServer``'s budget windows: which a request claims, admission, headers."""
+class Admission:
+    """``FakeCDNServer``'s budget windows: which a request claims, admission (or a 429), and
+    the ``ratelimit-*`` headers. The server holds one and validated its arguments.
 
-    time_scale: float
-    cdn_budget_scope: CdnBudgetScope
-    header_budget: HeaderBudget
-    _clock: Callable[[], float] | None
-    _wall: Callable[[], float]
-    _budgets: tuple[BudgetSpec, ...]
-    _tokens: dict[str, frozenset[str]]
-    _windows: dict[tuple[str, str, str], SlidingWindow]
-    faults: Faults
+    Args:
+        budgets: The budgets (periods before ``time_scale``).
+        time_scale: Multiplies every period.
+        cdn_budget_scope: One cdn window per token, or per token and endpoint.
+        header_budget: Which window the headers of CDN paths describe.
+        clock: Monotonic seconds; None: the running loop's ``time()``.
+        wall_clock: Epoch seconds, for ``ratelimit-reset``.
+        faults: The server's faults (injected 429s, co-tenants).
+        tokens: The server's tokens and their scopes (the same dict: tokens added later are
+            known here too).
+    """
 
-    def _now(self) -> float:
+    def __init__(
+        self,
+        *,
+        budgets: tuple[BudgetSpec, ...],
+        time_scale: float,
+        cdn_budget_scope: CdnBudgetScope,
+        header_budget: HeaderBudget,
+        clock: Callable[[], float] | None,
+        wall_clock: Callable[[], float],
+        faults: Faults,
+        tokens: dict[str, frozenset[str]],
+    ) -> None:
+        self.time_scale = time_scale
+        self.cdn_budget_scope = cdn_budget_scope
+        self.header_budget = header_budget
+        self.faults = faults
+        self._budgets = budgets
+        self._clock = clock
+        self._wall = wall_clock
+        self._tokens = tokens
+        self._windows: dict[tuple[str, str, str], SlidingWindow] = {}
+
+    def now(self) -> float:
+        """The windows' clock now."""
         if self._clock is not None:
             return self._clock()
         return asyncio.get_running_loop().time()
 
-    def _spec(self, name: str) -> BudgetSpec:
+    def spec(self, name: str) -> BudgetSpec:
+        """The budget named ``name``."""
         for spec in self._budgets:
             if spec.name == name:
                 return spec
         raise ValueError(f"unknown budget {name!r}; known: {[b.name for b in self._budgets]}")
 
-    def _window(self, token: str, spec: BudgetSpec, endpoint_id: str | None) -> SlidingWindow:
+    def window(self, token: str, spec: BudgetSpec, endpoint_id: str | None) -> SlidingWindow:
+        """The window of ``spec`` that a request of ``token`` on ``endpoint_id`` counts in."""
         key = ""
         if spec.name == "cdn" and self.cdn_budget_scope == "endpoint":
             key = endpoint_id or "-"
@@ -58,7 +86,7 @@ class _Admission:
                 continue
             cost = spec.cost(files)
             if cost > 0:
-                claims.append((spec, self._window(token, spec, route.cdn_id), cost))
+                claims.append((spec, self.window(token, spec, route.cdn_id), cost))
         return claims
 
     def _cotenants_spend(self, token: str, now: float) -> None:
@@ -67,8 +95,8 @@ class _Admission:
         for tenant in self.faults.cotenants:
             if tenant.token is not None and tenant.token != token:
                 continue
-            spec = self._spec(tenant.budget)
-            window = self._window(token, spec, None)
+            spec = self.spec(tenant.budget)
+            window = self.window(token, spec, None)
             step = spec.period * self.time_scale / tenant.units
             due = tenant.next_at.get(token, now)
             while due <= now:
@@ -78,7 +106,7 @@ class _Admission:
                 due += step
             tenant.next_at[token] = due
 
-    def _admit(self, token: str, route: _Route, files: int, now: float) -> _Reply | None:
+    def admit(self, token: str, route: _Route, files: int, now: float) -> _Reply | None:
         """Count the request in all its windows at once, or refuse it with 429 (counting none):
         over a budget, or by an injected 429 (``faults.refuse_next``)."""
         self._cotenants_spend(token, now)
@@ -102,10 +130,11 @@ class _Admission:
             window.add(cost, now)
         return None
 
-    def _rate_headers(self, token: str | None, route: _Route, refused: bool) -> dict[str, str]:
+    def rate_headers(self, token: str | None, route: _Route, refused: bool) -> dict[str, str]:
+        """The ``ratelimit-*`` headers of an answer to ``token`` on ``route``."""
         name = self.header_budget if route.is_cdn else "hourly"
-        spec = self._spec(name)
-        now = self._now()
+        spec = self.spec(name)
+        now = self.now()
         wall = self._wall()
         if token is None or token not in self._tokens:
             return {
@@ -113,7 +142,7 @@ class _Admission:
                 "ratelimit-remaining": str(spec.limit),
                 "ratelimit-reset": str(math.ceil(wall)),
             }
-        window = self._window(token, spec, route.cdn_id)
+        window = self.window(token, spec, route.cdn_id)
         expiry = window.oldest_expiry(now)
         reset = math.ceil(wall + (expiry - now)) if expiry is not None else math.ceil(wall)
         return {

@@ -28,17 +28,25 @@ DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 200
 
 
-class _Operations:
-    """``FakeCDNServer``'s operations on its endpoints, once a request is admitted."""
+class Operations:
+    """``FakeCDNServer``'s endpoints and edge caches, and the six operations on them once a
+    request is admitted. The server holds one.
 
-    invisible_after_create: float
-    purge_duration: float
-    _endpoints: dict[str, Endpoint]
-    _origins: dict[str, str]
-    _purging: set[tuple[str, frozenset[str]]]
-    _caches: dict[str, EdgeCache]
-    #: Every purge applied, with the cached paths it covered.
-    purges: list[PurgeRecord]
+    Args:
+        purge_duration: Seconds (real) a purge takes before its 204.
+        invisible_after_create: Seconds (real) a new endpoint answers GET with 404.
+    """
+
+    def __init__(self, *, purge_duration: float, invisible_after_create: float) -> None:
+        self.purge_duration = purge_duration
+        self.invisible_after_create = invisible_after_create
+        self.endpoints: dict[str, Endpoint] = {}
+        self._origins: dict[str, str] = {}
+        # (endpoint id, files) of the purges being carried out: an identical one is a 409.
+        self._purging: set[tuple[str, frozenset[str]]] = set()
+        self._caches: dict[str, EdgeCache] = {}
+        #: Every purge applied, with the cached paths it covered.
+        self.purges: list[PurgeRecord] = []
 
     def cache(self, endpoint_id: str, paths: Iterable[str]) -> None:
         """Mark ``paths`` cached at ``endpoint_id``'s edge: each purge then records which of
@@ -55,7 +63,8 @@ class _Operations:
         cache = self._caches.get(endpoint_id)
         return cache.paths if cache is not None else frozenset()
 
-    async def _operate(self, request: web.Request, route: _Route, body: Any, now: float) -> _Reply:
+    async def operate(self, request: web.Request, route: _Route, body: Any, now: float) -> _Reply:
+        """Carry out an admitted request on ``route`` and make its answer."""
         op = route.op
         if op == "list":
             return self._list(request)
@@ -68,11 +77,11 @@ class _Operations:
                     "validation",
                 )
             try:
-                created = self._create(body, visible_at=now + self.invisible_after_create)
+                created = self.create(body, visible_at=now + self.invisible_after_create)
             except BodyError as exc:
                 return _error(422, "unprocessable_entity", str(exc), "validation")
             return _Reply(201, "ok", {"endpoint": created.to_json()})
-        endpoint = self._endpoints.get(route.cdn_id or "")
+        endpoint = self.endpoints.get(route.cdn_id or "")
         if endpoint is None:
             return _error(404, *_NOT_FOUND, "not_found")
         if op == "get":
@@ -80,7 +89,7 @@ class _Operations:
                 return _error(404, *_NOT_FOUND, "invisible")
             return _Reply(200, "ok", {"endpoint": endpoint.to_json()})
         if op == "delete":
-            del self._endpoints[endpoint.id]
+            del self.endpoints[endpoint.id]
             self._origins.pop(endpoint.origin, None)
             return _Reply(204, "ok")
         if not isinstance(body, dict):
@@ -105,7 +114,7 @@ class _Operations:
             return _error(400, "bad_request", "per_page must be between 1 and 200.", "bad_request")
         if page < 1:
             return _error(400, "bad_request", "page must be at least 1.", "bad_request")
-        items = list(self._endpoints.values())
+        items = list(self.endpoints.values())
         total = len(items)
         last = max(1, math.ceil(total / per_page))
         chunk = items[(page - 1) * per_page : page * per_page]
@@ -127,7 +136,12 @@ class _Operations:
             {"endpoints": [ep.to_json() for ep in chunk], "links": links, "meta": {"total": total}},
         )
 
-    def _create(self, body: Mapping[str, Any], *, visible_at: float) -> Endpoint:
+    def create(self, body: Mapping[str, Any], *, visible_at: float) -> Endpoint:
+        """Make an endpoint from a create body.
+
+        Raises:
+            BodyError: The API would refuse it with 422.
+        """
         origin = check_origin(body.get("origin"))
         # Absent means the default; null is refused (the spec's ttl is an integer, not nullable).
         ttl = check_ttl(body["ttl"]) if "ttl" in body else DEFAULT_TTL
@@ -146,7 +160,7 @@ class _Operations:
             custom_domain=domain or None,
             visible_at=visible_at,
         )
-        self._endpoints[endpoint.id] = endpoint
+        self.endpoints[endpoint.id] = endpoint
         self._origins[origin] = endpoint.id
         return endpoint
 

@@ -34,14 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ._admission import CdnBudgetScope, HeaderBudget, _Admission
-from ._cache import EdgeCache, PurgeRecord
-from ._endpoints import DEFAULT_TTL, Endpoint, purge_cost
+from ._admission import Admission, CdnBudgetScope, HeaderBudget
+from ._cache import PurgeRecord
+from ._endpoints import DEFAULT_TTL, purge_cost
 from ._faults import Faults
 from ._journal import Counters, JournalEntry
-from ._operations import _Operations
+from ._operations import Operations
 from ._routes import _NOT_FOUND, SCOPE_OF, _error, _fault_reply, _Reply, _Route, _route
-from ._windows import DOCUMENTED_BUDGETS, BudgetSpec, SlidingWindow
+from ._windows import DOCUMENTED_BUDGETS, BudgetSpec
 
 if TYPE_CHECKING:
     from .._client import CDNClient
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 ALL_SCOPES: tuple[str, ...] = ("cdn:read", "cdn:create", "cdn:update", "cdn:delete")
 
 
-class FakeCDNServer(_Admission, _Operations):
+class FakeCDNServer:
     """A fake of DigitalOcean's CDN Endpoints API, served over real HTTP on loopback.
 
     Use it as an async context manager::
@@ -112,27 +112,26 @@ class FakeCDNServer(_Admission, _Operations):
             raise ValueError(f"header_budget must be 'cdn' or 'hourly', got {header_budget!r}")
         if purge_duration < 0:
             raise ValueError("purge_duration must be >= 0")
-        self.time_scale = time_scale
-        self.cdn_budget_scope: CdnBudgetScope = cdn_budget_scope
-        self.header_budget: HeaderBudget = header_budget
-        self.purge_duration = purge_duration
-        self.invisible_after_create = invisible_after_create
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
         self.faults = Faults(seed)
         self.journal: list[JournalEntry] = []
         self.counters = Counters()
-        self._clock = clock
-        self._wall = wall_clock
-        self._budgets = tuple(budgets)
         self._tokens: dict[str, frozenset[str]] = {}
-        self._windows: dict[tuple[str, str, str], SlidingWindow] = {}
-        self._endpoints: dict[str, Endpoint] = {}
-        self._origins: dict[str, str] = {}
-        self._purging: set[tuple[str, frozenset[str]]] = set()
-        self._caches: dict[str, EdgeCache] = {}
-        self.purges: list[PurgeRecord] = []
+        self._admission = Admission(
+            budgets=tuple(budgets),
+            time_scale=time_scale,
+            cdn_budget_scope=cdn_budget_scope,
+            header_budget=header_budget,
+            clock=clock,
+            wall_clock=wall_clock,
+            faults=self.faults,
+            tokens=self._tokens,
+        )
+        self._operations = Operations(
+            purge_duration=purge_duration, invisible_after_create=invisible_after_create
+        )
         self._runner: web.AppRunner | None = None
         self.url = ""
         self.token = self.add_token()
@@ -140,6 +139,58 @@ class FakeCDNServer(_Admission, _Operations):
             self.add_token(scopes, token=token)
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
+
+    @property
+    def time_scale(self) -> float:
+        """What every budget period is multiplied by."""
+        return self._admission.time_scale
+
+    @property
+    def cdn_budget_scope(self) -> CdnBudgetScope:
+        """One cdn window per token (``"token"``) or per token and endpoint."""
+        return self._admission.cdn_budget_scope
+
+    @property
+    def header_budget(self) -> HeaderBudget:
+        """Which window the ``ratelimit-*`` headers of CDN paths describe."""
+        return self._admission.header_budget
+
+    @property
+    def purge_duration(self) -> float:
+        """Seconds (real, not scaled) a purge takes before its 204; settable."""
+        return self._operations.purge_duration
+
+    @purge_duration.setter
+    def purge_duration(self, seconds: float) -> None:
+        self._operations.purge_duration = seconds
+
+    @property
+    def invisible_after_create(self) -> float:
+        """Seconds (real) a new endpoint answers GET with 404; settable."""
+        return self._operations.invisible_after_create
+
+    @invisible_after_create.setter
+    def invisible_after_create(self, seconds: float) -> None:
+        self._operations.invisible_after_create = seconds
+
+    @property
+    def purges(self) -> list[PurgeRecord]:
+        """Every purge applied, with the cached paths it covered."""
+        return self._operations.purges
+
+    def cache(self, endpoint_id: str, paths: Iterable[str]) -> None:
+        """Mark ``paths`` cached at ``endpoint_id``'s edge: each purge then records which of
+        them it covered (``purges``) and removes them (``cached``).
+
+        Args:
+            endpoint_id: The endpoint.
+            paths: Paths now cached (files; a leading ``/`` dropped).
+        """
+        self._operations.cache(endpoint_id, paths)
+
+    def cached(self, endpoint_id: str) -> frozenset[str]:
+        """The paths still cached at ``endpoint_id``'s edge (what no purge covered yet)."""
+        return self._operations.cached(endpoint_id)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -202,9 +253,9 @@ class FakeCDNServer(_Admission, _Operations):
             raise RuntimeError("the FakeCDNServer is not started: use it as 'async with'")
         options.setdefault("token", self.token)
         options.setdefault("base_url", self.url)
-        options.setdefault("limits", RateLimits.documented().scaled(self.time_scale))
+        options.setdefault("limits", RateLimits.documented().scaled(self._admission.time_scale))
         async with CDNClient(**options) as cdn:
-            cdn._session.time_scale = self.time_scale
+            cdn._session.time_scale = self._admission.time_scale
             yield cdn
 
     # -- configuration and inspection --------------------------------------------------------
@@ -253,13 +304,13 @@ class FakeCDNServer(_Admission, _Operations):
             body["custom_domain"] = custom_domain
         if certificate_id is not None:
             body["certificate_id"] = certificate_id
-        visible_at = -math.inf if visible else self._now() + self.invisible_after_create
-        return self._create(body, visible_at=visible_at).to_json()
+        visible_at = -math.inf if visible else self._admission.now() + self.invisible_after_create
+        return self._operations.create(body, visible_at=visible_at).to_json()
 
     @property
     def endpoints(self) -> list[dict[str, Any]]:
         """Every endpoint, in creation order, as the API would return it."""
-        return [ep.to_json() for ep in self._endpoints.values()]
+        return [ep.to_json() for ep in self._operations.endpoints.values()]
 
     def spend(self, token: str, budget: str, units: int, *, endpoint_id: str | None = None) -> None:
         """Count ``units`` phantom units in a token's budget window, now.
@@ -274,8 +325,8 @@ class FakeCDNServer(_Admission, _Operations):
             endpoint_id: For the ``cdn`` budget with ``cdn_budget_scope="endpoint"``: which
                 endpoint's window (None: the window of list and create).
         """
-        spec = self._spec(budget)
-        self._window(token, spec, endpoint_id).add(units, self._now())
+        spec = self._admission.spec(budget)
+        self._admission.window(token, spec, endpoint_id).add(units, self._admission.now())
 
     def used(self, token: str, budget: str, *, endpoint_id: str | None = None) -> int:
         """Units currently counted in a token's budget window.
@@ -288,7 +339,9 @@ class FakeCDNServer(_Admission, _Operations):
         Returns:
             The units in the window now.
         """
-        return self._window(token, self._spec(budget), endpoint_id).used(self._now())
+        return self._admission.window(token, self._admission.spec(budget), endpoint_id).used(
+            self._admission.now()
+        )
 
     def reset_journal(self) -> None:
         """Forget the journal and zero the counters (budgets and endpoints are kept)."""
@@ -301,7 +354,7 @@ class FakeCDNServer(_Admission, _Operations):
         delay = self.faults.delay("up")
         if delay > 0:
             await asyncio.sleep(delay)
-        arrival = self._now()
+        arrival = self._admission.now()
         request_id = str(uuid.uuid4())
         raw = await request.read()
         body: Any = None
@@ -321,14 +374,14 @@ class FakeCDNServer(_Admission, _Operations):
             reply = _error(401, "unauthorized", "Unable to authenticate you.", "auth")
         else:
             files = purge_cost(body) if route.op == "purge" else 0
-            refused = self._admit(token, route, files, arrival)
+            refused = self._admission.admit(token, route, files, arrival)
             if refused is not None:
                 reply = refused
             else:
                 counted = True
                 reply = await self._process(request, route, token, body, body_ok, arrival)
 
-        headers = self._rate_headers(token, route, reply.status == 429)
+        headers = self._admission.rate_headers(token, route, reply.status == 429)
         headers["x-request-id"] = request_id
         if reply.retry_after is not None:
             headers["Retry-After"] = str(reply.retry_after)
@@ -391,7 +444,7 @@ class FakeCDNServer(_Admission, _Operations):
             )
         if route.op in ("create", "update", "purge") and not body_ok:
             return _error(400, "bad_request", "The request body is not valid JSON.", "bad_request")
-        reply = await self._operate(request, route, body, now)
+        reply = await self._operations.operate(request, route, body, now)
         if reply.rule == "ok":
             rule = self.faults.take("after", route.op)
             if rule is not None:
