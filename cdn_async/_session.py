@@ -33,7 +33,7 @@ from ._logs import logger
 from ._models import RateLimitInfo
 from ._observer import Observer
 from ._pool import Pool, Wire, consume
-from ._retry import Attempt, Failure, backoff, decide, parse_retry_after
+from ._retry import Attempt, Failure, Verdict, backoff, decide, parse_retry_after
 from ._version import __version__
 from .errors import QueueFullError, TooManyRequestsError
 
@@ -181,6 +181,8 @@ class Session:
         """The event loop's clock (virtual under looptime)."""
         return asyncio.get_running_loop().time()
 
+    # Over 60 lines for its docstring, which documents every option of a call; the loop
+    # itself is the dozen lines at the end (an attempt, the verdict, the act).
     @_one_at_first
     async def request(
         self,
@@ -234,157 +236,205 @@ class Session:
             CDNError: The client was closed ("client closed").
         """
         opts = self.options
-        pool = self._pool
-        pool.check_open()
-        retries_allowed = opts.max_retries if max_retries is None else max_retries
+        self._pool.check_open()
         cut = files if callable(files) else None
-        share = self.file_share
-        count = 0 if cut is not None else cast(int, files)  # purged paths this attempt carries
+        call = _Call(
+            method,
+            path,
+            opts.base_url + path,
+            endpoint_id,
+            cut,
+            0 if cut is not None else cast(int, files),
+            json,
+            params,
+            seal,
+            priority or opts.priority,
+            opts.max_retries if max_retries is None else max_retries,
+            gone_is_done,
+            retry_conflict,
+            self.now() + retry_not_found,
+        )
         if cut is None:
-            plan = self._plan(endpoint_id, count)
-            claims = plan.claims
-        url = opts.base_url + path
-        loop = asyncio.get_running_loop()
-        clock = loop.time
-        make_body = seal
-        retries = 0
-        budget_wait = 0.0
-        wait = 0.0  # the pause the last 429 set
-        limited_since: float | None = None  # when the call drew its first 429
-        recut = True  # cut the batch before this attempt: the first, or after a 429
-        attempt = 0
-        maybe_done = False  # an earlier attempt may have been carried out
-        not_found_until = clock() + retry_not_found
+            call.plan = self._plan(endpoint_id, call.count)
         while True:
-            attempt += 1
-            started = clock()
-            if cut is not None and recut:
-                # The batch is cut when this client's file share has room for it, and again
-                # after a 429 (the server counted none of it); any other retry resends it.
-                if share is not None and opts.max_budget_wait is None:
-                    # (Under a deadline the store's wait, which it bounds, does the waiting.)
-                    await self._pool.while_open(share.room())
-                count = cut()
-                plan = self._plan(endpoint_id, count)
-                claims = plan.claims
-                make_body = seal
-            # What the file share counts in flight for this attempt, settled once.
-            reserved = count if share is not None else 0
-            lease, trial = await self._acquire(claims, opts, priority or opts.priority, reserved)
-            try:
-                sent = clock()
-                budget_wait += sent - started
-                if sent - started >= 0.001:
-                    budget = getattr(lease, "waited_on", None)
-                    self.observer.waited(method, path, attempt, budget, sent - started)
-                try:
-                    http = pool.get()
-                    if make_body is not None:
-                        json, make_body = make_body(), None
-                        if inspect.isawaitable(json):  # a body fixed elsewhere (the purge queue)
-                            json = await json
-                except BaseException:
-                    self.store.give_back(lease)  # nothing was sent
-                    if share is not None and reserved:
-                        share.settle(reserved, trial, "unsent")
-                        reserved = 0
-                    raise
-                wire = Wire(written=not pool.traced)
-                exchange = loop.create_task(self._exchange(http, method, url, json, params, wire))
-                self.observer.sent(method, path, attempt)
-                try:
-                    # Waiting on the task, not awaiting it: a cancelled caller must not cancel an
-                    # exchange that is already on the wire (see _abandon).
-                    done, _ = await asyncio.wait((exchange,), timeout=opts.timeout)
-                except asyncio.CancelledError:
-                    self._abandon(exchange, wire, lease, plan)
-                    raise
-                failure: Failure | None = None
-                error: BaseException | None = None
-                info: RateLimitInfo | None = None
-                status = 0
-                body = b""
-                headers: Mapping[str, str] = {}
-                if not done:
-                    self._abandon(exchange, wire, lease, plan)
-                    failure = "transport" if wire.written else "connect"
-                    error = TimeoutError(f"no answer within {opts.timeout} s")
-                else:
-                    try:
-                        status, body, headers = exchange.result()
-                    except aiohttp.ClientConnectorError as exc:
-                        failure, error = "connect", exc
-                    except (TimeoutError, aiohttp.ClientError) as exc:
-                        failure, error = ("transport" if wire.written else "connect"), exc
-                    except BaseException:
-                        self.store.release(lease)
-                        raise
-                    info, wait = self._settle(lease, plan, status, headers, failure, trial)
-                self.observer.answered(
-                    method, path, attempt, status, error, clock() - sent, headers, info
-                )
+            call.attempt += 1
+            outcome = await self._attempt(call)
+            verdict = self._judge(call, outcome)
+            if verdict in ("retry", "retry_paused", "retry_not_found"):
+                await self._before_retry(verdict, call, outcome)
+                continue
+            return self._conclude(verdict, call, outcome)
 
+    async def _attempt(self, call: _Call) -> _Outcome:
+        """One attempt: the file share's room and the cut (a purge's first attempt, or after
+        a 429), the budgets, the body, the exchange and its settlement. The file share's
+        reservation is settled once on every path: "unsent" when the body could not be made,
+        "counted" when the attempt ends in an exception (it may be on the wire), else by the
+        outcome (``_share_outcome``)."""
+        opts = self.options
+        share = self.file_share
+        started = self.now()
+        if call.cut is not None and call.recut:
+            # The batch is cut when this client's file share has room for it, and again
+            # after a 429 (the server counted none of it); any other retry resends it.
+            if share is not None and opts.max_budget_wait is None:
+                # (Under a deadline the store's wait, which it bounds, does the waiting.)
+                await self._pool.while_open(share.room())
+            call.count = call.cut()
+            call.plan = self._plan(call.endpoint_id, call.count)
+            call.make_body = call.seal
+        # What the file share counts in flight for this attempt, settled once.
+        reserved = call.count if share is not None else 0
+        lease, trial = await self._acquire(call.plan.claims, opts, call.priority, reserved)
+        try:
+            sent = self.now()
+            call.budget_wait += sent - started
+            if sent - started >= 0.001:
+                budget = getattr(lease, "waited_on", None)
+                self.observer.waited(call.method, call.path, call.attempt, budget, sent - started)
+            try:
+                http = self._pool.get()
+                await self._make_body(call)
             except BaseException:
+                self.store.give_back(lease)  # nothing was sent
                 if share is not None and reserved:
-                    share.settle(reserved, trial, "counted")  # it may be on the wire
+                    share.settle(reserved, trial, "unsent")
+                    reserved = 0
                 raise
-            maybe_done = maybe_done or failure == "transport" or status >= 500
+            outcome = await self._send(call, http, lease, trial, sent)
+        except BaseException:
             if share is not None and reserved:
-                share.settle(reserved, trial, _share_outcome(status, failure))
-            recut = status == 429
-            if recut and limited_since is None:
-                limited_since = clock()
-            verdict = decide(
-                Attempt(
-                    method,
-                    status if error is None else None,
-                    failure,
-                    retries=retries,
-                    max_retries=retries_allowed,
-                    maybe_done=maybe_done,
-                    gone_is_done=gone_is_done,
-                    not_found_open=clock() < not_found_until,
-                    rate_limited_for=(
-                        clock() - limited_since + wait if limited_since is not None else 0.0
-                    ),
-                    max_pause=opts.max_rate_limit_wait,
-                    retry_conflict=retry_conflict,
-                )
+                share.settle(reserved, trial, "counted")  # it may be on the wire
+            raise
+        if share is not None and reserved:
+            share.settle(reserved, trial, _share_outcome(outcome.status, outcome.failure))
+        return outcome
+
+    @staticmethod
+    async def _make_body(call: _Call) -> None:
+        """Seal the body, once per cut: the purge engine's batch is fixed only now."""
+        if call.make_body is not None:
+            json, call.make_body = call.make_body(), None
+            call.json = json
+            if inspect.isawaitable(json):  # a body fixed elsewhere (the purge queue)
+                call.json = await json
+
+    async def _send(
+        self, call: _Call, http: aiohttp.ClientSession, lease: Lease, trial: bool, sent: float
+    ) -> _Outcome:
+        """Run the exchange as a task and wait for it, then settle the lease."""
+        opts, plan = self.options, call.plan
+        wire = Wire(written=not self._pool.traced)
+        exchange = asyncio.get_running_loop().create_task(
+            self._exchange(http, call.method, call.url, call.json, call.params, wire)
+        )
+        self.observer.sent(call.method, call.path, call.attempt)
+        try:
+            # Waiting on the task, not awaiting it: a cancelled caller must not cancel an
+            # exchange that is already on the wire (see _abandon).
+            done, _ = await asyncio.wait((exchange,), timeout=opts.timeout)
+        except asyncio.CancelledError:
+            self._abandon(exchange, wire, lease, plan)
+            raise
+        outcome = _Outcome(plan)
+        if not done:
+            self._abandon(exchange, wire, lease, plan)
+            outcome.failure = "transport" if wire.written else "connect"
+            outcome.error = TimeoutError(f"no answer within {opts.timeout} s")
+        else:
+            try:
+                outcome.status, outcome.body, outcome.headers = exchange.result()
+            except aiohttp.ClientConnectorError as exc:
+                outcome.failure, outcome.error = "connect", exc
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                outcome.failure = "transport" if wire.written else "connect"
+                outcome.error = exc
+            except BaseException:
+                self.store.release(lease)
+                raise
+            outcome.info, call.wait = self._settle(
+                lease, plan, outcome.status, outcome.headers, outcome.failure, trial
             )
-            if verdict == "retry":
-                pool.check_open()
-                retries += 1
-                why = type(error).__name__ if error is not None else str(status)
-                await self._pool.while_open(self.backoff(method, path, retries, why))
-                continue
-            if verdict == "retry_paused":
-                assert info is not None  # a 429 is an answer
-                self.observer.paused(method, path, attempt, plan.budget_for(info), wait, attempt)
-                continue
-            if verdict == "retry_not_found":
-                delay = max(NOT_FOUND_MIN_DELAY, backoff(attempt, self._rand())) * self.time_scale
-                logger.info("%s %s: 404 soon after create; retry in %.3f s", method, path, delay)
-                await self._pool.while_open(self._sleep(delay))
-                continue
-            if error is not None:
-                pool.check_open()
-                raise no_answer(method, path, attempt, error) from None
-            assert info is not None  # an answer: _settle read its headers
-            if verdict == "gone":
-                logger.info("%s %s: 404 after an ambiguous attempt; it was done", method, path)
-                return Response(status, None, info, attempt, budget_wait)
-            request_id = headers.get("x-request-id")
-            if verdict == "return":
-                capture = CAPTURE.get()
-                if capture is not None:
-                    capture.append(ResponseMeta(status, request_id, info, attempt, budget_wait))
-                body_data = parse_body(status, body)
-                return Response(status, body_data, info, attempt, budget_wait, request_id)
-            err = api_error(status, body, headers, info, attempt, method, path)
-            if isinstance(err, TooManyRequestsError):
-                err.reset_at = self._wall_clock() + wait
-                err.budget = plan.budget_for(info)
-            raise err
+        self.observer.answered(
+            call.method,
+            call.path,
+            call.attempt,
+            outcome.status,
+            outcome.error,
+            self.now() - sent,
+            outcome.headers,
+            outcome.info,
+        )
+        return outcome
+
+    def _judge(self, call: _Call, outcome: _Outcome) -> Verdict:
+        """Note what the attempt tells about the call, and ask the retry policy."""
+        status, failure, now = outcome.status, outcome.failure, self.now()
+        call.maybe_done = call.maybe_done or failure == "transport" or status >= 500
+        call.recut = status == 429
+        if call.recut and call.limited_since is None:
+            call.limited_since = now
+        return decide(
+            Attempt(
+                call.method,
+                status if outcome.error is None else None,
+                failure,
+                retries=call.retries,
+                max_retries=call.max_retries,
+                maybe_done=call.maybe_done,
+                gone_is_done=call.gone_is_done,
+                not_found_open=now < call.not_found_until,
+                rate_limited_for=(
+                    now - call.limited_since + call.wait if call.limited_since is not None else 0.0
+                ),
+                max_pause=self.options.max_rate_limit_wait,
+                retry_conflict=call.retry_conflict,
+            )
+        )
+
+    async def _before_retry(self, verdict: Verdict, call: _Call, outcome: _Outcome) -> None:
+        """Wait as the verdict says before the next attempt."""
+        method, path, attempt = call.method, call.path, call.attempt
+        if verdict == "retry":
+            self._pool.check_open()
+            call.retries += 1
+            why = type(outcome.error).__name__ if outcome.error is not None else str(outcome.status)
+            await self._pool.while_open(self.backoff(method, path, call.retries, why))
+        elif verdict == "retry_paused":
+            assert outcome.info is not None  # a 429 is an answer
+            budget = outcome.plan.budget_for(outcome.info)
+            self.observer.paused(method, path, attempt, budget, call.wait, attempt)
+        else:  # "retry_not_found"
+            delay = max(NOT_FOUND_MIN_DELAY, backoff(attempt, self._rand())) * self.time_scale
+            logger.info("%s %s: 404 soon after create; retry in %.3f s", method, path, delay)
+            await self._pool.while_open(self._sleep(delay))
+
+    def _conclude(self, verdict: Verdict, call: _Call, outcome: _Outcome) -> Response:
+        """The call's answer for a final verdict ("return", "gone"), or its typed error."""
+        status, info, attempt = outcome.status, outcome.info, call.attempt
+        if outcome.error is not None:
+            self._pool.check_open()
+            raise no_answer(call.method, call.path, attempt, outcome.error) from None
+        assert info is not None  # an answer: _settle read its headers
+        if verdict == "gone":
+            logger.info(
+                "%s %s: 404 after an ambiguous attempt; it was done", call.method, call.path
+            )
+            return Response(status, None, info, attempt, call.budget_wait)
+        request_id = outcome.headers.get("x-request-id")
+        if verdict == "return":
+            capture = CAPTURE.get()
+            if capture is not None:
+                capture.append(ResponseMeta(status, request_id, info, attempt, call.budget_wait))
+            body_data = parse_body(status, outcome.body)
+            return Response(status, body_data, info, attempt, call.budget_wait, request_id)
+        err = api_error(
+            status, outcome.body, outcome.headers, info, attempt, call.method, call.path
+        )
+        if isinstance(err, TooManyRequestsError):
+            err.reset_at = self._wall_clock() + call.wait
+            err.budget = outcome.plan.budget_for(info)
+        raise err
 
     async def _acquire(
         self, claims: tuple[Claim, ...], opts: Options, priority: Priority, files: int = 0
@@ -597,3 +647,53 @@ def _exchange_timeout(timeout: float | None) -> aiohttp.ClientTimeout:
     if timeout is None:
         return aiohttp.ClientTimeout(total=None)
     return aiohttp.ClientTimeout(total=max(timeout, ANSWER_HORIZON))
+
+
+@attrs.define
+class _Call:
+    """One logical request across its attempts: what it sends, and what its attempts so far
+    tell the retry policy."""
+
+    method: str
+    path: str
+    url: str
+    endpoint_id: str | None
+    #: Cuts a purge batch before an attempt and says how many paths it carries; or None.
+    cut: Callable[[], int] | None
+    count: int  # purged paths this attempt carries
+    json: Any
+    params: Mapping[str, str | int] | None
+    seal: Callable[[], Any] | None
+    priority: Priority
+    max_retries: int
+    gone_is_done: bool
+    retry_conflict: bool
+    not_found_until: float  # loop time until which a 404 may be the lag after a create
+    #: The claims of the current cut: set before the first attempt (by the first cut for a
+    #: purge batch).
+    plan: Plan = attrs.field(init=False)
+    make_body: Callable[[], Any] | None = attrs.field(init=False)
+    attempt: int = 0
+    retries: int = 0
+    budget_wait: float = 0.0
+    wait: float = 0.0  # the pause the last 429 set (kept through an attempt with no answer)
+    limited_since: float | None = None  # when the call drew its first 429
+    recut: bool = True  # cut the batch before this attempt: the first, or after a 429
+    maybe_done: bool = False  # an earlier attempt may have been carried out
+
+    def __attrs_post_init__(self) -> None:
+        self.make_body = self.seal
+
+
+@attrs.define
+class _Outcome:
+    """What one attempt came to: an answer (status, body, headers, rate-limit headers) or a
+    failure with the error that explains it."""
+
+    plan: Plan  # the claims the attempt was sent under
+    status: int = 0
+    body: bytes = b""
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    info: RateLimitInfo | None = None
+    failure: Failure | None = None
+    error: BaseException | None = None
