@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from ._events import PurgeBatchSent
 from ._limits import Priority
@@ -264,6 +264,93 @@ def _abandon(lane: _Lane, call: _Call, joined: Iterable[str]) -> None:
                 lane.urgent.pop(key, None)
 
 
+class _Batch:
+    """One purge request of a lane, while it waits for its budgets and is sent: the paths it
+    carries (cut and sealed only when the budgets admit it) and the priority it waits at."""
+
+    def __init__(self, session: Session, cdn_id: str, lane: _Lane) -> None:
+        self.session = session
+        self.cdn_id = cdn_id
+        self.lane = lane
+        self.path = f"/v2/cdn/endpoints/{cdn_id}/cache"
+        # The size is fixed when the batch is sealed, so the file budget is claimed exactly;
+        # paths that arrive while this batch waits for its budget go in the next one.
+        # What a batch sealed now would take; cut() sets it again when the share has room.
+        self.size = min(session.limits.purge_batch_size, len(lane.pending))
+        self.priority = lane.priority()
+        #: The sealed paths and who waits on each: empty until the budgets admit the batch.
+        self.paths: list[tuple[str, _Waiting]] = []
+        self.waited = 0.0  # on budgets, before a wait restarted at "high"
+
+    def cut(self) -> int:
+        """Before the first attempt, and after a 429: the size the client's file share
+        allows now. A refused batch was counted by nobody: what is over it goes back to the
+        front of the pending paths (paths that arrive meanwhile go in the next)."""
+        lane, share = self.lane, self.session.file_share
+        want = len(self.paths) or max(1, len(lane.pending))
+        self.size = (
+            share.batch_size(want)
+            if share is not None
+            else min(want, self.session.limits.purge_batch_size)
+        )
+        if len(self.paths) > self.size:
+            lane.put_back(self.paths[self.size :])
+            del self.paths[self.size :]
+        return self.size
+
+    def seal(self) -> dict[str, list[str]]:
+        """The request's body. Runs when the budgets first admit the request: from here on
+        no caller may join. Urgent paths that joined while it waited go first."""
+        if not self.paths:
+            self.paths.extend(self.lane.take(self.size))
+            # The request's span links to the span of every caller it serves.
+            callers = {c for p, w in self.paths for c, _ in _pairs(p, w) if c.trace is not None}
+            self.session.observer.link([c.trace for c in callers])
+        if not self.paths:  # every caller of these paths was cancelled while it waited
+            raise _NothingToSend
+        return {"files": [path for path, _ in self.paths]}
+
+    async def send(self) -> Response:
+        """Send the batch; a 409 (an identical purge, another process's, in progress) is
+        retried by the session's policy like a 5xx (``retry_conflict``)."""
+        lane, loop = self.lane, asyncio.get_running_loop()
+        while self.priority != "high" and not self.paths:
+            # Wait at this priority until admitted, or until an urgent path joins: then
+            # (the batch still unsealed) leave the queue, taking nothing, and wait again
+            # at "high".
+            upgrade = lane.upgrade = loop.create_future()
+            started = loop.time()
+            request = loop.create_task(self._request())
+            try:
+                await asyncio.wait((request, upgrade), return_when=asyncio.FIRST_COMPLETED)
+                if request.done() or self.paths:  # answered, or admitted and on the wire
+                    return await request
+                request.cancel()
+                await asyncio.gather(request, return_exceptions=True)
+            except asyncio.CancelledError:
+                request.cancel()
+                await asyncio.gather(request, return_exceptions=True)
+                raise
+            finally:
+                lane.upgrade = None
+            if not request.cancelled():  # it ended on its own meanwhile
+                return request.result()
+            self.waited += loop.time() - started
+            self.priority = "high"
+        return await self._request()
+
+    def _request(self) -> Coroutine[Any, Any, Response]:
+        return self.session.request(
+            "DELETE",
+            self.path,
+            endpoint_id=self.cdn_id,
+            files=self.cut,
+            seal=self.seal,
+            retry_conflict=True,
+            priority=self.priority,
+        )
+
+
 class PurgeEngine:
     """Coalesces, batches and sends purges for one client (and its copies)."""
 
@@ -382,99 +469,13 @@ class PurgeEngine:
                 del self._lanes[cdn_id]
 
     async def _send_batch(self, session: Session, cdn_id: str, lane: _Lane) -> None:
-        # The size is fixed now, so the file budget is claimed exactly; paths that arrive
-        # while this batch waits for its budget go in the next one.
-        share = session.file_share
-        # What a batch sealed now would take; cut() sets it again when the share has room.
-        size = min(session.limits.purge_batch_size, len(lane.pending))
-        priority = lane.priority()
-        batch: list[tuple[str, _Waiting]] = []
-
-        def cut() -> int:
-            # Before the first attempt, and after a 429: the size the client's file share
-            # allows now. A refused batch was counted by nobody: what is over it goes back to
-            # the front of the pending paths (paths that arrive meanwhile go in the next).
-            nonlocal size
-            want = len(batch) or max(1, len(lane.pending))
-            size = (
-                share.batch_size(want)
-                if share is not None
-                else min(want, session.limits.purge_batch_size)
-            )
-            if len(batch) > size:
-                lane.put_back(batch[size:])
-                del batch[size:]
-            return size
-
-        def seal() -> dict[str, list[str]]:
-            # Runs when the budgets first admit the request: from here on no caller may join.
-            # Urgent paths that joined while it waited go first.
-            if not batch:
-                batch.extend(lane.take(size))
-                # The request's span links to the span of every caller it serves.
-                callers = {c for p, w in batch for c, _ in _pairs(p, w) if c.trace is not None}
-                session.observer.link([c.trace for c in callers])
-            if not batch:  # every caller of these paths was cancelled while it waited
-                raise _NothingToSend
-            return {"files": [path for path, _ in batch]}
-
-        path = f"/v2/cdn/endpoints/{cdn_id}/cache"
-        loop = asyncio.get_running_loop()
-        waited = 0.0  # on budgets, before a wait restarted at "high"
-
-        async def send() -> Response:
-            nonlocal priority, waited
-            while priority != "high" and not batch:
-                # Wait at this priority until admitted, or until an urgent path joins: then
-                # (the batch still unsealed) leave the queue, taking nothing, and wait again
-                # at "high".
-                upgrade = lane.upgrade = loop.create_future()
-                started = loop.time()
-                request = loop.create_task(
-                    session.request(
-                        "DELETE",
-                        path,
-                        endpoint_id=cdn_id,
-                        files=cut,
-                        seal=seal,
-                        retry_conflict=True,
-                        priority=priority,
-                    )
-                )
-                try:
-                    await asyncio.wait((request, upgrade), return_when=asyncio.FIRST_COMPLETED)
-                    if request.done() or batch:  # answered, or admitted and on the wire
-                        return await request
-                    request.cancel()
-                    await asyncio.gather(request, return_exceptions=True)
-                except asyncio.CancelledError:
-                    request.cancel()
-                    await asyncio.gather(request, return_exceptions=True)
-                    raise
-                finally:
-                    lane.upgrade = None
-                if not request.cancelled():  # it ended on its own meanwhile
-                    return request.result()
-                waited += loop.time() - started
-                priority = "high"
-            return await session.request(
-                "DELETE",
-                path,
-                endpoint_id=cdn_id,
-                files=cut,
-                seal=seal,
-                priority=priority,
-                retry_conflict=True,
-            )
-
+        batch = _Batch(session, cdn_id, lane)
         error: CDNError | None = None
         wait = 0.0
         request_id: str | None = None
         try:
-            # A 409 (an identical purge, another process's, in progress) is retried by the
-            # session's policy like a 5xx: `retry_conflict` above.
             try:
-                resp = await send()
+                resp = await batch.send()
             except _NothingToSend:
                 return
             except CDNError as exc:
@@ -482,34 +483,34 @@ class PurgeEngine:
             except Exception as exc:  # a bug or a misused session: still report the paths
                 error = CDNError(f"purge request failed: {type(exc).__name__}: {exc}")
             else:
-                error, wait = None, resp.budget_wait + waited
+                error, wait = None, resp.budget_wait + batch.waited
                 request_id = resp.request_id
         except asyncio.CancelledError:
-            sent = bool(batch)
-            if lane.pending or batch:
-                seal()  # the sealed paths are reported, never dropped
-            self._resolve(
-                batch,
-                CDNError(_CLOSED),
-                0.0,
-                sent=sent,
-                stop=True,
-            )
+            sent = bool(batch.paths)
+            if lane.pending or batch.paths:
+                batch.seal()  # the sealed paths are reported, never dropped
+            self._resolve(batch.paths, CDNError(_CLOSED), 0.0, sent=sent, stop=True)
             raise
-        sent = bool(batch)  # empty when it failed before the budgets admitted it
+        sent = bool(batch.paths)  # empty when it failed before the budgets admitted it
         if not sent and lane.pending:
-            seal()
+            batch.seal()
         if isinstance(error, APIError):
             request_id = error.request_id
         served = self._resolve(
-            batch, error, wait, sent=sent, stop=isinstance(error, _FATAL), request_id=request_id
+            batch.paths,
+            error,
+            wait,
+            sent=sent,
+            stop=isinstance(error, _FATAL),
+            request_id=request_id,
         )
         if sent:
-            callers = {c.call_id: None for p, w in batch for c, _ in _pairs(p, w) if c.call_id}
+            paths = batch.paths
+            callers = {c.call_id: None for p, w in paths for c, _ in _pairs(p, w) if c.call_id}
             session.observer.batch_sent(
                 PurgeBatchSent(
                     cdn_id,
-                    tuple(p for p, _ in batch),
+                    tuple(p for p, _ in paths),
                     served,
                     error is None,
                     request_id,
