@@ -19,6 +19,7 @@ import aiohttp
 import attrs
 
 from ._answers import api_error, no_answer, parse_body, wait_timeout
+from ._budgets import MemoryBudgetStore
 from ._constants import ANSWER_HORIZON
 from ._events import (
     CAPTURE,
@@ -123,6 +124,9 @@ class Session:
         self.options = options
         self.limits = limits
         self.store = store
+        # Only the in-process store tells another client's units apart (BudgetState.others);
+        # the shared stores would read a file or Redis for a snapshot that says 0.
+        self._reads_others = isinstance(store, MemoryBudgetStore)
         self._pool = Pool(http, owns_http)
         self._sleep = sleep
         self._wall_clock = wall_clock
@@ -584,7 +588,7 @@ class Session:
         if status != 429:
             self.store.release(lease)
             apply_headers(self.store, info, plan, refused=False)
-            if not self.observer.others_seen:
+            if self._reads_others and not self.observer.others_seen:
                 self._look_for_others(info, plan)
             return info, 0.0
         if trial:
