@@ -266,6 +266,15 @@ class MemoryBudgetStore:
                 worst, budget = delay, k.budget
         return worst, budget
 
+    def held_for_others(self, key: str) -> int:
+        """Units on ``key`` that the server's headers showed another client spent, held now
+        (``BudgetState.others`` of one key, without building a snapshot)."""
+        k = self._table.keys.get(key)
+        if k is None:
+            return 0
+        k.expire(self._table.clock())
+        return k.held
+
     def snapshot(self) -> dict[str, BudgetState]:
         """The state of every live key (idle keys are dropped, not listed).
 

@@ -124,9 +124,10 @@ class Session:
         self.options = options
         self.limits = limits
         self.store = store
-        # Only the in-process store tells another client's units apart (BudgetState.others);
-        # the shared stores would read a file or Redis for a snapshot that says 0.
-        self._reads_others = isinstance(store, MemoryBudgetStore)
+        # Only the in-process store tells another client's units apart (BudgetState.others):
+        # asked once per answer until the warning is said, so it must be a lookup, not a
+        # snapshot (a shared store's reads the file or Redis, and says 0).
+        self._memory = store if isinstance(store, MemoryBudgetStore) else None
         self._pool = Pool(http, owns_http)
         self._sleep = sleep
         self._wall_clock = wall_clock
@@ -588,8 +589,8 @@ class Session:
         if status != 429:
             self.store.release(lease)
             apply_headers(self.store, info, plan, refused=False)
-            if self._reads_others and not self.observer.others_seen:
-                self._look_for_others(info, plan)
+            if self._memory is not None and not self.observer.others_seen:
+                self._look_for_others(info, plan, self._memory)
             return info, 0.0
         if trial:
             self.store.give_back(lease)
@@ -606,16 +607,16 @@ class Session:
         apply_headers(self.store, info, plan, refused=True)
         return info, paused
 
-    def _look_for_others(self, info: RateLimitInfo, plan: Plan) -> None:
+    def _look_for_others(self, info: RateLimitInfo, plan: Plan, store: MemoryBudgetStore) -> None:
         """Warn once when the store holds units the headers showed another client spent."""
         claim = plan.by_limit.get(info.limit) if info.limit is not None else None
         if claim is None or info.remaining is None or info.remaining >= claim.limit:
             return
-        state = self.store.snapshot().get(claim.key)
-        if state is not None and state.others > 0:
+        others = store.held_for_others(claim.key)
+        if others > 0:
             self.observer.another_client(
-                f"the server counts {state.others} more on the {claim.budget} budget than "
-                "this client sent"
+                f"the server counts {others} more on the {claim.budget} budget than this "
+                "client sent"
             )
 
     async def backoff(self, method: str, path: str, retry: int, why: str) -> None:

@@ -10,9 +10,7 @@ the run. Redis Cluster: ``test_redis_cluster.py``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -22,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 import cdn_async.redis
-from benchmarks._redis_server import RedisServer, free_port
+from benchmarks._redis_server import RedisServer, fork_workers, free_port
 from cdn_async import CDNClient, RateLimits
 from cdn_async._limits import Claim
 from cdn_async.errors import BudgetWaitTimeout, CDNError, RateLimitedError, ValidationError
@@ -782,20 +780,7 @@ async def run_workers(
         "requests": requests,
         "max_retries": 0,  # a 429 fails the call: it cannot hide behind a retry
     }
-    # One launcher forks the workers: the SDK is imported once, not once per process.
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "benchmarks._redis_server",
-        json.dumps({**cfg, "forks": processes}),
-        stdout=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0
-    results = [json.loads(line) for line in out.splitlines()]
-    assert len(results) == processes
-    return results
+    return await fork_workers(cfg, processes)
 
 
 async def test_processes_together_draw_no_429(redis_server: RedisServer) -> None:

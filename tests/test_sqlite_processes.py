@@ -9,7 +9,6 @@ measured in ``benchmarks/bench_host_store.py``.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import signal
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks._redis_server import fork_workers
 from cdn_async import SQLiteBudgetStore
 from cdn_async._limits import Claim
 from cdn_async.testing import FakeCDNServer
@@ -44,18 +44,7 @@ async def run_workers(
         "requests": requests,
         "max_retries": 0,  # a 429 fails the call: it cannot hide behind a retry
     }
-    # One launcher forks the workers: the SDK is imported once, not once per process.
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "benchmarks._redis_server",
-        json.dumps({**cfg, "forks": processes}),
-        stdout=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0
-    return [json.loads(line) for line in out.splitlines()]
+    return await fork_workers(cfg, processes)
 
 
 @pytest.mark.parametrize("processes", [2, 4, 8])
