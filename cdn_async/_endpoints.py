@@ -327,7 +327,7 @@ class Endpoints:
         """
         cdn_id = check.uuid_str("cdn_id", cdn_id)
         priority = _priority(priority)
-        self._session._pool.check_loop()  # before the engine makes anything on this loop
+        self._session.check_usable()  # before the engine makes anything on this loop
         # Checked a chunk at a time, yielding to the loop between chunks (100,000 paths never
         # block it for long); a bad path still raises before anything is sent.
         paths = await check.files_async(files)
@@ -409,8 +409,7 @@ class Endpoints:
         priority = _priority(priority)
         paths = check.files(files)
         session = self._session
-        session._pool.check_open()
-        session._pool.check_loop()
+        session.check_usable()
         # No deadline: nobody waits for it.
         patient = session.copy(attrs.evolve(session.options, max_budget_wait=None))
         background = Endpoints(patient, self._purge, self._background)

@@ -112,9 +112,14 @@ class RateLimits:
     ``RateLimits.documented()`` is DigitalOcean's published set. All budgets are exact
     sliding windows: a request holds its units from the moment it is sent until ``period``
     seconds after its answer arrives.
+
+    ``time_scale`` is the product of the ``scaled()`` factors (1.0 for the real API): the
+    session multiplies its retry delays by it, so a time-scaled fake server's retries keep
+    pace with its scaled budgets.
     """
 
     budgets: tuple[Budget, ...] = attrs.field(converter=tuple[Budget, ...])
+    time_scale: float = attrs.field(default=1.0, kw_only=True)
 
     @budgets.validator
     def _unique_names(
@@ -144,7 +149,10 @@ class RateLimits:
         """A copy with every period multiplied by ``factor`` (for tests and the fake server)."""
         if not (math.isfinite(factor) and factor > 0):
             raise ValueError(f"scale factor must be a positive number, got {factor!r}")
-        return RateLimits(tuple(attrs.evolve(b, period=b.period * factor) for b in self.budgets))
+        return RateLimits(
+            tuple(attrs.evolve(b, period=b.period * factor) for b in self.budgets),
+            time_scale=self.time_scale * factor,
+        )
 
     def with_reserve(self, fraction: float) -> RateLimits:
         """A copy that leaves ``fraction`` of every budget to other clients of the token.
@@ -159,7 +167,8 @@ class RateLimits:
             tuple(
                 attrs.evolve(b, reserve=min(b.limit - 1, math.ceil(b.limit * fraction)))
                 for b in self.budgets
-            )
+            ),
+            time_scale=self.time_scale,
         )
 
     def get(self, name: str) -> Budget | None:

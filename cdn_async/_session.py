@@ -142,9 +142,6 @@ class Session:
         }
         self.last_rate_limit: RateLimitInfo | None = None
         self._queued = 0  # calls of this session waiting for their budgets
-        #: Multiplies every retry delay: 1.0, or a time-scaled fake server's scale in tests
-        #: (``FakeCDNServer.client``), so retries keep pace with the scaled budgets.
-        self.time_scale = 1.0
         #: Endpoint id -> loop time of its creation by this client (for the 404 lag rule).
         self.recently_created: dict[str, float] = {}
         self._timeout = _exchange_timeout(options.timeout)
@@ -172,6 +169,17 @@ class Session:
         clone._timeout = _exchange_timeout(options.timeout)
         clone._queued = 0  # max_queued counts each copy's own calls
         return clone
+
+    @property
+    def closed(self) -> bool:
+        """Whether the client was closed (shared by every copy of the session)."""
+        return self._pool.closed
+
+    def check_usable(self) -> None:
+        """Raise ``CDNError`` now if a call could not be sent: the client is closed, or this
+        is another event loop than the first call's."""
+        self._pool.check_open()
+        self._pool.check_loop()
 
     def shut(self) -> None:
         """Stop every call of this session and its copies: see ``Pool.shut``."""
@@ -410,7 +418,9 @@ class Session:
             budget = outcome.plan.budget_for(outcome.info)
             self.observer.paused(method, path, attempt, budget, call.wait, attempt)
         else:  # "retry_not_found"
-            delay = max(NOT_FOUND_MIN_DELAY, backoff(attempt, self._rand())) * self.time_scale
+            delay = (
+                max(NOT_FOUND_MIN_DELAY, backoff(attempt, self._rand())) * self.limits.time_scale
+            )
             logger.info("%s %s: 404 soon after create; retry in %.3f s", method, path, delay)
             await self._pool.while_open(self._sleep(delay))
 
@@ -621,7 +631,7 @@ class Session:
 
     async def backoff(self, method: str, path: str, retry: int, why: str) -> None:
         """Sleep before retry number ``retry``, as the retry policy says, and log why."""
-        delay = backoff(retry, self._rand()) * self.time_scale
+        delay = backoff(retry, self._rand()) * self.limits.time_scale
         self.observer.retry(method, path, retry, why, delay)
         await self._sleep(delay)
 

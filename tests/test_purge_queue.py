@@ -521,7 +521,6 @@ async def test_a_batch_whose_retry_was_refused_is_sent_again_only_after_its_leas
     as unsent: it waits for its lease to expire (1 s), then is sent again and confirmed."""
     cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
     cdn, queue, store = setup(redis_server.url, fake_cdn.token, fake_cdn.url)
-    cdn._session.time_scale = SCALE  # the retry's backoff is shorter than the budget's wait
     impatient = cdn.with_options(max_budget_wait=0.01)
     paths = [f"img/{i}.png" for i in range(50)]
     fake_cdn.faults.drop_next(when="after", op="purge")

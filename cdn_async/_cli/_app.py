@@ -123,9 +123,6 @@ class ApiOptions:
                 polite_purges=bulk,
             )
             stack.push_async_callback(cdn.close)
-            # A time-scaled fake answers 1/F times faster: retry delays shrink with the
-            # budgets (as FakeCDNServer.client() does), so a test of a failing API is quick.
-            cdn._session.time_scale = self.time_scale
             yield cdn, queue
 
     def _shared(

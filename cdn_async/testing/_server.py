@@ -255,7 +255,6 @@ class FakeCDNServer:
         options.setdefault("base_url", self.url)
         options.setdefault("limits", RateLimits.documented().scaled(self._admission.time_scale))
         async with CDNClient(**options) as cdn:
-            cdn._session.time_scale = self._admission.time_scale
             yield cdn
 
     # -- configuration and inspection --------------------------------------------------------
