@@ -1,9 +1,10 @@
-"""The ``cdn-async`` command, run as a subprocess against a fake API server.
+"""The ``cdn-async`` command, run as a real process against a fake API server.
 
 Every run goes through ``run_cli``, which also checks that the API token appears nowhere in
-the command's stdout or stderr. Children restore SIGINT's handler (pytest may run with SIGINT
-ignored, which a child would inherit) and any still running are killed in teardown, so a
-test never hangs on a child that ignored its signal.
+the command's stdout or stderr. The processes are forked from one launcher that imported the
+command once (``_cli_launcher``). Children restore SIGINT's handler (pytest may run with
+SIGINT ignored, which a child would inherit) and any still running are killed in teardown, so
+a test never hangs on a child that ignored its signal.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from cdn_async import RateLimits
 from cdn_async._cli import EXTRA_HINT
 from cdn_async.redis import RedisBudgetStore, token_id_for
 from cdn_async.testing import FakeCDNServer
+
+from ._cli_launcher import Child, launcher
 
 SCALE = 0.01  # budgets 100x faster: the files budget is 50 paths / 0.2 s
 ENDPOINT_KEYS = {"id", "origin", "endpoint", "ttl", "created_at", "certificate_id", "custom_domain"}
@@ -60,13 +63,8 @@ def cli_env(server: FakeCDNServer | None, **extra: str) -> dict[str, str]:
     return env
 
 
-#: ``python -m cdn_async``, with SIGINT's handler restored first: a child of a pytest run
-#: with SIGINT ignored would inherit that, and a Ctrl-C test would then wait forever.
-CHILD = (
-    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "from cdn_async._cli import main; sys.exit(main(sys.argv[1:]))"
-)
-_children: list[asyncio.subprocess.Process] = []
+_children: list[Child] = []
+launcher()  # started at collection: its imports overlap the other modules'
 
 
 @pytest.fixture(autouse=True)
@@ -75,34 +73,35 @@ async def kill_children() -> AsyncIterator[None]:
     yield
     while _children:
         proc = _children.pop()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        proc.kill()
+        await proc.communicate()
 
 
 async def start_cli(
-    *args: str, server: FakeCDNServer | None, env: dict[str, str] | None = None
-) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        CHILD,
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env if env is not None else cli_env(server),
+    *args: str,
+    server: FakeCDNServer | None,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    sigint: str = "default",
+    recovery_grace: float | None = None,
+) -> Child:
+    """``cdn-async ARGS`` as a real process, forked from the launcher (``_cli_launcher``):
+    ``stdin`` is its standard input; SIGINT's handler is restored (pytest may run with
+    SIGINT ignored, which a child would inherit), unless ``sigint="ignore"``;
+    ``recovery_grace`` replaces the 3 s a RedisBudgetStore waits on a new Redis."""
+    proc = await launcher().spawn(
+        list(args),
+        env if env is not None else cli_env(server),
+        stdin=stdin,
+        sigint=sigint,
+        recovery_grace=recovery_grace,
     )
     _children.append(proc)
     return proc
 
 
-async def finish(
-    proc: asyncio.subprocess.Process, secret: str | None, stdin: str | None = None
-) -> Result:
-    out, err = await asyncio.wait_for(
-        proc.communicate(stdin.encode() if stdin is not None else None), timeout=60
-    )
+async def finish(proc: Child, secret: str | None) -> Result:
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     result = Result(proc.returncode or 0, out.decode(), err.decode())
     if secret is not None:
         assert secret not in result.out, "token leaked to stdout"
@@ -133,9 +132,12 @@ async def run_cli(
     server: FakeCDNServer | None,
     stdin: str | None = None,
     env: dict[str, str] | None = None,
+    recovery_grace: float | None = None,
 ) -> Result:
-    proc = await start_cli(*args, server=server, env=env)
-    return await finish(proc, server.token if server is not None else None, stdin)
+    proc = await start_cli(
+        *args, server=server, env=env, stdin=stdin, recovery_grace=recovery_grace
+    )
+    return await finish(proc, server.token if server is not None else None)
 
 
 @pytest.mark.fake_cdn(time_scale=SCALE)
@@ -314,12 +316,15 @@ async def test_ctrl_c_reports_what_was_purged(fake_cdn: FakeCDNServer) -> None:
     cdn_id = fake_cdn.add_endpoint("static.nyc3.digitaloceanspaces.com")["id"]
     paths = [f"img/{i}.png" for i in range(1000)]
     proc = await start_cli(
-        "purge", cdn_id, "--from-file", "-", "--json", "--no-progress", server=fake_cdn
+        "purge",
+        cdn_id,
+        "--from-file",
+        "-",
+        "--json",
+        "--no-progress",
+        server=fake_cdn,
+        stdin="\n".join(paths) + "\n",
     )
-    assert proc.stdin is not None
-    proc.stdin.write(("\n".join(paths) + "\n").encode())
-    await proc.stdin.drain()
-    proc.stdin.close()
     for _ in range(200):
         if len(purge_bodies(fake_cdn)) >= 2:
             break

@@ -29,18 +29,19 @@ def budget_file(token: str) -> Path:
 async def test_parallel_purge_jobs_share_the_budgets_with_no_flags(
     fake_cdn: FakeCDNServer,
 ) -> None:
-    """4 jobs at once, 100 distinct paths each, no --redis: 0 x 429, every job exits 0, every
-    path reaches the server once, and the budgets lived in the token's file."""
+    """4 jobs at once, 40 distinct paths each (more than one window of the files budget
+    between them), no --redis: 0 x 429, every job exits 0, every path reaches the server
+    once, and the budgets lived in the token's file."""
     ep = fake_cdn.add_endpoint("static.nyc3.digitaloceanspaces.com")["id"]
     jobs = [
-        await start_cli("purge", ep, *(f"job{j}/p{i}.png" for i in range(100)), server=fake_cdn)
+        await start_cli("purge", ep, *(f"job{j}/p{i}.png" for i in range(40)), server=fake_cdn)
         for j in range(4)
     ]
     results = await asyncio.gather(*(finish(p, fake_cdn.token) for p in jobs))
     assert [r.code for r in results] == [0] * 4, [r.err for r in results]
     assert fake_cdn.counters.rate_limited == {}
     sent = [p for e in fake_cdn.journal if e.op == "purge" for p in e.body["files"]]
-    assert sorted(sent) == sorted(f"job{j}/p{i}.png" for j in range(4) for i in range(100))
+    assert sorted(sent) == sorted(f"job{j}/p{i}.png" for j in range(4) for i in range(40))
     assert budget_file(fake_cdn.token).exists()
 
 

@@ -8,7 +8,6 @@ import asyncio
 import os
 import re
 import signal
-import sys
 from collections.abc import Callable
 
 import aiohttp
@@ -21,6 +20,7 @@ from cdn_async._cli._progress import HeartbeatProgress
 from cdn_async.redis import token_id_for
 from cdn_async.testing import FakeCDNServer
 
+from ._cli_launcher import Child, launcher
 from .test_cli import (
     REPORT_KEYS,
     SCALE,
@@ -46,15 +46,18 @@ def confirmed(server: FakeCDNServer) -> set[str]:
 
 async def start_purge(
     server: FakeCDNServer, cdn_id: str, paths: list[str], *extra: str, env: dict[str, str]
-) -> asyncio.subprocess.Process:
-    proc = await start_cli(
-        "purge", cdn_id, "--from-file", "-", "--json", *extra, server=server, env=env
+) -> Child:
+    return await start_cli(
+        "purge",
+        cdn_id,
+        "--from-file",
+        "-",
+        "--json",
+        *extra,
+        server=server,
+        env=env,
+        stdin="\n".join(paths) + "\n",
     )
-    assert proc.stdin is not None
-    proc.stdin.write(("\n".join(paths) + "\n").encode())
-    await proc.stdin.drain()
-    proc.stdin.close()
-    return proc
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -165,24 +168,12 @@ async def test_an_inherited_ignored_sigint_stays_ignored() -> None:
     async with FakeCDNServer(time_scale=SCALE, purge_duration=0.3) as server:
         cdn_id = server.add_endpoint(ORIGIN)["id"]
         paths = [f"img/{i}.png" for i in range(500)]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            "import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-            "from cdn_async._cli import main; sys.exit(main(sys.argv[1:]))",
-            "purge",
-            cdn_id,
-            *paths,
-            "--json",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=cli_env(server),
-        )
+        proc = await start_cli("purge", cdn_id, *paths, "--json", server=server, sigint="ignore")
         try:
             await until(lambda: len(purge_bodies(server)) >= 1)
             proc.send_signal(signal.SIGINT)
-            await asyncio.sleep(0.4)
-            assert proc.returncode is None  # still purging
+            with pytest.raises(TimeoutError):  # still purging
+                await asyncio.wait_for(proc.wait(), 0.4)
             before = len(purge_bodies(server))
             await until(lambda: len(purge_bodies(server)) > before)  # and still sending
             proc.send_signal(signal.SIGTERM)
@@ -411,22 +402,25 @@ async def test_doctl_token_variable_is_read_and_ours_wins(fake_cdn: FakeCDNServe
 async def test_a_new_redis_wait_is_counted_in_the_summary(
     fake_cdn: FakeCDNServer, redis_url: str
 ) -> None:
-    """On a Redis with no budget history the first requests wait its recovery grace (3 s):
-    the summary and the JSON count it, in every process, whoever sent the batch."""
+    """On a Redis with no budget history the first requests wait its recovery grace (3 s;
+    0.3 s in these commands): the summary and the JSON count it, in every process, whoever
+    sent the batch."""
+    grace = 0.3
     cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
     env = cli_env(fake_cdn, CDN_ASYNC_REDIS_URL=redis_url)
+    args = ("purge", cdn_id, "a.png", "b.png", "--json")
     first, second = await asyncio.gather(
-        run_cli("purge", cdn_id, "a.png", "b.png", "--json", server=fake_cdn, env=env),
-        run_cli("purge", cdn_id, "a.png", "b.png", "--json", server=fake_cdn, env=env),
+        run_cli(*args, server=fake_cdn, env=env, recovery_grace=grace),
+        run_cli(*args, server=fake_cdn, env=env, recovery_grace=grace),
     )
     for result in (first, second):
         assert result.code == 0, result.err
         waited = result.json()["budget_wait"]
-        assert waited >= 2.9, result.err
+        assert waited >= grace * 0.95, result.err
         summary = re.search(
             r"\(([\d.]+) s waiting for rate budgets and the shared queue\)", result.err
         )
-        assert summary and float(summary.group(1)) >= 2.9, result.err
+        assert summary and float(summary.group(1)) >= grace * 0.95 - 0.05, result.err
 
 
 @pytest.mark.fake_cdn(time_scale=SCALE)
@@ -488,15 +482,7 @@ async def test_fake_server_from_a_shell_with_faults_prints_totals_on_sigterm(ent
     if entry == "cdn-async":
         proc = await start_cli("fake-server", *options, server=None, env=cli_env(None))
     else:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "cdn_async.testing",
-            *options,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=cli_env(None),
-        )
+        proc = await launcher().spawn(options, cli_env(None), module="cdn_async.testing")
     assert proc.stdout is not None
     banner = ""
     url = None

@@ -43,6 +43,10 @@ TIME_SCALE_ENV = "CDN_ASYNC_TIME_SCALE"
 REDIS_ENV = "CDN_ASYNC_REDIS_URL"
 MAX_RATE_LIMIT_WAIT_ENV = "CDN_ASYNC_MAX_RATE_LIMIT_WAIT"
 
+#: ``recovery_grace`` of the commands' ``RedisBudgetStore`` (None: the store's, 3 s): a seam
+#: for the tests, which shorten the wait on a new Redis in the commands they fork.
+redis_recovery_grace: float | None = None
+
 
 @attrs.frozen
 class ApiOptions:
@@ -148,7 +152,15 @@ class ApiOptions:
             ) from None
         tid = token_id_for(self.token)
         try:
-            store = RedisBudgetStore(self.redis_url, token_id=tid, limits=limits)
+            if redis_recovery_grace is None:
+                store = RedisBudgetStore(self.redis_url, token_id=tid, limits=limits)
+            else:
+                store = RedisBudgetStore(
+                    self.redis_url,
+                    token_id=tid,
+                    limits=limits,
+                    recovery_grace=redis_recovery_grace,
+                )
         except ValueError as exc:
             raise ValidationError(f"--redis: {exc}") from None
         stack.push_async_callback(store.aclose)
