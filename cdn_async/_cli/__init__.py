@@ -23,12 +23,14 @@ success, 1 another API error (or a declined delete), 2 usage error, 3 some paths
 401, 5 403, 6 404, 7 unreachable, 8 rate limited, 128 + the signal when SIGINT, SIGTERM or
 SIGHUP stopped it (``_signals``). The API token is never printed.
 
-One module per concern: ``_app`` (the click app, the options every API command shares and
-the exit codes of SDK errors), ``_host_budgets`` (the budget file), ``_endpoints``,
-``_purge`` (``purge`` and ``purge-worker``), ``_progress`` (the live bar, the heartbeat lines
-of a log, or nothing), ``_signals`` (stop signals), ``_demo`` (``demo`` and ``fake-server``)
-and ``_output`` (what is printed, and the exit statuses). Only this module
-loads without click and rich; it imports the others once it has found them.
+One module per concern: ``_commands`` (the click group, with every command module's
+commands), ``_app`` (the options every API command shares, reading paths from a file, and
+running a command's coroutine with stop signals and the exit codes of SDK errors),
+``_host_budgets`` (the budget file), ``_endpoints``, ``_purge`` (``purge`` and
+``purge-worker``), ``_deadline`` (``purge --manifest --deadline``), ``_progress`` (the live
+bar, the heartbeat lines of a log, or nothing), ``_signals`` (stop signals), ``_demo``
+(``demo`` and ``fake-server``) and ``_output`` (what is printed, and the exit statuses). Only
+this module loads without click and rich; it imports the others once it has found them.
 """
 
 from __future__ import annotations
@@ -57,6 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print(EXTRA_HINT, file=sys.stderr)
         return EXIT_USAGE
-    from ._app import run
+    from ._commands import run
 
     return run(argv)

@@ -1,6 +1,7 @@
-"""The click app, and what every command shares: how to reach the API (one ``ApiOptions`` on
-the click context, built from the same four options on every API command), ``--json``,
-``--no-progress``, and the mapping of SDK errors to exit codes.
+"""What every command shares: how to reach the API (one ``ApiOptions`` on the click context,
+built from the same options on every API command), ``--json``, ``--no-progress``, reading
+paths from a file, and running a command's coroutine with stop signals and the exit codes of
+SDK errors. The command modules build on it; ``_commands`` puts them on one click group.
 
 Imported only once ``main`` has found click and rich.
 """
@@ -12,7 +13,7 @@ import contextlib
 import functools
 import math
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 import click
@@ -23,15 +24,12 @@ from ..errors import CDNError, ValidationError
 from ..events import BudgetWaited, Event, EventHook, ResponseReceived
 from ._host_budgets import SHARE_ENV, host_store
 from ._output import (
-    EXIT_API_ERROR,
     EXIT_INTERRUPTED,
-    EXIT_OK,
     dump,
     err,
     error_json,
     error_line,
     exit_code_for,
-    exit_codes_help,
 )
 from ._signals import Stop
 
@@ -339,50 +337,23 @@ def run_command(
         return code
 
 
+def read_paths(source: TextIO) -> list[str]:
+    """Paths from a file, one a line; blank lines and lines starting with ``#`` skipped.
+
+    Args:
+        source: The open file.
+
+    Returns:
+        The paths, stripped of surrounding whitespace.
+    """
+    paths = []
+    for line in source:
+        path = line.strip()
+        if path and not path.startswith("#"):
+            paths.append(path)
+    return paths
+
+
 def given(value: Any) -> Any:
     """None (an option not given) -> NOT_GIVEN, so the SDK leaves the field out."""
     return NOT_GIVEN if value is None else value
-
-
-def build_cli() -> click.Group:
-    """The click command tree."""
-    from ._demo import demo, fake_server
-    from ._endpoints import endpoints
-    from ._purge import purge, purge_worker
-
-    @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-    @click.version_option(package_name="cdn-async", prog_name="cdn-async")
-    def cli() -> None:
-        """Manage DigitalOcean CDN endpoints and purge their caches.
-
-        Every request stays within DigitalOcean's rate limits (no 429s), and a bulk purge
-        uses the whole budget. The token comes from $DIGITALOCEAN_TOKEN (else doctl's
-        $DIGITALOCEAN_ACCESS_TOKEN, or --token).
-
-        SIGINT (Ctrl-C), SIGTERM and SIGHUP stop a command the same way: a purge stops
-        sending, waits for the batch on the wire, reports and exits 130, 143 or 129.
-
-        Try it with no account and no token: cdn-async demo
-        """
-
-    cli.epilog = '\b\nExit codes (--json prints the same word as "status"):\n' + exit_codes_help()
-    for command in (endpoints, purge, purge_worker, fake_server, demo):
-        cli.add_command(command)
-    return cli
-
-
-def run(argv: list[str] | None) -> int:
-    """Run the command tree on ``argv``; the exit status (see ``cdn_async._cli.main``)."""
-    try:
-        rv = build_cli().main(args=argv, prog_name="cdn-async", standalone_mode=False)
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.Abort as exc:
-        if isinstance(exc.__cause__, KeyboardInterrupt):
-            return EXIT_INTERRUPTED
-        err("Aborted.")
-        return EXIT_API_ERROR
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    return rv if isinstance(rv, int) else EXIT_OK

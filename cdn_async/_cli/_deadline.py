@@ -18,17 +18,19 @@ import click
 from .. import PurgePlan, PurgeProgress, PurgeReport, RateLimits, plan_purge
 from .. import _validation as check
 from ..errors import CDNError, PurgeError
-from ._app import ApiOptions, run_command
+from ._app import ApiOptions, read_paths, run_command
 from ._output import (
     EXIT_API_ERROR,
     EXIT_OK,
     EXIT_USAGE,
+    NOT_CONFIRMED,
     distinct_errors,
     dump,
     err,
     error_line,
     n,
     out,
+    purge_exit_code,
     report_json,
     stdout_console,
 )
@@ -122,7 +124,6 @@ def planned_purge(
     allow_all: bool,
     as_json: bool,
     no_progress: bool,
-    read_paths: Any,
     heartbeat: float = DEFAULT_HEARTBEAT,
 ) -> int:
     """``purge`` with ``--manifest``, ``--deadline`` or ``--dry-run``."""
@@ -178,8 +179,6 @@ async def _send(
     heartbeat: float,
     stop: Stop,
 ) -> int:
-    from ._purge import _NOT_CONFIRMED, _exit_code  # _purge imports this module
-
     started = time.monotonic()
     confirmed: list[str] = []
     failed: dict[str, CDNError] = {}
@@ -227,10 +226,10 @@ async def _send(
             rest = dict(failed)
             for path in dict.fromkeys(check.files(files)):
                 if path not in rest and path not in confirmed:
-                    rest[path] = CDNError(_NOT_CONFIRMED)
+                    rest[path] = CDNError(NOT_CONFIRMED)
             report = PurgeReport(cdn_id, tuple(confirmed), rest, batches, 0.0)
     elapsed = time.monotonic() - started
-    code = _exit_code(report, stop)
+    code = purge_exit_code(report, stop.exit_code)
     data = report_json(report, code=code)
     data["wildcards"] = {w: list(paths) for w, paths in report.wildcards.items()}
     data["unchanged"] = report.unchanged

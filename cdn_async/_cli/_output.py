@@ -50,6 +50,11 @@ EXIT_STATUSES: dict[int, tuple[str, str]] = {
 }
 
 
+#: Why a path of an interrupted purge has no outcome: sent, but its answer not heard; never sent.
+NOT_CONFIRMED = "interrupted before this path was confirmed purged"
+NOT_SENT = "interrupted before this path was sent"
+
+
 def status_of(code: int) -> str:
     """The ``status`` word of an exit code (``"interrupted"`` for 128 + a signal)."""
     if code > 128:
@@ -226,3 +231,16 @@ def distinct_errors(errors: Iterable[CDNError]) -> list[CDNError]:
     for error in errors:
         seen.setdefault(str(error), error)
     return list(seen.values())
+
+
+def purge_exit_code(report: PurgeReport, stopped: int | None) -> int:
+    """A purge's exit code. Interrupted (``stopped``: 128 + the signal, else None): that.
+    Some paths purged and some failed: partial. None purged: what the first error stands for
+    (401, 403, 404, unreachable, rate limited...)."""
+    if stopped is not None:
+        return stopped
+    if not report.failed:
+        return EXIT_OK
+    if report.purged:
+        return EXIT_PARTIAL
+    return exit_code_for(next(iter(report.failed.values())))

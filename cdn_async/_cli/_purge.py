@@ -31,18 +31,28 @@ from ..events import (
     ResponseReceived,
     RetryScheduled,
 )
-from ._app import REDIS_ENV, ApiOptions, api_options, json_option, no_progress_option, run_command
+from ._app import (
+    REDIS_ENV,
+    ApiOptions,
+    api_options,
+    json_option,
+    no_progress_option,
+    read_paths,
+    run_command,
+)
 from ._deadline import duration, planned_purge
 from ._output import (
     EXIT_OK,
     EXIT_PARTIAL,
+    NOT_CONFIRMED,
+    NOT_SENT,
     distinct_errors,
     dump,
     err,
     error_line,
-    exit_code_for,
     n,
     out,
+    purge_exit_code,
     report_json,
     status_of,
     stdout_console,
@@ -54,9 +64,6 @@ if TYPE_CHECKING:
     from .. import CDNClient
     from .._purge_queue import PurgeTicket
     from ..redis import RedisPurgeQueue
-
-_NOT_CONFIRMED = "interrupted before this path was confirmed purged"
-_NOT_SENT = "interrupted before this path was sent"
 
 
 @click.command("purge")
@@ -165,7 +172,6 @@ def purge(
             allow_all=purge_all,
             as_json=as_json,
             no_progress=no_progress,
-            read_paths=read_paths,
             heartbeat=heartbeat,
         )
     if purge_all:
@@ -222,23 +228,6 @@ def purge_worker(api: ApiOptions, endpoint_ids: tuple[str, ...], until_idle: boo
     return run_command(lambda stop: _work(api, list(endpoint_ids), until_idle=until_idle))
 
 
-def read_paths(source: TextIO) -> list[str]:
-    """Paths from a file, one a line; blank lines and lines starting with ``#`` skipped.
-
-    Args:
-        source: The open file.
-
-    Returns:
-        The paths, stripped of surrounding whitespace.
-    """
-    paths = []
-    for line in source:
-        path = line.strip()
-        if path and not path.startswith("#"):
-            paths.append(path)
-    return paths
-
-
 class _Settled:
     """What ``on_batch`` has delivered of one purge call: its report if it is stopped.
 
@@ -287,7 +276,7 @@ class _Settled:
         confirmed (as not sent, when ``unsent`` says none of them was). ``requests`` counts
         the batches settled."""
         failed = dict(self.failed)
-        why = _NOT_SENT if unsent else _NOT_CONFIRMED
+        why = NOT_SENT if unsent else NOT_CONFIRMED
         for path in self.open_paths():
             if path not in queued:
                 failed[path] = CDNError(why)
@@ -480,7 +469,7 @@ async def _purge(
     # waits (a new Redis's recovery grace included), and with --redis the batches of other
     # processes it waited behind (one per endpoint at a time), which may carry its paths.
     waited = max(elapsed - wire.wire_time, wire.waited, report.budget_wait)
-    code = _exit_code(report, stop)
+    code = purge_exit_code(report, stop.exit_code)
     purged, total = len(report.purged), len(settled.paths)
     if stop.signal is not None:
         err(
@@ -514,18 +503,6 @@ async def _purge(
             err(error_line(error))
         err(f"{n(len(report.failed), 'path')} failed to purge: exit {code} ({status_of(code)}).")
     return code
-
-
-def _exit_code(report: PurgeReport, stop: Stop) -> int:
-    """Interrupted: 128 + the signal. Some paths purged and some failed: partial. None
-    purged: what the first error stands for (401, 403, 404, unreachable, rate limited...)."""
-    if stop.exit_code is not None:
-        return stop.exit_code
-    if not report.failed:
-        return EXIT_OK
-    if report.purged:
-        return EXIT_PARTIAL
-    return exit_code_for(next(iter(report.failed.values())))
 
 
 #: Rows of each outcome the table shows (--json lists every path).
