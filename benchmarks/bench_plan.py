@@ -10,7 +10,7 @@ and 18,000 redundant entries: exact duplicates and leading-slash variants of tho
 shuffled with a fixed seed. 100,000 paths; 42,000 unique uncovered ones (40,000 files and the
 2,000 wildcards) must be sent, in exactly ceil(42,000 / 50) = 840 requests.
 
-* plan: ``plan()`` of the normalised paths, best of 5 (target < 0.5 s). ``--old``: the linear
+* plan: ``sent_for()`` of the normalised paths, best of 5 (target < 0.5 s). ``--old``: the linear
   planner it replaced (every path checked against every wildcard), once.
 * loop blocking: ``await cdn.endpoints.purge(id, paths)`` against a fresh
   ``FakeCDNServer(time_scale=S)`` (both sides' budgets scaled by S) in the same event loop,
@@ -43,7 +43,7 @@ from cdn_async import CDNClient, RateLimits
 
 # No public names: the planning step alone (``plan_purge`` adds validation and pacing).
 from cdn_async import _validation as check
-from cdn_async._purge import plan
+from cdn_async._purge_plan import sent_for
 from cdn_async.testing import FakeCDNServer
 
 ORIGIN = "bench.nyc3.digitaloceanspaces.com"
@@ -92,7 +92,7 @@ def time_plan(paths: list[str], rounds: int) -> tuple[float, int]:
     best = math.inf
     for _ in range(rounds):
         t0 = time.perf_counter()
-        mapping = plan(normalised)
+        mapping = sent_for(normalised)
         best = min(best, time.perf_counter() - t0)
     return best, len(set(mapping.values()))
 
@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument(
         "--scale", type=float, default=0.0001, help="time_scale of both sides (default 0.0001)"
     )
-    parser.add_argument("--rounds", type=int, default=5, help="plan() timing rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="sent_for() timing rounds")
     parser.add_argument("--old", action="store_true", help="also time the old linear planner")
     parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
@@ -217,7 +217,7 @@ def main() -> None:
         t0 = time.perf_counter()
         old = old_plan(normalised)
         old_s = time.perf_counter() - t0
-        assert old == plan(normalised), "the planners disagree"
+        assert old == sent_for(normalised), "the planners disagree"
         rows.append(["old linear plan(), same input (once)", f"{old_s:.2f} s", "", ""])
 
     timed = asyncio.run(purge_run(args.scale, paths, probe=True))

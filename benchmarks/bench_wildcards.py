@@ -47,7 +47,7 @@ from benchmarks._sitegen import build_site
 from benchmarks.charts import BACKGROUND, BLUE, BORDER, GRID, MUTED, ORANGE, PURPLE, TEXT, Svg, _num
 from cdn_async import CDNClient, RateLimits, plan_purge
 from cdn_async._planned import _run
-from cdn_async._purge_plan import PurgePlan, planning
+from cdn_async._purge_plan import PurgePlan, plan_purge_steps
 from cdn_async.testing import FakeCDNServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -112,7 +112,7 @@ async def blocking(files: int, changed: int) -> None:
         await asyncio.sleep(0.01)
         out: list[PurgePlan] = []
         started = time.perf_counter()
-        await _run(planning(paths, manifest=manifest, deadline=deadline, out=out))
+        await _run(plan_purge_steps(paths, manifest=manifest, deadline=deadline, out=out))
         elapsed = time.perf_counter() - started
         done.set()
         await tick

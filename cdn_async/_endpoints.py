@@ -21,7 +21,7 @@ from ._planned import purge_planned
 from ._purge import PurgeBackend, PurgeEngine, PurgeProgress, PurgeReport
 from ._purge_deadline import refuse_if_too_slow
 from ._purge_handle import PurgeHandle
-from ._purge_plan import _Plan
+from ._purge_plan import Coalesced
 from ._sentinel import NOT_GIVEN, NotGiven
 from ._session import Session
 from .errors import (
@@ -351,13 +351,13 @@ class Endpoints:
             # A shared queue: what other processes queued ahead is not known here, but a plan
             # that alone cannot be sent in time is refused all the same (the engine counts
             # its pending paths too: PurgeEngine.purge).
-            planned = _Plan()
-            for _ in planned.steps(paths):
+            coalesced = Coalesced()
+            for _ in coalesced.steps(paths):
                 await asyncio.sleep(0)
             refuse_if_too_slow(
                 self._session,
                 cdn_id,
-                len(planned.targets),
+                len(coalesced.targets),
                 0,
                 priority or self._session.options.priority,
                 plan_only=True,

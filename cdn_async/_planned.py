@@ -1,6 +1,6 @@
 """A purge that meets a deadline: ``cdn.endpoints.purge(..., manifest=, deadline=)``.
 
-Plans with the wildcard planner (``_purge_plan.planning``) a few ms at a time, handing the
+Plans with the wildcard planner (``_purge_plan.plan_purge_steps``) a few ms at a time, handing the
 event loop back in between; refuses a plan that cannot meet the deadline before anything is
 sent; sends the wildcards chosen with the changed paths through the client's purge backend
 (which maps each changed path to the wildcard that covers it); and reports in terms of the
@@ -20,7 +20,7 @@ from ._logs import logger
 from ._models import PurgeReport
 from ._purge import PurgeEngine
 from ._purge_deadline import refuse_if_too_slow
-from ._purge_plan import PurgeBackend, PurgePlan, PurgeProgress, entries_within, planning
+from ._purge_plan import PurgeBackend, PurgePlan, PurgeProgress, entries_within, plan_purge_steps
 from ._wildcards import Manifest
 from .errors import PurgeError, ValidationError
 
@@ -74,7 +74,7 @@ async def plan_for(
     async def plan(within: float | None) -> PurgePlan:
         out: list[PurgePlan] = []
         await _run(
-            planning(
+            plan_purge_steps(
                 paths,
                 session.limits,
                 manifest=site,

@@ -1,6 +1,6 @@
 """The purge engine: one logical purge of any size, each path purged once.
 
-A purge is planned (duplicates and covered paths dropped), then its paths join the endpoint's
+A purge is coalesced (duplicates and covered paths dropped), then its paths join the endpoint's
 *pending set*: paths waiting to be sent. One sender per endpoint takes up to a batch (the
 file budget's limit) from the front of that set when the budgets admit it, so paths that
 other callers add while it waits join the same request. A path already pending, or covered
@@ -32,12 +32,12 @@ from ._logs import logger
 from ._models import PurgeReport
 from ._purge_deadline import refuse_if_too_slow
 from ._purge_plan import (
+    Coalesced,
     PurgeBackend,
     PurgePlan,
     PurgeProgress,
-    _Plan,
-    plan,
     plan_purge,
+    sent_for,
 )
 from ._validation import CHUNK
 from .errors import (
@@ -59,8 +59,8 @@ __all__ = [
     "PurgePlan",
     "PurgeProgress",
     "PurgeReport",
-    "plan",
     "plan_purge",
+    "sent_for",
 ]
 
 #: Why paths of a purge failed when the client was closed first (sent or not, unanswered).
@@ -170,8 +170,8 @@ def _pairs(path: str, waiting: _Waiting) -> Iterable[tuple[_Call, str]]:
     return ((waiting, path),) if isinstance(waiting, _Call) else waiting.pairs()
 
 
-class _Lane:
-    """One endpoint's pending set and its sender task."""
+class _EndpointSender:
+    """One endpoint's sender: its pending set, and the task that sends it a batch at a time."""
 
     def __init__(self) -> None:
         self.pending: dict[str, _Waiting] = {}
@@ -249,35 +249,35 @@ class _NothingToSend(Exception):
     """Raised by a batch's seal when every path it was to carry was abandoned."""
 
 
-def _abandon(lane: _Lane, call: _Call, joined: Iterable[str]) -> None:
+def _abandon(sender: _EndpointSender, call: _Call, joined: Iterable[str]) -> None:
     """A cancelled caller leaves the paths it waits on that are not yet sent; a path no one
     else waits on is not sent at all (an already-sealed batch goes out regardless)."""
     for key in joined:
-        waiting = lane.pending.get(key)  # absent: sealed (on the wire or done), stays shared
+        waiting = sender.pending.get(key)  # absent: sealed (on the wire or done), stays shared
         if waiting is call:
-            del lane.pending[key]
-            lane.urgent.pop(key, None)
+            del sender.pending[key]
+            sender.urgent.pop(key, None)
         elif isinstance(waiting, _Entry):  # it may be another caller's, which call is not in
             waiting.leave(call)
             if not waiting:
-                del lane.pending[key]
-                lane.urgent.pop(key, None)
+                del sender.pending[key]
+                sender.urgent.pop(key, None)
 
 
 class _Batch:
-    """One purge request of a lane, while it waits for its budgets and is sent: the paths it
+    """One purge request of an endpoint's sender, while it waits for its budgets and is sent: the paths it
     carries (cut and sealed only when the budgets admit it) and the priority it waits at."""
 
-    def __init__(self, session: Session, cdn_id: str, lane: _Lane) -> None:
+    def __init__(self, session: Session, cdn_id: str, sender: _EndpointSender) -> None:
         self.session = session
         self.cdn_id = cdn_id
-        self.lane = lane
+        self.sender = sender
         self.path = f"/v2/cdn/endpoints/{cdn_id}/cache"
         # The size is fixed when the batch is sealed, so the file budget is claimed exactly;
         # paths that arrive while this batch waits for its budget go in the next one.
         # What a batch sealed now would take; cut() sets it again when the share has room.
-        self.size = min(session.limits.purge_batch_size, len(lane.pending))
-        self.priority = lane.priority()
+        self.size = min(session.limits.purge_batch_size, len(sender.pending))
+        self.priority = sender.priority()
         #: The sealed paths and who waits on each: empty until the budgets admit the batch.
         self.paths: list[tuple[str, _Waiting]] = []
         self.waited = 0.0  # on budgets, before a wait restarted at "high"
@@ -286,15 +286,15 @@ class _Batch:
         """Before the first attempt, and after a 429: the size the client's file share
         allows now. A refused batch was counted by nobody: what is over it goes back to the
         front of the pending paths (paths that arrive meanwhile go in the next)."""
-        lane, share = self.lane, self.session.file_share
-        want = len(self.paths) or max(1, len(lane.pending))
+        sender, share = self.sender, self.session.file_share
+        want = len(self.paths) or max(1, len(sender.pending))
         self.size = (
             share.batch_size(want)
             if share is not None
             else min(want, self.session.limits.purge_batch_size)
         )
         if len(self.paths) > self.size:
-            lane.put_back(self.paths[self.size :])
+            sender.put_back(self.paths[self.size :])
             del self.paths[self.size :]
         return self.size
 
@@ -302,7 +302,7 @@ class _Batch:
         """The request's body. Runs when the budgets first admit the request: from here on
         no caller may join. Urgent paths that joined while it waited go first."""
         if not self.paths:
-            self.paths.extend(self.lane.take(self.size))
+            self.paths.extend(self.sender.take(self.size))
             # The request's span links to the span of every caller it serves.
             callers = {c for p, w in self.paths for c, _ in _pairs(p, w) if c.trace is not None}
             self.session.observer.link([c.trace for c in callers])
@@ -313,12 +313,12 @@ class _Batch:
     async def send(self) -> Response:
         """Send the batch; a 409 (an identical purge, another process's, in progress) is
         retried by the session's policy like a 5xx (``retry_conflict``)."""
-        lane, loop = self.lane, asyncio.get_running_loop()
+        sender, loop = self.sender, asyncio.get_running_loop()
         while self.priority != "high" and not self.paths:
             # Wait at this priority until admitted, or until an urgent path joins: then
             # (the batch still unsealed) leave the queue, taking nothing, and wait again
             # at "high".
-            upgrade = lane.upgrade = loop.create_future()
+            upgrade = sender.upgrade = loop.create_future()
             started = loop.time()
             request = loop.create_task(self._request())
             try:
@@ -332,7 +332,7 @@ class _Batch:
                 await asyncio.gather(request, return_exceptions=True)
                 raise
             finally:
-                lane.upgrade = None
+                sender.upgrade = None
             if not request.cancelled():  # it ended on its own meanwhile
                 return request.result()
             self.waited += loop.time() - started
@@ -355,7 +355,7 @@ class PurgeEngine:
     """Coalesces, batches and sends purges for one client (and its copies)."""
 
     def __init__(self) -> None:
-        self._lanes: dict[str, _Lane] = {}
+        self._senders: dict[str, _EndpointSender] = {}
 
     async def purge(
         self,
@@ -370,54 +370,54 @@ class PurgeEngine:
         """Purge ``paths`` (already validated and normalised) of ``cdn_id``; see ``Endpoints.purge``.
 
         A batch shared by callers of several client copies is sent with the options (retries,
-        timeout) of the caller that opened the endpoint's lane.
+        timeout) of the caller that opened the endpoint's sender.
         """
         # Planning and joining yield to the loop every CHUNK paths: a purge of 100,000 paths
         # never blocks it for long. Until the last chunk has joined, the sender may already
         # send the first ones (it takes what is pending when the budgets admit each batch).
-        planned = _Plan()
-        for _ in planned.steps(paths):
+        coalesced = Coalesced()
+        for _ in coalesced.steps(paths):
             await asyncio.sleep(0)
         if session.options.max_budget_wait is not None:
             # All or nothing: refused before anything is sent when the whole plan cannot be.
             level = priority or session.options.priority
-            own, ahead = self._files_ahead(cdn_id, planned, level == "high")
+            own, ahead = self._files_ahead(cdn_id, coalesced, level == "high")
             refuse_if_too_slow(session, cdn_id, own, ahead, level, plan_only=False)
         call = _Call(
             cdn_id,
-            len(planned.mapping),
+            len(coalesced.mapping),
             on_progress,
             on_batch,
             priority or session.options.priority,
         )
         call.trace = session.observer.trace_context()
         call.call_id = session.observer.call_id()
-        # The pending paths this call waits on, per lane.
-        joined: dict[_Lane, list[str]] = {}
+        # The pending paths this call waits on, per sender.
+        joined: dict[_EndpointSender, list[str]] = {}
         try:
-            targets, groups = iter(planned.targets), planned.groups
+            targets, groups = iter(coalesced.targets), coalesced.groups
             while chunk := list(itertools.islice(targets, CHUNK)):
                 if call.stopped is not None:
                     rest = itertools.chain(chunk, targets)
                     failed = [(own, call.stopped) for t in rest for own in groups.get(t) or (t,)]
                     call.batch_done([], failed, 0.0, sent=False)
                     break
-                # Looked up again after every yield: the lane's sender may have emptied it and
-                # gone (a fatal error fails every pending path), and a new lane then takes over.
-                lane = self._lanes.setdefault(cdn_id, _Lane())
-                mine = joined.setdefault(lane, [])
+                # Looked up again after every yield: the endpoint's sender may have emptied its
+                # pending set and gone (a fatal error fails every pending path), and a new sender then takes over.
+                sender = self._senders.setdefault(cdn_id, _EndpointSender())
+                mine = joined.setdefault(sender, [])
                 for target in chunk:
                     # A sent path joins with every path it stands for at once, so none of them
                     # can join a request already sent for another.
-                    key = lane.join(call, target, groups.get(target))
+                    key = sender.join(call, target, groups.get(target))
                     mine.append(key)
                     if call.priority == "high":
-                        lane.urgent[key] = None
-                        if lane.upgrade is not None and not lane.upgrade.done():
-                            lane.upgrade.set_result(None)
-                if lane.task is None or lane.task.done():
-                    lane.task = asyncio.get_running_loop().create_task(
-                        self._send_lane(session, cdn_id, lane)
+                        sender.urgent[key] = None
+                        if sender.upgrade is not None and not sender.upgrade.done():
+                            sender.upgrade.set_result(None)
+                if sender.task is None or sender.task.done():
+                    sender.task = asyncio.get_running_loop().create_task(
+                        self._run_sender(session, cdn_id, sender)
                     )
                 await asyncio.sleep(0)
             # Cancelling this caller cancels only its own future, never the shared sender.
@@ -427,8 +427,8 @@ class PurgeEngine:
             # `except CancelledError` has seen every batch it will see (a batch on the wire
             # now was not confirmed when the caller left).
             call.on_batch = call.on_progress = None
-            for lane, keys in joined.items():
-                _abandon(lane, call, keys)
+            for sender, keys in joined.items():
+                _abandon(sender, call, keys)
             raise
         report = call.report()
         if report.failed:
@@ -440,21 +440,21 @@ class PurgeEngine:
             raise PurgeError(report)
         return report
 
-    def _files_ahead(self, cdn_id: str, planned: _Plan, urgent: bool) -> tuple[int, int]:
-        """The paths of ``planned`` to send (those not already pending), and the endpoint's
+    def _files_ahead(self, cdn_id: str, coalesced: Coalesced, urgent: bool) -> tuple[int, int]:
+        """The paths of ``coalesced`` to send (those not already pending), and the endpoint's
         pending paths that go before them (urgent ones only, for an urgent purge)."""
-        lane = self._lanes.get(cdn_id)
-        if lane is None:
-            return len(planned.targets), 0
-        own = sum(1 for t in planned.targets if lane.covering(t) is None)
-        return own, len(lane.urgent) if urgent else len(lane.pending)
+        sender = self._senders.get(cdn_id)
+        if sender is None:
+            return len(coalesced.targets), 0
+        own = sum(1 for t in coalesced.targets if sender.covering(t) is None)
+        return own, len(sender.urgent) if urgent else len(sender.pending)
 
-    async def _send_lane(self, session: Session, cdn_id: str, lane: _Lane) -> None:
+    async def _run_sender(self, session: Session, cdn_id: str, sender: _EndpointSender) -> None:
         try:
-            while lane.pending:
+            while sender.pending:
                 # Each batch is a call of its own (it may serve several callers).
                 with session.observer.call(new=True):
-                    await self._send_batch(session, cdn_id, lane)
+                    await self._send_batch(session, cdn_id, sender)
         except BaseException as exc:
             # Whatever stops the sender, every caller still gets an answer for every path.
             why = (
@@ -462,14 +462,14 @@ class PurgeEngine:
                 if isinstance(exc, asyncio.CancelledError)
                 else f"the purge sender stopped: {type(exc).__name__} (not confirmed)"
             )
-            self._fail_all(lane, CDNError(why))
+            self._fail_all(sender, CDNError(why))
             raise
         finally:
-            if not lane.pending and self._lanes.get(cdn_id) is lane:
-                del self._lanes[cdn_id]
+            if not sender.pending and self._senders.get(cdn_id) is sender:
+                del self._senders[cdn_id]
 
-    async def _send_batch(self, session: Session, cdn_id: str, lane: _Lane) -> None:
-        batch = _Batch(session, cdn_id, lane)
+    async def _send_batch(self, session: Session, cdn_id: str, sender: _EndpointSender) -> None:
+        batch = _Batch(session, cdn_id, sender)
         error: CDNError | None = None
         wait = 0.0
         request_id: str | None = None
@@ -487,12 +487,12 @@ class PurgeEngine:
                 request_id = resp.request_id
         except asyncio.CancelledError:
             sent = bool(batch.paths)
-            if lane.pending or batch.paths:
+            if sender.pending or batch.paths:
                 batch.seal()  # the sealed paths are reported, never dropped
             self._resolve(batch.paths, CDNError(_CLOSED), 0.0, sent=sent, stop=True)
             raise
         sent = bool(batch.paths)  # empty when it failed before the budgets admitted it
-        if not sent and lane.pending:
+        if not sent and sender.pending:
             batch.seal()
         if isinstance(error, APIError):
             request_id = error.request_id
@@ -520,12 +520,12 @@ class PurgeEngine:
                 )
             )
         if isinstance(error, _FATAL):
-            self._fail_all(lane, error)
+            self._fail_all(sender, error)
 
-    def _fail_all(self, lane: _Lane, error: CDNError) -> None:
-        batch = list(lane.pending.items())
-        lane.pending.clear()
-        lane.urgent.clear()
+    def _fail_all(self, sender: _EndpointSender, error: CDNError) -> None:
+        batch = list(sender.pending.items())
+        sender.pending.clear()
+        sender.urgent.clear()
         self._resolve(batch, error, 0.0, sent=False, stop=True)
 
     @staticmethod
@@ -555,7 +555,7 @@ class PurgeEngine:
 
     async def aclose(self) -> None:
         """Cancel the senders; paths not yet purged are reported failed to their callers."""
-        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        tasks = [sender.task for sender in self._senders.values() if sender.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -563,4 +563,4 @@ class PurgeEngine:
     def pending_files(self) -> int:
         """Paths waiting to be sent, over every endpoint: file-budget units they will take
         (what a purge with a deadline counts ahead of itself)."""
-        return sum(len(lane.pending) for lane in self._lanes.values())
+        return sum(len(sender.pending) for sender in self._senders.values())

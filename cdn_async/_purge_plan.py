@@ -1,4 +1,4 @@
-"""A purge's plan and its outcome, as data: which paths are sent for which (``plan``, linear in
+"""A purge's plan and its outcome, as data: which paths are sent for which (``sent_for``, linear in
 the paths whatever the number of wildcards), what a call will cost (``plan_purge``), what each
 batch settled (``PurgeProgress``), and what sends it (``PurgeBackend``). No I/O: the engine
 (``_purge.py``) and the shared queue (``_purge_queue``) both build on it. What a whole call
@@ -133,7 +133,7 @@ def plan_purge(
             manifest holds a bad path or a wildcard; a bad deadline or number of entries.
     """
     out: list[PurgePlan] = []
-    for _ in planning(
+    for _ in plan_purge_steps(
         check.files(paths),
         limits,
         manifest=manifest,
@@ -161,7 +161,7 @@ def entries_within(limits: RateLimits, deadline: float, in_use: int = 0) -> int:
     return max(0, int(most))
 
 
-def planning(
+def plan_purge_steps(
     files: Sequence[str],
     limits: RateLimits | None = None,
     *,
@@ -201,24 +201,26 @@ def planning(
         if "*" not in files:
             # Wildcards given stay as they are; the planner covers the other paths.
             given = [p for p in files if p.endswith("/*")]
-            given_plan = _Plan()
-            yield from given_plan.steps(files)
-            rest = [p for p, t in given_plan.mapping.items() if p == t and not p.endswith("/*")]
+            given_coalesced = Coalesced()
+            yield from given_coalesced.steps(files)
+            rest = [
+                p for p, t in given_coalesced.mapping.items() if p == t and not p.endswith("/*")
+            ]
             room = len(rest) + len(given) if allowed is None else allowed
             found: list[Cover] = []
             yield from steps(rest, site, room - len(given), allow_all=allow_all, out=found)
             chosen = found[0]
             files = [*chosen.wildcards, *files]
-    planned = _Plan()
-    yield from planned.steps(files)
-    sent = tuple(planned.targets)
+    coalesced = Coalesced()
+    yield from coalesced.steps(files)
+    sent = tuple(coalesced.targets)
     requests = math.ceil(len(sent) / limits.purge_batch_size)
     seconds = 0.0
     for budget in limits.budgets:
         units = len(sent) + in_use if budget.unit == "file" else requests
         # The k-th window's worth of units may leave one period after the (k-1)-th.
         seconds = max(seconds, (math.ceil(units / budget.capacity) - 1) * budget.period)
-    covered = {p: t for p, t in planned.mapping.items() if p != t}
+    covered = {p: t for p, t in coalesced.mapping.items() if p != t}
     unchanged_by = dict(chosen.unchanged) if chosen is not None else {}
     out.append(
         PurgePlan(
@@ -235,21 +237,23 @@ def planning(
     )
 
 
-def plan(paths: Sequence[str]) -> dict[str, str]:
+def sent_for(paths: Sequence[str]) -> dict[str, str]:
     """Map each (normalised) path to the path that will actually be sent for it.
 
     ``"*"`` covers everything; ``dir/*`` covers every path that starts with ``dir/``; other
     paths stand for themselves. Order of first appearance is kept. Linear in the number of
     paths (and of the ``/`` in each), whatever the number of wildcards.
     """
-    planned = _Plan()
-    for _ in planned.steps(paths):
+    coalesced = Coalesced()
+    for _ in coalesced.steps(paths):
         pass
-    return planned.mapping
+    return coalesced.mapping
 
 
-class _Plan:
-    """``plan``'s answer, and what joining needs besides, built a chunk at a time."""
+class Coalesced:
+    """The paths of a purge coalesced: which path is sent for each (``sent_for``'s answer), and
+    what the engine needs to join them besides (the paths sent, whom each wildcard stands for),
+    built a chunk at a time."""
 
     def __init__(self) -> None:
         #: Each path -> the path sent for it.

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdn_async import CDNClient, RateLimits, plan_purge
-from cdn_async._purge import plan
+from cdn_async._purge_plan import sent_for
 from cdn_async._validation import CHUNK
 from cdn_async.errors import NotFoundError, PurgeError, ValidationError
 from cdn_async.testing import FakeCDNServer
@@ -25,7 +25,7 @@ ORIGIN = "static.nyc3.digitaloceanspaces.com"
 
 
 def by_definition(paths: Sequence[str]) -> dict[str, str]:
-    """What ``plan`` must answer, spelled out: each path against every wildcard."""
+    """What ``sent_for`` must answer, spelled out: each path against every wildcard."""
     unique = list(dict.fromkeys(paths))
     if "*" in unique:
         return dict.fromkeys(unique, "*")
@@ -33,12 +33,12 @@ def by_definition(paths: Sequence[str]) -> dict[str, str]:
     return {p: next((d + "*" for d in dirs if p.startswith(d) and p != d + "*"), p) for p in unique}
 
 
-# -- plan ----------------------------------------------------------------------------------------
+# -- sent_for ------------------------------------------------------------------------------------
 
 
 def test_a_wildcard_covers_paths_at_any_depth_below_its_directory() -> None:
     paths = ["img/a.png", "img/2024/05/b.png", "img/*", "imgs/c.png", "img.png", "css/a/*"]
-    assert plan(paths) == {
+    assert sent_for(paths) == {
         "img/a.png": "img/*",
         "img/2024/05/b.png": "img/*",
         "img/*": "img/*",
@@ -50,21 +50,21 @@ def test_a_wildcard_covers_paths_at_any_depth_below_its_directory() -> None:
 
 def test_a_wildcard_covered_by_a_shorter_one_is_sent_as_the_shorter() -> None:
     paths = ["a/b/c/*", "a/b/c/d", "a/b/*", "a/*", "a/x"]
-    assert plan(paths) == dict.fromkeys(paths, "a/*")
+    assert sent_for(paths) == dict.fromkeys(paths, "a/*")
 
 
 def test_a_wildcard_is_not_covered_by_itself_nor_by_a_deeper_one() -> None:
-    assert plan(["a/b/*", "a/b/c/*"]) == {"a/b/*": "a/b/*", "a/b/c/*": "a/b/*"}
-    assert plan(["a/b/c/*", "a/b/c/d"]) == {"a/b/c/*": "a/b/c/*", "a/b/c/d": "a/b/c/*"}
+    assert sent_for(["a/b/*", "a/b/c/*"]) == {"a/b/*": "a/b/*", "a/b/c/*": "a/b/*"}
+    assert sent_for(["a/b/c/*", "a/b/c/d"]) == {"a/b/c/*": "a/b/c/*", "a/b/c/d": "a/b/c/*"}
 
 
 def test_star_covers_everything() -> None:
-    assert plan(["a", "b/*", "*", "c/d"]) == {"a": "*", "b/*": "*", "*": "*", "c/d": "*"}
+    assert sent_for(["a", "b/*", "*", "c/d"]) == {"a": "*", "b/*": "*", "*": "*", "c/d": "*"}
 
 
 def test_order_of_first_appearance_is_kept_and_duplicates_dropped() -> None:
     paths = ["z", "m/1", "a", "z", "m/*", "b", "m/2", "a"]
-    got = plan(paths)
+    got = sent_for(paths)
     assert list(got) == ["z", "m/1", "a", "m/*", "b", "m/2"]
     assert list(dict.fromkeys(got.values())) == ["z", "m/*", "a", "b"]
 
@@ -81,8 +81,8 @@ _segment = st.sampled_from(["a", "b", "ab", "*", ""])
 )
 def test_plan_answers_what_the_definition_says(paths: list[str]) -> None:
     """Whatever the mix of nested wildcards, duplicates, "*" and odd slashes."""
-    assert plan(paths) == by_definition(paths)
-    assert list(plan(paths)) == list(dict.fromkeys(paths))
+    assert sent_for(paths) == by_definition(paths)
+    assert list(sent_for(paths)) == list(dict.fromkeys(paths))
 
 
 # -- large purges against the fake server ----------------------------------------------------

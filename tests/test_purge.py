@@ -16,7 +16,8 @@ from aioresponses import CallbackResult, aioresponses
 from cdn_async import CDNClient, RateLimits
 from cdn_async._limits import Priority
 from cdn_async._models import PurgeReport
-from cdn_async._purge import PurgeProgress, plan
+from cdn_async._purge import PurgeProgress
+from cdn_async._purge_plan import sent_for
 from cdn_async.errors import (
     BudgetWaitTimeout,
     InternalServerError,
@@ -49,7 +50,7 @@ PURGE = re.compile(rf"^{re.escape(BASE)}/v2/cdn/endpoints/[0-9a-f-]+/cache$")
     ],
 )
 def test_plan_dedupes_and_drops_covered_paths(paths: list[str], expected: dict[str, str]) -> None:
-    assert plan(paths) == expected
+    assert sent_for(paths) == expected
 
 
 class Recorder:

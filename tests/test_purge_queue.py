@@ -27,7 +27,8 @@ import redis.asyncio as aioredis
 
 from benchmarks._redis_server import RedisServer, find_redis_server
 from cdn_async import CDNClient, RateLimits
-from cdn_async._purge import PurgeProgress, plan
+from cdn_async._purge import PurgeProgress
+from cdn_async._purge_plan import sent_for as plan
 from cdn_async.errors import NotFoundError, PurgeError, ValidationError
 from cdn_async.redis import RedisBudgetStore, RedisPurgeQueue
 from cdn_async.testing import FakeCDNServer

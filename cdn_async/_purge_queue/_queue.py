@@ -17,7 +17,8 @@ from redis.exceptions import RedisError
 from .. import _validation as check
 from .._limits import Priority
 from .._logs import logger
-from .._purge import PurgeProgress, PurgeReport, plan
+from .._purge import PurgeProgress, PurgeReport
+from .._purge_plan import sent_for as plan
 from ..errors import CDNError, PurgeError
 from ._drain import _MAX_NAP, _call, _Drainer, _Lane, _ms, _session_closed
 from ._ticket import PurgeTicket, _Part, _str
