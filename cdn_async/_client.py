@@ -137,6 +137,7 @@ class CDNClient:
 
     endpoints: Endpoints
 
+    # Over 60 lines only for its 19 keyword arguments (documented above); the body is 43.
     def __init__(
         self,
         token: str | None = None,
@@ -158,22 +159,11 @@ class CDNClient:
         name: str | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        if token is None:
-            # Ours first, then doctl's: a token set for cdn-async wins over a general one.
-            token = os.environ.get(TOKEN_ENV) or os.environ.get(ACCESS_TOKEN_ENV)
-        if not token:
-            raise ValidationError(
-                f"no API token: pass token=... or set ${TOKEN_ENV} (or ${ACCESS_TOKEN_ENV})"
-            )
-        if not token.isprintable() or any(c.isspace() for c in token):
-            # Typically a token read from a file with its newline; never echo the token.
-            raise ValidationError("the API token contains whitespace or control characters")
-        if base_url is None:
-            base_url = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+        token = _token(token)
         if name is not None and not isinstance(name, str):
             raise ValidationError(f"name must be a str or None, got {name!r}")
         options = _options(
-            base_url=base_url,
+            base_url=base_url if base_url is not None else _base_url_from_env(),
             timeout=timeout,
             max_retries=max_retries,
             max_rate_limit_wait=max_rate_limit_wait,
@@ -181,18 +171,14 @@ class CDNClient:
             max_queued=max_queued,
             priority=priority,
         )
-        limits = limits if limits is not None else RateLimits.documented()
-        if reserve:
-            try:
-                limits = limits.with_reserve(reserve)
-            except ValueError as exc:
-                raise ValidationError(str(exc)) from None
+        limits = _limits(limits, reserve)
         # A store the user passed in may be shared with other clients: theirs to close.
         self._owns_store = budget_store is None
         if budget_store is None:
             from ._budgets import MemoryBudgetStore
 
             budget_store = MemoryBudgetStore()
+        hooks = (*event_hooks, telemetry) if telemetry is not None else tuple(event_hooks)
         self._session = Session(
             token=token,
             options=options,
@@ -200,9 +186,7 @@ class CDNClient:
             store=budget_store,
             http=session,
             owns_http=session is None,
-            events=Emitter(
-                (*event_hooks, telemetry) if telemetry is not None else tuple(event_hooks)
-            ),
+            events=Emitter(hooks),
             telemetry=telemetry,
             polite_purges=polite_purges,
         )
@@ -387,6 +371,42 @@ class _RawEndpoints:
     async def delete(self, cdn_id: str, **kwargs: Any) -> RawResponse[None]:
         """``endpoints.delete`` with its answers."""
         return await self._call(self._endpoints.delete, cdn_id, **kwargs)
+
+
+def session_of(client: CDNClient) -> Session:
+    """The session a client sends through, for the package's own modules (the shared purge
+    queue sends and waits with the session of the client given to it); not public API."""
+    return client._session
+
+
+def _token(token: str | None) -> str:
+    """The token given, else ``$DIGITALOCEAN_TOKEN``, else doctl's; checked."""
+    if token is None:
+        # Ours first, then doctl's: a token set for cdn-async wins over a general one.
+        token = os.environ.get(TOKEN_ENV) or os.environ.get(ACCESS_TOKEN_ENV)
+    if not token:
+        raise ValidationError(
+            f"no API token: pass token=... or set ${TOKEN_ENV} (or ${ACCESS_TOKEN_ENV})"
+        )
+    if not token.isprintable() or any(c.isspace() for c in token):
+        # Typically a token read from a file with its newline; never echo the token.
+        raise ValidationError("the API token contains whitespace or control characters")
+    return token
+
+
+def _base_url_from_env() -> str:
+    return os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+
+
+def _limits(limits: RateLimits | None, reserve: float) -> RateLimits:
+    """The budgets given (default the documented ones), less ``reserve``."""
+    limits = limits if limits is not None else RateLimits.documented()
+    if not reserve:
+        return limits
+    try:
+        return limits.with_reserve(reserve)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def _options(
