@@ -28,7 +28,7 @@ caller can hand the event loop back in between; ``covers`` runs it to the end.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -225,92 +225,158 @@ def steps(
     With no cover that small, the cheapest of those with the fewest entries. Yields every few
     thousand steps.
 
-    How: (1) the tree of directories with changed files; a directory with one changed file
-    below it, or with no unchanged file, is a *unit* (its best is one entry at no cost).
-    (2) Lagrange: with a price of ``L`` per entry each directory picks independently the
-    cheaper of its wildcard and its children's best (one pass); the smallest ``L`` (by
-    bisection) whose choice fits gives a cover that fits (cost ``UB``) and a lower bound on
-    every cover that fits, ``D = G(L) - L * room``. (3) When they differ, the exact knapsack
-    over Pareto fronts, dropping every point whose *reduced cost* (its cost plus ``L`` per
-    entry, minus the subtree's Lagrangian best) exceeds ``UB - D``: no cover through such a
-    point can cost ``UB`` or less, since the rest of the tree adds at least its own Lagrangian
-    best minus ``L`` per entry it gets (see docs/design.md, "Choosing wildcards").
+    How (each phase a method of ``_Search``): (1) the tree of directories with changed
+    files; a directory with one changed file below it, or with no unchanged file, is a *unit*
+    (its best is one entry at no cost). (2) Lagrange: with a price of ``L`` per entry each
+    directory picks independently the cheaper of its wildcard and its children's best (one
+    pass); the smallest ``L`` (by bisection) whose choice fits gives a cover that fits (cost
+    ``UB``) and a lower bound on every cover that fits, ``D = G(L) - L * room``. (3) When they
+    differ, the exact knapsack over Pareto fronts, dropping every point whose *reduced cost*
+    (its cost plus ``L`` per entry, minus the subtree's Lagrangian best) exceeds ``UB - D``: no
+    cover through such a point can cost ``UB`` or less, since the rest of the tree adds at
+    least its own Lagrangian best minus ``L`` per entry it gets (see docs/design.md, "Choosing
+    wildcards"). (4) The cover chosen, as entries in the order the paths were given.
     """
-    names = manifest.names
-    listed: list[str] = []
-    missing: list[str] = []
-    for start in range(0, len(changed), _STEP):
-        chunk = changed[start : start + _STEP]
-        listed += [p for p in chunk if p in names]
-        missing += [p for p in chunk if p not in names]
-        yield
-    unlisted = tuple(missing)
-    nodes: dict[str, _Node] = {"": _Node()}
-    for i, path in enumerate(listed):
-        if i % _STEP == _STEP - 1:
-            yield
-        d = parent_dir(path)
-        node = nodes.get(d)
-        if node is None:
-            node = nodes[d] = _Node()
-            lower = d
-            while True:  # link new directories up to one already known
-                up = parent_dir(lower)
-                known = up in nodes
-                if not known:
-                    nodes[up] = _Node()
-                parent = nodes[up]
-                if parent.children:
-                    parent.children.append(lower)
-                else:
-                    parent.children = [lower]
-                if known:
-                    break
-                lower = up
-        if node.own:
-            node.own.append(path)
-        else:
-            node.own = [path]
-    files: dict[str, int] = {}
-    yield from manifest.count_under(nodes, files)
-    bottom_up = sorted(nodes, key=len, reverse=True)  # children before parents
-    for i, d in enumerate(bottom_up):
-        node = nodes[d]
-        node.changed = len(node.own) + sum(nodes[c].changed for c in node.children)
-        if i % _STEP == _STEP - 1:
-            yield
-    is_open = {""}
-    for i, d in enumerate(reversed(bottom_up)):  # parents first: what an opened one holds
-        if i % _STEP == _STEP - 1:
-            yield
-        if d not in is_open:
-            continue
-        node = nodes[d]
-        node.units, node.opened = [], []
-        for name in node.children:
-            kid = nodes[name]
-            if kid.changed == 1 or files[name] == kid.changed:
-                node.units.append(name)
-            else:
-                node.opened.append(name)
-                is_open.add(name)
-    opened = [d for d in bottom_up if d in is_open]
-    root = nodes[""]
-    # The fewest entries any cover takes: "*", else one per top-level file or directory.
-    fewest = 1 if allow_all else len(root.own) + len(root.units) + len(root.opened)
-    room = max(budget - len(unlisted), fewest)
-    cap = room - (fewest - 1)  # what one top-level group can get
-    yield
+    search = _Search(changed, manifest, allow_all)
+    yield from search.build_tree(budget)
+    yield from search.fit_price()
+    chosen = yield from search.choose()
+    cover = yield from search.cover(chosen)
+    if out is not None:
+        out.append(cover)
 
-    def lagrange(price: int, spreads: bool = False) -> _Lagrange:
+
+#: The planner's choice per directory: ``(directory, -1)`` for its wildcard, ``(directory,
+#: 0)`` for its own changed files and units (exact, or a unit's free wildcard).
+_Choice = list[tuple[str, int]]
+
+
+class _Search:
+    """One run of the planner, phase by phase (``steps`` runs them in order, each a generator
+    that yields every few thousand steps).
+
+    Args:
+        changed: The changed paths (normalised, once each, no wildcards).
+        manifest: The site's files.
+        allow_all: Whether ``*`` may be chosen.
+    """
+
+    def __init__(self, changed: Sequence[str], manifest: Manifest, allow_all: bool) -> None:
+        self.changed = changed
+        self.manifest = manifest
+        self.allow_all = allow_all
+        #: Each directory with changed files below it ("" the top) -> its node.
+        self.nodes: dict[str, _Node] = {"": _Node()}
+        #: Each of ``nodes`` -> the manifest files below it.
+        self.files: dict[str, int] = {}
+        #: The changed paths not in the manifest: each sent exactly, unless covered anyway.
+        self.unlisted: tuple[str, ...] = ()
+        #: The directories whose fronts are convolved (not units), children first.
+        self.opened: list[str] = []
+        #: The entries the listed paths may take; what one top-level group can get.
+        self.room = self.cap = 0
+        #: Set by ``fit_price``: the Lagrangian choice that fits, its price per entry, and
+        #: the reduced cost (times ``SCALE``) a point may have and still be in a better cover.
+        self.lag = _Lagrange({}, {}, {}, {}, set())
+        self.price = self.slack = 0
+
+    # -- (1) the tree --------------------------------------------------------------------------
+
+    def build_tree(self, budget: int) -> Iterator[None]:
+        """The tree of directories with changed files, the manifest files below each, which
+        are units and which are opened, and the room the listed paths have in ``budget``."""
+        listed = yield from self._split()
+        yield from self._link(listed)
+        yield from self.manifest.count_under(self.nodes, self.files)
+        yield from self._open()
+        root = self.nodes[""]
+        # The fewest entries any cover takes: "*", else one per top-level file or directory.
+        fewest = 1 if self.allow_all else len(root.own) + len(root.units) + len(root.opened)
+        self.room = max(budget - len(self.unlisted), fewest)
+        self.cap = self.room - (fewest - 1)  # what one top-level group can get
+        yield
+
+    def _split(self) -> Generator[None, None, list[str]]:
+        """The changed paths in the manifest; those not in it go to ``unlisted``."""
+        names, changed = self.manifest.names, self.changed
+        listed: list[str] = []
+        missing: list[str] = []
+        for start in range(0, len(changed), _STEP):
+            chunk = changed[start : start + _STEP]
+            listed += [p for p in chunk if p in names]
+            missing += [p for p in chunk if p not in names]
+            yield
+        self.unlisted = tuple(missing)
+        return listed
+
+    def _link(self, listed: list[str]) -> Iterator[None]:
+        """A node for each directory above a listed path, linked to its parent's."""
+        nodes = self.nodes
+        for i, path in enumerate(listed):
+            if i % _STEP == _STEP - 1:
+                yield
+            d = parent_dir(path)
+            node = nodes.get(d)
+            if node is None:
+                node = nodes[d] = _Node()
+                lower = d
+                while True:  # link new directories up to one already known
+                    up = parent_dir(lower)
+                    known = up in nodes
+                    if not known:
+                        nodes[up] = _Node()
+                    parent = nodes[up]
+                    if parent.children:
+                        parent.children.append(lower)
+                    else:
+                        parent.children = [lower]
+                    if known:
+                        break
+                    lower = up
+            if node.own:
+                node.own.append(path)
+            else:
+                node.own = [path]
+
+    def _open(self) -> Iterator[None]:
+        """Each node's changed files below it; then, from the top, which children of an
+        opened directory are units and which are opened themselves."""
+        nodes, files = self.nodes, self.files
+        bottom_up = sorted(nodes, key=len, reverse=True)  # children before parents
+        for i, d in enumerate(bottom_up):
+            node = nodes[d]
+            node.changed = len(node.own) + sum(nodes[c].changed for c in node.children)
+            if i % _STEP == _STEP - 1:
+                yield
+        is_open = {""}
+        for i, d in enumerate(reversed(bottom_up)):  # parents first: what an opened one holds
+            if i % _STEP == _STEP - 1:
+                yield
+            if d not in is_open:
+                continue
+            node = nodes[d]
+            node.units, node.opened = [], []
+            for name in node.children:
+                kid = nodes[name]
+                if kid.changed == 1 or files[name] == kid.changed:
+                    node.units.append(name)
+                else:
+                    node.opened.append(name)
+                    is_open.add(name)
+        self.opened = [d for d in bottom_up if d in is_open]
+
+    # -- (2) the price per entry ---------------------------------------------------------------
+
+    def lagrange(self, price: int, spreads: bool = False) -> _Lagrange:
         """Each opened directory's best at ``price`` per entry; see ``_Lagrange`` (``spread``
         only with ``spreads``)."""
+        nodes, files, allow_all = self.nodes, self.files, self.allow_all
         best: dict[str, int] = {}
         entries: dict[str, int] = {}
         cost: dict[str, int] = {}
         spread: dict[str, tuple[int, int]] = {}
         wild: set[str] = set()
-        for d in opened:
+        for d in self.opened:
             node = nodes[d]
             k = len(node.own) + len(node.units)
             g, c = k * price, 0
@@ -327,26 +393,29 @@ def steps(
             best[d], entries[d], cost[d] = g, k, c
         return _Lagrange(best, entries, cost, spread, wild)
 
-    # The cheapest cover: every changed path exact (or under a free wildcard).
-    lag = lagrange(0)
-    yield
-    price = slack = 0
-    upper = lag.cost[""]
-    if lag.entries[""] > room:
-        low, high = 0, (max(files[d] - nodes[d].changed for d in opened) + 1) * SCALE
-        lag = lagrange(high)
+    def fit_price(self) -> Iterator[None]:
+        """The smallest price whose Lagrangian choice fits in ``room`` (0 when the cheapest
+        cover fits), and the slack the knapsack keeps points within."""
+        nodes, files, room = self.nodes, self.files, self.room
+        # The cheapest cover: every changed path exact (or under a free wildcard).
+        self.lag = lag = self.lagrange(0)
+        yield
+        if lag.entries[""] <= room:
+            return
+        low, high = 0, (max(files[d] - nodes[d].changed for d in self.opened) + 1) * SCALE
+        lag = self.lagrange(high)
         while high - low > 1:
             mid = (low + high) // 2
-            trial = lagrange(mid)
+            trial = self.lagrange(mid)
             if trial.entries[""] <= room:
                 high, lag = mid, trial
             else:
                 low = mid
             yield
-        price = high
+        self.lag, self.price = lag, high
         # A better cover that fits, for a smaller slack: some wildcards of this one spread
         # as they do at the lower price, the most unchanged files saved per entry first.
-        below = lagrange(low, spreads=True).spread
+        below = self.lagrange(low, spreads=True).spread
         spare, upper = room - lag.entries[""], lag.cost[""]
         spreads = []
         for d in _tops(nodes, lag.wild):
@@ -358,26 +427,47 @@ def steps(
             if extra <= spare:
                 spare, upper = spare - extra, upper - saved
         # (UB - D) * SCALE, D = G(price) - price * room: the Lagrangian lower bound.
-        slack = upper * SCALE - (lag.best[""] - price * room)
-    best, wild = lag.best, lag.wild
-    chosen: list[tuple[str, int]] = []
-    if lag.cost[""] * SCALE == lag.best[""] - price * room:  # the Lagrangian cover is optimal
+        self.slack = upper * SCALE - (lag.best[""] - high * room)
+
+    # -- (3) the choice ------------------------------------------------------------------------
+
+    def choose(self) -> Generator[None, None, _Choice]:
+        """The Lagrangian choice when it is optimal, else the exact knapsack's."""
+        lag = self.lag
+        if lag.cost[""] * SCALE == lag.best[""] - self.price * self.room:
+            return self._lagrangian_choice()
+        yield from self._fronts()
+        return self._trace_back()
+
+    def _lagrangian_choice(self) -> _Choice:
+        chosen: _Choice = []
         todo = [""]
         while todo:
             d = todo.pop()
-            if d in wild:
+            if d in self.lag.wild:
                 chosen.append((d, -1))
             else:
                 chosen.append((d, 0))
-                todo.extend(nodes[d].opened)
-    else:
+                todo.extend(self.nodes[d].opened)
+        return chosen
+
+    def _fronts(self) -> Iterator[None]:
+        """Each opened directory's Pareto front (children first), its points within the
+        slack, and the back pointers to the points it was made of."""
+        nodes, files, best, price, slack = (
+            self.nodes,
+            self.files,
+            self.lag.best,
+            self.price,
+            self.slack,
+        )
         work = 0
-        for d in opened:
+        for d in self.opened:
             node = nodes[d]
             shift = len(node.own) + len(node.units)
             front: list[tuple[int, int, int]] = [(shift, 0, 0)]
             node.merges = [("", [(0, 0)])]
-            limit = cap if d else room
+            limit = self.cap if d else self.room
             for ch in sorted(node.opened, key=lambda c: len(nodes[c].front)):
                 child = nodes[ch]
                 work += len(front) * len(child.front)
@@ -396,7 +486,7 @@ def steps(
             points = [(k, c, c * SCALE + price * k - g) for k, c, _ in front]
             node.pick = [i for i, p in enumerate(points) if p[2] <= slack]
             node.front = [points[i] for i in node.pick]
-            if d or allow_all:
+            if d or self.allow_all:
                 unchanged = files[d] - node.changed
                 r = unchanged * SCALE + price - g
                 # The wildcard: one entry. Kept unless a point with one entry is as cheap.
@@ -405,10 +495,15 @@ def steps(
                     kept = [n for n, p in enumerate(node.front) if p[1] < unchanged]
                     node.front = [(1, unchanged, r)] + [node.front[n] for n in kept]
                     node.pick = [-1] + [node.pick[n] for n in kept]
-        fitting = [i for i, (k, _, _) in enumerate(root.front) if k <= room]
-        todo2 = [("", fitting[-1])]
-        while todo2:
-            d, i = todo2.pop()
+
+    def _trace_back(self) -> _Choice:
+        """From the top's point with the most entries that fit, down the back pointers."""
+        nodes = self.nodes
+        fitting = [i for i, (k, _, _) in enumerate(nodes[""].front) if k <= self.room]
+        chosen: _Choice = []
+        todo = [("", fitting[-1])]
+        while todo:
+            d, i = todo.pop()
             node = nodes[d]
             p = node.pick[i]
             if p < 0:
@@ -418,61 +513,79 @@ def steps(
             for name, back in reversed(node.merges):
                 j, i_child = back[p]
                 if name:
-                    todo2.append((name, i_child))
+                    todo.append((name, i_child))
                 p = j
-    yield
-    wildcards: dict[str, tuple[str, ...]] = {}
-    unchanged_by: dict[str, int] = {}
-    exact: list[str] = []
+        return chosen
 
-    def take_wildcard(d: str) -> None:
-        name = (d + "*") if d else "*"
-        wildcards[name] = tuple(_below(nodes, d))
-        unchanged_by[name] = files[d] - nodes[d].changed
+    # -- (4) the cover -------------------------------------------------------------------------
 
-    for i, (d, how) in enumerate(chosen):
-        if i % _STEP == _STEP - 1:
-            yield
-        node = nodes[d]
-        if how < 0:
-            take_wildcard(d)
-            continue
-        exact.extend(node.own)
-        for u in node.units:
-            if nodes[u].changed == 1:
-                exact.extend(_below(nodes, u))
-            else:
-                take_wildcard(u)
-    # An unlisted path under a wildcard chosen anyway is purged by it: not sent twice.
-    alone: list[str] = []
-    for path in unlisted:
-        d = parent_dir(path)
-        while d and d + "*" not in wildcards:
-            d = parent_dir(d)
-        w = (d + "*") if d else "*"
-        if w in wildcards:
-            wildcards[w] += (path,)
-        else:
-            alone.append(path)
-    yield
-    # In the order given: one pass over the changed paths, not a sort.
-    owner = {p: w for w, paths in wildcards.items() for p in paths}
-    yield
-    sent_exact = set(exact)
-    exact = []
-    groups: dict[str, list[str]] = {w: [] for w in wildcards}
-    for start in range(0, len(changed), _STEP):
-        for path in changed[start : start + _STEP]:
-            group = owner.get(path)
-            if group is not None:
-                groups[group].append(path)
-            elif path in sent_exact:
-                exact.append(path)
+    def cover(self, chosen: _Choice) -> Generator[None, None, Cover]:
+        """The entries of ``chosen``: wildcards first, then exact paths, each group in the
+        order the paths were given, then the unlisted paths no wildcard covers."""
         yield
-    wildcards = {w: tuple(paths) for w, paths in groups.items()}
-    cover = Cover((*wildcards, *exact, *alone), wildcards, unchanged_by, unlisted)
-    if out is not None:
-        out.append(cover)
+        wildcards: dict[str, tuple[str, ...]] = {}
+        unchanged_by: dict[str, int] = {}
+        exact: list[str] = []
+        yield from self._take(chosen, wildcards, unchanged_by, exact)
+        # An unlisted path under a wildcard chosen anyway is purged by it: not sent twice.
+        alone: list[str] = []
+        for path in self.unlisted:
+            d = parent_dir(path)
+            while d and d + "*" not in wildcards:
+                d = parent_dir(d)
+            w = (d + "*") if d else "*"
+            if w in wildcards:
+                wildcards[w] += (path,)
+            else:
+                alone.append(path)
+        yield
+        # In the order given: one pass over the changed paths, not a sort.
+        owner = {p: w for w, paths in wildcards.items() for p in paths}
+        yield
+        sent_exact = set(exact)
+        exact = []
+        groups: dict[str, list[str]] = {w: [] for w in wildcards}
+        changed = self.changed
+        for start in range(0, len(changed), _STEP):
+            for path in changed[start : start + _STEP]:
+                group = owner.get(path)
+                if group is not None:
+                    groups[group].append(path)
+                elif path in sent_exact:
+                    exact.append(path)
+            yield
+        ordered = {w: tuple(paths) for w, paths in groups.items()}
+        return Cover((*ordered, *exact, *alone), ordered, unchanged_by, self.unlisted)
+
+    def _take(
+        self,
+        chosen: _Choice,
+        wildcards: dict[str, tuple[str, ...]],
+        unchanged_by: dict[str, int],
+        exact: list[str],
+    ) -> Iterator[None]:
+        """Each wildcard of ``chosen`` with the changed paths below it and the unchanged
+        files it purges, and its exact paths."""
+        nodes, files = self.nodes, self.files
+
+        def take_wildcard(d: str) -> None:
+            name = (d + "*") if d else "*"
+            wildcards[name] = tuple(_below(nodes, d))
+            unchanged_by[name] = files[d] - nodes[d].changed
+
+        for i, (d, how) in enumerate(chosen):
+            if i % _STEP == _STEP - 1:
+                yield
+            node = nodes[d]
+            if how < 0:
+                take_wildcard(d)
+                continue
+            exact.extend(node.own)
+            for u in node.units:
+                if nodes[u].changed == 1:
+                    exact.extend(_below(nodes, u))
+                else:
+                    take_wildcard(u)
 
 
 @attrs.frozen
