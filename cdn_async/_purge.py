@@ -99,6 +99,8 @@ class _Call:
         #: Set when the endpoint's sender met an error every later batch would meet too (or
         #: stopped): paths of this call not yet joined then fail with it, unsent.
         self.stopped: CDNError | None = None
+        #: Set when the caller was cancelled: its paths not yet sent are never sent.
+        self.left = False
 
     def batch_done(
         self,
@@ -193,8 +195,18 @@ class _EndpointSender:
         return first.priority if first is not None else None
 
     def put_back(self, paths: list[tuple[str, _Waiting]]) -> None:
-        """Return paths of a refused batch (the server counted none) to the front."""
-        self.pending = {**dict(paths), **self.pending}
+        """Return paths of a refused batch (the server counted none) to the front, for the
+        callers still waiting: a caller that left has reported them unsent."""
+        back: dict[str, _Waiting] = {}
+        for path, waiting in paths:
+            if isinstance(waiting, _Entry):
+                for call in {c for c, _ in waiting.pairs() if c.left}:
+                    waiting.leave(call)
+                if waiting:
+                    back[path] = waiting
+            elif not waiting.left:
+                back[path] = waiting
+        self.pending = {**back, **self.pending}
 
     def take(self, size: int) -> list[tuple[str, _Waiting]]:
         """Remove and return up to ``size`` pending paths, urgent ones first."""
@@ -427,6 +439,7 @@ class PurgeEngine:
             # `except CancelledError` has seen every batch it will see (a batch on the wire
             # now was not confirmed when the caller left).
             call.on_batch = call.on_progress = None
+            call.left = True
             for sender, keys in joined.items():
                 _abandon(sender, call, keys)
             raise

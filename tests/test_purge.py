@@ -433,3 +433,22 @@ async def test_on_batch_never_fires_after_a_cancelled_purge_has_ended(cdn: CDNCl
         saved = list(checkpoint)
         await asyncio.sleep(10.0)  # the batch is answered
     assert len(rec.batches) == 1 and saved == checkpoint == []
+
+
+async def test_paths_cut_from_a_refused_batch_are_not_sent_once_their_caller_left(
+    cdn: CDNClient,
+) -> None:
+    """A batch refused with a 429 is cut smaller for its retry (the client's file share
+    halves) and the rest goes back to the pending paths. If its only caller has left
+    meanwhile (a stopped CLI purge), that rest is not sent: the caller reported it unsent."""
+    rec = Recorder(latency=0.0, fail=1, status=429)
+    with aioresponses() as m:
+        m.delete(PURGE, callback=rec.handle, repeat=True)
+        job = asyncio.create_task(cdn.endpoints.purge(ID, [f"p{i}" for i in range(50)]))
+        await asyncio.sleep(1)  # refused; the batch waits to be cut and sent again
+        assert [len(b) for b in rec.batches] == [50]
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        await asyncio.sleep(15 * 60)
+    assert [len(b) for b in rec.batches] == [50, 25]  # the sealed batch, cut; nothing more
