@@ -27,10 +27,11 @@ One module per concern: ``_commands`` (the click group, with every command modul
 commands), ``_app`` (the options every API command shares, reading paths from a file, and
 running a command's coroutine with stop signals and the exit codes of SDK errors),
 ``_host_budgets`` (the budget file), ``_endpoints``, ``_purge`` (``purge`` and
-``purge-worker``), ``_deadline`` (``purge --manifest --deadline``), ``_progress`` (the live
-bar, the heartbeat lines of a log, or nothing), ``_signals`` (stop signals), ``_demo``
-(``demo`` and ``fake-server``) and ``_output`` (what is printed, and the exit statuses). Only
-this module loads without click and rich; it imports the others once it has found them.
+``purge-worker``), ``_deadline`` (``purge --manifest --deadline``), ``_settled`` (what a
+purge has heard, and its report when stopped), ``_progress`` (the live bar, the heartbeat
+lines of a log, or nothing), ``_signals`` (stop signals), ``_demo`` (``demo`` and
+``fake-server``) and ``_output`` (what is printed, and the exit statuses). Only this module
+loads without click and rich; it imports the others once it has found them.
 """
 
 from __future__ import annotations

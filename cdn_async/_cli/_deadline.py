@@ -23,7 +23,6 @@ from ._output import (
     EXIT_API_ERROR,
     EXIT_OK,
     EXIT_USAGE,
-    NOT_CONFIRMED,
     distinct_errors,
     dump,
     err,
@@ -35,6 +34,7 @@ from ._output import (
     stdout_console,
 )
 from ._progress import DEFAULT_HEARTBEAT, progress_display
+from ._settled import Settled
 from ._signals import Stop
 
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -180,31 +180,24 @@ async def _send(
     stop: Stop,
 ) -> int:
     started = time.monotonic()
-    confirmed: list[str] = []
-    failed: dict[str, CDNError] = {}
-    batches = 0
-    total = len(dict.fromkeys(check.files(files)))
-    interrupted = False
+    changed = list(dict.fromkeys(check.files(files)))
     async with api.connect() as (cdn, _):
         cdn_id = check.uuid_str("cdn_id", cdn_id)
         display = progress_display(
             cdn, description="purging", no_progress=no_progress, heartbeat=heartbeat
         )
+        settled = Settled(cdn_id, changed)
 
         def on_batch(progress: PurgeProgress) -> None:
-            nonlocal batches
-            confirmed.extend(progress.confirmed)
-            failed.update(progress.failed)
-            batches += 1
-            display.update(progress.done, batches, len(failed))
+            settled.add(progress)
+            display.update(progress.done, settled.batches, len(settled.failed))
 
         try:
             async with display:
+                within = f" by {deadline:g} s" if deadline is not None else ""
                 display.announce(
-                    total,
-                    f"Purging {n(total, 'changed path')} of endpoint {cdn_id} by {deadline:g} s..."
-                    if deadline is not None
-                    else f"Purging {n(total, 'changed path')} of endpoint {cdn_id}...",
+                    len(changed),
+                    f"Purging {n(len(changed), 'changed path')} of endpoint {cdn_id}{within}...",
                 )
                 try:
                     report = await cdn.endpoints.purge(
@@ -221,38 +214,48 @@ async def _send(
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            interrupted = True
             # Every changed path has an outcome: those not confirmed are reported failed.
-            rest = dict(failed)
-            for path in dict.fromkeys(check.files(files)):
-                if path not in rest and path not in confirmed:
-                    rest[path] = CDNError(NOT_CONFIRMED)
-            report = PurgeReport(cdn_id, tuple(confirmed), rest, batches, 0.0)
+            return _print_stopped(settled.report(), stop, as_json=as_json)
     elapsed = time.monotonic() - started
-    code = purge_exit_code(report, stop.exit_code)
+    return _print_report(report, stop, elapsed, len(changed), as_json=as_json)
+
+
+def _report_json(report: PurgeReport, code: int) -> dict[str, Any]:
     data = report_json(report, code=code)
     data["wildcards"] = {w: list(paths) for w, paths in report.wildcards.items()}
     data["unchanged"] = report.unchanged
     data["unlisted"] = list(report.unlisted)
-    purged = len(report.purged)
-    if interrupted:
-        err(
-            f"Interrupted by {stop.name or 'SIGINT'}: {purged} of {n(total, 'changed path')} "
-            f"of endpoint {cdn_id} were purged ({n(report.requests, 'request')}); the other "
-            f"{total - purged} were not confirmed: exit {code}."
-        )
-        if as_json:
-            dump(data)
-        return code
+    return data
+
+
+def _print_stopped(report: PurgeReport, stop: Stop, *, as_json: bool) -> int:
+    """What was purged before the stop signal, and the exit code (128 + the signal)."""
+    code = purge_exit_code(report, stop.exit_code)
+    purged, total = len(report.purged), len(report.purged) + len(report.failed)
+    err(
+        f"Interrupted by {stop.name or 'SIGINT'}: {purged} of {n(total, 'changed path')} "
+        f"of endpoint {report.endpoint_id} were purged ({n(report.requests, 'request')}); the "
+        f"other {total - purged} were not confirmed: exit {code}."
+    )
+    if as_json:
+        dump(_report_json(report, code))
+    return code
+
+
+def _print_report(
+    report: PurgeReport, stop: Stop, elapsed: float, total: int, *, as_json: bool
+) -> int:
+    """The summary, the report with its wildcards, each distinct error, and the exit code."""
+    code = purge_exit_code(report, stop.exit_code)
     summary = (
-        f"Purged {purged} of {n(total, 'changed path')} of endpoint {cdn_id} in "
-        f"{n(report.requests, 'request')}, {elapsed:.1f} s, with "
+        f"Purged {len(report.purged)} of {n(total, 'changed path')} of endpoint "
+        f"{report.endpoint_id} in {n(report.requests, 'request')}, {elapsed:.1f} s, with "
         f"{n(len(report.wildcards), 'wildcard')} ({n(report.unchanged, 'unchanged file')} "
         "purged with them)."
     )
     if as_json:
         err(summary)
-        dump(data)
+        dump(_report_json(report, code))
     else:
         out(summary)
     if report.failed:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from .. import PurgePlan, PurgeProgress, PurgeReport, plan_purge
+from .. import PurgeProgress, PurgeReport, plan_purge
 from .. import _validation as check
 from .._file_share import polite_start
 from ..errors import CDNError, PurgeError
@@ -44,8 +44,6 @@ from ._deadline import duration, planned_purge
 from ._output import (
     EXIT_OK,
     EXIT_PARTIAL,
-    NOT_CONFIRMED,
-    NOT_SENT,
     distinct_errors,
     dump,
     err,
@@ -57,7 +55,8 @@ from ._output import (
     status_of,
     stdout_console,
 )
-from ._progress import DEFAULT_HEARTBEAT, progress_display
+from ._progress import DEFAULT_HEARTBEAT, Display, progress_display
+from ._settled import Settled
 from ._signals import Stop
 
 if TYPE_CHECKING:
@@ -115,6 +114,7 @@ if TYPE_CHECKING:
 @click.option("--dry-run", is_flag=True, help="Print the plan (table or --json) and send nothing.")
 @json_option
 @api_options
+# Over 60 lines for its 12 options and its docstring (purge --help); the body is 40.
 def purge(
     api: ApiOptions,
     endpoint_id: str,
@@ -228,61 +228,6 @@ def purge_worker(api: ApiOptions, endpoint_ids: tuple[str, ...], until_idle: boo
     return run_command(lambda stop: _work(api, list(endpoint_ids), until_idle=until_idle))
 
 
-class _Settled:
-    """What ``on_batch`` has delivered of one purge call: its report if it is stopped.
-
-    Args:
-        endpoint_id: The endpoint purged.
-        plan: The call's plan, for the paths it holds.
-    """
-
-    def __init__(self, endpoint_id: str, plan: PurgePlan) -> None:
-        self.endpoint_id = endpoint_id
-        #: The call's paths, normalised, once each: those sent and those a wildcard covers.
-        self.paths = [*plan.paths, *plan.covered]
-        self.confirmed: list[str] = []
-        self.failed: dict[str, CDNError] = {}
-        self.batches = 0
-
-    @property
-    def done(self) -> int:
-        """Paths with an outcome so far."""
-        return len(self.confirmed) + len(self.failed)
-
-    def add(self, progress: PurgeProgress) -> None:
-        """Take in one settled batch."""
-        self.confirmed.extend(progress.confirmed)
-        self.failed.update(progress.failed)
-        self.batches += 1
-
-    def confirm_late(self, sent: Collection[str]) -> None:
-        """Take in paths confirmed by batches that settled after the call stopped (a call
-        that ended hears no more ``on_batch``; the batch on the wire still completes)."""
-        done = set(self.confirmed)
-        wildcards = [w[:-1] for w in sent if w.endswith("*")]
-        for path in self.paths:
-            if path in done or path in self.failed:
-                continue
-            if path in sent or any(path.startswith(w) for w in wildcards):
-                self.confirmed.append(path)
-
-    def open_paths(self) -> list[str]:
-        """Paths with no outcome yet."""
-        done = set(self.confirmed)
-        return [p for p in self.paths if p not in done and p not in self.failed]
-
-    def report(self, queued: Collection[str] = (), *, unsent: bool = False) -> PurgeReport:
-        """The report so far: paths with no outcome that are not ``queued`` fail as not
-        confirmed (as not sent, when ``unsent`` says none of them was). ``requests`` counts
-        the batches settled."""
-        failed = dict(self.failed)
-        why = NOT_SENT if unsent else NOT_CONFIRMED
-        for path in self.open_paths():
-            if path not in queued:
-                failed[path] = CDNError(why)
-        return PurgeReport(self.endpoint_id, tuple(self.confirmed), failed, self.batches, 0.0)
-
-
 def _is_purge(path: str) -> bool:
     return path.endswith("/cache")
 
@@ -350,40 +295,133 @@ _STOP_WAIT = 5.0
 _SETTLE_TIMEOUT = 2.0
 
 
-async def _still_queued(
-    cdn: CDNClient,
-    queue: RedisPurgeQueue,
-    ticket: PurgeTicket | None,
-    settled: _Settled,
-    on_batch: Callable[[PurgeProgress], None],
-) -> set[str]:
-    """After an interrupt (no request of this process live): stop sending, read the
-    ticket's last outcomes, and say which open paths are still in the shared queue. A batch
-    completes atomically (its paths leave the queue as its outcome is written), so once every
-    open path is found queued, no outcome is missed."""
-    reader = None
-    if ticket is not None:
-        # Waiting without a client sends nothing: it only reads outcomes as they come. Let it
-        # take the ticket over before the client closes (a waiter whose own client closed has
-        # its open paths failed).
-        reader = asyncio.ensure_future(queue.wait(ticket, None, on_batch=on_batch))
-        await asyncio.sleep(0)
-    # Closed, the client sends nothing more: this process's drainer only records the outcome
-    # of what it sent, and stops.
-    await cdn.close()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + _SETTLE_TIMEOUT
-    try:
-        while True:
-            rest = settled.open_paths()
-            found = await queue.queued(settled.endpoint_id, rest) if rest else set()
-            if len(found) == len(rest) or loop.time() > deadline:
-                return found
-            await asyncio.sleep(0.05)
-    finally:
-        if reader is not None:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+class _PurgeJob:
+    """One ``cdn-async purge`` (no deadline) on a connected client, phase by phase: plan and
+    announce, send (through the shared queue with ``--redis``), and, when a stop signal
+    cancels it, stop: wait for the batch on the wire and account for every path.
+
+    Args:
+        cdn: The client, whose event hooks include ``wire``.
+        queue: The shared purge queue, or None.
+        cdn_id: The endpoint (checked).
+        paths: The paths as given.
+        wire: The hook on this process's purge requests.
+        display: The progress display.
+    """
+
+    def __init__(
+        self,
+        cdn: CDNClient,
+        queue: RedisPurgeQueue | None,
+        cdn_id: str,
+        paths: list[str],
+        wire: _Wire,
+        display: Display,
+    ) -> None:
+        self.cdn = cdn
+        self.queue = queue
+        self.cdn_id = cdn_id
+        self.paths = paths
+        self.wire = wire
+        self.display = display
+        self.plan = plan_purge(paths, cdn.limits)
+        self.settled = Settled(cdn_id, [*self.plan.paths, *self.plan.covered])
+        #: The job's ticket in the shared queue, once submitted.
+        self.ticket: PurgeTicket | None = None
+        #: After a stop with ``--redis``: the open paths still in the shared queue.
+        self.queued: set[str] = set()
+        self.started = time.monotonic()
+
+    def on_batch(self, progress: PurgeProgress) -> None:
+        self.settled.add(progress)
+        self.display.update(self.settled.done, self.settled.batches, len(self.settled.failed))
+
+    async def run(self) -> PurgeReport:
+        """Announce the plan and send it; the report (``CancelledError`` on a stop signal)."""
+        async with self.display:
+            self._announce()
+            try:
+                if self.queue is None:
+                    return await self.cdn.endpoints.purge(
+                        self.cdn_id, self.paths, on_batch=self.on_batch
+                    )
+                self.ticket = await self.queue.submit(self.cdn_id, self.paths)
+                return await self.queue.wait(self.ticket, self.cdn, on_batch=self.on_batch)
+            except PurgeError as exc:
+                return exc.report
+
+    def _announce(self) -> None:
+        limits, plan, total = self.cdn.limits, self.plan, len(self.settled.paths)
+        # A CLI purge is polite (room for jobs on other hosts): its first window costs a few
+        # more requests and a quarter period.
+        file_period = max(b.period for b in limits.budgets if b.unit == "file")
+        extra, late = polite_start(limits.purge_batch_size, file_period, len(plan.paths))
+        requests = plan.requests + extra
+        self.display.announce(
+            total,
+            f"Purging {n(total, 'path')} of endpoint {self.cdn_id} ({len(plan.paths)} sent "
+            f"in {n(requests, 'request')} of up to {limits.purge_batch_size})...",
+            requests=requests,
+            seconds=plan.seconds + late,
+        )
+
+    async def stop(self, stop: Stop) -> PurgeReport:
+        """After a stop signal cancelled ``run``: nothing more is sent. Wait for the batch on
+        the wire (its outcome is reported), unless a second signal says not to; then the
+        report so far, every path in it purged, failed or (``--redis``) still queued."""
+        task = asyncio.current_task()
+        assert task is not None
+        task.uncancel()
+        err(f"{stop.name or 'Interrupted'}: stopping; waiting for the batch on the wire...")
+        wire, unsent = self.wire, False
+        try:
+            async with asyncio.timeout(_STOP_WAIT):
+                if self.queue is None:
+                    await wire.until(lambda: wire.settled >= wire.sealed)
+                    unsent = True  # every batch sealed has settled: the rest never left
+                else:
+                    await wire.until(lambda: wire.live <= 0)
+        except asyncio.CancelledError:  # a second signal
+            task.uncancel()
+        except TimeoutError:
+            err(f"The batch on the wire did not finish within {_STOP_WAIT:g} s; not waiting.")
+        if self.queue is None:
+            self.settled.confirm_late(wire.accepted)
+        else:
+            try:
+                self.queued = await self._still_queued(self.queue)
+            except asyncio.CancelledError:
+                task.uncancel()
+        return self.settled.report(self.queued, unsent=unsent)
+
+    async def _still_queued(self, queue: RedisPurgeQueue) -> set[str]:
+        """After a stop (no request of this process live): stop sending, read the ticket's
+        last outcomes, and say which open paths are still in the shared queue. A batch
+        completes atomically (its paths leave the queue as its outcome is written), so once
+        every open path is found queued, no outcome is missed."""
+        reader = None
+        if self.ticket is not None:
+            # Waiting without a client sends nothing: it only reads outcomes as they come.
+            # Let it take the ticket over before the client closes (a waiter whose own client
+            # closed has its open paths failed).
+            reader = asyncio.ensure_future(queue.wait(self.ticket, None, on_batch=self.on_batch))
+            await asyncio.sleep(0)
+        # Closed, the client sends nothing more: this process's drainer only records the
+        # outcome of what it sent, and stops.
+        await self.cdn.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _SETTLE_TIMEOUT
+        try:
+            while True:
+                rest = self.settled.open_paths()
+                found = await queue.queued(self.cdn_id, rest) if rest else set()
+                if len(found) == len(rest) or loop.time() > deadline:
+                    return found
+                await asyncio.sleep(0.05)
+        finally:
+            if reader is not None:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
 
 
 async def _purge(
@@ -397,89 +435,36 @@ async def _purge(
     stop: Stop,
 ) -> int:
     wire = _Wire()
-    queued: set[str] = set()
     async with api.connect([wire], bulk=True) as (cdn, queue):
-        cdn_id = check.uuid_str("cdn_id", cdn_id)
-        plan = plan_purge(paths, cdn.limits)
-        settled = _Settled(cdn_id, plan)
         display = progress_display(
             cdn, description="purging", no_progress=no_progress, heartbeat=heartbeat
         )
-
-        def on_batch(progress: PurgeProgress) -> None:
-            settled.add(progress)
-            display.update(settled.done, settled.batches, len(settled.failed))
-
-        ticket: PurgeTicket | None = None
-        started = time.monotonic()
+        job = _PurgeJob(cdn, queue, check.uuid_str("cdn_id", cdn_id), paths, wire, display)
         try:
-            async with display:
-                # A CLI purge is polite (room for jobs on other hosts): its first window
-                # costs a few more requests and a quarter period.
-                file_period = max(b.period for b in cdn.limits.budgets if b.unit == "file")
-                extra, late = polite_start(
-                    cdn.limits.purge_batch_size, file_period, len(plan.paths)
-                )
-                requests = plan.requests + extra
-                display.announce(
-                    len(settled.paths),
-                    f"Purging {n(len(settled.paths), 'path')} of endpoint {cdn_id} "
-                    f"({len(plan.paths)} sent in {n(requests, 'request')} of up to "
-                    f"{cdn.limits.purge_batch_size})...",
-                    requests=requests,
-                    seconds=plan.seconds + late,
-                )
-                try:
-                    if queue is None:
-                        report = await cdn.endpoints.purge(cdn_id, paths, on_batch=on_batch)
-                    else:
-                        ticket = await queue.submit(cdn_id, paths)
-                        report = await queue.wait(ticket, cdn, on_batch=on_batch)
-                except PurgeError as exc:
-                    report = exc.report
+            report = await job.run()
         except asyncio.CancelledError:
-            # SIGINT, SIGTERM or SIGHUP: nothing more is sent. Wait for the batch on the wire
-            # (its outcome is reported), unless a second signal says not to.
-            task = asyncio.current_task()
-            assert task is not None
-            task.uncancel()
-            err(f"{stop.name or 'Interrupted'}: stopping; waiting for the batch on the wire...")
-            unsent = False
-            try:
-                async with asyncio.timeout(_STOP_WAIT):
-                    if queue is None:
-                        await wire.until(lambda: wire.settled >= wire.sealed)
-                        unsent = True  # every batch sealed has settled: the rest never left
-                    else:
-                        await wire.until(lambda: wire.live <= 0)
-            except asyncio.CancelledError:  # a second signal
-                task.uncancel()
-            except TimeoutError:
-                err(f"The batch on the wire did not finish within {_STOP_WAIT:g} s; not waiting.")
-            if queue is not None:
-                try:
-                    queued = await _still_queued(cdn, queue, ticket, settled, on_batch)
-                except asyncio.CancelledError:
-                    task.uncancel()
-            if queue is None:
-                settled.confirm_late(wire.accepted)
-            report = settled.report(queued, unsent=unsent)
-    elapsed = time.monotonic() - started
+            report = await job.stop(stop)
+    return _print_report(job, report, stop, as_json=as_json)
+
+
+def _print_report(job: _PurgeJob, report: PurgeReport, stop: Stop, *, as_json: bool) -> int:
+    """The summary (or what was done before the stop), the report, and the exit code."""
+    elapsed = time.monotonic() - job.started
     # Every wait: the time the purge was not on the wire here. Its own requests' budget
     # waits (a new Redis's recovery grace included), and with --redis the batches of other
     # processes it waited behind (one per endpoint at a time), which may carry its paths.
-    waited = max(elapsed - wire.wire_time, wire.waited, report.budget_wait)
+    waited = max(elapsed - job.wire.wire_time, job.wire.waited, report.budget_wait)
     code = purge_exit_code(report, stop.exit_code)
-    purged, total = len(report.purged), len(settled.paths)
+    purged, total, queued = len(report.purged), len(job.settled.paths), job.queued
+    where = f"{purged} of {n(total, 'path')} of endpoint {job.cdn_id}"
     if stop.signal is not None:
         err(
-            f"Interrupted by {stop.name}: {purged} of {n(total, 'path')} of endpoint {cdn_id} "
-            f"were purged ({n(report.requests, 'request')}), {len(report.failed)} failed, "
-            f"{len(queued)} still queued"
+            f"Interrupted by {stop.name}: {where} were purged ({n(report.requests, 'request')}), "
+            f"{len(report.failed)} failed, {len(queued)} still queued"
             + (
                 " in the shared purge queue (a purge-worker, or the next purge of this "
                 f"endpoint, sends them; see README for how long they stay): exit {code}."
-                if queue is not None
+                if job.queue is not None
                 else f": exit {code}."
             )
         )
@@ -488,9 +473,13 @@ async def _purge(
         _print_outcome(report, queued, code, total=total, as_json=as_json)
         return code
     summary = (
-        f"Purged {purged} of {n(total, 'path')} of endpoint {cdn_id} in "
-        f"{n(report.requests, 'request')}, {elapsed:.1f} s ({waited:.1f} s waiting "
-        + ("for rate budgets and the shared queue)." if queue is not None else "for rate budgets).")
+        f"Purged {where} in {n(report.requests, 'request')}, {elapsed:.1f} s ({waited:.1f} s "
+        "waiting "
+        + (
+            "for rate budgets and the shared queue)."
+            if job.queue is not None
+            else "for rate budgets)."
+        )
     )
     if as_json:
         err(summary)
