@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+import attrs
 import click
 
 from .. import CDNClient, PurgeReport, RateLimits, plan_purge
@@ -111,6 +112,7 @@ _SHARE = click.FloatRange(0.0, 1.0)
     help="Only this operation's requests get the 5xx, drops and 429s.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random fault.")
+# Over 60 lines for its 16 options and its docstring (fake-server --help); the body is 45.
 def fake_server(
     host: str,
     port: int,
@@ -274,12 +276,9 @@ def demo_jobs(endpoint_ids: Sequence[str], paths: int, tasks: int) -> list[tuple
 
 
 async def _demo(paths: int, tasks: int, time_scale: float, *, no_progress: bool) -> int:
-    from rich.table import Table
-
     from ..testing import FakeCDNServer
 
-    console = stdout_console()
-    say = console.print
+    say = stdout_console().print
     limits = RateLimits.documented().scaled(time_scale)
     files_budget = limits.get("purge_files")
     assert files_budget is not None
@@ -291,101 +290,149 @@ async def _demo(paths: int, tasks: int, time_scale: float, *, no_progress: bool)
             f"(files: {files_budget.limit} paths / {files_budget.period:g} s)."
         )
         async with CDNClient(server.token, base_url=server.url, limits=limits) as cdn:
-            names = [("assets", 3600), ("images", 86400), ("downloads", 600)]
-            created = await asyncio.gather(
-                *(
-                    cdn.endpoints.create(f"demo-{name}.nyc3.digitaloceanspaces.com", ttl=ttl)
-                    for name, ttl in names
-                )
-            )
-            say(f"[bold]2.[/] Created {len(created)} endpoints; listing them:")
-            endpoints = [ep async for ep in cdn.endpoints.list()]
-            say(endpoint_table(endpoints))
-            jobs = demo_jobs([ep.id for ep in created], paths, tasks)
-            asked = sum(len(job_paths) for _, job_paths in jobs)
+            endpoint_ids = await _make_endpoints(cdn, say)
+            jobs = demo_jobs(endpoint_ids, paths, tasks)
             say(
-                f"[bold]3.[/] {len(jobs)} concurrent tasks purge {asked} paths (duplicates, a "
-                f"wildcard and overlapping lists included) across {len(created)} endpoints..."
+                f"[bold]3.[/] {len(jobs)} concurrent tasks purge "
+                f"{sum(len(job_paths) for _, job_paths in jobs)} paths (duplicates, a "
+                f"wildcard and overlapping lists included) across {len(endpoint_ids)} "
+                "endpoints..."
             )
-            totals = {}
-            for i, (_, job_paths) in enumerate(jobs):
-                plan = plan_purge(job_paths, limits)
-                totals[i] = len(plan.paths) + len(plan.covered)
-            dones = dict.fromkeys(totals, 0)
-            display = progress_display(
-                cdn, description="purge", no_progress=no_progress, total=sum(totals.values())
-            )
-
-            def on_progress(i: int) -> Callable[[int, int], None]:
-                def update(done: int, total: int) -> None:
-                    dones[i] = done
-                    sent = server.counters.by_rule["ok"] + sum(
-                        server.counters.rate_limited.values()
-                    )
-                    display.update(sum(dones.values()), sent)
-
-                return update
-
-            purge_started = time.monotonic()
-            async with display:
-                results = await asyncio.gather(
-                    *(
-                        cdn.endpoints.purge(ep_id, job_paths, on_progress=on_progress(i))
-                        for i, (ep_id, job_paths) in enumerate(jobs)
-                    ),
-                    return_exceptions=True,
-                )
-            purge_wall = time.monotonic() - purge_started
-        reports = [r.report if isinstance(r, PurgeError) else r for r in results]
-        purged = sum(len(r.purged) for r in reports if isinstance(r, PurgeReport))
-        failed = sum(len(r.failed) for r in reports if isinstance(r, PurgeReport))
-        crashed = [
-            r for r in results if isinstance(r, BaseException) and not isinstance(r, PurgeError)
-        ]
-        journal = list(server.journal)
-        by_op = Counter(e.op or "other" for e in journal)
-        files_sent = sum(
-            len(e.body["files"])
-            for e in journal
-            if e.op == "purge" and e.status == 204 and isinstance(e.body, dict)
-        )
-        rate_limited = sum(server.counters.rate_limited.values())
-    windows = math.ceil(files_sent / files_budget.limit) if files_sent else 0
-    bound = max(0, windows - 1) * files_budget.period
-    pace = (bound / purge_wall * 100) if purge_wall > 0 else 100
-    ops = ", ".join(f"{n} {op}" for op, n in by_op.most_common())
+            results, purge_wall = await _purge(cdn, server, jobs, no_progress=no_progress)
+            tally = _Tally.of(jobs, results, purge_wall, server)
     say(f"[bold]4.[/] Done in {time.monotonic() - demo_started:.1f} s.")
-    rows = [
-        ("requests sent", f"{len(journal)} ({ops})"),
-        ("429s from the server", str(rate_limited)),
-        ("paths asked to purge", f"{asked} in {len(jobs)} tasks"),
-        ("paths purged", f"{purged}, {failed} failed (each task's paths once)"),
-        (
-            "paths sent",
-            f"{files_sent} (duplicates shared, covered paths dropped, batches of "
-            f"{files_budget.limit})",
-        ),
-        (
-            "purge wall time",
-            f"{purge_wall:.1f} s; the files budget allows no less than {bound:.1f} s "
-            f"({windows} windows of {files_budget.period:g} s)",
-        ),
-        (
-            "budget use",
-            f"{pace:.0f}% of the files budget's "
-            f"pace; at the real API's pace this purge takes about "
-            f"{purge_wall / time_scale / 60:.1f} min",
-        ),
-    ]
-    table = Table(show_header=False, box=None, padding=(0, 2))
-    for name, value in rows:
-        table.add_row(name, value)
-    say(table)
-    say(
-        f"[bold]5.[/] {pace:.0f}% of the files budget's pace, and the server counted "
-        f"{rate_limited} x 429. Charts of every window: benchmarks/budget-window.svg and "
-        "benchmarks/purge-window.svg in the cdn-async repository."
+    return tally.show(say, files_budget.limit, files_budget.period, time_scale)
+
+
+async def _make_endpoints(cdn: CDNClient, say: Callable[..., None]) -> list[str]:
+    """Create the demo's three endpoints and list them; their ids."""
+    names = [("assets", 3600), ("images", 86400), ("downloads", 600)]
+    created = await asyncio.gather(
+        *(
+            cdn.endpoints.create(f"demo-{name}.nyc3.digitaloceanspaces.com", ttl=ttl)
+            for name, ttl in names
+        )
     )
-    for result in crashed:
-        err(error_line(result))
-    return EXIT_OK if rate_limited == 0 and failed == 0 and not crashed else EXIT_API_ERROR
+    say(f"[bold]2.[/] Created {len(created)} endpoints; listing them:")
+    say(endpoint_table([ep async for ep in cdn.endpoints.list()]))
+    return [ep.id for ep in created]
+
+
+async def _purge(
+    cdn: CDNClient, server: FakeCDNServer, jobs: list[tuple[str, list[str]]], *, no_progress: bool
+) -> tuple[list[PurgeReport | BaseException], float]:
+    """Every job's purge at once, one progress display for all; each job's report (or
+    what it raised), and the seconds they took."""
+    totals = []
+    for _, job_paths in jobs:
+        plan = plan_purge(job_paths, cdn.limits)
+        totals.append(len(plan.paths) + len(plan.covered))
+    dones = [0] * len(jobs)
+    display = progress_display(cdn, description="purge", no_progress=no_progress, total=sum(totals))
+
+    def on_progress(i: int) -> Callable[[int, int], None]:
+        def update(done: int, total: int) -> None:
+            dones[i] = done
+            sent = server.counters.by_rule["ok"] + sum(server.counters.rate_limited.values())
+            display.update(sum(dones), sent)
+
+        return update
+
+    started = time.monotonic()
+    async with display:
+        results = await asyncio.gather(
+            *(
+                cdn.endpoints.purge(ep_id, job_paths, on_progress=on_progress(i))
+                for i, (ep_id, job_paths) in enumerate(jobs)
+            ),
+            return_exceptions=True,
+        )
+    return results, time.monotonic() - started
+
+
+@attrs.frozen
+class _Tally:
+    """What the demo's purges did, from their reports and the fake server's journal."""
+
+    tasks: int
+    asked: int
+    purged: int
+    failed: int
+    crashed: list[BaseException]
+    requests: int
+    by_op: Counter[str]
+    files_sent: int
+    rate_limited: int
+    purge_wall: float
+
+    @classmethod
+    def of(
+        cls,
+        jobs: list[tuple[str, list[str]]],
+        results: list[PurgeReport | BaseException],
+        purge_wall: float,
+        server: FakeCDNServer,
+    ) -> _Tally:
+        reports = [r.report if isinstance(r, PurgeError) else r for r in results]
+        journal = list(server.journal)
+        return cls(
+            tasks=len(jobs),
+            asked=sum(len(job_paths) for _, job_paths in jobs),
+            purged=sum(len(r.purged) for r in reports if isinstance(r, PurgeReport)),
+            failed=sum(len(r.failed) for r in reports if isinstance(r, PurgeReport)),
+            crashed=[
+                r for r in results if isinstance(r, BaseException) and not isinstance(r, PurgeError)
+            ],
+            requests=len(journal),
+            by_op=Counter(e.op or "other" for e in journal),
+            files_sent=sum(
+                len(e.body["files"])
+                for e in journal
+                if e.op == "purge" and e.status == 204 and isinstance(e.body, dict)
+            ),
+            rate_limited=sum(server.counters.rate_limited.values()),
+            purge_wall=purge_wall,
+        )
+
+    def show(self, say: Callable[..., None], limit: int, period: float, time_scale: float) -> int:
+        """Print the table and the closing line; the exit code (0: no 429, nothing failed)."""
+        from rich.table import Table
+
+        windows = math.ceil(self.files_sent / limit) if self.files_sent else 0
+        bound = max(0, windows - 1) * period
+        wall = self.purge_wall
+        pace = (bound / wall * 100) if wall > 0 else 100
+        ops = ", ".join(f"{n} {op}" for op, n in self.by_op.most_common())
+        rows = [
+            ("requests sent", f"{self.requests} ({ops})"),
+            ("429s from the server", str(self.rate_limited)),
+            ("paths asked to purge", f"{self.asked} in {self.tasks} tasks"),
+            ("paths purged", f"{self.purged}, {self.failed} failed (each task's paths once)"),
+            (
+                "paths sent",
+                f"{self.files_sent} (duplicates shared, covered paths dropped, batches of {limit})",
+            ),
+            (
+                "purge wall time",
+                f"{wall:.1f} s; the files budget allows no less than {bound:.1f} s "
+                f"({windows} windows of {period:g} s)",
+            ),
+            (
+                "budget use",
+                f"{pace:.0f}% of the files budget's pace; at the real API's pace this purge "
+                f"takes about {wall / time_scale / 60:.1f} min",
+            ),
+        ]
+        table = Table(show_header=False, box=None, padding=(0, 2))
+        for name, value in rows:
+            table.add_row(name, value)
+        say(table)
+        say(
+            f"[bold]5.[/] {pace:.0f}% of the files budget's pace, and the server counted "
+            f"{self.rate_limited} x 429. Charts of every window: benchmarks/budget-window.svg "
+            "and benchmarks/purge-window.svg in the cdn-async repository."
+        )
+        for result in self.crashed:
+            err(error_line(result))
+        ok = self.rate_limited == 0 and self.failed == 0 and not self.crashed
+        return EXIT_OK if ok else EXIT_API_ERROR
