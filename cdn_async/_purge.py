@@ -363,6 +363,18 @@ class _Batch:
         )
 
 
+def _outcome(report: PurgeReport) -> PurgeReport:
+    """A finished call's report, or what it raises: ``PurgeError`` when any path failed, and
+    the ``BudgetWaitTimeout`` itself when nothing went out for want of budget within
+    ``max_budget_wait`` (the same answer as a refusal up front: all or nothing)."""
+    if not report.failed:
+        return report
+    timeouts = [e for e in report.failed.values() if isinstance(e, BudgetWaitTimeout)]
+    if not report.purged and not report.requests and len(timeouts) == len(report.failed):
+        raise max(timeouts, key=lambda e: e.retry_after or 0.0)
+    raise PurgeError(report)
+
+
 class PurgeEngine:
     """Coalesces, batches and sends purges for one client (and its copies)."""
 
@@ -407,31 +419,7 @@ class PurgeEngine:
         # The pending paths this call waits on, per sender.
         joined: dict[_EndpointSender, list[str]] = {}
         try:
-            targets, groups = iter(coalesced.targets), coalesced.groups
-            while chunk := list(itertools.islice(targets, CHUNK)):
-                if call.stopped is not None:
-                    rest = itertools.chain(chunk, targets)
-                    failed = [(own, call.stopped) for t in rest for own in groups.get(t) or (t,)]
-                    call.batch_done([], failed, 0.0, sent=False)
-                    break
-                # Looked up again after every yield: the endpoint's sender may have emptied its
-                # pending set and gone (a fatal error fails every pending path), and a new sender then takes over.
-                sender = self._senders.setdefault(cdn_id, _EndpointSender())
-                mine = joined.setdefault(sender, [])
-                for target in chunk:
-                    # A sent path joins with every path it stands for at once, so none of them
-                    # can join a request already sent for another.
-                    key = sender.join(call, target, groups.get(target))
-                    mine.append(key)
-                    if call.priority == "high":
-                        sender.urgent[key] = None
-                        if sender.upgrade is not None and not sender.upgrade.done():
-                            sender.upgrade.set_result(None)
-                if sender.task is None or sender.task.done():
-                    sender.task = asyncio.get_running_loop().create_task(
-                        self._run_sender(session, cdn_id, sender)
-                    )
-                await asyncio.sleep(0)
+            await self._join(session, cdn_id, call, coalesced, joined)
             # Cancelling this caller cancels only its own future, never the shared sender.
             await call.finished
         except asyncio.CancelledError:
@@ -443,15 +431,45 @@ class PurgeEngine:
             for sender, keys in joined.items():
                 _abandon(sender, call, keys)
             raise
-        report = call.report()
-        if report.failed:
-            # Nothing of this call went out, for want of budget within max_budget_wait: the
-            # same answer as a refusal up front (all or nothing).
-            timeouts = [e for e in report.failed.values() if isinstance(e, BudgetWaitTimeout)]
-            if not report.purged and not report.requests and len(timeouts) == len(report.failed):
-                raise max(timeouts, key=lambda e: e.retry_after or 0.0)
-            raise PurgeError(report)
-        return report
+        return _outcome(call.report())
+
+    async def _join(
+        self,
+        session: Session,
+        cdn_id: str,
+        call: _Call,
+        coalesced: Coalesced,
+        joined: dict[_EndpointSender, list[str]],
+    ) -> None:
+        """Make ``call`` wait on the paths of ``coalesced`` to send, a chunk at a time (each
+        pending key in ``joined``), starting the endpoint's sender when it is not running;
+        once the sender met an error every later batch would meet, the rest fail with it."""
+        targets, groups = iter(coalesced.targets), coalesced.groups
+        while chunk := list(itertools.islice(targets, CHUNK)):
+            if call.stopped is not None:
+                rest = itertools.chain(chunk, targets)
+                failed = [(own, call.stopped) for t in rest for own in groups.get(t) or (t,)]
+                call.batch_done([], failed, 0.0, sent=False)
+                return
+            # Looked up again after every yield: the endpoint's sender may have emptied its
+            # pending set and gone (a fatal error fails every pending path), and a new sender
+            # then takes over.
+            sender = self._senders.setdefault(cdn_id, _EndpointSender())
+            mine = joined.setdefault(sender, [])
+            for target in chunk:
+                # A sent path joins with every path it stands for at once, so none of them
+                # can join a request already sent for another.
+                key = sender.join(call, target, groups.get(target))
+                mine.append(key)
+                if call.priority == "high":
+                    sender.urgent[key] = None
+                    if sender.upgrade is not None and not sender.upgrade.done():
+                        sender.upgrade.set_result(None)
+            if sender.task is None or sender.task.done():
+                sender.task = asyncio.get_running_loop().create_task(
+                    self._run_sender(session, cdn_id, sender)
+                )
+            await asyncio.sleep(0)
 
     def _files_ahead(self, cdn_id: str, coalesced: Coalesced, urgent: bool) -> tuple[int, int]:
         """The paths of ``coalesced`` to send (those not already pending), and the endpoint's
