@@ -1,18 +1,18 @@
 """A purge that meets a deadline: ``cdn.endpoints.purge(..., manifest=, deadline=)``.
 
-Plans with the wildcard planner (``_purge_plan.plan_purge_steps``) a few ms at a time, handing the
-event loop back in between; refuses a plan that cannot meet the deadline before anything is
-sent; sends the wildcards chosen with the changed paths through the client's purge backend
-(which maps each changed path to the wildcard that covers it); and reports in terms of the
-changed paths: progress counts them, the report names each wildcard purged and the changed
-paths it covered.
+Plans with the wildcard planner (``_purge_plan.plan_purge_steps``) a few ms at a time,
+handing the event loop back in between; refuses a plan that cannot meet the deadline before
+anything is sent; sends the wildcards chosen with the changed paths through the client's
+purge backend (which maps each changed path to the wildcard that covers it); and reports in
+terms of the changed paths (``_ChangedProgress``, ``_changed_report``): progress counts them,
+the report names each wildcard purged and the changed paths it covered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -113,63 +113,91 @@ async def purge_planned(
     planned = await plan_for(
         session, backend, paths, manifest=manifest, deadline=deadline, allow_all=allow_all
     )
-    if not planned.fits:
-        hint = (
-            "give a manifest so that paths can be collapsed into wildcards"
-            if manifest is None
-            else "even with paths collapsed into wildcards; allow '*' or a later deadline"
-        )
-        raise ValidationError(
-            f"the purge cannot meet its deadline: it needs {len(planned.paths)} entries "
-            f"({planned.requests} requests, the last {planned.seconds:.0f} s from now) and the "
-            f"deadline allows {planned.allowed}; it would miss it by {planned.late_by:.0f} s "
-            f"({hint}). Nothing was sent."
-        )
+    _refuse_if_late(planned, with_manifest=manifest is not None)
     if session.options.max_budget_wait is not None and not isinstance(backend, PurgeEngine):
         # All or nothing through a shared queue, as Endpoints.purge: the plan's entries alone
         # (the engine checks its own, with its pending paths).
         level = priority or session.options.priority
         refuse_if_too_slow(session, cdn_id, len(planned.paths), 0, level, plan_only=True)
     chosen = planned.unchanged_by  # the planner's wildcards (not paths of the call)
-    total = len(dict.fromkeys(paths))
-    done = 0
-
-    def batch(progress: PurgeProgress) -> None:
-        nonlocal done
-        confirmed = tuple(p for p in progress.confirmed if p not in chosen)
-        failed = {p: e for p, e in progress.failed.items() if p not in chosen}
-        done += len(confirmed) + len(failed)
-        if on_progress is not None:
-            try:
-                on_progress(done, total)
-            except Exception:  # a broken callback must not lose the purge's results
-                logger.exception("on_progress callback failed")
-        if on_batch is not None:
-            try:
-                on_batch(PurgeProgress(done, total, confirmed, failed))
-            except Exception:
-                logger.exception("on_batch callback failed")
-
+    progress = _ChangedProgress(chosen, len(dict.fromkeys(paths)), on_progress, on_batch)
     error: PurgeError | None = None
     try:
         report = await backend.purge(
-            session, cdn_id, [*chosen, *paths], on_batch=batch, priority=priority
+            session, cdn_id, [*chosen, *paths], on_batch=progress.batch, priority=priority
         )
     except PurgeError as exc:
         report, error = exc.report, exc
+    result = _changed_report(report, planned)
+    if error is not None:
+        raise PurgeError(result) from error.__cause__
+    return result
+
+
+def _refuse_if_late(planned: PurgePlan, *, with_manifest: bool) -> None:
+    """``ValidationError`` (nothing sent) when the plan cannot meet its deadline."""
+    if planned.fits:
+        return
+    hint = (
+        "even with paths collapsed into wildcards; allow '*' or a later deadline"
+        if with_manifest
+        else "give a manifest so that paths can be collapsed into wildcards"
+    )
+    raise ValidationError(
+        f"the purge cannot meet its deadline: it needs {len(planned.paths)} entries "
+        f"({planned.requests} requests, the last {planned.seconds:.0f} s from now) and the "
+        f"deadline allows {planned.allowed}; it would miss it by {planned.late_by:.0f} s "
+        f"({hint}). Nothing was sent."
+    )
+
+
+class _ChangedProgress:
+    """The backend's progress on the paths sent, told to the caller in changed paths: the
+    planner's wildcards (``chosen``), which are not paths of the call, left out."""
+
+    def __init__(
+        self,
+        chosen: Mapping[str, int],
+        total: int,
+        on_progress: Callable[[int, int], None] | None,
+        on_batch: Callable[[PurgeProgress], None] | None,
+    ) -> None:
+        self.chosen = chosen
+        self.total = total
+        self.done = 0
+        self.on_progress = on_progress
+        self.on_batch = on_batch
+
+    def batch(self, progress: PurgeProgress) -> None:
+        chosen = self.chosen
+        confirmed = tuple(p for p in progress.confirmed if p not in chosen)
+        failed = {p: e for p, e in progress.failed.items() if p not in chosen}
+        self.done += len(confirmed) + len(failed)
+        if self.on_progress is not None:
+            try:
+                self.on_progress(self.done, self.total)
+            except Exception:  # a broken callback must not lose the purge's results
+                logger.exception("on_progress callback failed")
+        if self.on_batch is not None:
+            try:
+                self.on_batch(PurgeProgress(self.done, self.total, confirmed, failed))
+            except Exception:
+                logger.exception("on_batch callback failed")
+
+
+def _changed_report(report: PurgeReport, planned: PurgePlan) -> PurgeReport:
+    """The backend's report in changed paths, with each wildcard purged, the changed paths it
+    covered and the unchanged files it purged with them."""
+    chosen = planned.unchanged_by
     purged = set(report.purged)
-    wildcards = {w: covered for w, covered in planned.wildcards.items() if w in purged}
-    result = PurgeReport(
+    return PurgeReport(
         report.endpoint_id,
         tuple(p for p in report.purged if p not in chosen),
         {p: e for p, e in report.failed.items() if p not in chosen},
         report.requests,
         report.budget_wait,
         report.request_ids,
-        wildcards,
+        {w: covered for w, covered in planned.wildcards.items() if w in purged},
         sum(n for w, n in chosen.items() if w in purged),
         planned.unlisted,
     )
-    if error is not None:
-        raise PurgeError(result) from error.__cause__
-    return result
