@@ -7,7 +7,7 @@ achieved, ``PurgeReport``, is in ``_models.py``, below the errors (``PurgeError`
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
@@ -175,6 +175,40 @@ def plan_purge_steps(
     """``plan_purge`` of checked, normalised ``files`` into ``out``, yielding every few ms of
     work (``cdn.endpoints.purge`` hands the event loop back in between)."""
     limits = RateLimits.documented() if limits is None else limits
+    seconds = _checked(deadline, entries, in_use)
+    allowed = entries
+    if seconds is not None:
+        within = entries_within(limits, seconds, in_use)
+        allowed = within if allowed is None else min(allowed, within)
+    chosen: Cover | None = None
+    if manifest is not None:
+        chosen = yield from _choose_wildcards(files, manifest, allowed, allow_all)
+        if chosen is not None:
+            files = [*chosen.wildcards, *files]
+    coalesced = Coalesced()
+    yield from coalesced.steps(files)
+    sent = tuple(coalesced.targets)
+    requests = math.ceil(len(sent) / limits.purge_batch_size)
+    last = _last_request(limits, len(sent) + in_use, requests)
+    unchanged_by = dict(chosen.unchanged) if chosen is not None else {}
+    out.append(
+        PurgePlan(
+            sent,
+            {p: t for p, t in coalesced.mapping.items() if p != t},
+            requests,
+            last,
+            sum(unchanged_by.values()),
+            unchanged_by,
+            chosen.unlisted if chosen is not None else (),
+            allowed,
+            max(0.0, last - seconds) if seconds is not None else 0.0,
+        )
+    )
+
+
+def _checked(deadline: float | timedelta | None, entries: int | None, in_use: int) -> float | None:
+    """The deadline in seconds (None without one), once it, ``entries`` and ``in_use`` are
+    checked."""
     if isinstance(deadline, timedelta):
         deadline = deadline.total_seconds()
     if deadline is not None and not (
@@ -187,54 +221,40 @@ def plan_purge_steps(
         raise ValidationError(f"entries must be at least 1, got {entries}")
     if isinstance(in_use, bool) or not isinstance(in_use, int) or in_use < 0:
         raise ValidationError(f"in_use must be an int >= 0, got {in_use!r}")
-    allowed = entries
-    if deadline is not None:
-        within = entries_within(limits, deadline, in_use)
-        allowed = within if allowed is None else min(allowed, within)
-    chosen: Cover | None = None
-    if manifest is not None:
-        if isinstance(manifest, Manifest):  # read already
-            site = manifest
-        else:
-            site = Manifest()
-            yield from site.read(manifest)
-        if "*" not in files:
-            # Wildcards given stay as they are; the planner covers the other paths.
-            given = [p for p in files if p.endswith("/*")]
-            given_coalesced = Coalesced()
-            yield from given_coalesced.steps(files)
-            rest = [
-                p for p, t in given_coalesced.mapping.items() if p == t and not p.endswith("/*")
-            ]
-            room = len(rest) + len(given) if allowed is None else allowed
-            found: list[Cover] = []
-            yield from steps(rest, site, room - len(given), allow_all=allow_all, out=found)
-            chosen = found[0]
-            files = [*chosen.wildcards, *files]
-    coalesced = Coalesced()
-    yield from coalesced.steps(files)
-    sent = tuple(coalesced.targets)
-    requests = math.ceil(len(sent) / limits.purge_batch_size)
+    return deadline
+
+
+def _choose_wildcards(
+    files: Sequence[str], manifest: Iterable[str] | Manifest, allowed: int | None, allow_all: bool
+) -> Generator[None, None, Cover | None]:
+    """The planner's cover of the exact paths of ``files`` in ``allowed`` entries (less the
+    wildcards given, which stay as they are); None when ``*`` is given (it covers all)."""
+    if isinstance(manifest, Manifest):  # read already
+        site = manifest
+    else:
+        site = Manifest()
+        yield from site.read(manifest)
+    if "*" in files:
+        return None
+    given = [p for p in files if p.endswith("/*")]
+    given_coalesced = Coalesced()
+    yield from given_coalesced.steps(files)
+    rest = [p for p, t in given_coalesced.mapping.items() if p == t and not p.endswith("/*")]
+    room = len(rest) + len(given) if allowed is None else allowed
+    found: list[Cover] = []
+    yield from steps(rest, site, room - len(given), allow_all=allow_all, out=found)
+    return found[0]
+
+
+def _last_request(limits: RateLimits, files: int, requests: int) -> float:
+    """The least seconds from the first request to the last at the budgets' pace, for
+    ``files`` file-budget units (in use ahead included) in ``requests`` requests."""
     seconds = 0.0
     for budget in limits.budgets:
-        units = len(sent) + in_use if budget.unit == "file" else requests
+        units = files if budget.unit == "file" else requests
         # The k-th window's worth of units may leave one period after the (k-1)-th.
         seconds = max(seconds, (math.ceil(units / budget.capacity) - 1) * budget.period)
-    covered = {p: t for p, t in coalesced.mapping.items() if p != t}
-    unchanged_by = dict(chosen.unchanged) if chosen is not None else {}
-    out.append(
-        PurgePlan(
-            sent,
-            covered,
-            requests,
-            seconds,
-            sum(unchanged_by.values()),
-            unchanged_by,
-            chosen.unlisted if chosen is not None else (),
-            allowed,
-            max(0.0, seconds - deadline) if deadline is not None else 0.0,
-        )
-    )
+    return seconds
 
 
 def sent_for(paths: Sequence[str]) -> dict[str, str]:
