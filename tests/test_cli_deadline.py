@@ -72,9 +72,12 @@ async def test_purge_with_a_manifest_meets_its_deadline(
     assert sorted(report["purged"]) == sorted(changed) and not report["failed"]
     assert not fake_cdn.cached(ep) & set(changed)
     assert report["unchanged"] == len(manifest) - len(fake_cdn.cached(ep)) - len(changed)
-    sent = {p for r in fake_cdn.purges for p in r.files}
+    sent = [p for r in fake_cdn.purges for p in r.files]
     assert set(report["wildcards"]) == {p for p in sent if p.endswith("*")}
-    assert fake_cdn.purges[-1].at - fake_cdn.purges[0].at <= 0.6
+    # What 0.6 s allows (the dry run's 200 entries, 4 requests a window apart): when the
+    # last request goes is the engine's to keep (test_deadline_purge, in virtual time), the
+    # plan the command's to make.
+    assert len(sent) <= 200 and len(fake_cdn.purges) <= 4
     # Without the manifest the plan cannot meet the deadline: refused, nothing sent.
     before = len(fake_cdn.purges)
     late = await run_cli(
