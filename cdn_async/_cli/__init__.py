@@ -28,8 +28,8 @@ commands), ``_app`` (the options every API command shares, reading paths from a 
 running a command's coroutine with stop signals and the exit codes of SDK errors),
 ``_host_budgets`` (the budget file), ``_endpoints``, ``_purge`` (``purge`` and
 ``purge-worker``), ``_deadline`` (``purge --manifest --deadline``), ``_settled`` (what a
-purge has heard, and its report when stopped), ``_progress`` (the live bar, the heartbeat
-lines of a log, or nothing), ``_signals`` (stop signals), ``_demo`` (``demo`` and
+purge has heard, and its report when stopped), ``_wire`` (what its requests are doing),
+``_progress`` (the live bar, the heartbeat lines of a log, or nothing), ``_signals`` (stop signals), ``_demo`` (``demo`` and
 ``fake-server``) and ``_output`` (what is printed, and the exit statuses). Only this module
 loads without click and rich; it imports the others once it has found them.
 """

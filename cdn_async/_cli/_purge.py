@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 
@@ -22,15 +22,6 @@ from .. import PurgeProgress, PurgeReport, plan_purge
 from .. import _validation as check
 from .._file_share import polite_start
 from ..errors import CDNError, PurgeError
-from ..events import (
-    BudgetWaited,
-    Event,
-    PurgeBatchSent,
-    RateLimitPaused,
-    RequestSent,
-    ResponseReceived,
-    RetryScheduled,
-)
 from ._app import (
     REDIS_ENV,
     ApiOptions,
@@ -58,6 +49,7 @@ from ._output import (
 from ._progress import DEFAULT_HEARTBEAT, Display, progress_display
 from ._settled import Settled
 from ._signals import Stop
+from ._wire import Wire
 
 if TYPE_CHECKING:
     from .. import CDNClient
@@ -228,63 +220,6 @@ def purge_worker(api: ApiOptions, endpoint_ids: tuple[str, ...], until_idle: boo
     return run_command(lambda stop: _work(api, list(endpoint_ids), until_idle=until_idle))
 
 
-def _is_purge(path: str) -> bool:
-    return path.endswith("/cache")
-
-
-class _Wire:
-    """An event hook on this process's purge requests: how many are live (sent, and not
-    finished: a retry's backoff or 429 pause included), for how long any was on the wire, its
-    sealed batches not yet settled (the engine's ``PurgeBatchSent`` comes after the callers
-    heard the outcome), and every second its requests waited for their budgets."""
-
-    def __init__(self) -> None:
-        #: Purge requests sent and not finished. A retry is announced (``RetryScheduled``,
-        #: ``RateLimitPaused``) in the same step as the answer before it, so the count never
-        #: reads 0 between two attempts of one request.
-        self.live = 0
-        self.on_wire = 0
-        self.sealed = 0
-        self.settled = 0
-        #: Paths of every batch the server accepted (``PurgeBatchSent``).
-        self.accepted: set[str] = set()
-        self.waited = 0.0
-        #: Seconds with at least one purge request of this process on the wire.
-        self.wire_time = 0.0
-        self._since = 0.0
-        self._changed = asyncio.Event()
-
-    def __call__(self, event: Event) -> None:
-        self._changed.set()
-        if isinstance(event, BudgetWaited):
-            self.waited += event.wait_s
-        elif not _is_purge(getattr(event, "path", "")):
-            if isinstance(event, PurgeBatchSent):
-                self.settled += 1
-                if event.ok:
-                    self.accepted.update(event.paths)
-        elif isinstance(event, RequestSent):
-            if self.on_wire == 0:
-                self._since = time.monotonic()
-            self.on_wire += 1
-            if event.attempt == 1:
-                self.sealed += 1
-                self.live += 1
-        elif isinstance(event, ResponseReceived):
-            self.on_wire -= 1
-            self.live -= 1
-            if self.on_wire == 0:
-                self.wire_time += time.monotonic() - self._since
-        elif isinstance(event, RetryScheduled | RateLimitPaused):
-            self.live += 1
-
-    async def until(self, done: Callable[[], bool]) -> None:
-        """Wait until ``done()`` holds (checked after each event)."""
-        while not done():
-            self._changed.clear()
-            await self._changed.wait()
-
-
 #: The longest a stopped purge waits for the batch on the wire (its retries included): the
 #: report comes well before a SIGKILL (docker stop sends it 10 s after SIGTERM, Kubernetes
 #: 30 s).
@@ -315,7 +250,7 @@ class _PurgeJob:
         queue: RedisPurgeQueue | None,
         cdn_id: str,
         paths: list[str],
-        wire: _Wire,
+        wire: Wire,
         display: Display,
     ) -> None:
         self.cdn = cdn
@@ -434,7 +369,7 @@ async def _purge(
     heartbeat: float,
     stop: Stop,
 ) -> int:
-    wire = _Wire()
+    wire = Wire()
     async with api.connect([wire], bulk=True) as (cdn, queue):
         display = progress_display(
             cdn, description="purging", no_progress=no_progress, heartbeat=heartbeat
