@@ -259,6 +259,25 @@ def purge_bodies(server: FakeCDNServer) -> list[list[str]]:
     ]
 
 
+def confirmed(server: FakeCDNServer) -> set[str]:
+    return {p for body in purge_bodies(server) for p in body}
+
+
+def assert_reports_what_the_server_purged(
+    report: dict[str, Any], server: FakeCDNServer, err: str
+) -> None:
+    """A stopped purge reports purged exactly the paths the server confirmed: it waits for
+    the batch on the wire. If that batch outlasts the wait (5 s, said on stderr: a very loaded
+    machine), its paths are reported not confirmed instead, never dropped."""
+    purged, by_server = set(report["purged"]), confirmed(server)
+    if "did not finish within" not in err:
+        assert purged == by_server
+        return
+    assert purged <= by_server
+    for path in by_server - purged:
+        assert report["failed"][path] == "interrupted before this path was confirmed purged"
+
+
 @pytest.mark.fake_cdn(time_scale=SCALE)
 async def test_purge_paths_prints_the_report_as_json(fake_cdn: FakeCDNServer) -> None:
     """--json prints the PurgeReport; duplicates and covered paths are not sent."""
@@ -334,13 +353,13 @@ async def test_ctrl_c_reports_what_was_purged(fake_cdn: FakeCDNServer) -> None:
     assert result.code == 130, result.err
     report = result.json()
     purged = len(report["purged"])
-    confirmed = {p for b in purge_bodies(fake_cdn) for p in b}
     # The batch on the wire was waited for: the report has every path the server purged.
-    assert set(report["purged"]) == confirmed
+    assert_reports_what_the_server_purged(report, fake_cdn, result.err)
     assert 0 < purged < 1000
     assert len(report["purged"]) + len(report["failed"]) == 1000 and report["queued"] == []
     assert report["status"] == "interrupted"
-    assert all(why == "interrupted before this path was sent" for why in report["failed"].values())
+    if "did not finish within" not in result.err:  # the batch on the wire was waited for
+        assert set(report["failed"].values()) == {"interrupted before this path was sent"}
     assert f"Interrupted by SIGINT: {purged} of 1000 paths of endpoint {cdn_id} were purged" in (
         result.err
     )
