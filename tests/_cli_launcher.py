@@ -274,8 +274,10 @@ class Launcher:
         status, status_writer = await asyncio.open_unix_connection(sock=ours)
         stdout = await _reader(loop, out_r)
         stderr = await _reader(loop, err_r)
-        pid = int(await status.readline())
-        return Child(pid, stdout, stderr, status, status_writer)
+        line = await status.readline()
+        if not line:
+            raise RuntimeError(f"the CLI launcher did not fork (exit status {self._proc.poll()})")
+        return Child(int(line), stdout, stderr, status, status_writer)
 
 
 async def _reader(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamReader:
