@@ -183,6 +183,12 @@ class Child:
         self.stdout = stdout
         self.stderr = stderr
         self.returncode: int | None = None
+        # Signals go through a pidfd: the launcher reaps the child, so its pid could be
+        # another process's by the time a test signals it; the pidfd stays this child's.
+        # (None: it has exited and been reaped already.)
+        self._pidfd: int | None = None
+        with contextlib.suppress(ProcessLookupError):
+            self._pidfd = os.pidfd_open(pid)
         self._exit = asyncio.ensure_future(self._exited(status, status_writer))
 
     async def _exited(self, status: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
@@ -190,12 +196,15 @@ class Child:
             line = await status.readline()
         finally:
             writer.close()
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
         self.returncode = int(line) if line else -signal.SIGKILL
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.returncode is None:
-            os.kill(self.pid, sig)
+        if self._pidfd is not None:
+            signal.pidfd_send_signal(self._pidfd, sig)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
