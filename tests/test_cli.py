@@ -430,7 +430,7 @@ async def test_demo_runs_the_whole_job_without_a_429() -> None:
     proc = await start_cli(
         "demo",
         "--paths",
-        "600",
+        "300",
         "--tasks",
         "4",
         "--time-scale",
