@@ -164,7 +164,7 @@ async def test_a_second_signal_stops_waiting_for_the_batch_on_the_wire() -> None
 async def test_an_inherited_ignored_sigint_stays_ignored() -> None:
     """A job started with SIGINT ignored (a shell's background job; nohup does the same for
     SIGHUP) keeps ignoring it; SIGTERM still stops it."""
-    async with FakeCDNServer(time_scale=SCALE, purge_duration=0.3) as server:
+    async with FakeCDNServer(time_scale=SCALE, purge_duration=0.15) as server:
         cdn_id = server.add_endpoint(ORIGIN)["id"]
         paths = [f"img/{i}.png" for i in range(500)]
         proc = await start_cli("purge", cdn_id, *paths, "--json", server=server, sigint="ignore")
@@ -172,7 +172,7 @@ async def test_an_inherited_ignored_sigint_stays_ignored() -> None:
             await until(lambda: len(purge_bodies(server)) >= 1)
             proc.send_signal(signal.SIGINT)
             with pytest.raises(TimeoutError):  # still purging
-                await asyncio.wait_for(proc.wait(), 0.4)
+                await asyncio.wait_for(proc.wait(), 0.2)
             before = len(purge_bodies(server))
             await until(lambda: len(purge_bodies(server)) > before)  # and still sending
             proc.send_signal(signal.SIGTERM)
@@ -181,7 +181,7 @@ async def test_an_inherited_ignored_sigint_stays_ignored() -> None:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-    assert result.code == 143, result.err
+    assert result.code == 143, result.err  # 130 had SIGINT stopped it, however late it exited
     assert_reports_what_the_server_purged(result.json(), server, result.err)
 
 
