@@ -20,8 +20,16 @@ Set-up:
     trusts the certificate with ``connection_verify=<ca.pem>`` instead, the way most users of a
     private CA would; azure-core then builds a new ``SSLContext`` per request, and aiohttp keys
     its pool on it, so every request opens a new TLS connection.
-* Each measurement is taken in rounds; the clients go in a rotated order each round and every
-  figure is the best round (least disturbed). Latency is the median of per-request wall times
+* First, the overhead ratios (issue 24's case): raw aiohttp against cdn_async with budgets of
+  limit 1e9 at their **real periods** (they never bind, but every request goes through them),
+  with hooks and telemetry off, with a no-op event hook, and with OpenTelemetry (SDK tracer and
+  meter, no exporter); plus a no-op budget store (the session layer alone). Each round runs
+  every client in a rotated order, sequentially then from 100 concurrent tasks; each round's
+  figure is divided by raw aiohttp's in the same round, and the table gives the **median** over
+  the rounds (the machine is shared, so single rounds are noisy; the median of same-round
+  ratios cancels slow drifts of the machine).
+* The other tables are taken in rounds too, the clients in a rotated order each round, and
+  every figure is the best round (least disturbed). Latency is the median of per-request wall times
   in that round; CPU is this process's ``time.process_time()`` over the round per request (the
   client's own cost, TLS and aiohttp included).
 """
@@ -392,6 +400,77 @@ def structuring(dicts: list[dict[str, Any]], rounds: int) -> dict[str, float]:
     return out
 
 
+#: The rows of the overhead table: (label, Clients attribute of the get), raw aiohttp first.
+OVERHEAD_ROWS = [
+    ("raw aiohttp", "raw_get"),
+    ("cdn_async, hooks and telemetry off", "cdn_uncapped_get"),
+    ("cdn_async, a no-op event hook", "cdn_hooked_get"),
+    ("cdn_async, OpenTelemetry (SDK, no exporter)", "cdn_otel_get"),
+    ("cdn_async, no-op budget store (session layer only)", "cdn_nobudget_get"),
+]
+
+
+async def overhead(clients: Clients, ids: list[str], args: Any) -> None:
+    """The overhead ratios of issue 24: median over interleaved rounds of same-round ratios."""
+    gets = {
+        label: getattr(clients, attr)
+        for label, attr in OVERHEAD_ROWS
+        if attr != "cdn_otel_get" or clients.cdn_otel is not None
+    }
+    names = list(gets)
+    seq: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    conc: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    for r, order in enumerate(rotations(names, args.ratio_rounds)):
+        for name in order:
+            seq[name].append(await sequential(gets[name], ids, args.ratio_seq, r * args.ratio_seq))
+            conc[name].append(await concurrent(gets[name], ids, args.ratio_conc, args.concurrency))
+    raw = "raw aiohttp"
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    rows = []
+    for n in names:
+        lat = med([s[0] for s in seq[n]])
+        lat_x = med([s[0] / b[0] for s, b in zip(seq[n], seq[raw], strict=True)])
+        cpu = med([s[1] for s in seq[n]])
+        cpu_x = med([s[1] / b[1] for s, b in zip(seq[n], seq[raw], strict=True)])
+        rps = med([c[0] for c in conc[n]])
+        rps_x = med([b[0] / c[0] for c, b in zip(conc[n], conc[raw], strict=True)])
+        ccpu = med([c[1] for c in conc[n]])
+        ccpu_x = med([c[1] / b[1] for c, b in zip(conc[n], conc[raw], strict=True)])
+        rows.append(
+            [
+                n,
+                f"{lat:.0f}",
+                f"{lat_x:.2f} x",
+                f"{cpu:.0f}",
+                f"{cpu_x:.2f} x",
+                f"{rps:.0f}",
+                f"{rps_x:.2f} x",
+                f"{ccpu:.0f}",
+                f"{ccpu_x:.2f} x",
+            ]
+        )
+    table(
+        f"Overhead vs raw aiohttp: TLS on loopback, the user's own aiohttp session, budgets of "
+        f"limit 1e9 at real periods; median of {args.ratio_rounds} interleaved rounds "
+        f"({args.ratio_seq} sequential gets, {args.ratio_conc} from {args.concurrency} tasks)",
+        [
+            "client",
+            "seq latency us",
+            "vs raw",
+            "seq CPU us/req",
+            "vs raw",
+            f"{args.concurrency} tasks req/s",
+            "raw time / its time",
+            "CPU us/req",
+            "vs raw",
+        ],
+        rows,
+    )
+
+
 # -- report ----------------------------------------------------------------------------------
 
 
@@ -425,6 +504,11 @@ async def bench(url: str, token: str, ids: list[str], ctx: ssl.SSLContext, args:
             await concurrent(get, ids, args.concurrency * 2, args.concurrency)
         if clients.pydo_verify is not None:
             await clients.pydo_verify_get(ids[0])
+
+        # 0. the overhead ratios (issue 24)
+        await overhead(clients, ids, args)
+        if args.ratios:
+            return
 
         # 1. sequential get
         seq: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
@@ -528,15 +612,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and requests")
     parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    parser.add_argument(
+        "--ratios", action="store_true", help="only the overhead ratios table (about 40 s)"
+    )
     args = parser.parse_args()
     args.rounds = 3 if args.quick else 7
     args.seq = 300 if args.quick else 1000
     args.seq_slow = 30 if args.quick else 100
     args.conc = 1000 if args.quick else 3000
     args.warmup = 50 if args.quick else 200
+    args.ratio_rounds = 5 if args.quick else 11
+    args.ratio_seq, args.ratio_conc = 300, 1000
     args.concurrency, endpoints = CONCURRENCY, N_ENDPOINTS
     if args.smoke:
         args.rounds, args.seq, args.seq_slow, args.conc, args.warmup = 1, 20, 2, 40, 5
+        args.ratio_rounds, args.ratio_seq, args.ratio_conc = 1, 10, 20
         args.concurrency, endpoints = 10, 400
     print(
         f"# cdn_async per-request overhead\n\n{machine(f'aiohttp {aiohttp.__version__}, OpenSSL {ssl.OPENSSL_VERSION.split()[1]}')}"

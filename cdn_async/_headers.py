@@ -4,6 +4,7 @@ clock they are read against."""
 from __future__ import annotations
 
 import email.utils
+import functools
 from collections.abc import Mapping
 
 from ._limits import BudgetStore, Claim, RateLimits
@@ -61,15 +62,22 @@ def server_now(headers: Mapping[str, str], wall: float) -> float:
     agrees with it (it has sub-second precision), else ``Date`` is.
     """
     date = headers.get("date")
-    if date is None:
-        return wall
-    try:
-        when = email.utils.parsedate_to_datetime(date).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
+    when = _date_seconds(date) if date is not None else None
+    if when is None:
         return wall
     # Date is truncated to the second: the server's time lies in [when, when + 1), and a
     # wait computed from ``when`` is at most a second long, never short.
     return wall if when - 1.0 <= wall <= when + 2.0 else when
+
+
+@functools.lru_cache(maxsize=8)
+def _date_seconds(date: str) -> float | None:
+    # Answers within one second carry the same Date: parsed once (it costs more than the
+    # rest of reading the answer's headers).
+    try:
+        return email.utils.parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def apply_headers(store: BudgetStore, info: RateLimitInfo, plan: Plan, *, refused: bool) -> None:

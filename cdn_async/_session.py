@@ -338,19 +338,26 @@ class Session:
         """Run the exchange as a task and wait for it, then settle the lease."""
         opts, plan = self.options, call.plan
         wire = Wire(written=not self._pool.traced)
-        exchange = asyncio.get_running_loop().create_task(
-            self._exchange(http, call.method, call.url, call.json, call.params, wire)
-        )
+        loop = asyncio.get_running_loop()
+        # Set when the exchange ends, or when the timeout passes. The caller waits on it, not
+        # on the task: a cancelled caller must not cancel an exchange that is already on the
+        # wire (see _abandon). The exchange sets it from inside its own step, so the caller
+        # wakes one loop iteration after the answer (a done callback, as asyncio.wait uses,
+        # would cost two).
+        ended = loop.create_future()
+        exchange = loop.create_task(self._exchange_until(ended, http, call, wire))
+        timer = None if opts.timeout is None else loop.call_later(opts.timeout, _wake, ended)
         self.observer.sent(call.method, call.path, call.attempt)
         try:
-            # Waiting on the task, not awaiting it: a cancelled caller must not cancel an
-            # exchange that is already on the wire (see _abandon).
-            done, _ = await asyncio.wait((exchange,), timeout=opts.timeout)
+            await ended
         except asyncio.CancelledError:
             self._abandon(exchange, wire, lease, plan)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         outcome = _Outcome(plan)
-        if not done:
+        if not exchange.done():
             self._abandon(exchange, wire, lease, plan)
             outcome.failure = "transport" if wire.written else "connect"
             outcome.error = TimeoutError(f"no answer within {opts.timeout} s")
@@ -509,6 +516,19 @@ class Session:
             raise
         return lease, trial
 
+    async def _exchange_until(
+        self,
+        ended: asyncio.Future[None],
+        http: aiohttp.ClientSession,
+        call: _Call,
+        wire: Wire,
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        """The exchange, then ``ended`` set (the task's result is set in the same step)."""
+        try:
+            return await self._exchange(http, call.method, call.url, call.json, call.params, wire)
+        finally:
+            _wake(ended)
+
     async def _exchange(
         self,
         http: aiohttp.ClientSession,
@@ -645,6 +665,11 @@ class Session:
         if plan is None:
             plan = self._plans[files] = Plan(limits.claims(endpoint_id, files), limits)
         return plan
+
+
+def _wake(ended: asyncio.Future[None]) -> None:
+    if not ended.done():
+        ended.set_result(None)
 
 
 def _share_outcome(status: int, failure: Failure | None) -> Outcome:
