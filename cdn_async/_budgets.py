@@ -1,12 +1,13 @@
 """The in-memory ``BudgetStore``: exact sliding windows, stacked atomically, FIFO per key.
 
-Four modules, one concept each:
+Five modules, one concept each:
 
 * ``WindowLedger`` (``_ledger.py``): the units one key counts at a time ``now``.
-* ``BudgetKey`` (``_budget_queue.py``): a ledger plus the calls waiting on that key, in virtual
-  arrival order, split at the *frontier*; its docstring argues why the frontier gives the scan
-  rule of docs/design.md without scanning. ``Waiter`` and ``BudgetLease`` live there too.
-* ``KeyTable`` (``_budget_keys.py``): the keys by name, the clock, one timer per key with
+* ``BudgetKey`` (``_budget_key.py``): a ledger plus the calls waiting on that key (``Waiter``),
+  in virtual arrival order, split at the *frontier*; its docstring argues why the frontier
+  gives the scan rule of docs/design.md without scanning.
+* ``BudgetLease`` (``_budget_lease.py``): what an admitted call holds until its answer.
+* ``KeyTable`` (``_key_table.py``): the keys by name, the clock, one timer per key with
   blocked waiters, and the sweep that drops idle keys; the store holds one.
 * ``MemoryBudgetStore`` (here): the ``BudgetStore`` methods, and admission: a call that does
   not fit at once is queued on every key it claims, each key's frontier is moved when its room
@@ -20,8 +21,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ._budget_keys import KeyTable
-from ._budget_queue import ADMITTED, GONE, WAITING, BudgetKey, BudgetLease, Waiter
+from ._budget_key import ADMITTED, GONE, WAITING, BudgetKey, Waiter
+from ._budget_lease import BudgetLease
+from ._key_table import KeyTable
 from ._limits import BudgetState, Claim, Lease, Priority, merge_claims, priority_lead
 from .errors import CDNError, RateLimitedError, ValidationError
 
@@ -365,13 +367,13 @@ class MemoryBudgetStore:
             self._dispatch(reordered)
 
         try:
-            return await w.fut
+            lease: BudgetLease = await w.fut
+            return lease
         except asyncio.CancelledError:
             if w.state == ADMITTED:
                 # Admitted in the same instant as cancelled: the request was never sent, so
                 # its units cannot be in any server window. Give them back.
-                lease = w.fut.result()
-                self._give_back(lease)
+                self._give_back(w.fut.result())
             elif w.state == WAITING:
                 touched = w.withdraw()
                 self._dispatch(touched)
