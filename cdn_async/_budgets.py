@@ -93,10 +93,17 @@ class MemoryBudgetStore:
         if self._closed:
             raise CDNError("budget store closed")
         now = self._table.clock()
+        lease = self._take_at_once(claims, now)
+        if lease is not None:
+            return lease
+        return await self._wait(tuple(claims), max_wait, now, now - priority_lead(claims, priority))
+
+    def _take_at_once(self, claims: Sequence[Claim], now: float) -> BudgetLease | None:
+        """The fast path: nobody queued and everything fits. Takes as it goes (so repeated
+        keys add up) and puts back on the first miss; nothing awaits, so nobody can see the
+        partial take. None: the call must queue (or fails validation in ``_wait``)."""
         keys = self._table.keys
         parts: list[tuple[BudgetKey, int]] = []
-        # Fast path: nobody queued, everything fits. Take as we go (so repeated keys add up)
-        # and put back on the first miss; nothing awaits, so nobody can see the partial take.
         for c in claims:
             k = keys.get(c.key)
             if k is None:
@@ -123,7 +130,7 @@ class MemoryBudgetStore:
             return BudgetLease(tuple(claims), parts, self)
         for k, u in parts:
             k.give_back(u)
-        return await self._wait(tuple(claims), max_wait, now, now - priority_lead(claims, priority))
+        return None
 
     def release(self, lease: Lease) -> None:
         """The request's answer (or failure) arrived: its units free ``period`` s from now.
@@ -326,6 +333,30 @@ class MemoryBudgetStore:
         self, claims: tuple[Claim, ...], max_wait: float | None, now: float, vt: float
     ) -> BudgetLease:
         """The slow path: validate, queue on every key, and wait for admission."""
+        w = self._enqueue(claims, max_wait, now, vt)
+        try:
+            lease: BudgetLease = await w.fut
+            return lease
+        except asyncio.CancelledError:
+            if w.state == ADMITTED:
+                # Admitted in the same instant as cancelled: the request was never sent, so
+                # its units cannot be in any server window. Give them back.
+                self._give_back(w.fut.result())
+            elif w.state == WAITING:
+                touched = w.withdraw()
+                self._dispatch(touched)
+                now = self._table.clock()
+                for k in touched:
+                    self._table.check_idle(k, now)
+            elif w.fut.done() and not w.fut.cancelled():
+                w.fut.exception()  # failed and cancelled at once: mark the error as seen
+            raise
+
+    def _enqueue(
+        self, claims: tuple[Claim, ...], max_wait: float | None, now: float, vt: float
+    ) -> Waiter:
+        """Validate, and queue a waiter on every key it claims (admitted at once if it fits
+        everywhere: the fast path declines for a policy change or repeated keys too)."""
         try:
             merged = merge_claims(claims)
         except ValidationError:
@@ -365,24 +396,7 @@ class MemoryBudgetStore:
             self._run_todo(now)
         if reordered:
             self._dispatch(reordered)
-
-        try:
-            lease: BudgetLease = await w.fut
-            return lease
-        except asyncio.CancelledError:
-            if w.state == ADMITTED:
-                # Admitted in the same instant as cancelled: the request was never sent, so
-                # its units cannot be in any server window. Give them back.
-                self._give_back(w.fut.result())
-            elif w.state == WAITING:
-                touched = w.withdraw()
-                self._dispatch(touched)
-                now = self._table.clock()
-                for k in touched:
-                    self._table.check_idle(k, now)
-            elif w.fut.done() and not w.fut.cancelled():
-                w.fut.exception()  # failed and cancelled at once: mark the error as seen
-            raise
+        return w
 
     def _paused_error(self, budget: str, key: str, paused_for: float) -> RateLimitedError:
         return RateLimitedError.paused(budget, key, paused_for, self._wall_clock())
