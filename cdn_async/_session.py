@@ -464,13 +464,11 @@ class Session:
         """Wait for the budgets, within the call's ``max_budget_wait`` and ``max_queued``:
         the file share's room for ``files`` purged paths first, then the store. Returns the
         lease and whether the request is a file share trial (``FileShare.reserve``)."""
-        store = self.store
         deadline, cap = opts.max_budget_wait, opts.max_queued
-        estimator = (
-            store
-            if (deadline is not None or cap is not None) and isinstance(store, EstimatesAdmission)
-            else None
-        )
+        if deadline is None and cap is None:  # nothing to bound or count
+            return await self._pool.while_open(self._admit(claims, opts, priority, files))
+        store = self.store
+        estimator = store if isinstance(store, EstimatesAdmission) else None
         delay, budget = (
             estimator.admission_delay(claims, priority) if estimator is not None else (1.0, "")
         )
