@@ -31,6 +31,16 @@ class BudgetLease:
         self._parts: list[tuple[BudgetKey, int]] | None = parts
         self._store = store  # the store that issued it (compared by identity only)
 
+    def issued_by(self, store: object) -> bool:
+        """Whether ``store`` handed out this lease."""
+        return self._store is store
+
+    def end(self) -> list[tuple[BudgetKey, int]] | None:
+        """The units the lease holds, by key, the first time; None once it was released or
+        given back (so each is done once)."""
+        parts, self._parts = self._parts, None
+        return parts
+
     @property
     def released(self) -> bool:
         """True once the lease was released (or given back)."""

@@ -145,10 +145,9 @@ class MemoryBudgetStore:
             ValueError: ``lease`` did not come from this store.
         """
         own = self._own(lease)
-        parts = own._parts
+        parts = own.end()
         if parts is None:
             return
-        own._parts = None
         now = self._table.clock()
         if self._closed:
             return
@@ -176,7 +175,7 @@ class MemoryBudgetStore:
         self._give_back(self._own(lease))
 
     def _own(self, lease: Lease) -> BudgetLease:
-        if not isinstance(lease, BudgetLease) or lease._store is not self:
+        if not isinstance(lease, BudgetLease) or not lease.issued_by(self):
             raise ValueError(f"not a lease of this store: {lease!r}")
         return lease
 
@@ -423,10 +422,9 @@ class MemoryBudgetStore:
 
     def _give_back(self, lease: BudgetLease) -> None:
         """Uncount a lease's units that were taken but never sent, and re-dispatch."""
-        parts = lease._parts
+        parts = lease.end()
         if parts is None:
             return
-        lease._parts = None
         for k, u in parts:
             k.give_back(u)
         if not self._closed:
