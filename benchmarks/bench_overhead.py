@@ -28,6 +28,10 @@ Set-up:
   figure is divided by raw aiohttp's in the same round, and the table gives the **median** over
   the rounds (the machine is shared, so single rounds are noisy; the median of same-round
   ratios cancels slow drifts of the machine).
+* Last, the SDK's own CPU per get with the exchange answered in process (``Session._exchange``
+  replaced by a canned answer: no socket, TLS or server), beside a bare ``json.loads`` of the
+  same body. It hardly moves with the machine's load, so it is the figure to compare across
+  commits; the wall-time ratios show what a user sees.
 * The other tables are taken in rounds too, the clients in a rotated order each round, and
   every figure is the best round (least disturbed). Latency is the median of per-request wall times
   in that round; CPU is this process's ``time.process_time()`` over the round per request (the
@@ -40,6 +44,8 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import email.utils
+import functools
 import gc
 import ipaddress
 import json
@@ -61,6 +67,7 @@ from benchmarks._report import SMOKE_HELP, machine, table
 from cdn_async import Budget, BudgetState, CDNClient, CDNEndpoint, RateLimits
 from cdn_async._limits import Claim  # no public name: what a store is asked for
 from cdn_async._models import converter  # no public name: the SDK's own cattrs converter
+from cdn_async._session import Session  # its exchange is answered in process by own_cost
 from cdn_async.testing import FakeCDNServer
 
 try:
@@ -231,17 +238,8 @@ class Clients:
         self._closers += [self.cdn.close, self.cdn_uncapped.close, self.cdn_nobudget.close]
         self._closers.append(self.cdn_hooked.close)
         self.cdn_otel: Any = None
-        try:
-            from opentelemetry.sdk.metrics import MeterProvider
-            from opentelemetry.sdk.trace import TracerProvider
-
-            from cdn_async.otel import OpenTelemetry
-        except ImportError:
-            pass
-        else:
-            telemetry = OpenTelemetry(
-                tracer_provider=TracerProvider(), meter_provider=MeterProvider()
-            )
+        telemetry = _otel()
+        if telemetry is not None:
             self.cdn_otel = CDNClient(
                 self.token,
                 base_url=self.url,
@@ -471,6 +469,95 @@ async def overhead(clients: Clients, ids: list[str], args: Any) -> None:
     )
 
 
+#: What ``own_cost`` answers every get with: an endpoint, and the headers the API sends.
+CANNED_ID = "19f06b6a-3ace-4315-b086-499a0e521b76"
+CANNED_BODY = json.dumps(
+    {
+        "endpoint": {
+            "id": CANNED_ID,
+            "origin": "static.nyc3.digitaloceanspaces.com",
+            "endpoint": "static.nyc3.cdn.digitaloceanspaces.com",
+            "created_at": "2018-07-19T15:04:16Z",
+            "ttl": 3600,
+        }
+    }
+).encode()
+
+
+async def own_cost(args: Any) -> None:
+    """The SDK's own CPU per get, the exchange answered in process: no socket, TLS or server,
+    so the figure hardly moves with the machine's load (the wall-time ratios above do)."""
+    headers = {
+        "ratelimit-limit": "5000",
+        "ratelimit-remaining": "4999",
+        "ratelimit-reset": str(int(time.time()) + 3600),
+        "date": email.utils.formatdate(usegmt=True),
+        "x-request-id": "0f3c2a",
+        "content-type": "application/json",
+    }
+
+    async def answered(*_: Any) -> tuple[int, bytes, dict[str, str]]:
+        return 200, CANNED_BODY, headers
+
+    async def parse_only() -> Any:  # the floor: what any client does with the body
+        return json.loads(CANNED_BODY)["endpoint"]
+
+    exchange = Session._exchange
+    Session._exchange = answered  # type: ignore[method-assign]
+    try:
+        async with aiohttp.ClientSession() as http:  # never used: nothing goes out
+            made = {
+                "cdn_async, hooks and telemetry off": CDNClient(
+                    "x" * 64, limits=UNCAPPED, session=http
+                ),
+                "cdn_async, a no-op event hook": CDNClient(
+                    "x" * 64, limits=UNCAPPED, session=http, event_hooks=[lambda event: None]
+                ),
+                "cdn_async, no-op budget store (session layer only)": CDNClient(
+                    "x" * 64, limits=UNCAPPED, session=http, budget_store=NoBudgets()
+                ),
+            }
+            otel = _otel()
+            if otel is not None:
+                made["cdn_async, OpenTelemetry (SDK, no exporter)"] = CDNClient(
+                    "x" * 64, limits=UNCAPPED, session=http, telemetry=otel
+                )
+            gets: dict[str, Callable[[], Awaitable[Any]]] = {"json.loads of the body": parse_only}
+            for name, cdn in made.items():
+                gets[name] = functools.partial(cdn.endpoints.get, CANNED_ID)
+            cpu: dict[str, list[float]] = {n: [] for n in gets}
+            for order in rotations(list(gets), args.own_rounds):
+                for name in order:
+                    get = gets[name]
+                    for _ in range(args.own_n // 10):  # warm
+                        await get()
+                    t0 = time.process_time()
+                    for _ in range(args.own_n):
+                        await get()
+                    cpu[name].append((time.process_time() - t0) / args.own_n * 1e6)
+            for cdn in made.values():
+                await cdn.close()
+    finally:
+        Session._exchange = exchange  # type: ignore[method-assign]
+    table(
+        f"The SDK's own CPU per get(), the exchange answered in process: median of "
+        f"{args.own_rounds} interleaved rounds of {args.own_n}",
+        ["client", "CPU us per get"],
+        [[n, f"{statistics.median(v):.1f}"] for n, v in cpu.items()],
+    )
+
+
+def _otel() -> Any:
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.trace import TracerProvider
+
+        from cdn_async.otel import OpenTelemetry
+    except ImportError:
+        return None
+    return OpenTelemetry(tracer_provider=TracerProvider(), meter_provider=MeterProvider())
+
+
 # -- report ----------------------------------------------------------------------------------
 
 
@@ -625,10 +712,12 @@ def main() -> int:
     # the machine falls on all of them alike, and the median drops the rounds it spoiled.
     args.ratio_rounds = 11 if args.quick else 31
     args.ratio_seq, args.ratio_conc = 100, 500
+    args.own_rounds, args.own_n = 7, 2000
     args.concurrency, endpoints = CONCURRENCY, N_ENDPOINTS
     if args.smoke:
         args.rounds, args.seq, args.seq_slow, args.conc, args.warmup = 1, 20, 2, 40, 5
         args.ratio_rounds, args.ratio_seq, args.ratio_conc = 1, 10, 20
+        args.own_rounds, args.own_n = 1, 20
         args.concurrency, endpoints = 10, 400
     print(
         f"# cdn_async per-request overhead\n\n{machine(f'aiohttp {aiohttp.__version__}, OpenSSL {ssl.OPENSSL_VERSION.split()[1]}')}"
@@ -645,6 +734,7 @@ def main() -> int:
         try:
             url, token, ids = parent.recv()
             asyncio.run(bench(url, token, ids, ctx, args))
+            asyncio.run(own_cost(args))
             parent.send("stats")
             print(f"\nServer answers by status: {parent.recv()}")
         finally:
