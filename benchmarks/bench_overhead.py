@@ -20,8 +20,20 @@ Set-up:
     trusts the certificate with ``connection_verify=<ca.pem>`` instead, the way most users of a
     private CA would; azure-core then builds a new ``SSLContext`` per request, and aiohttp keys
     its pool on it, so every request opens a new TLS connection.
-* Each measurement is taken in rounds; the clients go in a rotated order each round and every
-  figure is the best round (least disturbed). Latency is the median of per-request wall times
+* First, the overhead ratios (issue 24's case): raw aiohttp against cdn_async with budgets of
+  limit 1e9 at their **real periods** (they never bind, but every request goes through them),
+  with hooks and telemetry off, with a no-op event hook, and with OpenTelemetry (SDK tracer and
+  meter, no exporter); plus a no-op budget store (the session layer alone). Each round runs
+  every client in a rotated order, sequentially then from 100 concurrent tasks; each round's
+  figure is divided by raw aiohttp's in the same round, and the table gives the **median** over
+  the rounds (the machine is shared, so single rounds are noisy; the median of same-round
+  ratios cancels slow drifts of the machine).
+* Last, the SDK's own CPU per get with the exchange answered in process (``Session._exchange``
+  replaced by a canned answer: no socket, TLS or server), beside a bare ``json.loads`` of the
+  same body. It hardly moves with the machine's load, so it is the figure to compare across
+  commits; the wall-time ratios show what a user sees.
+* The other tables are taken in rounds too, the clients in a rotated order each round, and
+  every figure is the best round (least disturbed). Latency is the median of per-request wall times
   in that round; CPU is this process's ``time.process_time()`` over the round per request (the
   client's own cost, TLS and aiohttp included).
 """
@@ -32,6 +44,8 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import email.utils
+import functools
 import gc
 import ipaddress
 import json
@@ -53,6 +67,7 @@ from benchmarks._report import SMOKE_HELP, machine, table
 from cdn_async import Budget, BudgetState, CDNClient, CDNEndpoint, RateLimits
 from cdn_async._limits import Claim  # no public name: what a store is asked for
 from cdn_async._models import converter  # no public name: the SDK's own cattrs converter
+from cdn_async._session import Session  # its exchange is answered in process by own_cost
 from cdn_async.testing import FakeCDNServer
 
 try:
@@ -223,17 +238,8 @@ class Clients:
         self._closers += [self.cdn.close, self.cdn_uncapped.close, self.cdn_nobudget.close]
         self._closers.append(self.cdn_hooked.close)
         self.cdn_otel: Any = None
-        try:
-            from opentelemetry.sdk.metrics import MeterProvider
-            from opentelemetry.sdk.trace import TracerProvider
-
-            from cdn_async.otel import OpenTelemetry
-        except ImportError:
-            pass
-        else:
-            telemetry = OpenTelemetry(
-                tracer_provider=TracerProvider(), meter_provider=MeterProvider()
-            )
+        telemetry = _otel()
+        if telemetry is not None:
             self.cdn_otel = CDNClient(
                 self.token,
                 base_url=self.url,
@@ -392,6 +398,166 @@ def structuring(dicts: list[dict[str, Any]], rounds: int) -> dict[str, float]:
     return out
 
 
+#: The rows of the overhead table: (label, Clients attribute of the get), raw aiohttp first.
+OVERHEAD_ROWS = [
+    ("raw aiohttp", "raw_get"),
+    ("cdn_async, hooks and telemetry off", "cdn_uncapped_get"),
+    ("cdn_async, a no-op event hook", "cdn_hooked_get"),
+    ("cdn_async, OpenTelemetry (SDK, no exporter)", "cdn_otel_get"),
+    ("cdn_async, no-op budget store (session layer only)", "cdn_nobudget_get"),
+]
+
+
+async def overhead(clients: Clients, ids: list[str], args: Any) -> None:
+    """The overhead ratios of issue 24: median over interleaved rounds of same-round ratios."""
+    gets = {
+        label: getattr(clients, attr)
+        for label, attr in OVERHEAD_ROWS
+        if attr != "cdn_otel_get" or clients.cdn_otel is not None
+    }
+    names = list(gets)
+    seq: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    conc: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    for r, order in enumerate(rotations(names, args.ratio_rounds)):
+        for name in order:
+            seq[name].append(await sequential(gets[name], ids, args.ratio_seq, r * args.ratio_seq))
+            conc[name].append(await concurrent(gets[name], ids, args.ratio_conc, args.concurrency))
+    raw = "raw aiohttp"
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values)
+
+    rows = []
+    for n in names:
+        lat = med([s[0] for s in seq[n]])
+        lat_x = med([s[0] / b[0] for s, b in zip(seq[n], seq[raw], strict=True)])
+        cpu = med([s[1] for s in seq[n]])
+        cpu_x = med([s[1] / b[1] for s, b in zip(seq[n], seq[raw], strict=True)])
+        rps = med([c[0] for c in conc[n]])
+        rps_x = med([b[0] / c[0] for c, b in zip(conc[n], conc[raw], strict=True)])
+        ccpu = med([c[1] for c in conc[n]])
+        ccpu_x = med([c[1] / b[1] for c, b in zip(conc[n], conc[raw], strict=True)])
+        rows.append(
+            [
+                n,
+                f"{lat:.0f}",
+                f"{lat_x:.2f} x",
+                f"{cpu:.0f}",
+                f"{cpu_x:.2f} x",
+                f"{rps:.0f}",
+                f"{rps_x:.2f} x",
+                f"{ccpu:.0f}",
+                f"{ccpu_x:.2f} x",
+            ]
+        )
+    table(
+        f"Overhead vs raw aiohttp: TLS on loopback, the user's own aiohttp session, budgets of "
+        f"limit 1e9 at real periods; median of {args.ratio_rounds} interleaved rounds "
+        f"({args.ratio_seq} sequential gets, {args.ratio_conc} from {args.concurrency} tasks)",
+        [
+            "client",
+            "seq latency us",
+            "vs raw",
+            "seq CPU us/req",
+            "vs raw",
+            f"{args.concurrency} tasks req/s",
+            "raw time / its time",
+            "CPU us/req",
+            "vs raw",
+        ],
+        rows,
+    )
+
+
+#: What ``own_cost`` answers every get with: an endpoint, and the headers the API sends.
+CANNED_ID = "19f06b6a-3ace-4315-b086-499a0e521b76"
+CANNED_BODY = json.dumps(
+    {
+        "endpoint": {
+            "id": CANNED_ID,
+            "origin": "static.nyc3.digitaloceanspaces.com",
+            "endpoint": "static.nyc3.cdn.digitaloceanspaces.com",
+            "created_at": "2018-07-19T15:04:16Z",
+            "ttl": 3600,
+        }
+    }
+).encode()
+
+
+async def own_cost(args: Any) -> None:
+    """The SDK's own CPU per get, the exchange answered in process: no socket, TLS or server,
+    so the figure hardly moves with the machine's load (the wall-time ratios above do)."""
+    headers = {
+        "ratelimit-limit": "5000",
+        "ratelimit-remaining": "4999",
+        "ratelimit-reset": str(int(time.time()) + 3600),
+        "date": email.utils.formatdate(usegmt=True),
+        "x-request-id": "0f3c2a",
+        "content-type": "application/json",
+    }
+
+    async def answered(*_: Any) -> tuple[int, bytes, dict[str, str]]:
+        return 200, CANNED_BODY, headers
+
+    async def parse_only() -> Any:  # the floor: what any client does with the body
+        return json.loads(CANNED_BODY)["endpoint"]
+
+    exchange = Session._exchange
+    Session._exchange = answered  # type: ignore[method-assign]
+    try:
+        async with aiohttp.ClientSession() as http:  # never used: nothing goes out
+            made = {
+                "cdn_async, hooks and telemetry off": CDNClient(
+                    "x" * 64, limits=UNCAPPED, session=http
+                ),
+                "cdn_async, a no-op event hook": CDNClient(
+                    "x" * 64, limits=UNCAPPED, session=http, event_hooks=[lambda event: None]
+                ),
+                "cdn_async, no-op budget store (session layer only)": CDNClient(
+                    "x" * 64, limits=UNCAPPED, session=http, budget_store=NoBudgets()
+                ),
+            }
+            otel = _otel()
+            if otel is not None:
+                made["cdn_async, OpenTelemetry (SDK, no exporter)"] = CDNClient(
+                    "x" * 64, limits=UNCAPPED, session=http, telemetry=otel
+                )
+            gets: dict[str, Callable[[], Awaitable[Any]]] = {"json.loads of the body": parse_only}
+            for name, cdn in made.items():
+                gets[name] = functools.partial(cdn.endpoints.get, CANNED_ID)
+            cpu: dict[str, list[float]] = {n: [] for n in gets}
+            for order in rotations(list(gets), args.own_rounds):
+                for name in order:
+                    get = gets[name]
+                    for _ in range(args.own_n // 10):  # warm
+                        await get()
+                    t0 = time.process_time()
+                    for _ in range(args.own_n):
+                        await get()
+                    cpu[name].append((time.process_time() - t0) / args.own_n * 1e6)
+            for cdn in made.values():
+                await cdn.close()
+    finally:
+        Session._exchange = exchange  # type: ignore[method-assign]
+    table(
+        f"The SDK's own CPU per get(), the exchange answered in process: median of "
+        f"{args.own_rounds} interleaved rounds of {args.own_n}",
+        ["client", "CPU us per get"],
+        [[n, f"{statistics.median(v):.1f}"] for n, v in cpu.items()],
+    )
+
+
+def _otel() -> Any:
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.trace import TracerProvider
+
+        from cdn_async.otel import OpenTelemetry
+    except ImportError:
+        return None
+    return OpenTelemetry(tracer_provider=TracerProvider(), meter_provider=MeterProvider())
+
+
 # -- report ----------------------------------------------------------------------------------
 
 
@@ -425,6 +591,11 @@ async def bench(url: str, token: str, ids: list[str], ctx: ssl.SSLContext, args:
             await concurrent(get, ids, args.concurrency * 2, args.concurrency)
         if clients.pydo_verify is not None:
             await clients.pydo_verify_get(ids[0])
+
+        # 0. the overhead ratios (issue 24)
+        await overhead(clients, ids, args)
+        if args.ratios:
+            return
 
         # 1. sequential get
         seq: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
@@ -528,15 +699,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and requests")
     parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    parser.add_argument(
+        "--ratios", action="store_true", help="only the overhead ratios table (about 60 s)"
+    )
     args = parser.parse_args()
     args.rounds = 3 if args.quick else 7
     args.seq = 300 if args.quick else 1000
     args.seq_slow = 30 if args.quick else 100
     args.conc = 1000 if args.quick else 3000
     args.warmup = 50 if args.quick else 200
+    # Many short rounds: the clients take turns often, so a burst of load from elsewhere on
+    # the machine falls on all of them alike, and the median drops the rounds it spoiled.
+    args.ratio_rounds = 11 if args.quick else 31
+    args.ratio_seq, args.ratio_conc = 100, 500
+    args.own_rounds, args.own_n = 7, 2000
     args.concurrency, endpoints = CONCURRENCY, N_ENDPOINTS
     if args.smoke:
         args.rounds, args.seq, args.seq_slow, args.conc, args.warmup = 1, 20, 2, 40, 5
+        args.ratio_rounds, args.ratio_seq, args.ratio_conc = 1, 10, 20
+        args.own_rounds, args.own_n = 1, 20
         args.concurrency, endpoints = 10, 400
     print(
         f"# cdn_async per-request overhead\n\n{machine(f'aiohttp {aiohttp.__version__}, OpenSSL {ssl.OPENSSL_VERSION.split()[1]}')}"
@@ -553,6 +734,7 @@ def main() -> int:
         try:
             url, token, ids = parent.recv()
             asyncio.run(bench(url, token, ids, ctx, args))
+            asyncio.run(own_cost(args))
             parent.send("stats")
             print(f"\nServer answers by status: {parent.recv()}")
         finally:

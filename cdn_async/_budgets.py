@@ -1,12 +1,13 @@
 """The in-memory ``BudgetStore``: exact sliding windows, stacked atomically, FIFO per key.
 
-Four modules, one concept each:
+Five modules, one concept each:
 
 * ``WindowLedger`` (``_ledger.py``): the units one key counts at a time ``now``.
-* ``BudgetKey`` (``_budget_queue.py``): a ledger plus the calls waiting on that key, in virtual
-  arrival order, split at the *frontier*; its docstring argues why the frontier gives the scan
-  rule of docs/design.md without scanning. ``Waiter`` and ``BudgetLease`` live there too.
-* ``KeyTable`` (``_budget_keys.py``): the keys by name, the clock, one timer per key with
+* ``BudgetKey`` (``_budget_key.py``): a ledger plus the calls waiting on that key (``Waiter``),
+  in virtual arrival order, split at the *frontier*; its docstring argues why the frontier
+  gives the scan rule of docs/design.md without scanning.
+* ``BudgetLease`` (``_budget_lease.py``): what an admitted call holds until its answer.
+* ``KeyTable`` (``_key_table.py``): the keys by name, the clock, one timer per key with
   blocked waiters, and the sweep that drops idle keys; the store holds one.
 * ``MemoryBudgetStore`` (here): the ``BudgetStore`` methods, and admission: a call that does
   not fit at once is queued on every key it claims, each key's frontier is moved when its room
@@ -20,8 +21,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ._budget_keys import KeyTable
-from ._budget_queue import ADMITTED, GONE, WAITING, BudgetKey, BudgetLease, Waiter
+from ._budget_key import ADMITTED, GONE, WAITING, BudgetKey, Waiter
+from ._budget_lease import BudgetLease
+from ._key_table import KeyTable
 from ._limits import BudgetState, Claim, Lease, Priority, merge_claims, priority_lead
 from .errors import CDNError, RateLimitedError, ValidationError
 
@@ -91,10 +93,17 @@ class MemoryBudgetStore:
         if self._closed:
             raise CDNError("budget store closed")
         now = self._table.clock()
+        lease = self._take_at_once(claims, now)
+        if lease is not None:
+            return lease
+        return await self._wait(tuple(claims), max_wait, now, now - priority_lead(claims, priority))
+
+    def _take_at_once(self, claims: Sequence[Claim], now: float) -> BudgetLease | None:
+        """The fast path: nobody queued and everything fits. Takes as it goes (so repeated
+        keys add up) and puts back on the first miss; nothing awaits, so nobody can see the
+        partial take. None: the call must queue (or fails validation in ``_wait``)."""
         keys = self._table.keys
         parts: list[tuple[BudgetKey, int]] = []
-        # Fast path: nobody queued, everything fits. Take as we go (so repeated keys add up)
-        # and put back on the first miss; nothing awaits, so nobody can see the partial take.
         for c in claims:
             k = keys.get(c.key)
             if k is None:
@@ -121,7 +130,7 @@ class MemoryBudgetStore:
             return BudgetLease(tuple(claims), parts, self)
         for k, u in parts:
             k.give_back(u)
-        return await self._wait(tuple(claims), max_wait, now, now - priority_lead(claims, priority))
+        return None
 
     def release(self, lease: Lease) -> None:
         """The request's answer (or failure) arrived: its units free ``period`` s from now.
@@ -136,10 +145,9 @@ class MemoryBudgetStore:
             ValueError: ``lease`` did not come from this store.
         """
         own = self._own(lease)
-        parts = own._parts
+        parts = own.end()
         if parts is None:
             return
-        own._parts = None
         now = self._table.clock()
         if self._closed:
             return
@@ -167,7 +175,7 @@ class MemoryBudgetStore:
         self._give_back(self._own(lease))
 
     def _own(self, lease: Lease) -> BudgetLease:
-        if not isinstance(lease, BudgetLease) or lease._store is not self:
+        if not isinstance(lease, BudgetLease) or not lease.issued_by(self):
             raise ValueError(f"not a lease of this store: {lease!r}")
         return lease
 
@@ -324,6 +332,30 @@ class MemoryBudgetStore:
         self, claims: tuple[Claim, ...], max_wait: float | None, now: float, vt: float
     ) -> BudgetLease:
         """The slow path: validate, queue on every key, and wait for admission."""
+        w = self._enqueue(claims, max_wait, now, vt)
+        try:
+            lease: BudgetLease = await w.fut
+            return lease
+        except asyncio.CancelledError:
+            if w.state == ADMITTED:
+                # Admitted in the same instant as cancelled: the request was never sent, so
+                # its units cannot be in any server window. Give them back.
+                self._give_back(w.fut.result())
+            elif w.state == WAITING:
+                touched = w.withdraw()
+                self._dispatch(touched)
+                now = self._table.clock()
+                for k in touched:
+                    self._table.check_idle(k, now)
+            elif w.fut.done() and not w.fut.cancelled():
+                w.fut.exception()  # failed and cancelled at once: mark the error as seen
+            raise
+
+    def _enqueue(
+        self, claims: tuple[Claim, ...], max_wait: float | None, now: float, vt: float
+    ) -> Waiter:
+        """Validate, and queue a waiter on every key it claims (admitted at once if it fits
+        everywhere: the fast path declines for a policy change or repeated keys too)."""
         try:
             merged = merge_claims(claims)
         except ValidationError:
@@ -363,24 +395,7 @@ class MemoryBudgetStore:
             self._run_todo(now)
         if reordered:
             self._dispatch(reordered)
-
-        try:
-            return await w.fut
-        except asyncio.CancelledError:
-            if w.state == ADMITTED:
-                # Admitted in the same instant as cancelled: the request was never sent, so
-                # its units cannot be in any server window. Give them back.
-                lease = w.fut.result()
-                self._give_back(lease)
-            elif w.state == WAITING:
-                touched = w.withdraw()
-                self._dispatch(touched)
-                now = self._table.clock()
-                for k in touched:
-                    self._table.check_idle(k, now)
-            elif w.fut.done() and not w.fut.cancelled():
-                w.fut.exception()  # failed and cancelled at once: mark the error as seen
-            raise
+        return w
 
     def _paused_error(self, budget: str, key: str, paused_for: float) -> RateLimitedError:
         return RateLimitedError.paused(budget, key, paused_for, self._wall_clock())
@@ -407,10 +422,9 @@ class MemoryBudgetStore:
 
     def _give_back(self, lease: BudgetLease) -> None:
         """Uncount a lease's units that were taken but never sent, and re-dispatch."""
-        parts = lease._parts
+        parts = lease.end()
         if parts is None:
             return
-        lease._parts = None
         for k, u in parts:
             k.give_back(u)
         if not self._closed:

@@ -4,6 +4,7 @@ clock they are read against."""
 from __future__ import annotations
 
 import email.utils
+import functools
 from collections.abc import Mapping
 
 from ._limits import BudgetStore, Claim, RateLimits
@@ -13,7 +14,7 @@ from ._models import RateLimitInfo
 OTHERS_MEMORY = 3
 
 
-class Plan:
+class RequestClaims:
     """A request's claims, which of them a ``ratelimit-limit`` value describes, and which
     a 429 that the described budget does not explain can be blamed on."""
 
@@ -61,18 +62,27 @@ def server_now(headers: Mapping[str, str], wall: float) -> float:
     agrees with it (it has sub-second precision), else ``Date`` is.
     """
     date = headers.get("date")
-    if date is None:
-        return wall
-    try:
-        when = email.utils.parsedate_to_datetime(date).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
+    when = _date_seconds(date) if date is not None else None
+    if when is None:
         return wall
     # Date is truncated to the second: the server's time lies in [when, when + 1), and a
     # wait computed from ``when`` is at most a second long, never short.
     return wall if when - 1.0 <= wall <= when + 2.0 else when
 
 
-def apply_headers(store: BudgetStore, info: RateLimitInfo, plan: Plan, *, refused: bool) -> None:
+@functools.lru_cache(maxsize=8)
+def _date_seconds(date: str) -> float | None:
+    # Answers within one second carry the same Date: parsed once (it costs more than the
+    # rest of reading the answer's headers).
+    try:
+        return email.utils.parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def apply_headers(
+    store: BudgetStore, info: RateLimitInfo, claimed: RequestClaims, *, refused: bool
+) -> None:
     """Hold back what the server counts beyond our own units: another client's.
 
     A client seen spending keeps spending: the room it took is left to it for
@@ -88,13 +98,13 @@ def apply_headers(store: BudgetStore, info: RateLimitInfo, plan: Plan, *, refuse
     """
     if info.limit is None or info.remaining is None or info.reset is None:
         return
-    claim = plan.by_limit.get(info.limit)
+    claim = claimed.by_limit.get(info.limit)
     if claim is not None:
         memory = claim.period if refused else OTHERS_MEMORY * claim.period
         store.sync(claim, info.remaining, memory, refused=refused)
 
 
-def pause(store: BudgetStore, info: RateLimitInfo, plan: Plan, wait: float) -> float:
+def pause(store: BudgetStore, info: RateLimitInfo, claimed: RequestClaims, wait: float) -> float:
     """Pause what a 429 blames; returns the longest pause as the stores apply it (each
     capped at its budget's period).
 
@@ -109,14 +119,14 @@ def pause(store: BudgetStore, info: RateLimitInfo, plan: Plan, wait: float) -> f
     - Room on the described budget and no file budget: the shortest undescribed budget, for
       the server's ``Retry-After`` when it sent one, else a full period.
     """
-    described = plan.by_limit.get(info.limit) if info.limit is not None else None
+    described = claimed.by_limit.get(info.limit) if info.limit is not None else None
     if described is None:
-        targets = [(c, wait) for c in plan.claims]
+        targets = [(c, wait) for c in claimed.claims]
     else:
         targets = [(described, wait)] if info.remaining == 0 else []
-        targets += [(c, c.period) for c in plan.files]
-        if info.remaining != 0 and not plan.files:
-            others = [c for c in plan.requests if c is not described][:1]
+        targets += [(c, c.period) for c in claimed.files]
+        if info.remaining != 0 and not claimed.files:
+            others = [c for c in claimed.requests if c is not described][:1]
             given = info.retry_after
             targets += [(c, given if given is not None else c.period) for c in others]
         if not targets:  # room on the only budget it has: trust the refusal, not the count

@@ -90,21 +90,22 @@ class Observer:
 
     def retry(self, method: str, path: str, retry: int, why: str, delay: float) -> None:
         call = _current()
-        logger.info(
-            "%s %s: %s; retry %d in %.3f s",
-            method,
-            path,
-            why,
-            retry,
-            delay,
-            extra={
-                "method": method,
-                "path": path,
-                "attempt": retry + 1,
-                "reason": why,
-                "wait_s": delay,
-            },
-        )
+        if logger.isEnabledFor(logging.INFO):  # the fields are built only for a record
+            logger.info(
+                "%s %s: %s; retry %d in %.3f s",
+                method,
+                path,
+                why,
+                retry,
+                delay,
+                extra={
+                    "method": method,
+                    "path": path,
+                    "attempt": retry + 1,
+                    "reason": why,
+                    "wait_s": delay,
+                },
+            )
         if self.events:
             self.events.emit(
                 RetryScheduled(
@@ -118,23 +119,24 @@ class Observer:
         """A 429 paused ``budget`` for ``wait`` seconds, and the call will be sent again once
         it ends: retry number ``retry``, a retry like any other for hooks and metrics."""
         call = _current()
-        logger.info(
-            "%s %s got 429; budget %s paused %.3f s, then retried (retry %d)",
-            method,
-            path,
-            budget,
-            wait,
-            retry,
-            extra={
-                "method": method,
-                "path": path,
-                "status": 429,
-                "budget": budget,
-                "wait_s": wait,
-                "attempt": attempt,
-                "reason": "429",
-            },
-        )
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "%s %s got 429; budget %s paused %.3f s, then retried (retry %d)",
+                method,
+                path,
+                budget,
+                wait,
+                retry,
+                extra={
+                    "method": method,
+                    "path": path,
+                    "status": 429,
+                    "budget": budget,
+                    "wait_s": wait,
+                    "attempt": attempt,
+                    "reason": "429",
+                },
+            )
         if self.events:
             rid = call.request_id
             self.events.emit(RateLimitPaused(method, path, budget, wait, rid, call.id, call.client))
@@ -150,20 +152,21 @@ class Observer:
     def batch_sent(self, event: PurgeBatchSent) -> None:
         """A purge batch was answered: its record names the calls it served, so their lines
         join up with the batch's own (its wait, its answer)."""
-        logger.info(
-            "purge of %d path(s) of %s for %d call(s) %s: %s",
-            len(event.paths),
-            event.endpoint_id,
-            event.callers,
-            ", ".join(event.caller_ids),
-            "ok" if event.ok else "failed",
-            extra={
-                "endpoint_id": event.endpoint_id,
-                "caller_ids": event.caller_ids,
-                "files": len(event.paths),
-                "ok": event.ok,
-            },
-        )
+        if logger.isEnabledFor(logging.INFO):  # the caller ids are joined only for a record
+            logger.info(
+                "purge of %d path(s) of %s for %d call(s) %s: %s",
+                len(event.paths),
+                event.endpoint_id,
+                event.callers,
+                ", ".join(event.caller_ids),
+                "ok" if event.ok else "failed",
+                extra={
+                    "endpoint_id": event.endpoint_id,
+                    "caller_ids": event.caller_ids,
+                    "files": len(event.paths),
+                    "ok": event.ok,
+                },
+            )
         self.emit(event)
 
     def trace_context(self) -> object | None:
@@ -177,20 +180,21 @@ class Observer:
 
     def waited(self, method: str, path: str, attempt: int, budget: str | None, wait: float) -> None:
         call = _current()
-        logger.info(
-            "%s %s waited %.3f s for rate budget %s",
-            method,
-            path,
-            wait,
-            budget or "(unknown)",
-            extra={
-                "method": method,
-                "path": path,
-                "attempt": attempt,
-                "budget": budget,
-                "wait_s": wait,
-            },
-        )
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "%s %s waited %.3f s for rate budget %s",
+                method,
+                path,
+                wait,
+                budget or "(unknown)",
+                extra={
+                    "method": method,
+                    "path": path,
+                    "attempt": attempt,
+                    "budget": budget,
+                    "wait_s": wait,
+                },
+            )
         if self.events:
             self.events.emit(
                 BudgetWaited(method, path, attempt, budget, wait, call.id, call.client)

@@ -28,7 +28,7 @@ from ._events import (
     Telemetry,
 )
 from ._file_share import FileShare, Outcome
-from ._headers import Plan, apply_headers, pause, server_now
+from ._headers import RequestClaims, apply_headers, pause, server_now
 from ._limits import BudgetStore, Claim, EstimatesAdmission, Lease, Priority, RateLimits
 from ._logs import logger
 from ._models import RateLimitInfo
@@ -154,7 +154,7 @@ class Session:
         )
         #: Claims by purge-file count; only when no budget is keyed by endpoint (else the
         #: cache would grow with every endpoint id).
-        self._plans: dict[int, Plan] | None = (
+        self._claimed_by_files: dict[int, RequestClaims] | None = (
             None if any(b.scope != "token" for b in limits.budgets) else {}
         )
 
@@ -268,7 +268,7 @@ class Session:
             self.now() + retry_not_found,
         )
         if cut is None:
-            call.plan = self._plan(endpoint_id, call.count)
+            call.claimed = self._claims_for(endpoint_id, call.count)
         while True:
             call.attempt += 1
             outcome = await self._attempt(call)
@@ -294,11 +294,11 @@ class Session:
                 # (Under a deadline the store's wait, which it bounds, does the waiting.)
                 await self._pool.while_open(share.room())
             call.count = call.cut()
-            call.plan = self._plan(call.endpoint_id, call.count)
+            call.claimed = self._claims_for(call.endpoint_id, call.count)
             call.make_body = call.seal
         # What the file share counts in flight for this attempt, settled once.
         reserved = call.count if share is not None else 0
-        lease, trial = await self._acquire(call.plan.claims, opts, call.priority, reserved)
+        lease, trial = await self._acquire(call.claimed.claims, opts, call.priority, reserved)
         try:
             sent = self.now()
             call.budget_wait += sent - started
@@ -336,22 +336,29 @@ class Session:
         self, call: _Call, http: aiohttp.ClientSession, lease: Lease, trial: bool, sent: float
     ) -> _Outcome:
         """Run the exchange as a task and wait for it, then settle the lease."""
-        opts, plan = self.options, call.plan
+        opts, claimed = self.options, call.claimed
         wire = Wire(written=not self._pool.traced)
-        exchange = asyncio.get_running_loop().create_task(
-            self._exchange(http, call.method, call.url, call.json, call.params, wire)
-        )
+        loop = asyncio.get_running_loop()
+        # Set when the exchange ends, or when the timeout passes. The caller waits on it, not
+        # on the task: a cancelled caller must not cancel an exchange that is already on the
+        # wire (see _abandon). The exchange sets it from inside its own step, so the caller
+        # wakes one loop iteration after the answer (a done callback, as asyncio.wait uses,
+        # would cost two).
+        ended = loop.create_future()
+        exchange = loop.create_task(self._exchange_until(ended, http, call, wire))
+        timer = None if opts.timeout is None else loop.call_later(opts.timeout, _wake, ended)
         self.observer.sent(call.method, call.path, call.attempt)
         try:
-            # Waiting on the task, not awaiting it: a cancelled caller must not cancel an
-            # exchange that is already on the wire (see _abandon).
-            done, _ = await asyncio.wait((exchange,), timeout=opts.timeout)
+            await ended
         except asyncio.CancelledError:
-            self._abandon(exchange, wire, lease, plan)
+            self._abandon(exchange, wire, lease, claimed)
             raise
-        outcome = _Outcome(plan)
-        if not done:
-            self._abandon(exchange, wire, lease, plan)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        outcome = _Outcome(claimed)
+        if not exchange.done():
+            self._abandon(exchange, wire, lease, claimed)
             outcome.failure = "transport" if wire.written else "connect"
             outcome.error = TimeoutError(f"no answer within {opts.timeout} s")
         else:
@@ -366,7 +373,7 @@ class Session:
                 self.store.release(lease)
                 raise
             outcome.info, call.wait = self._settle(
-                lease, plan, outcome.status, outcome.headers, outcome.failure, trial
+                lease, claimed, outcome.status, outcome.headers, outcome.failure, trial
             )
         self.observer.answered(
             call.method,
@@ -415,7 +422,7 @@ class Session:
             await self._pool.while_open(self.backoff(method, path, call.retries, why))
         elif verdict == "retry_paused":
             assert outcome.info is not None  # a 429 is an answer
-            budget = outcome.plan.budget_for(outcome.info)
+            budget = outcome.claimed.budget_for(outcome.info)
             self.observer.paused(method, path, attempt, budget, call.wait, attempt)
         else:  # "retry_not_found"
             delay = (
@@ -448,7 +455,7 @@ class Session:
         )
         if isinstance(err, TooManyRequestsError):
             err.reset_at = self._wall_clock() + call.wait
-            err.budget = outcome.plan.budget_for(info)
+            err.budget = outcome.claimed.budget_for(info)
         raise err
 
     async def _acquire(
@@ -457,13 +464,11 @@ class Session:
         """Wait for the budgets, within the call's ``max_budget_wait`` and ``max_queued``:
         the file share's room for ``files`` purged paths first, then the store. Returns the
         lease and whether the request is a file share trial (``FileShare.reserve``)."""
-        store = self.store
         deadline, cap = opts.max_budget_wait, opts.max_queued
-        estimator = (
-            store
-            if (deadline is not None or cap is not None) and isinstance(store, EstimatesAdmission)
-            else None
-        )
+        if deadline is None and cap is None:  # nothing to bound or count
+            return await self._pool.while_open(self._admit(claims, opts, priority, files))
+        store = self.store
+        estimator = store if isinstance(store, EstimatesAdmission) else None
         delay, budget = (
             estimator.admission_delay(claims, priority) if estimator is not None else (1.0, "")
         )
@@ -509,6 +514,19 @@ class Session:
             raise
         return lease, trial
 
+    async def _exchange_until(
+        self,
+        ended: asyncio.Future[None],
+        http: aiohttp.ClientSession,
+        call: _Call,
+        wire: Wire,
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        """The exchange, then ``ended`` set (the task's result is set in the same step)."""
+        try:
+            return await self._exchange(http, call.method, call.url, call.json, call.params, wire)
+        finally:
+            _wake(ended)
+
     async def _exchange(
         self,
         http: aiohttp.ClientSession,
@@ -534,7 +552,9 @@ class Session:
         ) as resp:
             return resp.status, await resp.read(), resp.headers
 
-    def _abandon(self, exchange: asyncio.Task[Any], wire: Wire, lease: Lease, plan: Plan) -> None:
+    def _abandon(
+        self, exchange: asyncio.Task[Any], wire: Wire, lease: Lease, claimed: RequestClaims
+    ) -> None:
         """The caller stopped waiting (cancelled, or its timeout passed) for an exchange.
 
         A request that was never written cannot be stamped by the server: the exchange is
@@ -549,9 +569,11 @@ class Session:
             self.store.give_back(lease)
             return
         self._pool.detached.add(exchange)
-        exchange.add_done_callback(lambda task: self._finish_detached(task, lease, plan))
+        exchange.add_done_callback(lambda task: self._finish_detached(task, lease, claimed))
 
-    def _finish_detached(self, task: asyncio.Task[Any], lease: Lease, plan: Plan) -> None:
+    def _finish_detached(
+        self, task: asyncio.Task[Any], lease: Lease, claimed: RequestClaims
+    ) -> None:
         self._pool.detached.discard(task)
         if task.cancelled():  # the client closed: the connection is gone, count from now
             self.store.release(lease)
@@ -559,7 +581,7 @@ class Session:
         exc = task.exception()
         if exc is None:
             status, _, headers = task.result()
-            self._settle(lease, plan, status, headers, None)
+            self._settle(lease, claimed, status, headers, None)
         elif isinstance(exc, aiohttp.ClientConnectorError):
             self.store.give_back(lease)
         else:
@@ -568,7 +590,7 @@ class Session:
     def _settle(
         self,
         lease: Lease,
-        plan: Plan,
+        claimed: RequestClaims,
         status: int,
         headers: Mapping[str, str],
         failure: Failure | None,
@@ -598,28 +620,30 @@ class Session:
         self._pool.heard = True
         if status != 429:
             self.store.release(lease)
-            apply_headers(self.store, info, plan, refused=False)
+            apply_headers(self.store, info, claimed, refused=False)
             if self._memory is not None and not self.observer.others_seen:
-                self._look_for_others(info, plan, self._memory)
+                self._look_for_others(info, claimed, self._memory)
             return info, 0.0
         if trial:
             self.store.give_back(lease)
             return info, 0.0
         self.observer.another_client("a 429 this client's own requests do not explain")
         # No usable reset: any budget of the request surely frees something within its period.
-        wait = parse_retry_after(headers, now) or min(c.period for c in plan.claims)
+        wait = parse_retry_after(headers, now) or min(c.period for c in claimed.claims)
         # The server counted nothing: the units go back once the pause is set (else a waiter
         # is admitted into the room the server just called full), and before the headers are
         # compared with our count (which must not include this request). Paused even when
         # this call gives up, so the others wait instead of drawing more 429s.
-        paused = pause(self.store, info, plan, wait)
+        paused = pause(self.store, info, claimed, wait)
         self.store.give_back(lease)
-        apply_headers(self.store, info, plan, refused=True)
+        apply_headers(self.store, info, claimed, refused=True)
         return info, paused
 
-    def _look_for_others(self, info: RateLimitInfo, plan: Plan, store: MemoryBudgetStore) -> None:
+    def _look_for_others(
+        self, info: RateLimitInfo, claimed: RequestClaims, store: MemoryBudgetStore
+    ) -> None:
         """Warn once when the store holds units the headers showed another client spent."""
-        claim = plan.by_limit.get(info.limit) if info.limit is not None else None
+        claim = claimed.by_limit.get(info.limit) if info.limit is not None else None
         if claim is None or info.remaining is None or info.remaining >= claim.limit:
             return
         others = store.held_for_others(claim.key)
@@ -635,16 +659,23 @@ class Session:
         self.observer.retry(method, path, retry, why, delay)
         await self._sleep(delay)
 
-    def _plan(self, endpoint_id: str | None, files: int) -> Plan:
+    def _claims_for(self, endpoint_id: str | None, files: int) -> RequestClaims:
         """The claims of a request (and their header lookup), cached when they cannot depend
         on ``endpoint_id``: the same few tuples serve every request of a session."""
         limits = self.limits
-        if self._plans is None:
-            return Plan(limits.claims(endpoint_id, files), limits)
-        plan = self._plans.get(files)
-        if plan is None:
-            plan = self._plans[files] = Plan(limits.claims(endpoint_id, files), limits)
-        return plan
+        if self._claimed_by_files is None:
+            return RequestClaims(limits.claims(endpoint_id, files), limits)
+        claimed = self._claimed_by_files.get(files)
+        if claimed is None:
+            claimed = self._claimed_by_files[files] = RequestClaims(
+                limits.claims(endpoint_id, files), limits
+            )
+        return claimed
+
+
+def _wake(ended: asyncio.Future[None]) -> None:
+    if not ended.done():
+        ended.set_result(None)
 
 
 def _share_outcome(status: int, failure: Failure | None) -> Outcome:
@@ -686,7 +717,7 @@ class _Call:
     not_found_until: float  # loop time until which a 404 may be the lag after a create
     #: The claims of the current cut: set before the first attempt (by the first cut for a
     #: purge batch).
-    plan: Plan = attrs.field(init=False)
+    claimed: RequestClaims = attrs.field(init=False)
     make_body: Callable[[], Any] | None = attrs.field(init=False)
     attempt: int = 0
     retries: int = 0
@@ -705,7 +736,7 @@ class _Outcome:
     """What one attempt came to: an answer (status, body, headers, rate-limit headers) or a
     failure with the error that explains it."""
 
-    plan: Plan  # the claims the attempt was sent under
+    claimed: RequestClaims  # the claims the attempt was sent under
     status: int = 0
     body: bytes = b""
     headers: Mapping[str, str] = attrs.field(factory=dict)

@@ -62,9 +62,23 @@ __all__ = ["OpenTelemetry"]
 
 _ID = re.compile(r"/[0-9a-fA-F-]{36}")
 
-#: The budget wait summed over the current request span's attempts.
-_WAITED: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
-    "cdn_async_otel_waited", default=None
+
+class _RequestSpan:
+    """The current request call's span, and its budget wait summed over its attempts.
+
+    Events of the call find their span here rather than through OpenTelemetry's context API
+    (``trace.get_current_span``), which costs more than the rest of handling most events.
+    """
+
+    __slots__ = ("span", "waited")
+
+    def __init__(self, span: trace.Span) -> None:
+        self.span = span
+        self.waited = 0.0
+
+
+_REQUEST_SPAN: contextvars.ContextVar[_RequestSpan | None] = contextvars.ContextVar(
+    "cdn_async_otel_request_span", default=None
 )
 
 
@@ -142,25 +156,24 @@ class OpenTelemetry:
         route = _route(path)
         attributes.update(self._server)
         attributes.update({"http.request.method": method, "url.path": path, "url.template": route})
-        token = _WAITED.set([0.0])
-        try:
-            with self._tracer.start_as_current_span(
-                f"{method} {route}",
-                kind=trace.SpanKind.CLIENT,
-                attributes=attributes,
-                set_status_on_exception=False,
-            ) as span:
-                try:
-                    yield
-                except BaseException as exc:
-                    span.set_attribute("error.type", _error_type(exc))
-                    span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
-                    if isinstance(exc, TooManyRequestsError):
-                        # A 429 not retried: no pause event counted it.
-                        self._rate_limited.add(1, {"cdn_async.budget": exc.budget or "unknown"})
-                    raise
-        finally:
-            _WAITED.reset(token)
+        with self._tracer.start_as_current_span(
+            f"{method} {route}",
+            kind=trace.SpanKind.CLIENT,
+            attributes=attributes,
+            set_status_on_exception=False,
+        ) as span:
+            token = _REQUEST_SPAN.set(_RequestSpan(span))
+            try:
+                yield
+            except BaseException as exc:
+                span.set_attribute("error.type", _error_type(exc))
+                span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
+                if isinstance(exc, TooManyRequestsError):
+                    # A 429 not retried: no pause event counted it.
+                    self._rate_limited.add(1, {"cdn_async.budget": exc.budget or "unknown"})
+                raise
+            finally:
+                _REQUEST_SPAN.reset(token)
 
     def capture(self) -> object | None:
         context = trace.get_current_span().get_span_context()
@@ -173,7 +186,8 @@ class OpenTelemetry:
                 span.add_link(context)
 
     def __call__(self, event: Event) -> None:
-        span = trace.get_current_span()
+        current = _REQUEST_SPAN.get()
+        span = current.span if current is not None else trace.get_current_span()
         if isinstance(event, ResponseReceived):
             answer: dict[str, AttributeValue] = {"cdn_async.attempt": event.attempt}
             if event.status is not None:
@@ -219,7 +233,6 @@ class OpenTelemetry:
                 attributes={"cdn_async.budget": budget, "cdn_async.wait_s": event.wait_s},
             )
             child.end(end_time=end)
-            waited = _WAITED.get()
-            if waited is not None:
-                waited[0] += event.wait_s
-                span.set_attribute("cdn_async.budget_wait_s", waited[0])
+            if current is not None:
+                current.waited += event.wait_s
+                span.set_attribute("cdn_async.budget_wait_s", current.waited)

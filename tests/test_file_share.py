@@ -11,7 +11,7 @@ import pytest
 from cdn_async import RateLimits
 from cdn_async._budgets import MemoryBudgetStore
 from cdn_async._file_share import MAX_QUIET, MAX_TRIAL_GAP, TRIAL_GAP, FileShare
-from cdn_async._headers import Plan, pause
+from cdn_async._headers import RequestClaims, pause
 from cdn_async._models import RateLimitInfo
 
 pytestmark = pytest.mark.looptime
@@ -115,14 +115,14 @@ async def test_what_is_in_flight_holds_its_room_until_its_answer() -> None:
     assert loop.time() - start == pytest.approx(P)
 
 
-def purge_plan() -> Plan:
+def purge_claims() -> RequestClaims:
     limits = RateLimits.documented()
-    return Plan(limits.claims("ep", files=50), limits)
+    return RequestClaims(limits.claims("ep", files=50), limits)
 
 
-def get_plan() -> Plan:
+def get_claims() -> RequestClaims:
     limits = RateLimits.documented()
-    return Plan(limits.claims("ep"), limits)
+    return RequestClaims(limits.claims("ep"), limits)
 
 
 def paused(store: MemoryBudgetStore) -> dict[str, float]:
@@ -134,31 +134,31 @@ async def test_a_purge_refused_with_room_on_the_described_budget_pauses_its_file
 ):
     store = MemoryBudgetStore()
     info = RateLimitInfo(limit=5, remaining=3, reset=None)
-    for c in purge_plan().claims:  # make the keys, as an acquire would
+    for c in purge_claims().claims:  # make the keys, as an acquire would
         store.release(await store.acquire([c]))
-    assert pause(store, info, purge_plan(), wait=4.0) == P
+    assert pause(store, info, purge_claims(), wait=4.0) == P
     assert paused(store) == {"purge_files": P}
 
 
 async def test_a_purge_refused_with_none_left_pauses_the_described_budget_and_its_files() -> None:
     store = MemoryBudgetStore()
     info = RateLimitInfo(limit=5, remaining=0, reset=None)
-    for c in purge_plan().claims:
+    for c in purge_claims().claims:
         store.release(await store.acquire([c]))
-    assert pause(store, info, purge_plan(), wait=4.0) == P
+    assert pause(store, info, purge_claims(), wait=4.0) == P
     assert paused(store) == {"cdn": 4.0, "purge_files": P}
 
 
 async def test_a_get_refused_with_room_pauses_the_shortest_undescribed_budget() -> None:
     store = MemoryBudgetStore()
-    for c in get_plan().claims:
+    for c in get_claims().claims:
         store.release(await store.acquire([c]))
     with_retry = RateLimitInfo(limit=5, remaining=3, reset=None, retry_after=7.0)
-    assert pause(store, with_retry, get_plan(), wait=1.0) == 7.0
+    assert pause(store, with_retry, get_claims(), wait=1.0) == 7.0
     assert paused(store) == {"minute": 7.0}  # never the hourly budget for an hour
     store2 = MemoryBudgetStore()
-    for c in get_plan().claims:
+    for c in get_claims().claims:
         store2.release(await store2.acquire([c]))
     without = RateLimitInfo(limit=5, remaining=3, reset=None)
-    assert pause(store2, without, get_plan(), wait=1.0) == 60.0
+    assert pause(store2, without, get_claims(), wait=1.0) == 60.0
     assert paused(store2) == {"minute": 60.0}

@@ -24,7 +24,7 @@ import itertools
 import math
 from collections.abc import Callable
 
-from ._budget_queue import BudgetKey
+from ._budget_key import BudgetKey
 
 __all__ = ["KeyTable"]
 

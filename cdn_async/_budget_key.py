@@ -7,7 +7,8 @@ order, split at the *frontier*.
   waiter in ``passing`` of some keys but not all has *reserved* its units there; the first
   waiter in ``blocked`` *blocks* the key for everyone behind it.
 * ``Waiter``: one ``acquire`` call that could not be admitted at once, queued on every key it
-  claims. ``BudgetLease``: what an admitted call holds until its answer.
+  claims (what an admitted call then holds until its answer is a ``BudgetLease``,
+  ``_budget_lease.py``).
 
 Order. Every queue is in *virtual arrival time* order: the arrival time, the lead
 (``_limits.priority_lead``: 3 periods of the shortest budget claimed) earlier for ``"high"``
@@ -36,12 +37,12 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from ._ledger import WindowLedger
 from ._limits import Claim
 
-__all__ = ["ADMITTED", "GONE", "WAITING", "BudgetKey", "BudgetLease", "Place", "Waiter"]
+__all__ = ["ADMITTED", "GONE", "WAITING", "BudgetKey", "Place", "Waiter"]
 
 # Waiter states. A waiter leaves WAITING exactly once.
 WAITING = 0
@@ -62,7 +63,8 @@ class Waiter:
     def __init__(
         self,
         claims: tuple[Claim, ...],
-        fut: asyncio.Future[BudgetLease],
+        # Its BudgetLease once admitted (``_budget_lease.py`` imports this module, not back).
+        fut: asyncio.Future[Any],
         parts: list[tuple[BudgetKey, int]],
         max_wait: float | None,
         vt: float,
@@ -262,36 +264,3 @@ class BudgetKey(WindowLedger):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-
-
-class BudgetLease:
-    """What ``MemoryBudgetStore.acquire`` hands out; give it back to ``release``.
-
-    Attributes:
-        claims: The claims the request was admitted with.
-        waited_on: The budget the request waited for last (None if it did not wait).
-    """
-
-    __slots__ = ("_parts", "_store", "claims", "waited_on")
-
-    def __init__(
-        self,
-        claims: tuple[Claim, ...],
-        parts: list[tuple[BudgetKey, int]],
-        store: object,
-        waited_on: str | None = None,
-    ) -> None:
-        self.claims = claims
-        #: The budget whose room admitted the request last, when it had to wait (else None).
-        self.waited_on = waited_on
-        self._parts: list[tuple[BudgetKey, int]] | None = parts
-        self._store = store  # the store that issued it (compared by identity only)
-
-    @property
-    def released(self) -> bool:
-        """True once the lease was released (or given back)."""
-        return self._parts is None
-
-    def __repr__(self) -> str:
-        keys = ", ".join(f"{c.key}={c.units}" for c in self.claims)
-        return f"<BudgetLease {keys}{' released' if self._parts is None else ''}>"
