@@ -48,14 +48,14 @@ async def round_trips(url: str, n: int) -> dict[str, float]:
     store.release(await store.acquire(CLAIMS))  # loads the script
     await asyncio.sleep(0.05)
     sent = 0
-    inner = store._redis.execute_command
+    inner = store._link.client.execute_command
 
     async def counting(*args: Any, **kwargs: Any) -> Any:
         nonlocal sent
         sent += 1
         return await inner(*args, **kwargs)
 
-    store._redis.execute_command = counting  # type: ignore[method-assign]
+    store._link.client.execute_command = counting  # type: ignore[method-assign]
     probe = aioredis.Redis.from_url(url)
     before = (await probe.info("commandstats"))["cmdstat_evalsha"]["calls"]
     acquires = 0

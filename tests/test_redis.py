@@ -372,9 +372,9 @@ async def test_a_late_acquire_call_after_its_give_back_admits_nothing(
     store = store_for(redis_server)
     c = claim("cdn", 1, 5.0)
     lease = RedisLease("late-1", (c,), ((c, 1),), store)
-    store._give_backs[lease.id] = lease  # what a timed-out acquire call leaves behind
-    store._needs_restore = True
-    await store._restore()  # Redis answers again: the re-seed writes the give-back
+    store._mirror.give_backs[lease.id] = lease  # what a timed-out acquire call leaves behind
+    store._link._needs_restore = True
+    await store._link._restore()  # Redis answers again: the re-seed writes the give-back
     res = await store._acquire_call(lease)  # the stale call runs at last
     assert int(res[0]) == 0
     assert await client.zcard("{cdn-async:default}:f:cdn") == 0
@@ -416,9 +416,9 @@ async def test_dead_process_frees_its_slots_in_bounded_time(redis_server: RedisS
     for _ in range(2):
         await dead.acquire([c])
     # Die: the heartbeat stops, nothing is released.
-    dead._closed = True
-    if dead._heartbeat is not None:
-        dead._heartbeat.cancel()
+    dead._closed = dead._link._closed = True
+    if dead._link._heartbeat is not None:
+        dead._link._heartbeat.cancel()
     t0 = time.monotonic()
     alive = store_for(redis_server)
     lease = await asyncio.wait_for(alive.acquire([c]), 2)
@@ -426,7 +426,7 @@ async def test_dead_process_frees_its_slots_in_bounded_time(redis_server: RedisS
     assert 0.3 + 0.1 - 0.06 <= waited < 1.5
     alive.release(lease)
     await alive.aclose()
-    await dead._redis.aclose()
+    await dead._link.client.aclose()
 
 
 async def test_heartbeat_keeps_slow_requests_held(redis_server: RedisServer) -> None:
@@ -622,7 +622,7 @@ async def test_stalled_redis_falls_back_at_once_and_reseeds_when_it_wakes(
         assert time.monotonic() - t0 < call_timeout
     finally:
         redis_server.resume()
-    await until(lambda: a._down_since is None)
+    await until(lambda: a._link.down_since is None)
     b = store_for(redis_server)
     waiter = asyncio.create_task(b.acquire([c]))
     await asyncio.sleep(0.3)

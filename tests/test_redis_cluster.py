@@ -86,7 +86,7 @@ async def test_a_url_of_a_node_without_the_slot_works(
     c = claim("cdn", 5, 0.1)
     stamps = await hammer(stores, c, 15)
     assert len(stamps) == 30 and max_in_window(stamps, 0.1) <= 5
-    assert all(isinstance(s._redis, RedisCluster) for s in stores)
+    assert all(isinstance(s._link.client, RedisCluster) for s in stores)
     for s in stores:
         await s.aclose()
 
@@ -157,7 +157,7 @@ async def test_restart_of_the_node_that_owns_the_slot(
         assert time.monotonic() - t0 < 0.2 + 0.3
         await asyncio.to_thread(owner.start)
         await asyncio.to_thread(cluster.wait_ok)
-        await until(lambda: strict._down_since is None and loose._down_since is None)
+        await until(lambda: strict._link.down_since is None and loose._link.down_since is None)
         newcomer = RedisBudgetStore(url, recovery_grace=0.1, **fast)  # type: ignore[arg-type]
         lease = await asyncio.wait_for(newcomer.acquire([c]), 6.0)
         admitted = time.monotonic()

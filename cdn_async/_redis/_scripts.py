@@ -9,15 +9,14 @@ replies. Every call passes the same four header arguments first (``Header``).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from .._limits import Claim
+from ._connection import lua, ms, text
 
 #: The operations, one ``lua/<name>.lua`` each.
 OPERATIONS = ("acquire", "release", "sync", "pause", "heartbeat", "restore")
@@ -26,12 +25,10 @@ OPERATIONS = ("acquire", "release", "sync", "pause", "heartbeat", "restore")
 _FLAG_CACHE = 1024
 
 
-@functools.cache
-def source(op: str) -> str:
-    """The script Redis runs for ``op``: the common helpers, then the operation."""
-    lua = resources.files(__name__.rpartition(".")[0]).joinpath("lua")
-    common = lua.joinpath("common.lua").read_text(encoding="utf-8")
-    return common + "\n" + lua.joinpath(f"{op}.lua").read_text(encoding="utf-8")
+def sources() -> dict[str, str]:
+    """Every operation's script: the common helpers, then the operation."""
+    package = __name__.rpartition(".")[0]
+    return {op: lua(package, op, common="common") for op in OPERATIONS}
 
 
 def token_id_for(token: str) -> str:
@@ -47,15 +44,6 @@ def token_id_for(token: str) -> str:
         16 hex digits.
     """
     return hashlib.sha256(token.encode()).hexdigest()[:16]
-
-
-def ms(seconds: float) -> str:
-    """Seconds as milliseconds with 3 decimals, the scripts' unit of time."""
-    return format(seconds * 1000.0, ".3f")
-
-
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def member(lease_id: str, units: int) -> str:
@@ -104,17 +92,17 @@ class Done(NamedTuple):
 def _decode_acquire(res: list[Any]) -> AcquireReply:
     return AcquireReply(
         admitted=int(res[0]) == 1,
-        wait=float(_str(res[1])) / 1000.0,
-        epoch=_str(res[2]),
-        paused=float(_str(res[3])) / 1000.0,
+        wait=float(text(res[1])) / 1000.0,
+        epoch=text(res[2]),
+        paused=float(text(res[3])) / 1000.0,
         paused_index=int(res[4]),
         unknown=int(res[5]) == 1,
-        lost=float(_str(res[6])) / 1000.0,
+        lost=float(text(res[6])) / 1000.0,
     )
 
 
 def _decode_done(res: list[Any]) -> Done:
-    return Done(_str(res[0]))
+    return Done(text(res[0]))
 
 
 # -- calls --------------------------------------------------------------------------------------
