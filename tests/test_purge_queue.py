@@ -495,7 +495,7 @@ async def test_a_stopped_worker_gives_back_a_batch_still_waiting_for_its_budget(
         await cdn.endpoints.purge(cdn_id, [f"a/{i}.png" for i in range(50)])  # budget spent
         await queue.submit(cdn_id, later)
         work = asyncio.create_task(queue.work(cdn))
-        await until(lambda: bool(queue._lanes) and next(iter(queue._lanes.values())).task)
+        await until(lambda: bool(queue._drainers) and next(iter(queue._drainers.values())).task)
         await asyncio.sleep(0.03)  # the drainer took the batch; it waits ~0.2 s for the budget
         stopped = time.monotonic()
         work.cancel()
