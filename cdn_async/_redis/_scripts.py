@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
-from .._limits import Claim
+from .._limits import Claim, RateLimits
 from ._connection import lua, ms, text
 
 #: The operations, one ``lua/<name>.lua`` each.
@@ -210,9 +210,12 @@ class RestartHolds:
     """Which keys of a request ``acquire`` holds while Redis's history may be lost (the
     package docstring, "Restarts")."""
 
-    def __init__(self, universal: frozenset[str], per_request: frozenset[str], hold: bool):
-        self._universal = universal  # token-wide budgets every request claims once
-        self._per_request = per_request
+    def __init__(self, limits: RateLimits, hold: bool):
+        # Budgets every request claims once, one window for the whole token.
+        self._universal = frozenset(
+            b.name for b in limits.budgets if b.unit == "request" and b.scope == "token"
+        )
+        self._per_request = frozenset(b.name for b in limits.budgets if b.unit == "request")
         self._hold = hold
         self._flags: dict[tuple[tuple[Claim, int], ...], tuple[str, ...]] = {}
 

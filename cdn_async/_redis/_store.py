@@ -152,6 +152,12 @@ class RedisBudgetStore:
         ValueError: An option is out of range.
     """
 
+    # ``_restart_hold`` and ``_marker_ttl`` are for tests and a Redis known to be new, not
+    # documented as options. After Redis lost its state, a budget that no other budget of the
+    # request bounds admits nothing until one of its periods has passed since Redis started
+    # (the units of processes that are gone are unknown); ``_restart_hold=False`` skips that,
+    # so a restart may then admit a period's worth of requests twice. ``_marker_ttl``: how
+    # long the epoch marker outlives its last use (an empty Redis within it is a restart).
     def __init__(
         self,
         redis: aioredis.Redis | RedisCluster | str,
@@ -167,12 +173,6 @@ class RedisBudgetStore:
         unavailable_timeout: float = _DEFAULT_UNAVAILABLE_TIMEOUT,
         call_timeout: float = _DEFAULT_CALL_TIMEOUT,
         clock: Callable[[], float] | None = None,
-        # For tests and a Redis known to be new, not documented as options. After Redis lost
-        # its state, a budget that no other budget of the request bounds admits nothing until
-        # one of its periods has passed since Redis started (the units of processes that are
-        # gone are unknown); ``_restart_hold=False`` skips that, so a restart may then admit a
-        # period's worth of requests twice. ``_marker_ttl``: how long the epoch marker
-        # outlives its last use (an empty Redis within it is taken as restarted).
         _restart_hold: bool = True,
         _marker_ttl: float = _DEFAULT_MARKER_TTL,
     ) -> None:
@@ -192,13 +192,6 @@ class RedisBudgetStore:
         self._clock: Callable[[], float] = clock if clock is not None else _loop_time
         self._closed = False
         self._prefix = f"{{{namespace}:{token_id if token_id is not None else 'default'}}}"
-        if fallback == "memory":
-            while_down = (
-                "admitting with in-process budgets (this process's own units, pauses "
-                "and holds) until it answers again"
-            )
-        else:
-            while_down = f"acquires wait for it, then raise after {unavailable_timeout:.1f} s"
         self._link = RedisLink(
             Connection(
                 redis, cluster=cluster, call_timeout=call_timeout, scripts=_scripts.sources()
@@ -210,17 +203,16 @@ class RedisBudgetStore:
             marker_ttl=_marker_ttl,
             clock=self._clock,
             wake=self._wake_all,
-            while_down=while_down,
+            while_down=(
+                "admitting with in-process budgets (this process's own units, pauses and holds)"
+                " until it answers again"
+                if fallback == "memory"
+                else f"acquires wait for it, then raise after {unavailable_timeout:.1f} s"
+            ),
         )
         self._mirror = self._link.mirror
-        limits = limits if limits is not None else RateLimits.documented()
         self._restart_holds = _scripts.RestartHolds(
-            # Budgets every request claims once, one window for the whole token.
-            universal=frozenset(
-                b.name for b in limits.budgets if b.unit == "request" and b.scope == "token"
-            ),
-            per_request=frozenset(b.name for b in limits.budgets if b.unit == "request"),
-            hold=_restart_hold,
+            limits if limits is not None else RateLimits.documented(), _restart_hold
         )
         self._ids = itertools.count()
         self._id_prefix = secrets.token_hex(6) + "-"
