@@ -117,10 +117,11 @@ processes that do not wait are lost**, unless Redis persists (``appendonly yes``
 paths are purged, some of them possibly twice. A drainer whose batch vanished completes
 nothing (its batch id is unknown) and takes the next one.
 
-Modules: ``_queue.py`` (``RedisPurgeQueue``: its public API, submit and wait), ``_drain.py``
-(its base: draining an endpoint under its lease, and the Redis client), ``_ticket.py``
-(``PurgeTicket`` and how batch outcomes are stored and read back), ``_scripts.py`` (loads
-``lua/<name>.lua``, one script per step).
+Modules: ``_queue.py`` (``RedisPurgeQueue``: its public API, submit and wait; it holds a
+drainer per endpoint), ``_drain.py`` (``Drainer``: one endpoint's waiters and its drain task
+under the lease), ``_ticket.py`` (``PurgeTicket`` and how batch outcomes are stored and read
+back), ``_scripts.py`` (``QueueScripts``: the key layout and one typed step per
+``lua/<name>.lua``, over the budget store's ``Connection``).
 """
 
 from ._queue import (

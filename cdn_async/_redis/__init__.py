@@ -1,10 +1,12 @@
 """``RedisBudgetStore``: the exact budget windows of ``_budgets.py``, kept in Redis.
 
-Modules: ``_store.py`` (the store: acquire queues, fallback admission), ``_link.py`` (every
-Redis call, reachability, re-seed, heartbeat), ``_mirror.py`` (the restart mirror),
-``_scripts.py`` (one encoder and one reply decoder per Lua operation), ``lua/`` (one script
-per operation after the shared ``common.lua``), ``_connection.py`` (the client, cluster
-upgrade, call timeouts), ``_errors.py``, ``_lease.py``.
+Modules: ``_store.py`` (the store: acquire queues, fallback admission; it holds a link),
+``_link.py`` (the link: every Redis call, reachability, re-seed, heartbeat; it owns the
+connection and the mirror), ``_mirror.py`` (the restart mirror), ``_scripts.py`` (one encoder
+and one typed reply decoder per Lua operation), ``lua/`` (one script per operation after the
+shared ``common.lua``), ``_connection.py`` (the client, cluster upgrade, call bounds, the
+cancellation guard, script loading: shared with the purge queue), ``_errors.py``,
+``_lease.py``.
 
 Every process that uses one API token points its store at the same Redis (and ``token_id``),
 so together they obey every budget (docs/design.md, "Budgets").
