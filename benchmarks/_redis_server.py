@@ -18,6 +18,7 @@ every call of a test run.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import random
@@ -369,9 +370,21 @@ _launcher: subprocess.Popen[bytes] | None = None
 _launcher_lock = threading.Lock()
 
 
+def _stop_launcher(launcher: subprocess.Popen[bytes]) -> None:
+    """At exit: end the launcher's input (it exits), and wait for it."""
+    for pipe in (launcher.stdin, launcher.stdout):
+        if pipe is not None:
+            pipe.close()
+    try:
+        launcher.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        launcher.kill()
+        launcher.wait()
+
+
 def _launch(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """One request to the launcher (started on first use; it exits when this process closes
-    its stdin, at exit): its workers' results."""
+    """One request to the launcher (started on first use; it exits when this process ends
+    its input, at exit): its workers' results."""
     global _launcher
     with _launcher_lock:
         if _launcher is None or _launcher.poll() is not None:
@@ -381,6 +394,7 @@ def _launch(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                 stdout=subprocess.PIPE,
                 cwd=ROOT,
             )
+            atexit.register(_stop_launcher, _launcher)
         assert _launcher.stdin is not None and _launcher.stdout is not None
         _launcher.stdin.write(json.dumps(cfg).encode() + b"\n")
         _launcher.stdin.flush()
