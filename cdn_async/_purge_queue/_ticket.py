@@ -41,8 +41,8 @@ class PurgeTicket:
     """A submission to a ``RedisPurgeQueue``: what ``submit`` returns, for ``wait``.
 
     Holds, in the submitting process, which entries of the queue its paths joined; the paths
-    themselves are in Redis. Read ``endpoint_id``, ``total`` (paths, normalised, once each)
-    and ``done`` (paths with an outcome so far).
+    themselves are in Redis. Read ``endpoint_id``, ``total`` (paths, normalised, once each),
+    ``done`` (paths with an outcome so far) and ``high`` (submitted at priority "high").
     """
 
     def __init__(self, endpoint_id: str, mapping: dict[str, str], *, high: bool = False) -> None:
