@@ -43,7 +43,8 @@ class Unavailable(Exception):
 
 
 # Errors that mean "Redis cannot answer now" (not "the script is wrong"): retried, then a
-# fallback or BudgetStoreUnavailableError. Builtin TimeoutError (asyncio.timeout) is an OSError.
+# fallback or BudgetStoreUnavailableError. A call past call_timeout is redis-py's TimeoutError
+# (``Connection``); OSError covers a socket error redis-py lets through.
 UNAVAILABLE = (
     RedisConnectionError,  # also BusyLoadingError (LOADING), MaxConnectionsError
     RedisTimeoutError,

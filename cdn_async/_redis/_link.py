@@ -13,6 +13,8 @@ import secrets
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from .._logs import logger
@@ -87,7 +89,7 @@ class RedisLink:
         self.down_since: float | None = None
 
     @property
-    def client(self) -> Any:
+    def client(self) -> aioredis.Redis | RedisCluster:
         """The client in use (a cluster client after a ``MOVED`` upgrade)."""
         return self._conn.client
 
