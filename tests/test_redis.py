@@ -346,6 +346,52 @@ async def test_a_later_sync_never_lowers_a_live_hold(redis_server: RedisServer) 
         await s.aclose()
 
 
+async def test_a_unit_expiring_during_the_round_trip_is_not_taken_for_another_clients(
+    redis_server: RedisServer, client: aioredis.Redis
+) -> None:
+    """The server stamped the answered request while one of our units was still in its
+    window; that unit left Redis's window before the answer came. The headers' count is ours
+    alone: nothing is held (a hold would keep a unit idle for a whole period). Another
+    process's answer with the same reading (it settled nothing) is held. Read from the hold
+    Redis stored, so the check does not depend on the machine's speed."""
+    a, b = store_for(redis_server), store_for(redis_server)
+
+    async def redis_ms() -> float:
+        sec, usec = await client.time()
+        return sec * 1000.0 + usec / 1000.0
+
+    async def written(store: RedisBudgetStore) -> None:
+        while store._link._tasks:  # the release and sync calls run in tasks
+            await asyncio.gather(*store._link._tasks)
+
+    for attempt in range(3):  # the admission must come before the unit leaves: retried if late
+        c = claim(f"cdn:{attempt}", 2, 0.3)
+        meta = f"{{cdn-async:default}}:m:cdn:{attempt}"
+        first = await a.acquire([c])
+        a.release(first)
+        await written(a)
+        frees = await client.zscore(f"{{cdn-async:default}}:r:cdn:{attempt}", f"{first.id}:1")
+        assert frees is not None
+        await asyncio.sleep(0.2)
+        lease = await a.acquire([c])
+        if await redis_ms() < frees:
+            break
+        a.release(lease)
+    else:
+        pytest.fail("could not admit a request before the first unit left, in 3 tries")
+    while await redis_ms() <= frees + 1:  # noqa: ASYNC110 (Redis's clock, no event)
+        await asyncio.sleep(0.01)
+    a.release(lease)  # answered after the first unit left: the server had counted both
+    a.sync(c, remaining=0, reset_after=30.0)
+    await written(a)
+    assert await client.hget(meta, "h") in (None, b"0")
+    b.sync(c, remaining=0, reset_after=30.0)
+    await written(b)
+    assert await client.hget(meta, "h") == b"1"  # 2 counted, 1 released: 1 is another's
+    for s in (a, b):
+        await s.aclose()
+
+
 async def test_give_back_frees_units_at_once_for_every_process(redis_server: RedisServer) -> None:
     """``give_back`` (never sent, or a 429 the server did not count) uncounts the units in
     Redis at once, not a period later; it is idempotent and does nothing after ``release``."""

@@ -25,6 +25,10 @@ one script's keys all live on one slot):
   the answer; at most 50 ms is taken off).
 * ``{ns:T}:m:K``, a hash: running sums ``f`` and ``r`` of the units in both sets (so a check is
   O(1), not O(entries)), the server-sync hold ``h`` until ``hu``, and the 429 pause ``p``.
+* ``{ns:T}:g:K``, a sorted set of released requests that have *left* the window less than a
+  period ago (score: when they left). A sync subtracts those that left after the answered
+  request was admitted: the server's count, stamped after that admission, may include them
+  (``SQLiteBudgetStore`` does the same), so they are not taken for another client's units.
 * ``{ns:T}:epoch``, a hash naming the current incarnation of this state (``id``), the end of
   its recovery window (``ru``) and when that Redis started (``rs``). See "Restarts".
 * ``{ns:T}:x``, a sorted set of lease ids given back (score: when the entry lapses), so an

@@ -53,10 +53,11 @@ def member(lease_id: str, units: int) -> str:
 
 def keys(prefix: str, claims: Sequence[Claim]) -> list[str]:
     """KEYS of a call: the epoch hash, the tombstones, then per key its in-flight set,
-    released set and meta hash (``lua/common.lua``)."""
+    released set, meta hash and gone set (``lua/common.lua``)."""
     out = [f"{prefix}:epoch", f"{prefix}:x"]
     for c in claims:
-        out.extend((f"{prefix}:f:{c.key}", f"{prefix}:r:{c.key}", f"{prefix}:m:{c.key}"))
+        k = c.key
+        out.extend((f"{prefix}:f:{k}", f"{prefix}:r:{k}", f"{prefix}:m:{k}", f"{prefix}:g:{k}"))
     return out
 
 
@@ -152,9 +153,11 @@ def release(
     return Call("release", tuple(c for c, _ in parts), args, _decode_done)
 
 
-def sync(claim: Claim, remaining: int, reset_after: float) -> Call[Done]:
-    """The server's headers for one key."""
-    args = [str(claim.limit), str(remaining), ms(max(reset_after, 0.0)), ms(claim.period)]
+def sync(claim: Claim, remaining: int, reset_after: float, age: float | None) -> Call[Done]:
+    """The server's headers for one key, from an answer to a request admitted ``age`` s
+    before this call is sent (None: unknown)."""
+    since = "-1" if age is None else ms(min(max(age, 0.0), claim.period))
+    args = [str(claim.limit), str(remaining), ms(max(reset_after, 0.0)), ms(claim.period), since]
     return Call("sync", (claim,), args, _decode_done)
 
 

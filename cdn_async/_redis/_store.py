@@ -214,10 +214,10 @@ class RedisBudgetStore:
         self._restart_holds = _scripts.RestartHolds(
             limits if limits is not None else RateLimits.documented(), _restart_hold
         )
-        self._ids = itertools.count()
-        self._id_prefix = secrets.token_hex(6) + "-"
+        self._ids, self._id_prefix = itertools.count(), secrets.token_hex(6) + "-"
         self._groups: dict[tuple[str, ...], Group] = {}
         self._lost_warned: str | None = None  # epoch whose restart hold was logged
+        self._answered: dict[str, float] = {}  # key -> admission of the last settled (sync)
 
     def __repr__(self) -> str:
         # The prefix names the namespace and token id (a hash), never a password or token.
@@ -324,17 +324,27 @@ class RedisBudgetStore:
         processes sharing Redis see each other's units exactly, so only clients outside the
         store can be misread.
 
+        The server counted at its stamp, which came after the answered request was admitted;
+        units that left the windows since that admission may have been in its count, so they
+        are not taken for another client's (else one unit expiring during a round trip would
+        hold a unit back for a whole period), as in ``SQLiteBudgetStore``. The answered request
+        is the one this process released (or gave back) last on the key: the session settles
+        a request, then applies its headers.
+
         Args:
             claim: The claim the headers describe.
             remaining: ``ratelimit-remaining``.
             reset_after: Seconds from now until ``ratelimit-reset``.
             refused: The answer was a 429.
         """
+        since = self._answered.pop(claim.key, None)
         if self._closed:
             return
         reset_after = min(reset_after, claim.period)
-        self._mirror.sync(claim, remaining, reset_after, self._clock())
-        self._link.write_later(_scripts.sync(claim, remaining, reset_after))
+        now = self._clock()
+        self._mirror.sync(claim, remaining, reset_after, now)
+        age = None if since is None else now - since
+        self._link.write_later(_scripts.sync(claim, remaining, reset_after, age))
 
     def pause(self, claim: Claim, resume_after: float) -> None:
         """The server answered 429 for this key: every process admits nothing on it for
@@ -418,6 +428,9 @@ class RedisBudgetStore:
         lease.released = True
         if self._closed:
             return
+        if lease.admitted_at is not None:
+            for c, _ in lease._parts:
+                self._answered[c.key] = lease.admitted_at
         if give_back:
             self._mirror.give_back(lease)
         else:
@@ -524,6 +537,7 @@ class RedisBudgetStore:
             self._link.send_release(lease, give_back=True)
 
     def _admitted(self, lease: RedisLease) -> None:
+        lease.admitted_at = self._clock()
         self._mirror.admitted(lease)
         self._link.ensure_heartbeat()
 
