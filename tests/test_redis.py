@@ -59,6 +59,12 @@ async def until(condition: Callable[[], bool], within: float = 3.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def redis_ms(client: aioredis.Redis) -> float:
+    """Redis's clock (``TIME``), in ms: what its scripts stamp with."""
+    sec, usec = await client.time()
+    return sec * 1000.0 + usec / 1000.0
+
+
 def claim(key: str, limit: int, period: float, units: int = 1) -> Claim:
     return Claim(key, limit, period, units, key.split(":")[0])
 
@@ -261,18 +267,14 @@ async def test_units_count_from_the_answer_not_from_when_the_release_script_runs
     c = claim("cdn", 1, 0.2)
     lease = await store.acquire([c])
 
-    async def redis_ms() -> float:
-        sec, usec = await client.time()
-        return sec * 1000.0 + usec / 1000.0
-
-    before = await redis_ms()
+    before = await redis_ms(client)
     store.release(lease)
     late = 0.04  # 40 ms pass, for the store, before its release script is sent
     member = f"{lease.id}:1"
     deadline = time.monotonic() + 3.0
     while (frees := await client.zscore("{cdn-async:default}:r:cdn", member)) is None:
         assert time.monotonic() < deadline, "the release never reached Redis"
-    after = await redis_ms()
+    after = await redis_ms(client)
     # The script ran at some Redis time between ``before`` and ``after``, and took 40 ms off.
     assert before + 200 - 40 - 0.01 <= frees <= after + 200 - 40 + 0.01
     await store.aclose()
@@ -356,10 +358,6 @@ async def test_a_unit_expiring_during_the_round_trip_is_not_taken_for_another_cl
     Redis stored, so the check does not depend on the machine's speed."""
     a, b = store_for(redis_server), store_for(redis_server)
 
-    async def redis_ms() -> float:
-        sec, usec = await client.time()
-        return sec * 1000.0 + usec / 1000.0
-
     async def written(store: RedisBudgetStore) -> None:
         while store._link._tasks:  # the release and sync calls run in tasks
             await asyncio.gather(*store._link._tasks)
@@ -374,12 +372,12 @@ async def test_a_unit_expiring_during_the_round_trip_is_not_taken_for_another_cl
         assert frees is not None
         await asyncio.sleep(0.2)
         lease = await a.acquire([c])
-        if await redis_ms() < frees:
+        if await redis_ms(client) < frees:
             break
         a.release(lease)
     else:
         pytest.fail("could not admit a request before the first unit left, in 3 tries")
-    while await redis_ms() <= frees + 1:  # noqa: ASYNC110 (Redis's clock, no event)
+    while await redis_ms(client) <= frees + 1:  # noqa: ASYNC110 (Redis's clock, no event)
         await asyncio.sleep(0.01)
     a.release(lease)  # answered after the first unit left: the server had counted both
     a.sync(c, remaining=0, reset_after=30.0)
