@@ -363,16 +363,16 @@ async def test_a_unit_expiring_during_the_round_trip_is_not_taken_for_another_cl
             await asyncio.gather(*store._link._tasks)
 
     for attempt in range(3):  # the admission must come before the unit leaves: retried if late
-        c = claim(f"cdn:{attempt}", 2, 0.3)
+        c = claim(f"cdn:{attempt}", 2, 0.5)
         meta = f"{{cdn-async:default}}:m:cdn:{attempt}"
         first = await a.acquire([c])
         a.release(first)
         await written(a)
         frees = await client.zscore(f"{{cdn-async:default}}:r:cdn:{attempt}", f"{first.id}:1")
         assert frees is not None
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
         lease = await a.acquire([c])
-        if await redis_ms(client) < frees:
+        if await redis_ms(client) < frees - 200:  # the sync's script may run that much later
             break
         a.release(lease)
     else:
