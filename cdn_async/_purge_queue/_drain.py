@@ -295,7 +295,7 @@ class Drainer:
         try:
             await asyncio.shield(call)
         except asyncio.CancelledError:
-            await asyncio.wait((call,))  # the call is bounded by the connection
+            await asyncio.wait((call,), timeout=self._scripts.call_timeout)
             raise
 
     async def _send_leased(

@@ -149,7 +149,9 @@ class Connection:
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            await asyncio.wait((task,))  # ends within call_timeout
+            # The call ends within call_timeout, unless redis-py swallowed the bound's own
+            # cancellation too: the caller waits no longer than that either way.
+            await asyncio.wait((task,), timeout=self._call_timeout)
             raise
 
     async def _bounded(self, aw: Awaitable[_T]) -> _T:
