@@ -135,7 +135,8 @@ async def test_restart_of_the_node_that_owns_the_slot(
     tid = "restart"
     owner = cluster.owner(tag(tid))
     url = cluster.other(tag(tid)).url
-    c = claim("cdn", 3, 1.5)
+    period = 3.0  # longer than the cluster takes to be ok again after the restart
+    c = claim("cdn", 3, period)
     warm = claim("warm", 100, 0.05)
     fast = {"token_id": tid, "cluster": True, "heartbeat_interval": 0.05, "call_timeout": 0.2}
     filler = RedisBudgetStore(url, _restart_hold=False, recovery_grace=0, **fast)  # type: ignore[arg-type]
@@ -158,6 +159,7 @@ async def test_restart_of_the_node_that_owns_the_slot(
         await asyncio.to_thread(owner.start)
         await asyncio.to_thread(cluster.wait_ok)
         await until(lambda: strict._link.down_since is None and loose._link.down_since is None)
+        asked = time.monotonic()
         newcomer = RedisBudgetStore(url, recovery_grace=0.1, **fast)  # type: ignore[arg-type]
         lease = await asyncio.wait_for(newcomer.acquire([c]), 6.0)
         admitted = time.monotonic()
@@ -165,7 +167,8 @@ async def test_restart_of_the_node_that_owns_the_slot(
         strict.release(await asyncio.wait_for(strict.acquire([warm]), 1.0))
         for s in (strict, loose, newcomer):
             await s.aclose()
-    assert admitted >= owner.started_at + 1.5 - 0.02
-    assert any("no budget history" in r.getMessage() for r in caplog.records)
+    assert admitted >= owner.started_at + period - 0.02
+    if asked < owner.started_at + period - 0.1:  # it asked while the hold ran: it says why
+        assert any("no budget history" in r.getMessage() for r in caplog.records)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("Redis unreachable" in r.getMessage() for r in caplog.records)
