@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import secrets
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ from redis.exceptions import ResponseError
 
 from .._logs import logger
 from . import _scripts
-from ._connection import Connection, ms
+from ._connection import Connection, ms, ttl_ms
 from ._errors import UNAVAILABLE, Unavailable, outage_reason
 from ._lease import RedisLease
 from ._mirror import Mirror
@@ -124,7 +123,7 @@ class RedisLink:
         return _scripts.Header(
             new_epoch=secrets.token_hex(8),
             grace_ms=self._grace_ms,
-            marker_ms=str(math.ceil(ttl * 1000)),
+            marker_ms=ttl_ms(ttl),
             inflight_ms=self._inflight_ms,
         )
 
