@@ -11,12 +11,14 @@ SIGSTOP and SIGCONT it); ``RedisClusterServers`` is a 3-master Redis Cluster mad
 '<json config>'`` (see ``work``): one ``CDNClient`` with many concurrent tasks against a fake
 server, budgets in Redis, in a SQLite file or in memory. With ``"forks": n`` in the config
 one launcher forks ``n`` workers instead (the SDK imported once, not once per process), each
-printing its JSON result on a line of its own.
+printing its JSON result on a line of its own; ``fork_workers`` keeps such a launcher up for
+every call of a test run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import random
@@ -26,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -357,22 +360,53 @@ async def run_workers(cfg: dict[str, Any], processes: int) -> list[dict[str, Any
 
 
 async def fork_workers(cfg: dict[str, Any], processes: int) -> list[dict[str, Any]]:
-    """Like ``run_workers``, but one launcher forks the ``processes`` workers: the SDK is
-    imported once, not once per process (the tests' way: faster to start)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "benchmarks._redis_server",
-        json.dumps({**cfg, "forks": processes}),
-        stdout=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    out, _ = await proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"the worker launcher exited with {proc.returncode}")
-    results = [json.loads(line) for line in out.splitlines()]
-    if len(results) != processes:
-        raise RuntimeError(f"{len(results)} of {processes} workers reported")
+    """Like ``run_workers``, but the ``processes`` workers are forked from one launcher that
+    stays up for later calls (the tests' way): the SDK is imported once per test run, not
+    once per process or per call."""
+    return await asyncio.to_thread(_launch, {**cfg, "forks": processes})
+
+
+_launcher: subprocess.Popen[bytes] | None = None
+_launcher_lock = threading.Lock()
+
+
+def _stop_launcher(launcher: subprocess.Popen[bytes]) -> None:
+    """At exit: end the launcher's input (it exits), and wait for it."""
+    for pipe in (launcher.stdin, launcher.stdout):
+        if pipe is not None:
+            pipe.close()
+    try:
+        launcher.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        launcher.kill()
+        launcher.wait()
+
+
+def _launch(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """One request to the launcher (started on first use; it exits when this process ends
+    its input, at exit): its workers' results."""
+    global _launcher
+    with _launcher_lock:
+        if _launcher is None or _launcher.poll() is not None:
+            _launcher = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks._redis_server", "--serve"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                cwd=ROOT,
+            )
+            atexit.register(_stop_launcher, _launcher)
+        assert _launcher.stdin is not None and _launcher.stdout is not None
+        _launcher.stdin.write(json.dumps(cfg).encode() + b"\n")
+        _launcher.stdin.flush()
+        results = []
+        while (line := _launcher.stdout.readline()) and not line.startswith(b"done "):
+            results.append(json.loads(line))
+    if not line:
+        raise RuntimeError("the worker launcher exited")
+    if line != b"done 0\n":
+        raise RuntimeError(f"a forked worker failed ({line.decode().strip()})")
+    if len(results) != cfg["forks"]:
+        raise RuntimeError(f"{len(results)} of {cfg['forks']} workers reported")
     return results
 
 
@@ -434,7 +468,7 @@ def _fork_workers(cfg: dict[str, Any]) -> int:
     every worker exited 0."""
     import aiohttp  # noqa: F401 (imported before the fork: the children share it)
 
-    import cdn_async  # noqa: F401
+    import cdn_async.redis  # noqa: F401
 
     children = []
     for _ in range(int(cfg["forks"])):
@@ -446,12 +480,24 @@ def _fork_workers(cfg: dict[str, Any]) -> int:
             finally:
                 os._exit(0)
         children.append(pid)
-    return max(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0 for pid in children)
+    return int(max(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0 for pid in children))
+
+
+def _serve() -> None:
+    """The launcher: for each config line on stdin, fork its workers (their results go to
+    stdout, a line each), wait for them, then write ``done <status>``."""
+    for line in sys.stdin:
+        status = _fork_workers(json.loads(line))
+        os.write(1, f"done {status}\n".encode())
 
 
 if __name__ == "__main__":
     # python -m benchmarks._redis_server '<json config>': run one worker (or, with "forks",
-    # that many forked ones), print each JSON result on a line.
+    # that many forked ones), print each JSON result on a line. With --serve: the launcher
+    # of fork_workers.
+    if sys.argv[1] == "--serve":
+        _serve()
+        sys.exit(0)
     config = json.loads(sys.argv[1])
     if "forks" in config:
         sys.exit(_fork_workers(config))

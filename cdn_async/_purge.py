@@ -66,8 +66,9 @@ __all__ = [
 #: Why paths of a purge failed when the client was closed first (sent or not, unanswered).
 _CLOSED = "the client was closed: these paths were not confirmed purged"
 
-#: Answers after which every later batch of the endpoint would fail the same way.
-_FATAL = (AuthenticationError, PermissionDeniedError, NotFoundError)
+#: Answers after which every later batch of the endpoint would fail the same way (the
+#: purge engine and the shared queue's drainer both stop sending on them).
+ENDPOINT_FATAL = (AuthenticationError, PermissionDeniedError, NotFoundError)
 
 
 class _Call:
@@ -532,7 +533,7 @@ class PurgeEngine:
             error,
             wait,
             sent=sent,
-            stop=isinstance(error, _FATAL),
+            stop=isinstance(error, ENDPOINT_FATAL),
             request_id=request_id,
         )
         if sent:
@@ -550,7 +551,7 @@ class PurgeEngine:
                     session.observer.name,
                 )
             )
-        if isinstance(error, _FATAL):
+        if isinstance(error, ENDPOINT_FATAL):
             self._fail_all(sender, error)
 
     def _fail_all(self, sender: _EndpointSender, error: CDNError) -> None:

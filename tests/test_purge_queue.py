@@ -1,8 +1,8 @@
 """``RedisPurgeQueue`` against a real redis-server, with several OS processes.
 
 Each test starts a redis-server on a free port (``benchmarks/_redis_server.py``) and a
-time-scaled ``FakeCDNServer`` (files budget: 50 paths / 0.2 s) in this process; the other processes are
-this module run as a script (``python -m tests.test_purge_queue '<json>'``, see ``_child``),
+time-scaled ``FakeCDNServer`` (files budget: 50 paths / 0.2 s) in this process; the other
+processes run ``_child``, forked from a fork server that imported this module once (``Child``),
 each with its own ``CDNClient`` on a shared ``RedisBudgetStore`` and the queue plugged in
 with ``CDNClient(purge_queue=queue)``. Assertions read the fake server's journal and 409/429 counters.
 Without redis-server the tests skip, except on CI (``CI=true``), where they fail.
@@ -11,15 +11,16 @@ Without redis-server the tests skip, except on CI (``CI=true``), where they fail
 from __future__ import annotations
 
 import asyncio
-import json
+import io
 import logging
 import math
+import multiprocessing
 import random
 import signal
 import sys
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,12 +29,11 @@ import redis.asyncio as aioredis
 from benchmarks._redis_server import RedisServer, find_redis_server
 from cdn_async import CDNClient, RateLimits
 from cdn_async._purge import PurgeProgress
-from cdn_async._purge_plan import sent_for as plan
+from cdn_async._purge_plan import sent_for
 from cdn_async.errors import NotFoundError, PurgeError, ValidationError
 from cdn_async.redis import RedisBudgetStore, RedisPurgeQueue
 from cdn_async.testing import FakeCDNServer
 
-ROOT = Path(__file__).resolve().parent.parent
 SCALE = 0.01  # files budget: 50 paths / 0.2 s
 TOKEN_ID = "t0"
 PREFIX = "{cdn-async:t0}:"
@@ -84,46 +84,66 @@ async def teardown(cdn: CDNClient, queue: Any, store: Any) -> None:
     await store.aclose()
 
 
-class Child:
-    """One OS process running ``_child`` with a JSON config; talks in JSON lines."""
+# Children are forked from one server process that has imported this module (and so the
+# SDK) once: starting one costs a fork, not an interpreter and its imports.
+_FORKS = multiprocessing.get_context("forkserver")
+_FORKS.set_forkserver_preload([__name__])
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+
+async def _readable(fd: int) -> None:
+    """Wait until ``fd`` can be read (a message, an end of file, a process's exit)."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+class Child:
+    """One OS process running ``_child`` with a JSON config; talks in messages over a pipe."""
+
+    def __init__(self, proc: Any, conn: Any) -> None:
         self.proc = proc
-        self.err = ""  # its stderr (warnings), once finished
+        self.conn = conn
+        self.err = ""  # its log (warnings), once finished
 
     @classmethod
     async def start(cls, **cfg: Any) -> Child:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.test_purge_queue",
-            json.dumps(cfg),
-            cwd=ROOT,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        return cls(proc)
+        here, there = _FORKS.Pipe()
+        proc = _FORKS.Process(target=_child_main, args=(cfg, there), daemon=True)
+        await asyncio.to_thread(proc.start)  # the first start also starts the fork server
+        there.close()
+        return cls(proc, here)
 
     async def line(self, within: float = 20.0) -> Any:
-        assert self.proc.stdout is not None
-        data = await asyncio.wait_for(self.proc.stdout.readline(), within)
-        if not data:
-            err = b""
-            if self.proc.stderr is not None:
-                err = await self.proc.stderr.read()
-            raise AssertionError(f"child exited early:\n{err.decode()}")
-        return json.loads(data)
+        await asyncio.wait_for(_readable(self.conn.fileno()), within)
+        try:
+            data = self.conn.recv()
+        except EOFError:
+            data = {"log": "(no log)"}
+        if isinstance(data, dict) and set(data) == {"log"}:
+            raise AssertionError(f"child exited early:\n{data['log']}")
+        return data
 
     def go(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(b"go\n")
+        self.conn.send("go")
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    async def wait(self, within: float = 30.0) -> int:
+        """The exit code (minus the signal number when killed by one)."""
+        await asyncio.wait_for(_readable(self.proc.sentinel), within)
+        self.proc.join()
+        return int(self.proc.exitcode)
 
     async def finish(self, within: float = 30.0) -> Any:
         result = await self.line(within)
-        code = await asyncio.wait_for(self.proc.wait(), within)
-        assert self.proc.stderr is not None
-        self.err = (await self.proc.stderr.read()).decode()
+        await asyncio.wait_for(_readable(self.conn.fileno()), within)
+        self.err = self.conn.recv()["log"]
+        code = await self.wait(within)
         assert code == 0, self.err
         return result
 
@@ -181,7 +201,7 @@ async def test_overlapping_submissions_from_four_processes_are_sent_once(
         random.Random(k).shuffle(paths)
         lists.append(paths)
     union = [p.lstrip("/") for paths in lists for p in paths]
-    targets = set(plan(union).values())
+    targets = set(sent_for(union).values())
     assert len(targets) == 341  # 100 shared, css/*, 4 x 60 own
 
     children = [
@@ -200,7 +220,7 @@ async def test_overlapping_submissions_from_four_processes_are_sent_once(
     assert sorted(sent) == sorted(targets)  # each once
     for paths, report in zip(lists, reports, strict=True):
         assert report["failed"] == {}
-        assert set(report["purged"]) == set(plan([p.lstrip("/") for p in paths]))
+        assert set(report["purged"]) == set(sent_for([p.lstrip("/") for p in paths]))
         assert report["requests"] >= 1
     no_409_no_429(fake_cdn)
 
@@ -287,9 +307,9 @@ async def test_drainer_killed_mid_batch_loses_nothing(
     child.go()
     # The first batch is admitted by the server (counted) and takes 0.3 s there.
     await until(lambda: fake_cdn.used(fake_cdn.token, "purge_files") > 0)
-    child.proc.send_signal(signal.SIGKILL)
+    child.kill()
     killed_at = time.monotonic()
-    assert await child.proc.wait() == -signal.SIGKILL
+    assert await child.wait() == -signal.SIGKILL
 
     cdn, queue, store = setup(redis_server.url, fake_cdn.token, fake_cdn.url)
     try:
@@ -483,31 +503,40 @@ async def test_a_stopped_worker_completes_the_batch_it_sent(
 
 @pytest.mark.fake_cdn(time_scale=SCALE)
 async def test_a_stopped_worker_gives_back_a_batch_still_waiting_for_its_budget(
-    redis_server: RedisServer, fake_cdn: FakeCDNServer, caplog: pytest.LogCaptureFixture
+    redis_server: RedisServer,
+    fake_cdn: FakeCDNServer,
+    raw: aioredis.Redis,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A worker stopped while its batch waits for the files budget (spent by a purge just
-    before) returns at once, and the batch, surely not sent, is given back: the next worker
-    sends it at once, once, and not as a takeover of a batch that may have been sent."""
+    """A worker stopped while its batch waits for the files budget (held here until the
+    worker has stopped) returns without waiting for the budget, and the batch, surely not
+    sent, is given back: the next worker sends it at once, once, and not as a takeover of a
+    batch that may have been sent."""
     caplog.set_level(logging.INFO, logger="cdn_async")
     cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
     cdn, queue, store = setup(redis_server.url, fake_cdn.token, fake_cdn.url)
+    limits = RateLimits.documented().scaled(SCALE)
+    files = [c for c in limits.claims(cdn_id, files=50) if c.budget == "purge_files"]
     later = [f"b/{i}.png" for i in range(50)]
     try:
-        await cdn.endpoints.purge(cdn_id, [f"a/{i}.png" for i in range(50)])  # budget spent
+        spent = await store.acquire(files)  # no batch fits until this is released
         await queue.submit(cdn_id, later)
         work = asyncio.create_task(queue.work(cdn))
-        await until(lambda: bool(queue._lanes) and next(iter(queue._lanes.values())).task)
-        await asyncio.sleep(0.03)  # the drainer took the batch; it waits ~0.2 s for the budget
-        stopped = time.monotonic()
+        # The drainer took the endpoint's lease; its batch waits for the budget.
+        await until_redis(lambda: raw.exists(f"{PREFIX}pq:l:{cdn_id}"))
+        await asyncio.sleep(0.03)
         work.cancel()
+        stopped, _ = await asyncio.wait({work}, timeout=10)  # the budget is still held
+        assert stopped, "the stopped worker waited for the budget"
         with pytest.raises(asyncio.CancelledError):
             await work
-        assert time.monotonic() - stopped < 0.1  # did not wait for the budget
         assert await queue.pending(cdn_id) == 50
+        assert purge_bodies(fake_cdn) == []
+        store.release(spent)
         await asyncio.wait_for(queue.work(cdn, until_idle=True), 10)
     finally:
         await teardown(cdn, queue, store)
-    assert purge_bodies(fake_cdn)[1:] == [later]
+    assert purge_bodies(fake_cdn) == [later]
     assert not [r for r in caplog.records if "taking over" in r.getMessage()]
     no_409_no_429(fake_cdn)
 
@@ -762,16 +791,33 @@ def test_public_name() -> None:
 # -- the other processes ---------------------------------------------------------------------------
 
 
-async def _child(config: dict[str, Any]) -> None:
-    """One process: ``mode`` is ``submit`` (queue, print the ticket, exit), ``submit-wait``
-    (queue, print, wait for "go", then wait draining) or ``purge`` (print ready, wait for
-    "go", then ``endpoints.purge``). Prints JSON lines; the last one is the result."""
+def _child_main(config: dict[str, Any], conn: Any) -> None:
+    """A forked child: runs ``_child``, then sends its log (WARNING and up, as a process's
+    stderr would show them) and exits 0, or 1 with the traceback in the log."""
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    handler.setLevel(logging.WARNING)
+    logging.getLogger("cdn_async").addHandler(handler)
+    code = 0
+    try:
+        asyncio.run(_child(config, conn))
+    except BaseException:
+        traceback.print_exc(file=log)
+        code = 1
+    conn.send({"log": log.getvalue()})
+    sys.exit(code)
+
+
+async def _child(config: dict[str, Any], conn: Any) -> None:
+    """One process: ``mode`` is ``submit`` (queue, say the ticket, exit), ``submit-wait``
+    (queue, say so, wait for "go", then wait draining) or ``purge`` (say ready, wait for
+    "go", then ``endpoints.purge``). The last message is the result."""
 
     def say(data: Any) -> None:
-        print(json.dumps(data), flush=True)
+        conn.send(data)
 
     async def go() -> None:
-        await asyncio.to_thread(sys.stdin.readline)
+        await asyncio.to_thread(conn.recv)
 
     opts = {k: config[k] for k in ("grace", "hold", "lease", "result_ttl") if k in config}
     cdn, queue, store = setup(config["redis"], config["token"], config["url"], **opts)
@@ -803,7 +849,3 @@ async def _child(config: dict[str, Any]) -> None:
         )
     finally:
         await teardown(cdn, queue, store)
-
-
-if __name__ == "__main__":
-    asyncio.run(_child(json.loads(sys.argv[1])))

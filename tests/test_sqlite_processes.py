@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import sqlite3
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -52,9 +53,11 @@ async def test_processes_on_one_file_draw_no_429_and_keep_the_pace(
     processes: int, tmp_path: Path
 ) -> None:
     """2, 4 or 8 OS processes, 5 tasks each, on one token and one file: 0 x 429, every call
-    done, and admitted at the budget's pace (cdn, 5 per period: n calls need
-    ceil(n / 5) - 1 periods after the first burst) but for one round trip and a poll per
-    period, with a generous margin for a loaded machine."""
+    done, and admitted at the budget's pace (cdn, 5 per period): the k-th call goes out no
+    sooner than a period after the (k-5)-th (n calls need ceil(n / 5) - 1 periods after the
+    first burst), and typically a round trip and a poll after that, not a period later. The
+    typical gap is the median, so a stall of a loaded machine does not count, while a store
+    that lost a period per window would (every gap a period long)."""
     scale = 0.02  # cdn: 5 per 0.2 s
     period = 10.0 * scale
     calls = 20 if processes < 8 else 40
@@ -66,8 +69,9 @@ async def test_processes_on_one_file_draw_no_429_and_keep_the_pace(
         ok = sorted(e.arrival for e in fake.journal if e.status == 200)
     assert [r["failed"] for r in results] == [0] * processes, results
     assert len(ok) == calls
-    ideal = (math.ceil(calls / 5) - 1) * period
-    assert ideal <= ok[-1] - ok[0] <= ideal * 1.25
+    assert ok[-1] - ok[0] >= (math.ceil(calls / 5) - 1) * period
+    late = [ok[k] - (ok[k - 5] + period) for k in range(5, calls)]
+    assert statistics.median(late) < period / 2, late
 
 
 async def test_a_sigkilled_process_frees_its_units_after_the_bound_and_not_before(

@@ -34,7 +34,7 @@ entries and claiming), but a purge needs membership tests and de-duplication acr
 (is ``img/a.png`` pending, or ``img/*``?), which a stream cannot answer; a sorted set plus a
 lease per endpoint is smaller and says exactly what "one batch in flight" means.
 
-Submit. The paths are planned as ``Endpoints.purge`` plans them (``_purge.plan``: normalised,
+Submit. The paths are planned as ``Endpoints.purge`` plans them (``_purge_plan.sent_for``: normalised,
 duplicates and covered paths dropped), then each path to send joins the endpoint's pending set
 in one script per 1,000 paths: a path already pending, or covered by a pending ``*`` or
 ``dir/*``, is shared (the ticket waits on that entry); any other path becomes a new entry. A
@@ -117,10 +117,11 @@ processes that do not wait are lost**, unless Redis persists (``appendonly yes``
 paths are purged, some of them possibly twice. A drainer whose batch vanished completes
 nothing (its batch id is unknown) and takes the next one.
 
-Modules: ``_queue.py`` (``RedisPurgeQueue``: its public API, submit and wait), ``_drain.py``
-(its base: draining an endpoint under its lease, and the Redis client), ``_ticket.py``
-(``PurgeTicket`` and how batch outcomes are stored and read back), ``_scripts.py`` (loads
-``lua/<name>.lua``, one script per step).
+Modules: ``_queue.py`` (``RedisPurgeQueue``: its public API, submit and wait; it holds a
+drainer per endpoint), ``_drain.py`` (``Drainer``: one endpoint's waiters and its drain task
+under the lease), ``_ticket.py`` (``PurgeTicket`` and how batch outcomes are stored and read
+back), ``_scripts.py`` (``QueueScripts``: the key layout and one typed step per
+``lua/<name>.lua``, over the budget store's ``Connection``).
 """
 
 from ._queue import (

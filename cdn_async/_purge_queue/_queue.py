@@ -1,4 +1,6 @@
-"""``RedisPurgeQueue``: its public API, submitting and waiting (draining: ``_drain.py``)."""
+"""``RedisPurgeQueue``: its public API, submitting and waiting. It holds a ``Drainer`` per
+endpoint this process drains (``_drain.py``) and the queue's steps in Redis
+(``QueueScripts``, ``_scripts.py``)."""
 
 from __future__ import annotations
 
@@ -15,13 +17,16 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from .. import _validation as check
+from .._client import session_of
 from .._limits import Priority
 from .._logs import logger
 from .._purge import PurgeProgress, PurgeReport
-from .._purge_plan import sent_for as plan
+from .._purge_plan import sent_for
+from .._redis._connection import Connection
 from ..errors import CDNError, PurgeError
-from ._drain import _MAX_NAP, _call, _Drainer, _Lane, _ms, _session_closed
-from ._ticket import PurgeTicket, _Part, _str
+from ._drain import MAX_NAP, Drainer
+from ._scripts import Batch, QueueScripts
+from ._ticket import Outcome, Part, PurgeTicket
 
 if TYPE_CHECKING:
     from .._client import CDNClient
@@ -35,6 +40,9 @@ DEFAULT_RESULT_TTL = 3600.0
 #: Seconds between two polls of a waiting process (for results, and for a busy lease).
 DEFAULT_POLL_INTERVAL = 0.05
 
+#: The longest one Redis call may take (a client made from a URL also gets these socket
+#: timeouts). Generous: a stalled Redis only delays a purge, it never over-spends a budget.
+_CALL_TIMEOUT = 5.0
 #: Paths sent to Redis per submit script: a few ms of Redis time, so budget scripts of other
 #: processes never wait long behind a big submit.
 _SUBMIT_CHUNK = 1000
@@ -54,7 +62,7 @@ class _Lost(Exception):
     """Redis lost a submission's results between two of its chunks (a restart)."""
 
 
-class RedisPurgeQueue(_Drainer):
+class RedisPurgeQueue:
     """One purge queue for every process on a token, kept in Redis.
 
     Plug it into ``CDNClient(purge_queue=...)`` in every process that purges: ``purge()``
@@ -131,28 +139,17 @@ class RedisPurgeQueue(_Drainer):
         tid = token_id if token_id is not None else "default"
         if any(ch in tid for ch in "{}") or any(ch in namespace for ch in "{}"):
             raise ValueError("namespace and token_id must not contain braces")
-        self._url: str | None = None
-        self._redis: aioredis.Redis | RedisCluster
-        if isinstance(redis, str):
-            self._url = redis
-            self._redis = self._make_client(cluster is True)
-            self._owns_redis = True
-            self._may_upgrade = cluster is None
-        else:
-            if cluster is not None:
-                raise ValueError("cluster= applies to a URL; a client is used as it is")
-            self._redis = redis
-            self._owns_redis = False
-            self._may_upgrade = False
         self._prefix = f"{{{namespace}:{tid}}}:pq"
+        conn = Connection(
+            redis, cluster=cluster, call_timeout=_CALL_TIMEOUT, scripts=QueueScripts.sources()
+        )
+        self._scripts = QueueScripts(conn, self._prefix, lease_ttl, result_ttl)
         self._lease_ttl = lease_ttl
-        self._result_ttl = result_ttl
         self._poll = poll_interval
-        self._scripts = self._register()
         #: This process's drainer id; each drain task's lease token is ``<id>.<n>``.
         self._id = secrets.token_hex(8)
         self._tokens = itertools.count()
-        self._lanes: dict[str, _Lane] = {}
+        self._drainers: dict[str, Drainer] = {}
         self._watching: set[PurgeTicket] = set()
         self._poller: asyncio.Task[None] | None = None
         self._poke: asyncio.Event | None = None
@@ -191,8 +188,7 @@ class RedisPurgeQueue(_Drainer):
         self._check_open()
         cdn_id = check.uuid_str("cdn_id", cdn_id)
         paths = await check.files_async(files)
-        ticket = PurgeTicket(cdn_id, plan(paths))
-        ticket._high = priority == "high"
+        ticket = PurgeTicket(cdn_id, sent_for(paths), high=priority == "high")
         await self._submit(ticket, list(ticket._mapping))
         return ticket
 
@@ -220,7 +216,7 @@ class RedisPurgeQueue(_Drainer):
         Raises:
             PurgeError: Some paths failed; ``.report`` says which.
         """
-        session = client._session if client is not None else None
+        session = session_of(client) if client is not None else None
         return await self._wait(ticket, session, on_progress, on_batch)
 
     async def purge(
@@ -246,23 +242,23 @@ class RedisPurgeQueue(_Drainer):
             CDNError: Redis could not be reached to queue the paths.
         """
         self._check_open()
-        ticket = PurgeTicket(cdn_id, plan(paths))
-        ticket._high = (priority or session.options.priority) == "high"
-        lane = self._lane(cdn_id)
+        high = (priority or session.options.priority) == "high"
+        ticket = PurgeTicket(cdn_id, sent_for(paths), high=high)
+        drainer = self._drainer(cdn_id)
 
         def drain() -> None:
             # The first chunk is in Redis: its batches may go out while the rest is queued
             # (a 10,000-path call would otherwise send nothing for the whole submission).
             # Their outcomes reach the ticket through the poller, once it is watched.
             ticket._session = session
-            lane.tickets.add(ticket)
-            self._ensure_drainer(lane, session)
+            drainer.tickets.add(ticket)
+            drainer.start(session)
 
         try:
             await self._submit(ticket, list(ticket._mapping), ticket._mapping, on_first=drain)
         except BaseException:
-            lane.tickets.discard(ticket)
-            lane.poke()
+            drainer.tickets.discard(ticket)
+            drainer.poke()
             raise
         return await self._wait(ticket, session, on_progress, on_batch)
 
@@ -290,57 +286,56 @@ class RedisPurgeQueue(_Drainer):
                 process completes (``error`` None when purged).
         """
         self._check_open()
-        session = client._session
+        session = session_of(client)
         only = {check.uuid_str("endpoints", e) for e in endpoints} if endpoints else None
         if on_batch is not None:
             self._batch_hooks.append(on_batch)
         nap = self._poll
         try:
-            while not self._closed and not _session_closed(session):
+            while not self._closed and not session.closed:
                 try:
-                    members = await _call(self._redis.smembers(self._key("e")))
+                    ids = await self._scripts.endpoints()
                 except RedisError as exc:
                     logger.warning("purge queue: Redis unavailable (%s); retrying", exc)
-                    nap = min(nap * 2, _MAX_NAP)
+                    nap = min(nap * 2, MAX_NAP)
                     await asyncio.sleep(nap)
                     continue
                 nap = self._poll
-                ids = [m for m in (_str(x) for x in members) if only is None or m in only]
+                ids = [cdn_id for cdn_id in ids if only is None or cdn_id in only]
                 for cdn_id in ids:
-                    lane = self._lane(cdn_id)
-                    lane.worker = True
-                    self._ensure_drainer(lane, session)
-                busy = any(lane.worker and lane.task is not None for lane in self._lanes.values())
+                    drainer = self._drainer(cdn_id)
+                    drainer.worker = True
+                    drainer.start(session)
+                busy = any(d.worker and d.task is not None for d in self._drainers.values())
                 if until_idle and not ids and not busy:
                     return
                 await asyncio.sleep(self._poll)
         finally:
-            # Stopping (cancelled, or idle): batches still waiting for their budgets are given
-            # back at once; one already on the wire is waited for and completed, so it is not
-            # sent twice. A second cancel stops that wait (the batch then stays under its
-            # lease until it expires).
-            lanes = [lane for lane in self._lanes.values() if lane.worker]
-            for lane in lanes:
-                lane.worker = False
-                lane.poke()
-            tasks = [
-                lane.task
-                for lane in lanes
-                if lane.task is not None and not lane.task.done() and not lane.wanted()
-            ]
             try:
-                if tasks:
-                    await asyncio.wait(tasks)
+                await self._stop_workers()
             finally:
                 if on_batch is not None:
                     self._batch_hooks.remove(on_batch)
 
+    async def _stop_workers(self) -> None:
+        """``work`` stops (cancelled, or idle): batches still waiting for their budgets are
+        given back at once; one already on the wire is waited for and completed, so it is not
+        sent twice. A second cancel stops that wait (the batch then stays under its lease
+        until it expires)."""
+        drainers = [d for d in self._drainers.values() if d.worker]
+        for d in drainers:
+            d.worker = False
+            d.poke()
+        tasks = [
+            d.task for d in drainers if d.task is not None and not d.task.done() and not d.wanted()
+        ]
+        if tasks:
+            await asyncio.wait(tasks)
+
     async def pending(self, cdn_id: str) -> int:
         """Paths of an endpoint queued or in flight now (across every process)."""
         cdn_id = check.uuid_str("cdn_id", cdn_id)
-        queued = await _call(self._redis.zcard(self._key("p", cdn_id)))
-        flying = await _call(self._redis.hlen(self._key("f", cdn_id)))
-        return int(queued) + max(0, int(flying) - 1)
+        return await self._scripts.pending(cdn_id)
 
     async def queued(self, cdn_id: str, paths: Iterable[str]) -> set[str]:
         """Which of ``paths`` (normalised, as in a report) are still in the queue: pending,
@@ -359,11 +354,8 @@ class RedisPurgeQueue(_Drainer):
         found: set[str] = set()
         for start in range(0, len(members), _SUBMIT_CHUNK):
             chunk = members[start : start + _SUBMIT_CHUNK]
-            pending = await _call(self._redis.zmscore(self._key("p", cdn_id), chunk))
-            flying = await _call(self._redis.hmget(self._key("f", cdn_id), chunk))
-            for member, score, batch in zip(chunk, pending, flying, strict=True):
-                if score is not None or batch is not None:
-                    found.update(standing[member])
+            for member in await self._scripts.standing(cdn_id, chunk):
+                found.update(standing[member])
         return found
 
     async def aclose(self) -> None:
@@ -378,7 +370,7 @@ class RedisPurgeQueue(_Drainer):
         if self._closed:
             return
         self._closed = True
-        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        tasks = [d.task for d in self._drainers.values() if d.task is not None]
         if self._poller is not None:
             tasks.append(self._poller)
         for task in tasks:
@@ -390,8 +382,7 @@ class RedisPurgeQueue(_Drainer):
         )
         for ticket in list(self._watching):
             ticket._fail_rest(error)
-        if self._owns_redis:
-            await self._redis.aclose()
+        await self._scripts.aclose()
 
     # -- submit and wait --------------------------------------------------------------------
 
@@ -406,33 +397,23 @@ class RedisPurgeQueue(_Drainer):
         """Queue ``owns`` (own paths of ``ticket``; ``mapping``: their plan, if made) as a new
         part of it; ``on_first`` is called once the first chunk is in Redis."""
         if mapping is None:
-            mapping = plan(owns)
+            mapping = sent_for(owns)
         by_target: dict[str, list[str]] = {}
         for own, target in mapping.items():
             by_target.setdefault(target, []).append(own)
         targets = list(by_target)
-        cdn_id = ticket.endpoint_id
-        keys = [
-            self._key("p", cdn_id),
-            self._key("w", cdn_id),
-            self._key("e"),
-            self._key("n"),
-            "",
-        ]
         for _ in range(3):
-            part = _Part(secrets.token_hex(8))
-            keys[4] = self._key("r", part.id)
+            part = Part(secrets.token_hex(8))
             try:
                 for start in range(0, len(targets), _SUBMIT_CHUNK):
                     chunk = targets[start : start + _SUBMIT_CHUNK]
-                    first = "1" if start == 0 else "0"
-                    high = "1" if ticket._high else "0"
-                    args = [cdn_id, part.id, _ms(self._result_ttl), first, high, *chunk]
-                    seqs = await self._eval("submit", keys, args)
-                    if seqs and _str(seqs[0]) == "lost":
+                    seqs = await self._scripts.submit(
+                        ticket.endpoint_id, part.id, chunk, first=start == 0, high=ticket.high
+                    )
+                    if seqs is None:
                         raise _Lost
                     for target, seq in zip(chunk, seqs, strict=True):
-                        part.owners.setdefault(int(_str(seq)), []).extend(by_target[target])
+                        part.owners.setdefault(seq, []).extend(by_target[target])
                     if on_first is not None:
                         call, on_first = on_first, None
                         call()
@@ -459,30 +440,30 @@ class RedisPurgeQueue(_Drainer):
         if ticket.done >= ticket.total:
             ticket._finish()
         ticket._session = session
-        lane = self._lane(ticket.endpoint_id)
-        lane.tickets.add(ticket)
+        drainer = self._drainer(ticket.endpoint_id)
+        drainer.tickets.add(ticket)
         self._watching.add(ticket)
         try:
             self._check_open()
             self._ensure_poller()
             if session is not None:
-                self._ensure_drainer(lane, session)
+                drainer.start(session)
             # Cancelling the caller cancels only its own wait, never a shared task.
             await asyncio.shield(ticket._finished)
         finally:
             # The call has ended: no callback of it runs any more (a checkpoint written when
             # it ends, cancelled or not, has seen every batch it will see).
             ticket._on_batch = ticket._on_progress = None
-            lane.tickets.discard(ticket)
+            drainer.tickets.discard(ticket)
             self._watching.discard(ticket)
-            lane.poke()
+            drainer.poke()
         # If nobody else here needs the endpoint drained, this process's drainer stops: a
         # batch still waiting for its budgets is given back at once, one on the wire is
         # answered and completed first. Waiting for that keeps a caller that closes its client
         # next from cutting a request on the wire (its batch would wait for its lease to
         # expire, then be sent again).
-        task = lane.task
-        if task is not None and not task.done() and not lane.wanted():
+        task = drainer.task
+        if task is not None and not task.done() and not drainer.wanted():
             await asyncio.wait((task,))
         report = ticket._report()
         if report.failed:
@@ -505,13 +486,11 @@ class RedisPurgeQueue(_Drainer):
             tickets = list(self._watching)
             parts = [(t, p) for t in tickets for p in t._parts]
             if parts:
-                keys = [self._key("r", p.id) for _, p in parts]
-                args = [_ms(self._result_ttl), *(str(p.offset) for _, p in parts)]
                 try:
-                    answers = await self._eval("poll", keys, args)
+                    answers = await self._scripts.poll([(p.id, p.offset) for _, p in parts])
                 except RedisError as exc:
                     logger.warning("purge queue: cannot read results (%s); retrying", exc)
-                    nap = min(nap * 2, _MAX_NAP)
+                    nap = min(nap * 2, MAX_NAP)
                     await asyncio.sleep(nap)
                     continue
                 nap = self._poll
@@ -521,9 +500,9 @@ class RedisPurgeQueue(_Drainer):
                         continue
                     part.offset += len(entries)
                     for entry in entries:
-                        ticket._apply(part, _str(entry))
+                        ticket._apply(part, entry)
             for ticket in tickets:
-                closed = ticket._session is not None and _session_closed(ticket._session)
+                closed = ticket._session is not None and ticket._session.closed
                 if closed and ticket.done < ticket.total:
                     ticket._fail_rest(
                         CDNError(
@@ -534,7 +513,7 @@ class RedisPurgeQueue(_Drainer):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), self._poll)
 
-    async def _resubmit(self, ticket: PurgeTicket, part: _Part) -> None:
+    async def _resubmit(self, ticket: PurgeTicket, part: Part) -> None:
         """A ticket's results vanished (Redis lost its data): queue its open paths again."""
         ticket._parts.remove(part)
         owns = ticket._unresolved(part)
@@ -551,3 +530,50 @@ class RedisPurgeQueue(_Drainer):
         except CDNError as exc:
             ticket._parts.append(part)  # tried again on the next round
             logger.warning("purge queue: %s", exc)
+
+    # -- this process's drainers ---------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CDNError("purge queue closed")
+
+    def _drainer(self, cdn_id: str) -> Drainer:
+        drainer = self._drainers.get(cdn_id)
+        if drainer is None:
+            drainer = self._drainers[cdn_id] = Drainer(
+                cdn_id,
+                self._scripts,
+                poll=self._poll,
+                lease_ttl=self._lease_ttl,
+                new_token=lambda: f"{self._id}.{next(self._tokens)}",
+                closed=lambda: self._closed,
+                deliver=self._deliver,
+                report=self._report,
+                idle=self._forget,
+            )
+        return drainer
+
+    def _forget(self, drainer: Drainer) -> None:
+        if self._drainers.get(drainer.cdn_id) is drainer:
+            del self._drainers[drainer.cdn_id]
+
+    def _deliver(self, batch: Batch, outcome: Outcome) -> None:
+        """Apply a completed batch to this process's waiting tickets (the poller then finds
+        the same entry in Redis, which changes nothing)."""
+        head = outcome.to_json()
+        for ticket in list(self._watching):
+            for part in ticket._parts:
+                seqs = batch.seqs.get(part.id)
+                if seqs:
+                    ticket._apply(part, head + "\n" + " ".join(seqs))
+
+    def _report(self, cdn_id: str, paths: int, error: CDNError | None) -> None:
+        """A batch of this process's drainers ended with an outcome: ``work``'s callbacks,
+        and a new round of the poller."""
+        for hook in list(self._batch_hooks):
+            try:
+                hook(cdn_id, paths, error)
+            except Exception:
+                logger.exception("on_batch callback failed")
+        if self._poke is not None:
+            self._poke.set()

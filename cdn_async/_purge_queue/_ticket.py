@@ -1,5 +1,5 @@
 """``PurgeTicket`` (a submission, in the submitting process) and how a batch's outcome is
-stored in Redis and read back: the take script's reply, the outcome JSON, errors."""
+stored in Redis and read back: the outcome JSON, errors."""
 
 from __future__ import annotations
 
@@ -24,11 +24,7 @@ if TYPE_CHECKING:
     from .._session import Session
 
 
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class _Part:
+class Part:
     """One Redis ticket of a submission: its id and who waits on which entry."""
 
     __slots__ = ("id", "offset", "owners")
@@ -45,23 +41,24 @@ class PurgeTicket:
     """A submission to a ``RedisPurgeQueue``: what ``submit`` returns, for ``wait``.
 
     Holds, in the submitting process, which entries of the queue its paths joined; the paths
-    themselves are in Redis. Read ``endpoint_id``, ``total`` (paths, normalised, once each)
-    and ``done`` (paths with an outcome so far).
+    themselves are in Redis. Read ``endpoint_id``, ``total`` (paths, normalised, once each),
+    ``done`` (paths with an outcome so far) and ``high`` (submitted at priority "high").
     """
 
-    def __init__(self, endpoint_id: str, mapping: dict[str, str]) -> None:
+    def __init__(self, endpoint_id: str, mapping: dict[str, str], *, high: bool = False) -> None:
         self.endpoint_id = endpoint_id
         self._mapping = mapping
         self._purged: set[str] = set()
         self._failed: dict[str, CDNError] = {}
-        self._parts: list[_Part] = []
+        self._parts: list[Part] = []
         self._requests = 0
         self._budget_wait = 0.0
         self._on_progress: Callable[[int, int], None] | None = None
         self._on_batch: Callable[[PurgeProgress], None] | None = None
         self._finished: asyncio.Future[None] | None = None
         self._session: Session | None = None
-        self._high = False
+        #: Submitted at priority "high" (its paths go to the front of the line).
+        self.high = high
 
     def __repr__(self) -> str:
         return f"<PurgeTicket {self.endpoint_id} {self.done}/{self.total}>"
@@ -85,7 +82,7 @@ class PurgeTicket:
             self._budget_wait,
         )
 
-    def _unresolved(self, part: _Part) -> list[str]:
+    def _unresolved(self, part: Part) -> list[str]:
         return [
             own
             for owns in part.owners.values()
@@ -93,7 +90,7 @@ class PurgeTicket:
             if own not in self._purged and own not in self._failed
         ]
 
-    def _apply(self, part: _Part, entry: str) -> None:
+    def _apply(self, part: Part, entry: str) -> None:
         head, _, tail = entry.partition("\n")
         outcome = json.loads(head)
         error = _error_from(outcome["e"]) if "e" in outcome else None
@@ -145,45 +142,7 @@ class PurgeTicket:
             self._finished.set_result(None)
 
 
-class _Taken:
-    """What the take script answered (``lua/take.lua``), or the seal script (``lua/seal.lua``)
-    that fixes the batch of a take's ``kind`` 2 once its request is admitted."""
-
-    __slots__ = ("batch_id", "high", "kind", "paths", "resend", "seqs", "size", "ttl")
-
-    def __init__(self, raw: list[Any]) -> None:
-        #: 0: the lease is held (``ttl`` left); 1: a batch, with the lease; 2: the lease, to
-        #: send the first ``size`` pending paths (fixed by ``fix`` when the budgets admit the
-        #: request); 3: nothing to send.
-        self.kind = int(raw[0])
-        self.ttl = int(raw[1]) / 1000 if self.kind == 0 else 0.0
-        self.size = int(raw[1]) if self.kind == 2 else 0
-        self.batch_id = ""
-        #: The batch holds a path submitted at priority "high": it waits at that priority.
-        self.high = self.kind == 2 and _str(raw[2]) == "1"
-        #: The batch was in flight under a lease that expired: it may have been sent already.
-        self.resend = False
-        self.paths: list[str] = []
-        #: Each waiting ticket -> the entries (sequence numbers) of the batch it waits on.
-        self.seqs: dict[str, list[str]] = {}
-        if self.kind == 1:
-            self.fix(raw)
-
-    def fix(self, raw: list[Any]) -> None:
-        """Read a batch (``{1, batch id, high, resend, path, "seq tickets", ...}``)."""
-        self.kind = 1
-        self.batch_id = _str(raw[1])
-        self.high = _str(raw[2]) == "1"
-        self.resend = _str(raw[3]) == "1"
-        for i in range(4, len(raw), 2):
-            self.paths.append(_str(raw[i]))
-            seq, *tickets = _str(raw[i + 1]).split()
-            for ticket in tickets:
-                self.seqs.setdefault(ticket, []).append(seq)
-        self.size = len(self.paths)
-
-
-class _Outcome:
+class Outcome:
     """A batch's outcome, as stored in Redis."""
 
     __slots__ = ("error", "sent", "wait")

@@ -1,10 +1,12 @@
 """``RedisBudgetStore``: the exact budget windows of ``_budgets.py``, kept in Redis.
 
-Modules: ``_store.py`` (the store: acquire queues, fallback admission), ``_link.py`` (every
-Redis call, reachability, re-seed, heartbeat), ``_mirror.py`` (the restart mirror),
-``_scripts.py`` (one encoder and one reply decoder per Lua operation), ``lua/`` (one script
-per operation after the shared ``common.lua``), ``_connection.py`` (the client, cluster
-upgrade, call timeouts), ``_errors.py``, ``_lease.py``.
+Modules: ``_store.py`` (the store: acquire queues, fallback admission; it holds a link),
+``_link.py`` (the link: every Redis call, reachability, re-seed, heartbeat; it owns the
+connection and the mirror), ``_mirror.py`` (the restart mirror), ``_scripts.py`` (one encoder
+and one typed reply decoder per Lua operation), ``lua/`` (one script per operation after the
+shared ``common.lua``), ``_connection.py`` (the client, cluster upgrade, call bounds, the
+cancellation guard, script loading: shared with the purge queue), ``_errors.py``,
+``_lease.py``.
 
 Every process that uses one API token points its store at the same Redis (and ``token_id``),
 so together they obey every budget (docs/design.md, "Budgets").
@@ -23,6 +25,10 @@ one script's keys all live on one slot):
   the answer; at most 50 ms is taken off).
 * ``{ns:T}:m:K``, a hash: running sums ``f`` and ``r`` of the units in both sets (so a check is
   O(1), not O(entries)), the server-sync hold ``h`` until ``hu``, and the 429 pause ``p``.
+* ``{ns:T}:g:K``, a sorted set of released requests that have *left* the window less than a
+  period ago (score: when they left). A sync subtracts those that left after the answered
+  request was admitted: the server's count, stamped after that admission, may include them
+  (``SQLiteBudgetStore`` does the same), so they are not taken for another client's units.
 * ``{ns:T}:epoch``, a hash naming the current incarnation of this state (``id``), the end of
   its recovery window (``ru``) and when that Redis started (``rs``). See "Restarts".
 * ``{ns:T}:x``, a sorted set of lease ids given back (score: when the entry lapses), so an

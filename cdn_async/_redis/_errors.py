@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import (
     AskError,
     BusyLoadingError,
@@ -42,7 +43,8 @@ class Unavailable(Exception):
 
 
 # Errors that mean "Redis cannot answer now" (not "the script is wrong"): retried, then a
-# fallback or BudgetStoreUnavailableError. Builtin TimeoutError (asyncio.timeout) is an OSError.
+# fallback or BudgetStoreUnavailableError. A call past call_timeout is redis-py's TimeoutError
+# (``Connection``); OSError covers a socket error redis-py lets through.
 UNAVAILABLE = (
     RedisConnectionError,  # also BusyLoadingError (LOADING), MaxConnectionsError
     RedisTimeoutError,
@@ -57,16 +59,23 @@ UNAVAILABLE = (
 )
 
 
-def busy(exc: BaseException) -> bool:
-    """Errors with no class of their own that mean "cannot answer now": another client's
-    script is running (BUSY), or a cluster node is busy failing over."""
-    return str(exc).startswith(("BUSY", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "LOADING"))
+def outage_reason(exc: BaseException, client: object) -> str | None:
+    """Why ``exc`` means "Redis cannot answer now", for a log line; None for a real error (a
+    script bug, no permission).
 
-
-def reason(exc: BaseException) -> str:
-    """``Type: message`` (or just the type) for a log line."""
+    ``UNAVAILABLE``, and the replies with no class of their own that mean the same: another
+    client's script is running (BUSY), or a cluster node is busy failing over. ``client``:
+    the client that met it (an ``ASK``/``MOVED`` to a plain client gets a hint).
+    """
     text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if not isinstance(exc, UNAVAILABLE) and not text.startswith(
+        ("BUSY", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "LOADING")
+    ):
+        return None
+    why = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if isinstance(exc, AskError) and not isinstance(client, RedisCluster):
+        why += " (this Redis is a cluster node: pass a RedisCluster client)"
+    return why
 
 
 def paused_error(c: Claim, paused: float) -> RateLimitedError:

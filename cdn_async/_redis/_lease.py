@@ -17,7 +17,7 @@ class RedisLease:
         claims: The claims the request was admitted with.
     """
 
-    __slots__ = ("_parts", "_store", "claims", "id", "released", "released_at")
+    __slots__ = ("_parts", "_store", "admitted_at", "claims", "id", "released", "released_at")
 
     def __init__(
         self,
@@ -31,6 +31,8 @@ class RedisLease:
         self._parts = parts  # (first claim of the key, merged units), sorted by key
         self._store = store
         self.released = False  # released or given back
+        #: When the store admitted it (its clock; None: not yet).
+        self.admitted_at: float | None = None
         #: When ``release`` was called (the store's clock): the answer had arrived by then.
         self.released_at: float | None = None
 

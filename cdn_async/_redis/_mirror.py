@@ -10,7 +10,7 @@ is unreachable with ``fallback="memory"`` (``ledger``). It never calls Redis.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 
 from .._ledger import WindowLedger
 from .._limits import BudgetState, Claim
@@ -100,8 +100,8 @@ class Mirror:
             delay = max(delay, self.ledger(c).fit_delay(u, now))
         return delay
 
-    def prune(self, now: float, busy: Collection[str]) -> None:
-        """Forget what has expired, and the idle ledgers of keys nobody waits for."""
+    def prune(self, now: float) -> None:
+        """Forget what has expired, and the idle ledgers (a new one is the same)."""
         released = self.released
         # Entries are in release order; frees-times are close to monotonic, and a lingering
         # entry only makes a re-seed count a little more (the safe side).
@@ -111,7 +111,7 @@ class Mirror:
             del self.holds[key]
         for key in [k for k, v in self.pauses.items() if v[1] <= now]:
             del self.pauses[key]
-        for key in [k for k, v in self.local.items() if k not in busy and v.is_idle(now)]:
+        for key in [k for k, v in self.local.items() if v.is_idle(now)]:
             del self.local[key]
 
     def empty(self) -> bool:

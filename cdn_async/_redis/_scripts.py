@@ -9,15 +9,14 @@ replies. Every call passes the same four header arguments first (``Header``).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
-from .._limits import Claim
+from .._limits import Claim, RateLimits
+from ._connection import lua, ms, text
 
 #: The operations, one ``lua/<name>.lua`` each.
 OPERATIONS = ("acquire", "release", "sync", "pause", "heartbeat", "restore")
@@ -26,12 +25,10 @@ OPERATIONS = ("acquire", "release", "sync", "pause", "heartbeat", "restore")
 _FLAG_CACHE = 1024
 
 
-@functools.cache
-def source(op: str) -> str:
-    """The script Redis runs for ``op``: the common helpers, then the operation."""
-    lua = resources.files(__name__.rpartition(".")[0]).joinpath("lua")
-    common = lua.joinpath("common.lua").read_text(encoding="utf-8")
-    return common + "\n" + lua.joinpath(f"{op}.lua").read_text(encoding="utf-8")
+def sources() -> dict[str, str]:
+    """Every operation's script: the common helpers, then the operation."""
+    package = __name__.rpartition(".")[0]
+    return {op: lua(package, op, common="common") for op in OPERATIONS}
 
 
 def token_id_for(token: str) -> str:
@@ -49,15 +46,6 @@ def token_id_for(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
-def ms(seconds: float) -> str:
-    """Seconds as milliseconds with 3 decimals, the scripts' unit of time."""
-    return format(seconds * 1000.0, ".3f")
-
-
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def member(lease_id: str, units: int) -> str:
     """A lease's entry in a key's sorted sets."""
     return f"{lease_id}:{units}"
@@ -65,10 +53,11 @@ def member(lease_id: str, units: int) -> str:
 
 def keys(prefix: str, claims: Sequence[Claim]) -> list[str]:
     """KEYS of a call: the epoch hash, the tombstones, then per key its in-flight set,
-    released set and meta hash (``lua/common.lua``)."""
+    released set, meta hash and gone set (``lua/common.lua``)."""
     out = [f"{prefix}:epoch", f"{prefix}:x"]
     for c in claims:
-        out.extend((f"{prefix}:f:{c.key}", f"{prefix}:r:{c.key}", f"{prefix}:m:{c.key}"))
+        k = c.key
+        out.extend((f"{prefix}:f:{k}", f"{prefix}:r:{k}", f"{prefix}:m:{k}", f"{prefix}:g:{k}"))
     return out
 
 
@@ -104,17 +93,17 @@ class Done(NamedTuple):
 def _decode_acquire(res: list[Any]) -> AcquireReply:
     return AcquireReply(
         admitted=int(res[0]) == 1,
-        wait=float(_str(res[1])) / 1000.0,
-        epoch=_str(res[2]),
-        paused=float(_str(res[3])) / 1000.0,
+        wait=float(text(res[1])) / 1000.0,
+        epoch=text(res[2]),
+        paused=float(text(res[3])) / 1000.0,
         paused_index=int(res[4]),
         unknown=int(res[5]) == 1,
-        lost=float(_str(res[6])) / 1000.0,
+        lost=float(text(res[6])) / 1000.0,
     )
 
 
 def _decode_done(res: list[Any]) -> Done:
-    return Done(_str(res[0]))
+    return Done(text(res[0]))
 
 
 # -- calls --------------------------------------------------------------------------------------
@@ -164,9 +153,11 @@ def release(
     return Call("release", tuple(c for c, _ in parts), args, _decode_done)
 
 
-def sync(claim: Claim, remaining: int, reset_after: float) -> Call[Done]:
-    """The server's headers for one key."""
-    args = [str(claim.limit), str(remaining), ms(max(reset_after, 0.0)), ms(claim.period)]
+def sync(claim: Claim, remaining: int, reset_after: float, age: float | None) -> Call[Done]:
+    """The server's headers for one key, from an answer to a request admitted ``age`` s
+    before this call is sent (None: unknown)."""
+    since = "-1" if age is None else ms(min(max(age, 0.0), claim.period))
+    args = [str(claim.limit), str(remaining), ms(max(reset_after, 0.0)), ms(claim.period), since]
     return Call("sync", (claim,), args, _decode_done)
 
 
@@ -222,9 +213,12 @@ class RestartHolds:
     """Which keys of a request ``acquire`` holds while Redis's history may be lost (the
     package docstring, "Restarts")."""
 
-    def __init__(self, universal: frozenset[str], per_request: frozenset[str], hold: bool):
-        self._universal = universal  # token-wide budgets every request claims once
-        self._per_request = per_request
+    def __init__(self, limits: RateLimits, hold: bool):
+        # Budgets every request claims once, one window for the whole token.
+        self._universal = frozenset(
+            b.name for b in limits.budgets if b.unit == "request" and b.scope == "token"
+        )
+        self._per_request = frozenset(b.name for b in limits.budgets if b.unit == "request")
         self._hold = hold
         self._flags: dict[tuple[tuple[Claim, int], ...], tuple[str, ...]] = {}
 

@@ -4,8 +4,8 @@ the connection (the package docstring has the design)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
+import math
 import secrets
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
@@ -25,7 +25,8 @@ from .._limits import (
 from .._local_queue import Group, line_estimate
 from .._logs import logger
 from ..errors import CDNError
-from . import _link, _scripts
+from . import _scripts
+from ._connection import Connection
 from ._errors import BudgetStoreUnavailableError, Unavailable, paused_error
 from ._lease import RedisLease
 from ._link import RedisLink
@@ -35,13 +36,59 @@ if TYPE_CHECKING:
     from ._scripts import AcquireReply
 
 
+#: Seconds after which a request that is neither answered nor kept alive by its process's
+#: heartbeat counts as answered (its process died); it then frees ``period`` later.
+_DEFAULT_INFLIGHT_TIMEOUT = 60.0
+#: How often a process with live state in Redis refreshes its in-flight deadlines and checks
+#: that Redis did not lose its state.
+_DEFAULT_HEARTBEAT_INTERVAL = 1.0
+#: After Redis lost its state, how long nothing is admitted while processes re-seed theirs.
+_DEFAULT_RECOVERY_GRACE = 3.0
+#: How long Redis may be unreachable before ``acquire`` raises (``fallback="error"``).
+_DEFAULT_UNAVAILABLE_TIMEOUT = 5.0
+#: The longest one Redis call may take before Redis counts as unreachable.
+_DEFAULT_CALL_TIMEOUT = 0.5
+#: TTL of the epoch marker: an empty Redis younger than this is taken as a restart.
+_DEFAULT_MARKER_TTL = 86400.0
+#: How long a queued acquire sleeps, at least, before asking Redis again while only an answer
+#: (maybe in another process) can free its slot.
+_IN_FLIGHT_POLL_INTERVAL = 0.05
 # A sleep never shorter than this (Redis time is in ms; avoid spinning on rounding).
 _MIN_SLEEP = 0.0005
 # A sleep never longer than this: a sync hold or pause may be replaced by a shorter one.
 _MAX_SLEEP = 1.0
 
 
-class RedisBudgetStore(RedisLink):
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _check_options(
+    *,
+    fallback: str,
+    namespace: str,
+    token_id: str | None,
+    **numbers: float,
+) -> None:
+    """Refuse an option out of range (``RedisBudgetStore``'s arguments).
+
+    Raises:
+        ValueError: Which option, and why.
+    """
+    if fallback not in ("error", "memory"):
+        raise ValueError(f"fallback must be 'error' or 'memory', got {fallback!r}")
+    for name, value in numbers.items():
+        zero_ok = name in ("recovery_grace", "unavailable_timeout")
+        if not (math.isfinite(value) and (value >= 0 if zero_ok else value > 0)):
+            what = "a number >= 0" if zero_ok else "a positive number"
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+    if numbers["inflight_timeout"] <= numbers["heartbeat_interval"]:
+        raise ValueError("inflight_timeout must exceed heartbeat_interval")
+    if any(ch in (token_id or "") + namespace for ch in "{}"):
+        raise ValueError("namespace and token_id must not contain braces")
+
+
+class RedisBudgetStore:
     """Budget windows kept in Redis, shared by every process that uses one API token.
 
     Pass it to ``CDNClient(budget_store=...)`` in every process (web workers, purge workers,
@@ -105,6 +152,12 @@ class RedisBudgetStore(RedisLink):
         ValueError: An option is out of range.
     """
 
+    # ``_restart_hold`` and ``_marker_ttl`` are for tests and a Redis known to be new, not
+    # documented as options. After Redis lost its state, a budget that no other budget of the
+    # request bounds admits nothing until one of its periods has passed since Redis started
+    # (the units of processes that are gone are unknown); ``_restart_hold=False`` skips that,
+    # so a restart may then admit a period's worth of requests twice. ``_marker_ttl``: how
+    # long the epoch marker outlives its last use (an empty Redis within it is a restart).
     def __init__(
         self,
         redis: aioredis.Redis | RedisCluster | str,
@@ -114,48 +167,57 @@ class RedisBudgetStore(RedisLink):
         fallback: Literal["error", "memory"] = "error",
         cluster: bool | None = None,
         limits: RateLimits | None = None,
-        inflight_timeout: float = _link.DEFAULT_INFLIGHT_TIMEOUT,
-        heartbeat_interval: float = _link.DEFAULT_HEARTBEAT_INTERVAL,
-        recovery_grace: float = _link.DEFAULT_RECOVERY_GRACE,
-        unavailable_timeout: float = _link.DEFAULT_UNAVAILABLE_TIMEOUT,
-        call_timeout: float = _link.DEFAULT_CALL_TIMEOUT,
+        inflight_timeout: float = _DEFAULT_INFLIGHT_TIMEOUT,
+        heartbeat_interval: float = _DEFAULT_HEARTBEAT_INTERVAL,
+        recovery_grace: float = _DEFAULT_RECOVERY_GRACE,
+        unavailable_timeout: float = _DEFAULT_UNAVAILABLE_TIMEOUT,
+        call_timeout: float = _DEFAULT_CALL_TIMEOUT,
         clock: Callable[[], float] | None = None,
-        # For tests and a Redis known to be new, not documented as options. After Redis lost
-        # its state, a budget that no other budget of the request bounds admits nothing until
-        # one of its periods has passed since Redis started (the units of processes that are
-        # gone are unknown); ``_restart_hold=False`` skips that, so a restart may then admit a
-        # period's worth of requests twice. ``_marker_ttl``: how long the epoch marker
-        # outlives its last use (an empty Redis within it is taken as restarted).
         _restart_hold: bool = True,
-        _marker_ttl: float = _link.DEFAULT_MARKER_TTL,
+        _marker_ttl: float = _DEFAULT_MARKER_TTL,
     ) -> None:
-        super().__init__(
-            redis,
+        _check_options(
+            fallback=fallback,
             namespace=namespace,
             token_id=token_id,
-            fallback=fallback,
-            cluster=cluster,
             inflight_timeout=inflight_timeout,
             heartbeat_interval=heartbeat_interval,
             recovery_grace=recovery_grace,
             unavailable_timeout=unavailable_timeout,
             call_timeout=call_timeout,
             marker_ttl=_marker_ttl,
-            clock=clock,
         )
-        limits = limits if limits is not None else RateLimits.documented()
-        self._restart_holds = _scripts.RestartHolds(
-            # Budgets every request claims once, one window for the whole token.
-            universal=frozenset(
-                b.name for b in limits.budgets if b.unit == "request" and b.scope == "token"
+        self._fallback = fallback
+        self._unavailable_timeout = unavailable_timeout
+        self._clock: Callable[[], float] = clock if clock is not None else _loop_time
+        self._closed = False
+        self._prefix = f"{{{namespace}:{token_id if token_id is not None else 'default'}}}"
+        self._link = RedisLink(
+            Connection(
+                redis, cluster=cluster, call_timeout=call_timeout, scripts=_scripts.sources()
             ),
-            per_request=frozenset(b.name for b in limits.budgets if b.unit == "request"),
-            hold=_restart_hold,
+            prefix=self._prefix,
+            inflight_timeout=inflight_timeout,
+            heartbeat_interval=heartbeat_interval,
+            recovery_grace=recovery_grace,
+            marker_ttl=_marker_ttl,
+            clock=self._clock,
+            wake=self._wake_all,
+            while_down=(
+                "admitting with in-process budgets (this process's own units, pauses and holds)"
+                " until it answers again"
+                if fallback == "memory"
+                else f"acquires wait for it, then raise after {unavailable_timeout:.1f} s"
+            ),
         )
-        self._ids = itertools.count()
-        self._id_prefix = secrets.token_hex(6) + "-"
+        self._mirror = self._link.mirror
+        self._restart_holds = _scripts.RestartHolds(
+            limits if limits is not None else RateLimits.documented(), _restart_hold
+        )
+        self._ids, self._id_prefix = itertools.count(), secrets.token_hex(6) + "-"
         self._groups: dict[tuple[str, ...], Group] = {}
         self._lost_warned: str | None = None  # epoch whose restart hold was logged
+        self._answered: dict[str, float] = {}  # key -> admission of the last settled (sync)
 
     def __repr__(self) -> str:
         # The prefix names the namespace and token id (a hash), never a password or token.
@@ -207,7 +269,7 @@ class RedisBudgetStore(RedisLink):
         if group is None:
             group = self._groups[keyset] = Group()
         group.count += 1
-        vt = self._get_loop().time() - priority_lead(claims, priority)
+        vt = asyncio.get_running_loop().time() - priority_lead(claims, priority)
         try:
             return await group.run(
                 vt,
@@ -262,17 +324,27 @@ class RedisBudgetStore(RedisLink):
         processes sharing Redis see each other's units exactly, so only clients outside the
         store can be misread.
 
+        The server counted at its stamp, which came after the answered request was admitted;
+        units that left the windows since that admission may have been in its count, so they
+        are not taken for another client's (else one unit expiring during a round trip would
+        hold a unit back for a whole period), as in ``SQLiteBudgetStore``. The answered request
+        is the one this process released (or gave back) last on the key: the session settles
+        a request, then applies its headers.
+
         Args:
             claim: The claim the headers describe.
             remaining: ``ratelimit-remaining``.
             reset_after: Seconds from now until ``ratelimit-reset``.
             refused: The answer was a 429.
         """
+        since = self._answered.pop(claim.key, None)
         if self._closed:
             return
         reset_after = min(reset_after, claim.period)
-        self._mirror.sync(claim, remaining, reset_after, self._clock())
-        self._write_later(_scripts.sync(claim, remaining, reset_after))
+        now = self._clock()
+        self._mirror.sync(claim, remaining, reset_after, now)
+        age = None if since is None else now - since
+        self._link.write_later(_scripts.sync(claim, remaining, reset_after, age))
 
     def pause(self, claim: Claim, resume_after: float) -> None:
         """The server answered 429 for this key: every process admits nothing on it for
@@ -287,7 +359,7 @@ class RedisBudgetStore(RedisLink):
             return
         self._mirror.pause(claim, resume_after, self._clock())
         self._wake_all()
-        self._write_later(_scripts.pause(claim, resume_after))
+        self._link.write_later(_scripts.pause(claim, resume_after))
 
     def admission_delay(
         self, claims: Sequence[Claim], priority: Priority = "normal"
@@ -305,7 +377,7 @@ class RedisBudgetStore(RedisLink):
         Returns:
             ``(seconds, budget name)``; ``(0.0, "")`` when it would be admitted at once.
         """
-        loop_now = self._get_loop().time()
+        loop_now = asyncio.get_running_loop().time()
         return line_estimate(
             self._groups,
             merge_claims(claims, to_fit=False),
@@ -326,7 +398,7 @@ class RedisBudgetStore(RedisLink):
             ``{key: BudgetState}`` for every key this process holds units on or waits for.
         """
         now = self._clock()
-        self._prune(now)
+        self._link.prune(now)
         waiters: dict[str, int] = {}
         for keyset, group in self._groups.items():
             for key in keyset:
@@ -342,14 +414,7 @@ class RedisBudgetStore(RedisLink):
             return
         self._closed = True
         self._wake_all()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        await self._conn.aclose()
+        await self._link.aclose()
 
     # -- acquiring --------------------------------------------------------------------------------
 
@@ -363,18 +428,16 @@ class RedisBudgetStore(RedisLink):
         lease.released = True
         if self._closed:
             return
+        if lease.admitted_at is not None:
+            for c, _ in lease._parts:
+                self._answered[c.key] = lease.admitted_at
         if give_back:
             self._mirror.give_back(lease)
         else:
             lease.released_at = self._clock()
             self._mirror.release(lease, lease.released_at)
         self._wake_all()
-        if self._down_since is not None:
-            if give_back:
-                self._mirror.give_backs[lease.id] = lease
-            self._needs_restore = True  # written with the re-seed when Redis answers
-        else:
-            self._spawn(self._release_remote(lease, give_back=give_back))
+        self._link.send_release(lease, give_back=give_back)
 
     async def _acquire_head(
         self,
@@ -387,7 +450,7 @@ class RedisBudgetStore(RedisLink):
             if self._closed:
                 raise CDNError("budget store closed")
             group.check_passed()  # a call of an earlier virtual time goes first
-            down = self._down_since
+            down = self._link.down_since
             if down is not None:
                 if self._fallback == "memory":
                     got = await self._acquire_local(claims, parts, max_wait, group)
@@ -401,15 +464,17 @@ class RedisBudgetStore(RedisLink):
                         "requests, which could exceed a budget shared with other processes "
                         "(pass fallback='memory' to use in-process budgets)"
                     )
-                await group.nap(self._get_loop(), min(left, _MAX_SLEEP))  # woken when Redis answers
+                await group.nap(
+                    asyncio.get_running_loop(), min(left, _MAX_SLEEP)
+                )  # woken when Redis answers
                 continue
             lease = RedisLease(self._new_id(), claims, parts, self)
-            loop = self._get_loop()
+            loop = asyncio.get_running_loop()
             asked = loop.time()
             try:
                 reply = await self._attempt(lease)
             except Unavailable as exc:
-                self._mark_down(exc)
+                self._link.mark_down(exc)
                 continue
             if reply.admitted:
                 return lease
@@ -422,7 +487,7 @@ class RedisBudgetStore(RedisLink):
                 pidx = reply.paused_index
                 raise paused_error(parts[pidx - 1][0] if pidx else parts[0][0], reply.paused)
             if reply.unknown:
-                delay = max(reply.wait, _link.IN_FLIGHT_POLL_INTERVAL)
+                delay = max(reply.wait, _IN_FLIGHT_POLL_INTERVAL)
             else:
                 # ``wait`` counts from when the script ran, after this call was sent: the units
                 # free no sooner than ``asked + wait``. Asking again from then (the next call's
@@ -442,8 +507,8 @@ class RedisBudgetStore(RedisLink):
             raise
         if reply.admitted:
             self._admitted(lease)
-        if reply.lost > 0 and self._lost_warned != self._epoch:
-            self._lost_warned = self._epoch
+        if reply.lost > 0 and self._lost_warned != self._link.epoch:
+            self._lost_warned = self._link.epoch
             flags = self._restart_holds.flags(lease._parts)
             logger.warning(
                 "Redis holds no budget history (it restarted, or is new): admitting nothing "
@@ -455,9 +520,9 @@ class RedisBudgetStore(RedisLink):
 
     async def _acquire_call(self, lease: RedisLease) -> AcquireReply:
         flags = self._restart_holds.flags(lease._parts)
-        self._max_period = max(self._max_period, *(c.period for c, _ in lease._parts))
+        self._link.max_period = max(self._link.max_period, *(c.period for c, _ in lease._parts))
         try:
-            return await self._eval(_scripts.acquire(lease.id, lease._parts, flags))
+            return await self._link.call(_scripts.acquire(lease.id, lease._parts, flags))
         except Unavailable as exc:
             if exc.sent:
                 # It may still run when Redis wakes: give it back with the re-seed.
@@ -469,14 +534,12 @@ class RedisBudgetStore(RedisLink):
             return
         if task.result().admitted and not self._closed:
             lease.released = True
-            if self._down_since is not None:
-                self._mirror.give_backs[lease.id] = lease
-            else:
-                self._spawn(self._release_remote(lease, give_back=True))
+            self._link.send_release(lease, give_back=True)
 
     def _admitted(self, lease: RedisLease) -> None:
+        lease.admitted_at = self._clock()
         self._mirror.admitted(lease)
-        self._ensure_heartbeat()
+        self._link.ensure_heartbeat()
 
     async def _acquire_local(
         self,
@@ -489,7 +552,7 @@ class RedisBudgetStore(RedisLink):
 
         Returns None as soon as Redis answers again (the caller asks Redis then).
         """
-        while self._down_since is not None:
+        while self._link.down_since is not None:
             if self._closed:
                 raise CDNError("budget store closed")
             self._check_local_pause(parts, max_wait)
@@ -499,7 +562,7 @@ class RedisBudgetStore(RedisLink):
                 self._admitted(lease)  # re-seeded into Redis when it answers
                 return lease
             # inf: only an answer frees room; release() wakes this nap.
-            await group.nap(self._get_loop(), min(max(delay, _MIN_SLEEP), _MAX_SLEEP))
+            await group.nap(asyncio.get_running_loop(), min(max(delay, _MIN_SLEEP), _MAX_SLEEP))
         return None
 
     def _check_local_pause(

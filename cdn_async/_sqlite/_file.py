@@ -258,6 +258,25 @@ class BudgetFile:
             return _State(0, 0, 0, 0.0, 0.0)
         lim, per, f, r, hold, hold_until, paused_until = row
         f0, r0 = f, r
+        dead, gone = self._expire(key, period, now)
+        f, r = f - dead, r + dead - gone
+        cap = self._cap(key, period, now)
+        hold_until = min(hold_until, cap)
+        paused_until = min(paused_until, cap)
+        if hold_until <= now:
+            hold, hold_until = 0, 0.0
+        if (f, r, lim, per) != (f0, r0, limit, period) or row[5:] != (hold_until, paused_until):
+            db.execute(
+                "UPDATE keys SET lim = ?, period = ?, f = ?, r = ?, hold = ?, hold_until = ?,"
+                " paused_until = ? WHERE key = ?",
+                (limit, period, f, r, hold, hold_until, paused_until, key),
+            )
+        return _State(f, r, hold, hold_until, paused_until)
+
+    def _expire(self, key: str, period: float, now: float) -> tuple[int, int]:
+        """Expire the key's unit rows at ``now``: returns the units of leases that died in
+        flight (now released) and of releases that left the windows."""
+        db = self._db
         # A lease past its heartbeat deadline: its process died or stalled. It counts as
         # answered at the deadline, so it leaves the windows a period after that.
         (dead,) = db.execute(
@@ -271,7 +290,6 @@ class BudgetFile:
                 " WHERE key = ? AND released = 0 AND until <= ?",
                 (period, key, now),
             )
-            f, r = f - dead, r + dead
         (gone,) = db.execute(
             "SELECT COALESCE(SUM(units), 0) FROM units"
             " WHERE key = ? AND released = 1 AND until <= ?",
@@ -282,34 +300,29 @@ class BudgetFile:
                 "UPDATE units SET released = 2 WHERE key = ? AND released = 1 AND until <= ?",
                 (key, now),
             )
-            r -= gone
         db.execute(
             "DELETE FROM units WHERE key = ? AND released = 2 AND until <= ?", (key, now - period)
         )
-        # No stored time lies further ahead than a writer could have put it: a period for
-        # releases, holds and pauses, the in-flight timeout for deadlines. Anything beyond
-        # was written under another clock (before a reboot): cap it for good.
+        return int(dead), int(gone)
+
+    def _cap(self, key: str, period: float, now: float) -> float:
+        """Cap the key's stored times; returns the cap of releases, holds and pauses.
+
+        No stored time lies further ahead than a writer could have put it: a period for
+        releases, holds and pauses, the in-flight timeout for deadlines. Anything beyond was
+        written under another clock (before a reboot): cap it for good.
+        """
         cap = now + period
-        db.execute(
+        self._db.execute(
             "UPDATE units SET until = ? WHERE key = ? AND released = 1 AND until > ?",
             (cap, key, cap),
         )
         deadline = now + self._inflight
-        db.execute(
+        self._db.execute(
             "UPDATE units SET until = ? WHERE key = ? AND released = 0 AND until > ?",
             (deadline, key, deadline),
         )
-        hold_until = min(hold_until, cap)
-        paused_until = min(paused_until, cap)
-        if hold_until <= now:
-            hold, hold_until = 0, 0.0
-        if (f, r, lim, per) != (f0, r0, limit, period) or row[5:] != (hold_until, paused_until):
-            db.execute(
-                "UPDATE keys SET lim = ?, period = ?, f = ?, r = ?, hold = ?, hold_until = ?,"
-                " paused_until = ? WHERE key = ?",
-                (limit, period, f, r, hold, hold_until, paused_until, key),
-            )
-        return _State(f, r, hold, hold_until, paused_until)
+        return cap
 
     # -- operations ---------------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ for i = 1, nkeys do
       -- Walk the releases in expiry order (the hold ends at hu) until enough are free.
       local at = nil
       local hold = h
-      local rows = redis.call('ZRANGE', KEYS[3*i+1], 0, excess - 1, 'WITHSCORES')
+      local rows = redis.call('ZRANGE', KEYS[4*i], 0, excess - 1, 'WITHSCORES')
       for j = 1, #rows, 2 do
         local exp = tonumber(rows[j+1])
         if hold > 0 and hu <= exp then
@@ -58,8 +58,8 @@ wait = math.max(wait, lost)
 if wait > 0 or unknown == 1 then return refused(wait, pmax, pidx, unknown, lost) end
 for i = 1, nkeys do
   local _, period, units = key_args(i)
-  if redis.call('ZADD', KEYS[3*i], fmt(now + inflight), lease .. ':' .. units) == 1 then
-    redis.call('HINCRBY', KEYS[3*i+2], 'f', units)
+  if redis.call('ZADD', KEYS[4*i-1], fmt(now + inflight), lease .. ':' .. units) == 1 then
+    redis.call('HINCRBY', KEYS[4*i+1], 'f', units)
   end
   touch(i, period)
 end

@@ -1,7 +1,8 @@
 -- Shared by every operation: loaded in front of each operation's script (one chunk).
 --
--- KEYS[1] = epoch hash, KEYS[2] = give-back tombstones; then per budget key i: KEYS[3i] =
--- in-flight zset, KEYS[3i+1] = released zset, KEYS[3i+2] = meta hash.
+-- KEYS[1] = epoch hash, KEYS[2] = give-back tombstones; then per budget key i: KEYS[4i-1] =
+-- in-flight zset, KEYS[4i] = released zset, KEYS[4i+1] = meta hash, KEYS[4i+2] = gone zset
+-- (releases that left the window less than a period ago, scored by when they left: sync).
 -- ARGV[1..HEADER] (every operation): epoch id to create if none, recovery grace ms, epoch
 -- TTL ms, in-flight timeout ms. The operation's own arguments follow, from ARGV[HEADER+1].
 -- Times are Redis TIME in ms, written with 3 decimals: Lua's default number formatting keeps
@@ -12,7 +13,7 @@ local inflight = tonumber(ARGV[4])
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local nkeys = (#KEYS - 2) / 3
+local nkeys = (#KEYS - 2) / 4
 local X = KEYS[2]
 
 local function fmt(x) return string.format('%.3f', x) end
@@ -47,7 +48,7 @@ local function tombstone(id)
 end
 
 local function expire(i, period)
-  local f, r, m = KEYS[3*i], KEYS[3*i+1], KEYS[3*i+2]
+  local f, r, m, g = KEYS[4*i-1], KEYS[4*i], KEYS[4*i+1], KEYS[4*i+2]
   local cut = fmt(now)
   local dead = redis.call('ZRANGEBYSCORE', f, '-inf', cut, 'WITHSCORES')
   if #dead > 0 then
@@ -64,20 +65,24 @@ local function expire(i, period)
     redis.call('ZREMRANGEBYSCORE', f, '-inf', cut)
     redis.call('HINCRBY', m, 'f', -n)
   end
-  local gone = redis.call('ZRANGEBYSCORE', r, '-inf', cut)
+  local gone = redis.call('ZRANGEBYSCORE', r, '-inf', cut, 'WITHSCORES')
   if #gone > 0 then
     local n = 0
-    for j = 1, #gone do n = n + units_of(gone[j]) end
+    for j = 1, #gone, 2 do
+      n = n + units_of(gone[j])
+      redis.call('ZADD', g, gone[j+1], gone[j])
+    end
     redis.call('ZREMRANGEBYSCORE', r, '-inf', cut)
     redis.call('HINCRBY', m, 'r', -n)
   end
+  redis.call('ZREMRANGEBYSCORE', g, '-inf', fmt(now - period))
   -- Self-healing sums: an empty set counts nothing, whatever the hash says.
   if redis.call('ZCARD', f) == 0 then redis.call('HSET', m, 'f', 0) end
   if redis.call('ZCARD', r) == 0 then redis.call('HSET', m, 'r', 0) end
 end
 
 local function state(i, period)
-  local m = KEYS[3*i+2]
+  local m = KEYS[4*i+1]
   local v = redis.call('HMGET', m, 'f', 'r', 'h', 'hu', 'p')
   local hu = tonumber(v[4]) or 0
   local p = tonumber(v[5]) or 0
@@ -92,7 +97,7 @@ end
 local function touch(i, period)
   local _, _, _, hu, p = state(i, period)
   local ttl = math.ceil(math.max(period + inflight, hu - now, p - now) + 1000)
-  for k = 3*i, 3*i+2 do redis.call('PEXPIRE', KEYS[k], ttl) end
+  for k = 4*i-1, 4*i+2 do redis.call('PEXPIRE', KEYS[k], ttl) end
 end
 
 -- The reply of every operation but acquire.

@@ -5,7 +5,7 @@ for i = 1, nkeys do
   local period, n = tonumber(ARGV[c]), tonumber(ARGV[c+1])
   c = c + 2
   for j = 1, n do
-    redis.call('ZADD', KEYS[3*i], 'XX', 'GT', fmt(now + inflight), ARGV[c])
+    redis.call('ZADD', KEYS[4*i-1], 'XX', 'GT', fmt(now + inflight), ARGV[c])
     c = c + 1
   end
   touch(i, period)

@@ -16,11 +16,11 @@ for i = 1, nkeys do
   local period, units = key_args(i)
   expire(i, period)
   local mem = lease .. ':' .. units
-  local m = KEYS[3*i+2]
-  if redis.call('ZREM', KEYS[3*i], mem) == 1 then redis.call('HINCRBY', m, 'f', -units) end
+  local m = KEYS[4*i+1]
+  if redis.call('ZREM', KEYS[4*i-1], mem) == 1 then redis.call('HINCRBY', m, 'f', -units) end
   if give_back then
-    if redis.call('ZREM', KEYS[3*i+1], mem) == 1 then redis.call('HINCRBY', m, 'r', -units) end
-  elseif redis.call('ZADD', KEYS[3*i+1], 'GT', fmt(answered + period), mem) == 1 then
+    if redis.call('ZREM', KEYS[4*i], mem) == 1 then redis.call('HINCRBY', m, 'r', -units) end
+  elseif redis.call('ZADD', KEYS[4*i], 'GT', fmt(answered + period), mem) == 1 then
     -- Also when the entry is missing (lost in a restart): counting it is the safe side.
     redis.call('HINCRBY', m, 'r', units)
   end

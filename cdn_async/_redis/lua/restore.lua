@@ -4,7 +4,7 @@
 -- ng, then nf in-flight members, nr (member, ms left) pairs, ng members given back.
 local c = HEADER + 1
 for i = 1, nkeys do
-  local fz, rz, m = KEYS[3*i], KEYS[3*i+1], KEYS[3*i+2]
+  local fz, rz, m = KEYS[4*i-1], KEYS[4*i], KEYS[4*i+1]
   local period, used = tonumber(ARGV[c]), tonumber(ARGV[c+1])
   local hold_ms = math.min(tonumber(ARGV[c+2]), period)
   local pause_ms = math.min(tonumber(ARGV[c+3]), period)
