@@ -69,7 +69,28 @@ def _uses_aioresponses(function: object) -> bool:
         return False
 
 
+#: Modules whose tests share a module-scoped fixture: costly ones (the benchmark smoke runs,
+#: a Redis cluster), or one the tests are about (a fake on the module's loop, a threaded
+#: one). Under pytest-xdist's ``--dist loadgroup`` each runs whole on one worker, so its
+#: fixture is set up once and its tests see it in order; other tests go one by one to
+#: whichever worker is free.
+ONE_WORKER_MODULES = frozenset(
+    {
+        "test_benchmarks.py",
+        "test_redis_cluster.py",
+        "test_endpoints.py",
+        "test_fake_cdn_module_loop.py",
+        "test_fake_cdn_scopes.py",
+    }
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            if item.path.name in ONE_WORKER_MODULES:
+                item.add_marker(pytest.mark.xdist_group(item.path.name))
     problem = aioresponses_problem()
     if problem is None:
         return

@@ -4,6 +4,10 @@ Callers cancelled or timed out while their request is on a slow uplink, purges a
 they are sent, ``close()`` with calls queued in a shared budget store, and creates under both
 kinds of 500. The fake stamps each request when it arrives, after its uplink delay, whatever
 the client did meanwhile: the strictest server a client can face.
+
+In virtual time (looptime): the uplink delays, the timeouts and the windows all read the event
+loop's clock, so a request cancelled 5 ms after it started is on the wire whatever the
+machine's load, and no check depends on the machine's speed.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from cdn_async.testing import FakeCDNServer
 from ._support import max_in_window
 
 SCALE = 0.01  # cdn: 5 per 0.1 s; purge_files: 50 per 0.2 s
+
+pytestmark = pytest.mark.looptime
 
 
 def client(server: FakeCDNServer, scale: float = SCALE, **options: object) -> CDNClient:

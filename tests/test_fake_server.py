@@ -1,8 +1,11 @@
 """FakeCDNServer over real HTTP on loopback, driven by a plain aiohttp client.
 
 Budget tests use an injected manual clock (the server's windows read it; nothing sleeps), so
-they are exact and instantaneous. Only latency, purge duration and one real-time expiry test
-sleep, for fractions of a second.
+they are exact and instantaneous. The rest run in virtual time (looptime): latency, purge
+duration and window expiry read the event loop's clock, so their sleeps cost no real time and
+their checks do not depend on the machine's speed. One expiry test and the ``python -m``
+test run in real time: the first shows the default clock is the real one, the second waits
+for another process.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from ._support import SPEC_PATH
 REPO = Path(__file__).resolve().parents[1]
 WALL0 = 1_800_000_000.0
 CERT = "892071a0-bb95-49bc-8021-3afd67a210bf"
+
+pytestmark = pytest.mark.looptime
 
 
 def origin(n: int | str) -> str:
@@ -717,6 +722,7 @@ async def test_time_scale_multiplies_periods(
         assert (await api.call("GET", "/v2/cdn/endpoints")).status == 200
 
 
+@pytest.mark.looptime(False)
 async def test_real_time_window_expires(http: aiohttp.ClientSession) -> None:
     """With the default loop clock, a scaled window really empties after its period."""
     async with FakeCDNServer(time_scale=0.02) as srv:  # cdn: 5 per 0.2 s
@@ -832,7 +838,6 @@ async def test_purge_larger_than_the_file_budget_is_always_429(
     assert server.used(server.token, "purge_files") == 0
 
 
-@pytest.mark.looptime
 async def test_default_clock_is_the_event_loop_clock(http: aiohttp.ClientSession) -> None:
     """Under looptime's virtual time, the documented 10 s cdn window passes instantly."""
     async with FakeCDNServer() as srv:
@@ -966,6 +971,7 @@ async def _random_statuses(http: aiohttp.ClientSession, seed: int) -> list[int]:
         return [(await api.call("GET", "/v2/cdn/endpoints")).status for _ in range(20)]
 
 
+@pytest.mark.looptime(False)  # windows scaled to nothing empty only as real time passes
 async def test_random_faults_are_deterministic_under_a_seed(http: aiohttp.ClientSession) -> None:
     first = await _random_statuses(http, 7)
     assert first == await _random_statuses(http, 7)
@@ -1074,6 +1080,7 @@ async def test_serve_runs_until_cancelled(http: aiohttp.ClientSession) -> None:
         await task
 
 
+@pytest.mark.looptime(False)  # it waits for another process
 async def test_python_m_cdn_async_testing(http: aiohttp.ClientSession) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

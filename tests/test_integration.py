@@ -2,7 +2,11 @@
 
 Every operation, every error status, pagination, retries after each injected fault, the purge
 engine under faults, and the budgets against a strict server: zero 429s. Budgets are
-time-scaled (periods x 0.01) on both sides so the windows are real yet the tests fast.
+time-scaled (periods x 0.01) on both sides, so the injected latencies are a real share of a
+window. The time is virtual (looptime): the server's windows, its latencies and the client's
+waits all read the event loop's clock, which jumps ahead whenever every task waits. The bytes
+still cross real sockets; only the waiting is skipped, so the checks are exact and do not
+depend on the machine's speed.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ SCALE = 0.01
 ORIGIN = "static.nyc3.digitaloceanspaces.com"
 MISSING = "892071a0-bb95-49bc-8021-3afd67a210bf"
 
-pytestmark = pytest.mark.fake_cdn(time_scale=SCALE)
+pytestmark = [pytest.mark.fake_cdn(time_scale=SCALE), pytest.mark.looptime]
 
 
 def client(server: FakeCDNServer, token: str | None = None, **options: object) -> CDNClient:

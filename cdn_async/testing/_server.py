@@ -350,36 +350,17 @@ class FakeCDNServer:
     # -- request handling ----------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        """Answer one request: the steps of the module docstring, in their order."""
         delay = self.faults.delay("up")
         if delay > 0:
             await asyncio.sleep(delay)
         arrival = self._admission.now()
         request_id = str(uuid.uuid4())
-        raw = await request.read()
-        body: Any = None
-        body_ok = True
-        if raw:
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body, body_ok = raw.decode("utf-8", "replace"), False
+        body, body_ok = _parse_body(await request.read())
         route = _route(request.method, request.path)
-        auth = request.headers.get("Authorization", "")
-        scheme, _, token_value = auth.partition(" ")
-        token = token_value.strip() if scheme.lower() == "bearer" and token_value.strip() else None
-
-        counted = False
-        if token is None or token not in self._tokens:
-            reply = _error(401, "unauthorized", "Unable to authenticate you.", "auth")
-        else:
-            files = purge_cost(body) if route.op == "purge" else 0
-            refused = self._admission.admit(token, route, files, arrival)
-            if refused is not None:
-                reply = refused
-            else:
-                counted = True
-                reply = await self._process(request, route, token, body, body_ok, arrival)
-
+        token = _bearer_token(request.headers.get("Authorization", ""))
+        reply, counted = await self._decide(request, route, token, body, body_ok, arrival)
+        # The headers describe the windows as this request left them, whatever comes after.
         headers = self._admission.rate_headers(token, route, reply.status == 429)
         headers["x-request-id"] = request_id
         if reply.retry_after is not None:
@@ -401,29 +382,29 @@ class FakeCDNServer:
         )
         self.journal.append(entry)
         self.counters.record(entry)
-
         delay = self.faults.delay("down")
         if delay > 0:
             await asyncio.sleep(delay)
-        if reply.drop:
-            if request.transport is not None:
-                request.transport.close()
-            # Writing to the closed transport fails; aiohttp treats that as a client gone away.
-            return web.Response()
-        if isinstance(reply.body, dict):
-            if reply.status >= 400:
-                reply.body["request_id"] = request_id
-            return web.Response(
-                status=reply.status,
-                text=json.dumps(reply.body),
-                content_type="application/json",
-                headers=headers,
-            )
-        if isinstance(reply.body, str):
-            return web.Response(
-                status=reply.status, text=reply.body, content_type="text/html", headers=headers
-            )
-        return web.Response(status=reply.status, headers=headers)
+        return _response(request, reply, headers, request_id)
+
+    async def _decide(
+        self,
+        request: web.Request,
+        route: _Route,
+        token: str | None,
+        body: Any,
+        body_ok: bool,
+        now: float,
+    ) -> tuple[_Reply, bool]:
+        """The reply (authentication, then the budgets, then ``_process``), and whether the
+        request was counted in its budgets."""
+        if token is None or token not in self._tokens:
+            return _error(401, "unauthorized", "Unable to authenticate you.", "auth"), False
+        files = purge_cost(body) if route.op == "purge" else 0
+        refused = self._admission.admit(token, route, files, now)
+        if refused is not None:
+            return refused, False
+        return await self._process(request, route, token, body, body_ok, now), True
 
     async def _process(
         self, request: web.Request, route: _Route, token: str, body: Any, body_ok: bool, now: float
@@ -449,6 +430,49 @@ class FakeCDNServer:
             if rule is not None:
                 return _fault_reply(rule, route)
         return reply
+
+
+def _parse_body(raw: bytes) -> tuple[Any, bool]:
+    """The request body as JSON (None when empty), and whether it was valid JSON; invalid
+    JSON is kept as text for the journal."""
+    if not raw:
+        return None, True
+    try:
+        return json.loads(raw), True
+    except ValueError:
+        return raw.decode("utf-8", "replace"), False
+
+
+def _bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    scheme, _, value = authorization.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _response(
+    request: web.Request, reply: _Reply, headers: dict[str, str], request_id: str
+) -> web.StreamResponse:
+    """The answer on the wire: JSON (errors carry ``request_id``), HTML, empty, or none at all
+    (a dropped connection)."""
+    if reply.drop:
+        if request.transport is not None:
+            request.transport.close()
+        # Writing to the closed transport fails; aiohttp treats that as a client gone away.
+        return web.Response()
+    if isinstance(reply.body, dict):
+        if reply.status >= 400:
+            reply.body["request_id"] = request_id
+        return web.Response(
+            status=reply.status,
+            text=json.dumps(reply.body),
+            content_type="application/json",
+            headers=headers,
+        )
+    if isinstance(reply.body, str):
+        return web.Response(
+            status=reply.status, text=reply.body, content_type="text/html", headers=headers
+        )
+    return web.Response(status=reply.status, headers=headers)
 
 
 async def serve(
