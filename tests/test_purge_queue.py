@@ -463,6 +463,30 @@ async def test_a_queue_closed_with_its_batch_on_the_wire_leaves_it_to_its_lease(
     no_409_no_429(fake_cdn)
 
 
+@pytest.mark.fake_cdn(time_scale=SCALE, purge_duration=0.5)
+async def test_queued_tells_paths_in_flight_from_paths_waiting(
+    redis_server: RedisServer, fake_cdn: FakeCDNServer
+) -> None:
+    """An interrupted CLI purge reports a path queued only while it is (never both purged and
+    queued): queued() counts a batch on the wire, queued(in_flight=False) only what waits to
+    be sent, and once the batch completes its paths are in neither."""
+    cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
+    cdn, queue, store = setup(redis_server.url, fake_cdn.token, fake_cdn.url)
+    paths = [f"img/{i}.png" for i in range(80)]  # a batch of 50 on the wire, 30 waiting
+    try:
+        job = asyncio.create_task(cdn.endpoints.purge(cdn_id, paths))
+        await until(lambda: fake_cdn.used(fake_cdn.token, "purge_files") > 0)
+        everything = await queue.queued(cdn_id, paths)
+        waiting = await queue.queued(cdn_id, paths, in_flight=False)
+        report = await asyncio.wait_for(job, 20)
+        after = await queue.queued(cdn_id, paths)
+    finally:
+        await teardown(cdn, queue, store)
+    assert everything == set(paths)
+    assert len(waiting) == 30 and waiting < everything
+    assert sorted(report.purged) == sorted(paths) and after == set()
+
+
 @pytest.mark.fake_cdn(time_scale=SCALE, purge_duration=0.3)
 async def test_a_stopped_worker_completes_the_batch_it_sent(
     redis_server: RedisServer, fake_cdn: FakeCDNServer, raw: aioredis.Redis

@@ -327,13 +327,18 @@ class _PurgeJob:
                 self.queued = await self._still_queued(self.queue)
             except asyncio.CancelledError:
                 task.uncancel()
+            # An outcome read while the queue was being asked wins: never purged and queued.
+            self.queued &= set(self.settled.open_paths())
         return self.settled.report(self.queued, unsent=unsent)
 
     async def _still_queued(self, queue: RedisPurgeQueue) -> set[str]:
         """After a stop (no request of this process live): stop sending, read the ticket's
         last outcomes, and say which open paths are still in the shared queue. A batch
         completes atomically (its paths leave the queue as its outcome is written), so once
-        every open path is found queued, no outcome is missed."""
+        every open path is found queued and none of them in a batch in flight, no outcome is
+        missed (a batch this process sent completes within ms of its answer; another
+        process's may take longer than ``_SETTLE_TIMEOUT``, and its paths are reported
+        queued: they are, until that process completes it)."""
         reader = None
         if self.ticket is not None:
             # Waiting without a client sends nothing: it only reads outcomes as they come.
@@ -349,9 +354,13 @@ class _PurgeJob:
         try:
             while True:
                 rest = self.settled.open_paths()
-                found = await queue.queued(self.cdn_id, rest) if rest else set()
-                if len(found) == len(rest) or loop.time() > deadline:
-                    return found
+                if not rest:
+                    return set()
+                waiting = await queue.queued(self.cdn_id, rest, in_flight=False)
+                if len(waiting) == len(rest):
+                    return waiting
+                if loop.time() > deadline:
+                    return await queue.queued(self.cdn_id, rest)
                 await asyncio.sleep(0.05)
         finally:
             if reader is not None:

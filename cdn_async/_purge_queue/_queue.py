@@ -337,13 +337,18 @@ class RedisPurgeQueue:
         cdn_id = check.uuid_str("cdn_id", cdn_id)
         return await self._scripts.pending(cdn_id)
 
-    async def queued(self, cdn_id: str, paths: Iterable[str]) -> set[str]:
+    async def queued(
+        self, cdn_id: str, paths: Iterable[str], *, in_flight: bool = True
+    ) -> set[str]:
         """Which of ``paths`` (normalised, as in a report) are still in the queue: pending,
-        covered by a pending wildcard (``*``, ``dir/*``), or in a batch in flight.
+        covered by a pending wildcard (``*``, ``dir/*``), or in a batch in flight (only
+        with ``in_flight``, the default).
 
         For a caller that stopped waiting (an interrupted ``cdn-async purge``): these paths
         are still sent by whichever process drains the endpoint next; the others have an
-        outcome (or were never queued).
+        outcome (or were never queued). A path in a batch in flight gets its outcome when
+        that batch completes: a caller that must not report a path queued once it has one
+        asks again with ``in_flight=False`` until the batch is done.
         """
         cdn_id = check.uuid_str("cdn_id", cdn_id)
         standing: dict[str, list[str]] = {}  # queue member -> the paths it stands for
@@ -354,7 +359,7 @@ class RedisPurgeQueue:
         found: set[str] = set()
         for start in range(0, len(members), _SUBMIT_CHUNK):
             chunk = members[start : start + _SUBMIT_CHUNK]
-            for member in await self._scripts.standing(cdn_id, chunk):
+            for member in await self._scripts.standing(cdn_id, chunk, in_flight=in_flight):
                 found.update(standing[member])
         return found
 

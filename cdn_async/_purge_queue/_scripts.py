@@ -204,10 +204,14 @@ class QueueScripts:
         flying = await self._conn.command(lambda r: r.hlen(self._key("f", cdn_id)))
         return int(queued) + max(0, int(flying) - 1)  # the in-flight hash's "" field
 
-    async def standing(self, cdn_id: str, members: Iterable[str]) -> set[str]:
-        """Which of ``members`` are pending or in flight."""
+    async def standing(
+        self, cdn_id: str, members: Iterable[str], *, in_flight: bool = True
+    ) -> set[str]:
+        """Which of ``members`` are pending or (with ``in_flight``) in flight."""
         chunk = list(members)
         pending = await self._conn.command(lambda r: r.zmscore(self._key("p", cdn_id), chunk))
+        if not in_flight:
+            return {m for m, score in zip(chunk, pending, strict=True) if score is not None}
         flying = await self._conn.command(lambda r: r.hmget(self._key("f", cdn_id), chunk))
         return {
             m
