@@ -64,10 +64,18 @@ def find_redis_cli() -> str | None:
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1 right now, below the ephemeral range (32768 and up on
+    Linux): a server restarted on it cannot find it taken by another process's outgoing
+    connection meanwhile. Cluster nodes take 20000-29999 (``free_cluster_port``)."""
+    for _ in range(200):
+        port = random.randrange(10000, 20000)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port for a Redis server")
 
 
 def command(port: int, *args: str, timeout: float = 1.0) -> bytes:
