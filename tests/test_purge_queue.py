@@ -30,6 +30,7 @@ from benchmarks._redis_server import RedisServer, find_redis_server
 from cdn_async import CDNClient, RateLimits
 from cdn_async._purge import PurgeProgress
 from cdn_async._purge_plan import sent_for
+from cdn_async._purge_queue._ticket import submission_of
 from cdn_async.errors import NotFoundError, PurgeError, ValidationError
 from cdn_async.redis import RedisBudgetStore, RedisPurgeQueue
 from cdn_async.testing import FakeCDNServer
@@ -849,7 +850,7 @@ async def _child(config: dict[str, Any], conn: Any) -> None:
         mode, cdn_id, paths = config["mode"], config["endpoint"], config["paths"]
         if mode == "submit":
             ticket = await queue.submit(cdn_id, paths)
-            say({"ticket": ticket._parts[0].id, "total": ticket.total})
+            say({"ticket": submission_of(ticket).parts[0].id, "total": ticket.total})
             return
         if mode == "submit-wait":
             ticket = await queue.submit(cdn_id, paths)
