@@ -30,6 +30,7 @@ from benchmarks._redis_server import RedisServer, find_redis_server
 from cdn_async import CDNClient, RateLimits
 from cdn_async._purge import PurgeProgress
 from cdn_async._purge_plan import sent_for
+from cdn_async._purge_queue._ticket import submission_of
 from cdn_async.errors import NotFoundError, PurgeError, ValidationError
 from cdn_async.redis import RedisBudgetStore, RedisPurgeQueue
 from cdn_async.testing import FakeCDNServer
@@ -724,11 +725,18 @@ async def test_purge_through_the_queue_reports_like_the_engine(
 
         with pytest.raises(ValidationError):
             await queue.submit(cdn_id, ["ok.png", "bad\x00.png"])
-        ticket = await queue.submit(cdn_id, ["later.png"])  # queued, nobody drains yet
+        ticket = await queue.submit(cdn_id, ["later.png", "/later.png"])  # nobody drains yet
+        assert (ticket.endpoint_id, ticket.total, ticket.done, ticket.high) == (cdn_id, 1, 0, False)
+        assert repr(ticket) == f"<PurgeTicket {cdn_id} 0/1>"
         assert await queue.pending(cdn_id) == 1
         keys = [k async for k in raw.scan_iter("*")]
         assert keys and all(k.startswith(PREFIX) for k in keys)
         assert (await queue.wait(ticket, cdn)).purged == ("later.png",)
+        assert ticket.done == 1
+        # Waiting again (as an interrupted CLI purge does) reads the same outcome at once.
+        assert (await queue.wait(ticket)).purged == ("later.png",)
+        urgent = await queue.submit(cdn_id, ["urgent.png"], priority="high")
+        assert urgent.high and (await queue.wait(urgent, cdn)).requests == 1
     finally:
         await teardown(cdn, queue, store)
     no_409_no_429(fake_cdn)
@@ -849,7 +857,7 @@ async def _child(config: dict[str, Any], conn: Any) -> None:
         mode, cdn_id, paths = config["mode"], config["endpoint"], config["paths"]
         if mode == "submit":
             ticket = await queue.submit(cdn_id, paths)
-            say({"ticket": ticket._parts[0].id, "total": ticket.total})
+            say({"ticket": submission_of(ticket).parts[0].id, "total": ticket.total})
             return
         if mode == "submit-wait":
             ticket = await queue.submit(cdn_id, paths)

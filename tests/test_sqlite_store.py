@@ -94,7 +94,7 @@ async def test_a_window_is_shared_and_frees_one_period_after_the_answer(
     lease = await waiter
     assert now() == pytest.approx(answered + 10.0, abs=0.001)
     for held in (*leases[1:], lease):
-        (a if held._store is a else b).release(held)
+        (a if held.issued_by(a) else b).release(held)
 
 
 async def test_stacked_claims_are_taken_at_once_or_not_at_all(
@@ -197,6 +197,27 @@ async def test_give_back_frees_at_once_for_every_store(
     got = await waiter
     assert now() - t <= 0.03  # the waiter polls (max_poll_interval), then is admitted
     b.release(got)
+
+
+async def test_a_lease_ends_once_and_only_in_the_store_that_issued_it(
+    stores: Callable[..., SQLiteBudgetStore],
+) -> None:
+    """A give_back after release does not uncount the answered request; another store (say,
+    another client's, on the same file) refuses the lease."""
+    a, b = stores(), stores()
+    c = claim("cdn", 1, 10.0)
+    lease = await a.acquire([c])
+    assert not lease.released
+    with pytest.raises(ValueError, match="not a lease of this store"):
+        b.release(lease)
+    assert not lease.released and a.snapshot()["cdn"].used == 1
+    a.release(lease)
+    a.give_back(lease)  # a no-op after release: the unit stays counted
+    assert lease.released and "released" in repr(lease)
+    assert b.snapshot()["cdn"].used == 1
+    t = now()
+    b.release(await b.acquire([c]))
+    assert now() - t == pytest.approx(10.0, abs=0.05)  # one period after the release
 
 
 async def test_sync_holds_what_others_spent_for_every_store_and_never_lowers_it(

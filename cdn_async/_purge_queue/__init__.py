@@ -119,8 +119,9 @@ nothing (its batch id is unknown) and takes the next one.
 
 Modules: ``_queue.py`` (``RedisPurgeQueue``: its public API, submit and wait; it holds a
 drainer per endpoint), ``_drain.py`` (``Drainer``: one endpoint's waiters and its drain task
-under the lease), ``_ticket.py`` (``PurgeTicket`` and how batch outcomes are stored and read
-back), ``_scripts.py`` (``QueueScripts``: the key layout and one typed step per
+under the lease), ``_ticket.py`` (a submission in this process: ``Submission``, the queue's
+bookkeeping of it, and ``PurgeTicket``, the user's handle on it; and how batch outcomes are
+stored and read back), ``_scripts.py`` (``QueueScripts``: the key layout and one typed step per
 ``lua/<name>.lua``, over the budget store's ``Connection``).
 """
 

@@ -1,6 +1,6 @@
 """``Drainer``: this process's hold on one endpoint of a ``RedisPurgeQueue``: who waits on it
 here, and the task that takes its batches under the endpoint's lease, sends them and
-completes them for every waiting ticket (the package docstring, "Drain")."""
+completes them for every waiting submission (the package docstring, "Drain")."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ..errors import (
     RateLimitedError,
 )
 from ._scripts import Batch, Held, Idle, QueueScripts, Slot
-from ._ticket import Outcome, PurgeTicket
+from ._ticket import Outcome, Submission
 
 if TYPE_CHECKING:
     from .._session import Session
@@ -114,7 +114,7 @@ class _Unsent:
 
 
 class Drainer:
-    """One endpoint, in this process: the tickets waiting on it, whether a worker wants it
+    """One endpoint, in this process: the submissions waiting on it, whether a worker wants it
     drained, and the drain task.
 
     Args:
@@ -124,7 +124,7 @@ class Drainer:
         lease_ttl: Seconds the endpoint's lease lasts without renewal.
         new_token: A lease token no other drain task (of any process) has.
         closed: Whether the queue is closed.
-        deliver: A batch's outcome, recorded in Redis, for this process's waiting tickets.
+        deliver: A batch's outcome, recorded in Redis, for this process's waiting submissions.
         report: After each batch with an outcome: ``(endpoint, paths, error)``.
         idle: This drainer has no task and nobody here wants the endpoint any more.
     """
@@ -151,8 +151,8 @@ class Drainer:
         self._deliver = deliver
         self._report = report
         self._idle = idle
-        #: Tickets of this process waiting on the endpoint.
-        self.tickets: set[PurgeTicket] = set()
+        #: Submissions of the endpoint that a call of this process waits on.
+        self.waiting: set[Submission] = set()
         #: The drain task, while one runs.
         self.task: asyncio.Task[None] | None = None
         #: A worker asked for this endpoint to be drained until nothing is pending.
@@ -162,7 +162,7 @@ class Drainer:
     def wanted(self) -> bool:
         """Whether this process still needs the endpoint drained: a worker, or a waiter
         whose paths are not all settled yet."""
-        return self.worker or any(t.done < t.total for t in self.tickets)
+        return self.worker or any(s.done < s.total for s in self.waiting)
 
     def poke(self) -> None:
         """What ``wanted`` says may have changed: wake the drainer's wait."""
@@ -239,8 +239,8 @@ class Drainer:
             self.task = None
         # Another waiter of this endpoint may still have an open client: it drains on.
         if not self._closed():
-            for ticket in self.tickets:
-                other = ticket._session
+            for submission in self.waiting:
+                other = submission.session
                 if other is not None and not other.closed and self.wanted():
                     self.start(other)
                     break

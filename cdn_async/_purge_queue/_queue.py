@@ -26,7 +26,7 @@ from .._redis._connection import Connection
 from ..errors import CDNError, PurgeError
 from ._drain import MAX_NAP, Drainer
 from ._scripts import Batch, QueueScripts
-from ._ticket import Outcome, Part, PurgeTicket
+from ._ticket import Outcome, Part, PurgeTicket, Submission, submission_of
 
 if TYPE_CHECKING:
     from .._client import CDNClient
@@ -150,7 +150,7 @@ class RedisPurgeQueue:
         self._id = secrets.token_hex(8)
         self._tokens = itertools.count()
         self._drainers: dict[str, Drainer] = {}
-        self._watching: set[PurgeTicket] = set()
+        self._watching: set[Submission] = set()
         self._poller: asyncio.Task[None] | None = None
         self._poke: asyncio.Event | None = None
         self._batch_hooks: list[Callable[[str, int, CDNError | None], None]] = []
@@ -188,9 +188,9 @@ class RedisPurgeQueue:
         self._check_open()
         cdn_id = check.uuid_str("cdn_id", cdn_id)
         paths = await check.files_async(files)
-        ticket = PurgeTicket(cdn_id, sent_for(paths), high=priority == "high")
-        await self._submit(ticket, list(ticket._mapping))
-        return ticket
+        submission = Submission(cdn_id, sent_for(paths), high=priority == "high")
+        await self._submit(submission, list(submission.mapping))
+        return PurgeTicket(submission)
 
     async def wait(
         self,
@@ -217,7 +217,7 @@ class RedisPurgeQueue:
             PurgeError: Some paths failed; ``.report`` says which.
         """
         session = session_of(client) if client is not None else None
-        return await self._wait(ticket, session, on_progress, on_batch)
+        return await self._wait(submission_of(ticket), session, on_progress, on_batch)
 
     async def purge(
         self,
@@ -243,24 +243,25 @@ class RedisPurgeQueue:
         """
         self._check_open()
         high = (priority or session.options.priority) == "high"
-        ticket = PurgeTicket(cdn_id, sent_for(paths), high=high)
+        submission = Submission(cdn_id, sent_for(paths), high=high)
         drainer = self._drainer(cdn_id)
 
         def drain() -> None:
             # The first chunk is in Redis: its batches may go out while the rest is queued
             # (a 10,000-path call would otherwise send nothing for the whole submission).
-            # Their outcomes reach the ticket through the poller, once it is watched.
-            ticket._session = session
-            drainer.tickets.add(ticket)
+            # Their outcomes reach the submission through the poller, once it is watched.
+            submission.session = session
+            drainer.waiting.add(submission)
             drainer.start(session)
 
         try:
-            await self._submit(ticket, list(ticket._mapping), ticket._mapping, on_first=drain)
+            mapping = submission.mapping
+            await self._submit(submission, list(mapping), mapping, on_first=drain)
         except BaseException:
-            drainer.tickets.discard(ticket)
+            drainer.waiting.discard(submission)
             drainer.poke()
             raise
-        return await self._wait(ticket, session, on_progress, on_batch)
+        return await self._wait(submission, session, on_progress, on_batch)
 
     async def work(
         self,
@@ -385,22 +386,22 @@ class RedisPurgeQueue:
             "the purge queue was closed before these paths were confirmed purged; "
             "they stay queued for other processes"
         )
-        for ticket in list(self._watching):
-            ticket._fail_rest(error)
+        for submission in list(self._watching):
+            submission.fail_rest(error)
         await self._scripts.aclose()
 
     # -- submit and wait --------------------------------------------------------------------
 
     async def _submit(
         self,
-        ticket: PurgeTicket,
+        submission: Submission,
         owns: list[str],
         mapping: dict[str, str] | None = None,
         *,
         on_first: Callable[[], None] | None = None,
     ) -> None:
-        """Queue ``owns`` (own paths of ``ticket``; ``mapping``: their plan, if made) as a new
-        part of it; ``on_first`` is called once the first chunk is in Redis."""
+        """Queue ``owns`` (own paths of ``submission``; ``mapping``: their plan, if made) as a
+        new part of it; ``on_first`` is called once the first chunk is in Redis."""
         if mapping is None:
             mapping = sent_for(owns)
         by_target: dict[str, list[str]] = {}
@@ -413,7 +414,11 @@ class RedisPurgeQueue:
                 for start in range(0, len(targets), _SUBMIT_CHUNK):
                     chunk = targets[start : start + _SUBMIT_CHUNK]
                     seqs = await self._scripts.submit(
-                        ticket.endpoint_id, part.id, chunk, first=start == 0, high=ticket.high
+                        submission.endpoint_id,
+                        part.id,
+                        chunk,
+                        first=start == 0,
+                        high=submission.high,
                     )
                     if seqs is None:
                         raise _Lost
@@ -427,40 +432,34 @@ class RedisPurgeQueue:
                 continue
             except RedisError as exc:
                 raise CDNError(f"purge queue: Redis unavailable: {exc}") from exc
-            ticket._parts.append(part)
+            submission.parts.append(part)
             return
         raise CDNError("purge queue: Redis keeps losing its data; paths not queued")
 
     async def _wait(
         self,
-        ticket: PurgeTicket,
+        submission: Submission,
         session: Session | None,
         on_progress: Callable[[int, int], None] | None,
         on_batch: Callable[[PurgeProgress], None] | None = None,
     ) -> PurgeReport:
-        ticket._on_progress = on_progress
-        ticket._on_batch = on_batch
-        if ticket._finished is None or ticket._finished.done():
-            ticket._finished = asyncio.get_running_loop().create_future()
-        if ticket.done >= ticket.total:
-            ticket._finish()
-        ticket._session = session
-        drainer = self._drainer(ticket.endpoint_id)
-        drainer.tickets.add(ticket)
-        self._watching.add(ticket)
+        finished = submission.begin_wait(session, on_progress, on_batch)
+        drainer = self._drainer(submission.endpoint_id)
+        drainer.waiting.add(submission)
+        self._watching.add(submission)
         try:
             self._check_open()
             self._ensure_poller()
             if session is not None:
                 drainer.start(session)
             # Cancelling the caller cancels only its own wait, never a shared task.
-            await asyncio.shield(ticket._finished)
+            await asyncio.shield(finished)
         finally:
             # The call has ended: no callback of it runs any more (a checkpoint written when
             # it ends, cancelled or not, has seen every batch it will see).
-            ticket._on_batch = ticket._on_progress = None
-            drainer.tickets.discard(ticket)
-            self._watching.discard(ticket)
+            submission.end_wait()
+            drainer.waiting.discard(submission)
+            self._watching.discard(submission)
             drainer.poke()
         # If nobody else here needs the endpoint drained, this process's drainer stops: a
         # batch still waiting for its budgets is given back at once, one on the wire is
@@ -470,7 +469,7 @@ class RedisPurgeQueue:
         task = drainer.task
         if task is not None and not task.done() and not drainer.wanted():
             await asyncio.wait((task,))
-        report = ticket._report()
+        report = submission.report()
         if report.failed:
             raise PurgeError(report)
         return report
@@ -482,14 +481,14 @@ class RedisPurgeQueue:
             self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
 
     async def _poll_loop(self) -> None:
-        """Read every waiting ticket's new results, one script per round."""
+        """Read every waiting submission's new results, one script per round."""
         assert self._poke is not None
         nap = self._poll
         while self._watching and not self._closed:
             # Cleared before reading: a batch completed while the script runs wakes a new round.
             self._poke.clear()
-            tickets = list(self._watching)
-            parts = [(t, p) for t in tickets for p in t._parts]
+            submissions = list(self._watching)
+            parts = [(s, p) for s in submissions for p in s.parts]
             if parts:
                 try:
                     answers = await self._scripts.poll([(p.id, p.offset) for _, p in parts])
@@ -499,17 +498,17 @@ class RedisPurgeQueue:
                     await asyncio.sleep(nap)
                     continue
                 nap = self._poll
-                for (ticket, part), entries in zip(parts, answers, strict=True):
+                for (submission, part), entries in zip(parts, answers, strict=True):
                     if entries is None:
-                        await self._resubmit(ticket, part)
+                        await self._resubmit(submission, part)
                         continue
                     part.offset += len(entries)
                     for entry in entries:
-                        ticket._apply(part, entry)
-            for ticket in tickets:
-                closed = ticket._session is not None and ticket._session.closed
-                if closed and ticket.done < ticket.total:
-                    ticket._fail_rest(
+                        submission.apply(part, entry)
+            for submission in submissions:
+                closed = submission.session is not None and submission.session.closed
+                if closed and submission.done < submission.total:
+                    submission.fail_rest(
                         CDNError(
                             "the client was closed before these paths were confirmed purged; "
                             "they stay queued for other processes"
@@ -518,22 +517,22 @@ class RedisPurgeQueue:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), self._poll)
 
-    async def _resubmit(self, ticket: PurgeTicket, part: Part) -> None:
-        """A ticket's results vanished (Redis lost its data): queue its open paths again."""
-        ticket._parts.remove(part)
-        owns = ticket._unresolved(part)
+    async def _resubmit(self, submission: Submission, part: Part) -> None:
+        """A part's results vanished (Redis lost its data): queue its open paths again."""
+        submission.parts.remove(part)
+        owns = submission.unresolved(part)
         if not owns:
             return
         logger.warning(
             "purge queue: Redis lost %d queued paths of endpoint %s (restart?); queueing "
             "them again",
             len(owns),
-            ticket.endpoint_id,
+            submission.endpoint_id,
         )
         try:
-            await self._submit(ticket, owns)
+            await self._submit(submission, owns)
         except CDNError as exc:
-            ticket._parts.append(part)  # tried again on the next round
+            submission.parts.append(part)  # tried again on the next round
             logger.warning("purge queue: %s", exc)
 
     # -- this process's drainers ---------------------------------------------------------------
@@ -563,14 +562,14 @@ class RedisPurgeQueue:
             del self._drainers[drainer.cdn_id]
 
     def _deliver(self, batch: Batch, outcome: Outcome) -> None:
-        """Apply a completed batch to this process's waiting tickets (the poller then finds
-        the same entry in Redis, which changes nothing)."""
+        """Apply a completed batch to this process's waiting submissions (the poller then
+        finds the same entry in Redis, which changes nothing)."""
         head = outcome.to_json()
-        for ticket in list(self._watching):
-            for part in ticket._parts:
+        for submission in list(self._watching):
+            for part in submission.parts:
                 seqs = batch.seqs.get(part.id)
                 if seqs:
-                    ticket._apply(part, head + "\n" + " ".join(seqs))
+                    submission.apply(part, head + "\n" + " ".join(seqs))
 
     def _report(self, cdn_id: str, paths: int, error: CDNError | None) -> None:
         """A batch of this process's drainers ended with an outcome: ``work``'s callbacks,

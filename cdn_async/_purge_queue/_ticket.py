@@ -1,5 +1,6 @@
-"""``PurgeTicket`` (a submission, in the submitting process) and how a batch's outcome is
-stored in Redis and read back: the outcome JSON, errors."""
+"""A submission in the submitting process (``Submission``, the queue's bookkeeping, and
+``PurgeTicket``, the user's handle on it) and how a batch's outcome is stored in Redis and read
+back: the outcome JSON, errors."""
 
 from __future__ import annotations
 
@@ -37,52 +38,73 @@ class Part:
         self.offset = 1
 
 
-class PurgeTicket:
-    """A submission to a ``RedisPurgeQueue``: what ``submit`` returns, for ``wait``.
-
-    Holds, in the submitting process, which entries of the queue its paths joined; the paths
-    themselves are in Redis. Read ``endpoint_id``, ``total`` (paths, normalised, once each),
-    ``done`` (paths with an outcome so far) and ``high`` (submitted at priority "high").
+class Submission:
+    """A submission, in the process that made it: which entries of the queue its paths joined
+    (its parts; the paths themselves are in Redis), the outcomes read so far, and the call
+    waiting on it (its callbacks, its session). The queue and its drainers keep it;
+    ``PurgeTicket`` is the user's handle on it.
     """
 
     def __init__(self, endpoint_id: str, mapping: dict[str, str], *, high: bool = False) -> None:
         self.endpoint_id = endpoint_id
-        self._mapping = mapping
+        #: Own path -> the path sent for it (the plan: normalised, once each).
+        self.mapping = mapping
+        #: Submitted at priority "high" (its paths go to the front of the line).
+        self.high = high
+        #: Its Redis tickets, one per time its paths were queued (again after a loss).
+        self.parts: list[Part] = []
+        #: The session of the call waiting on it (a drainer may send with it), if any.
+        self.session: Session | None = None
         self._purged: set[str] = set()
         self._failed: dict[str, CDNError] = {}
-        self._parts: list[Part] = []
         self._requests = 0
         self._budget_wait = 0.0
         self._on_progress: Callable[[int, int], None] | None = None
         self._on_batch: Callable[[PurgeProgress], None] | None = None
         self._finished: asyncio.Future[None] | None = None
-        self._session: Session | None = None
-        #: Submitted at priority "high" (its paths go to the front of the line).
-        self.high = high
-
-    def __repr__(self) -> str:
-        return f"<PurgeTicket {self.endpoint_id} {self.done}/{self.total}>"
 
     @property
     def total(self) -> int:
         """Paths of the submission (normalised, once each)."""
-        return len(self._mapping)
+        return len(self.mapping)
 
     @property
     def done(self) -> int:
         """Paths with an outcome so far (purged or failed)."""
         return len(self._purged) + len(self._failed)
 
-    def _report(self) -> PurgeReport:
+    def begin_wait(
+        self,
+        session: Session | None,
+        on_progress: Callable[[int, int], None] | None,
+        on_batch: Callable[[PurgeProgress], None] | None,
+    ) -> asyncio.Future[None]:
+        """A call starts waiting: what resolves once every path has an outcome."""
+        self._on_progress = on_progress
+        self._on_batch = on_batch
+        if self._finished is None or self._finished.done():
+            self._finished = asyncio.get_running_loop().create_future()
+        if self.done >= self.total:
+            self.finish()
+        self.session = session
+        return self._finished
+
+    def end_wait(self) -> None:
+        """The waiting call has ended: none of its callbacks runs any more."""
+        self._on_batch = self._on_progress = None
+
+    def report(self) -> PurgeReport:
+        """The outcomes so far, as ``endpoints.purge`` reports them."""
         return PurgeReport(
             self.endpoint_id,
-            tuple(p for p in self._mapping if p in self._purged),
-            {p: self._failed[p] for p in self._mapping if p in self._failed},
+            tuple(p for p in self.mapping if p in self._purged),
+            {p: self._failed[p] for p in self.mapping if p in self._failed},
             self._requests,
             self._budget_wait,
         )
 
-    def _unresolved(self, part: Part) -> list[str]:
+    def unresolved(self, part: Part) -> list[str]:
+        """Own paths of ``part`` with no outcome yet."""
         return [
             own
             for owns in part.owners.values()
@@ -90,7 +112,8 @@ class PurgeTicket:
             if own not in self._purged and own not in self._failed
         ]
 
-    def _apply(self, part: Part, entry: str) -> None:
+    def apply(self, part: Part, entry: str) -> None:
+        """Take in one result entry of ``part`` (a batch's outcome and its entries)."""
         head, _, tail = entry.partition("\n")
         outcome = json.loads(head)
         error = _error_from(outcome["e"]) if "e" in outcome else None
@@ -111,16 +134,22 @@ class PurgeTicket:
         if confirmed or failed:
             self._progress(confirmed, failed)
 
-    def _fail_rest(self, error: CDNError) -> None:
+    def fail_rest(self, error: CDNError) -> None:
+        """Fail every path with no outcome yet with ``error``, and end the wait."""
         failed = {
             own: error
-            for own in self._mapping
+            for own in self.mapping
             if own not in self._purged and own not in self._failed
         }
         self._failed.update(failed)
         if failed:
             self._progress([], failed)
-        self._finish()
+        self.finish()
+
+    def finish(self) -> None:
+        """Wake the waiting call (every path has an outcome, or the rest failed)."""
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_result(None)
 
     def _progress(self, confirmed: list[str], failed: dict[str, CDNError]) -> None:
         """Tell the callbacks what one batch settled (each path once, as the engine does)."""
@@ -135,11 +164,49 @@ class PurgeTicket:
             except Exception:
                 logger.exception("on_progress callback failed")
         if self.done >= self.total:
-            self._finish()
+            self.finish()
 
-    def _finish(self) -> None:
-        if self._finished is not None and not self._finished.done():
-            self._finished.set_result(None)
+
+class PurgeTicket:
+    """A submission to a ``RedisPurgeQueue``: what ``submit`` returns, for ``wait``.
+
+    Holds, in the submitting process, which entries of the queue its paths joined; the paths
+    themselves are in Redis. Read ``endpoint_id``, ``total`` (paths, normalised, once each),
+    ``done`` (paths with an outcome so far) and ``high`` (submitted at priority "high").
+    """
+
+    def __init__(self, submission: Submission) -> None:
+        # The queue's bookkeeping; the ticket only reads it (``submission_of`` hands it to
+        # the queue when the ticket comes back to ``wait``).
+        self._submission = submission
+
+    def __repr__(self) -> str:
+        return f"<PurgeTicket {self.endpoint_id} {self.done}/{self.total}>"
+
+    @property
+    def endpoint_id(self) -> str:
+        """The endpoint whose paths were submitted."""
+        return self._submission.endpoint_id
+
+    @property
+    def high(self) -> bool:
+        """Submitted at priority "high" (its paths go to the front of the line)."""
+        return self._submission.high
+
+    @property
+    def total(self) -> int:
+        """Paths of the submission (normalised, once each)."""
+        return self._submission.total
+
+    @property
+    def done(self) -> int:
+        """Paths with an outcome so far (purged or failed)."""
+        return self._submission.done
+
+
+def submission_of(ticket: PurgeTicket) -> Submission:
+    """The queue's bookkeeping behind a ticket, for the queue's own modules; not public API."""
+    return ticket._submission
 
 
 class Outcome:

@@ -202,7 +202,7 @@ class RedisLink:
         if not give_back and lease.released_at is not None:
             age = min(max(self._clock() - lease.released_at, 0.0), _MAX_RELEASE_AGE)
         try:
-            await self.call(_scripts.release(lease.id, lease._parts, give_back=give_back, age=age))
+            await self.call(_scripts.release(lease.id, lease.parts, give_back=give_back, age=age))
         except Unavailable as exc:
             logger.debug("release not written to Redis (%s); kept for re-seeding", exc)
             if give_back:

@@ -49,19 +49,19 @@ class Mirror:
         return led
 
     def admitted(self, lease: RedisLease) -> None:
-        for c, u in lease._parts:
+        for c, u in lease.parts:
             self.ledger(c).take(u)
         self.inflight[lease.id] = lease
 
     def release(self, lease: RedisLease, now: float) -> None:
         self.inflight.pop(lease.id, None)
-        for c, u in lease._parts:
+        for c, u in lease.parts:
             self.ledger(c).release(u, now)
-        self.released.append((now, now + max(c.period for c, _ in lease._parts), lease))
+        self.released.append((now, now + max(c.period for c, _ in lease.parts), lease))
 
     def give_back(self, lease: RedisLease) -> None:
         self.inflight.pop(lease.id, None)
-        for c, u in lease._parts:
+        for c, u in lease.parts:
             self.ledger(c).give_back(u)
 
     def sync(self, claim: Claim, remaining: int, reset_after: float, now: float) -> None:
@@ -128,15 +128,15 @@ class Mirror:
             return s
 
         for lease in self.inflight.values():
-            for c, u in lease._parts:
+            for c, u in lease.parts:
                 seed(c).inflight.append(member(lease.id, u))
         for at, _, lease in self.released:
-            for c, u in lease._parts:
+            for c, u in lease.parts:
                 left = at + c.period - now
                 if left > 0:
                     seed(c).released.append((member(lease.id, u), left))
         for lease in self.give_backs.values():
-            for c, u in lease._parts:
+            for c, u in lease.parts:
                 seed(c).given.append(member(lease.id, u))
         for c, used, until in self.holds.values():
             s = seed(c)
@@ -149,7 +149,7 @@ class Mirror:
         """Per key, the members of this process's requests in flight."""
         per_key: dict[str, tuple[Claim, list[str]]] = {}
         for lease in list(self.inflight.values()):
-            for c, u in lease._parts:
+            for c, u in lease.parts:
                 per_key.setdefault(c.key, (c, []))[1].append(member(lease.id, u))
         return list(per_key.values())
 

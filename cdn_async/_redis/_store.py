@@ -421,15 +421,15 @@ class RedisBudgetStore:
     def _finish(self, lease: Lease, *, give_back: bool) -> None:
         """``release`` or ``give_back``: in the mirror at once, in Redis in a task (or with
         the next re-seed while Redis is unreachable)."""
-        if not isinstance(lease, RedisLease) or lease._store is not self:
+        if not isinstance(lease, RedisLease) or not lease.issued_by(self):
             raise ValueError(f"not a lease of this store: {lease!r}")
-        if lease.released:
+        parts = lease.end()
+        if parts is None:
             return
-        lease.released = True
         if self._closed:
             return
         if lease.admitted_at is not None:
-            for c, _ in lease._parts:
+            for c, _ in parts:
                 self._answered[c.key] = lease.admitted_at
         if give_back:
             self._mirror.give_back(lease)
@@ -509,20 +509,20 @@ class RedisBudgetStore:
             self._admitted(lease)
         if reply.lost > 0 and self._lost_warned != self._link.epoch:
             self._lost_warned = self._link.epoch
-            flags = self._restart_holds.flags(lease._parts)
+            flags = self._restart_holds.flags(lease.parts)
             logger.warning(
                 "Redis holds no budget history (it restarted, or is new): admitting nothing "
                 "on %s for up to %.1f s more, in case processes that are gone spent it",
-                ", ".join(c.key for (c, _), f in zip(lease._parts, flags, strict=True) if f == "1"),
+                ", ".join(c.key for (c, _), f in zip(lease.parts, flags, strict=True) if f == "1"),
                 reply.lost,
             )
         return reply
 
     async def _acquire_call(self, lease: RedisLease) -> AcquireReply:
-        flags = self._restart_holds.flags(lease._parts)
-        self._link.max_period = max(self._link.max_period, *(c.period for c, _ in lease._parts))
+        flags = self._restart_holds.flags(lease.parts)
+        self._link.max_period = max(self._link.max_period, *(c.period for c, _ in lease.parts))
         try:
-            return await self._link.call(_scripts.acquire(lease.id, lease._parts, flags))
+            return await self._link.call(_scripts.acquire(lease.id, lease.parts, flags))
         except Unavailable as exc:
             if exc.sent:
                 # It may still run when Redis wakes: give it back with the re-seed.
@@ -533,7 +533,7 @@ class RedisBudgetStore:
         if task.cancelled() or task.exception() is not None:
             return
         if task.result().admitted and not self._closed:
-            lease.released = True
+            lease.end()
             self._link.send_release(lease, give_back=True)
 
     def _admitted(self, lease: RedisLease) -> None:

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .._limits import Claim
 from ._file import Part
-
-if TYPE_CHECKING:
-    from ._store import SQLiteBudgetStore
 
 
 class SQLiteLease:
@@ -20,14 +15,14 @@ class SQLiteLease:
         claims: The claims the request was admitted with.
     """
 
-    __slots__ = ("_parts", "_store", "admitted_at", "claims", "id", "released")
+    __slots__ = ("_ended", "_parts", "_store", "admitted_at", "claims", "id")
 
     def __init__(
         self,
         lease_id: str,
         claims: tuple[Claim, ...],
         parts: tuple[Part, ...],
-        store: SQLiteBudgetStore,
+        store: object,
         admitted_at: float,
     ) -> None:
         self.id = lease_id
@@ -35,9 +30,26 @@ class SQLiteLease:
         self.admitted_at = admitted_at
         self.claims = claims
         self._parts = parts  # merged per key, sorted by key
-        self._store = store
-        self.released = False  # released or given back
+        self._store = store  # the store that issued it (compared by identity only)
+        self._ended = False
+
+    def issued_by(self, store: object) -> bool:
+        """Whether ``store`` handed out this lease."""
+        return self._store is store
+
+    def end(self) -> tuple[Part, ...] | None:
+        """The units the lease holds, by key, the first time; None once it was released or
+        given back (so each is done once)."""
+        if self._ended:
+            return None
+        self._ended = True
+        return self._parts
+
+    @property
+    def released(self) -> bool:
+        """True once the lease was released (or given back)."""
+        return self._ended
 
     def __repr__(self) -> str:
         keys = ", ".join(f"{p.key}={p.units}" for p in self._parts)
-        return f"<SQLiteLease {keys}{' released' if self.released else ''}>"
+        return f"<SQLiteLease {keys}{' released' if self._ended else ''}>"

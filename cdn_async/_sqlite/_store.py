@@ -229,13 +229,12 @@ class SQLiteBudgetStore:
         Raises:
             ValueError: ``lease`` did not come from this store.
         """
-        own = self._finish(lease)
-        if own is None:
+        own = self._own(lease)
+        parts = self._finish(own)
+        if parts is None:
             return
         answered = self._clock()
-        self._write(
-            lambda: self._file.finish(own.id, own._parts, self._clock, answered_at=answered)
-        )
+        self._write(lambda: self._file.finish(own.id, parts, self._clock, answered_at=answered))
 
     def give_back(self, lease: Lease) -> None:
         """The request was never sent, or the server refused it with a 429 without counting
@@ -245,10 +244,11 @@ class SQLiteBudgetStore:
         Raises:
             ValueError: ``lease`` did not come from this store.
         """
-        own = self._finish(lease)
-        if own is None:
+        own = self._own(lease)
+        parts = self._finish(own)
+        if parts is None:
             return
-        self._write(lambda: self._file.finish(own.id, own._parts, self._clock, answered_at=None))
+        self._write(lambda: self._file.finish(own.id, parts, self._clock, answered_at=None))
 
     def sync(self, claim: Claim, remaining: int, reset_after: float, refused: bool = False) -> None:
         """Apply server headers for every process: when the server counts more than the file
@@ -419,18 +419,23 @@ class SQLiteBudgetStore:
 
     # -- releases, syncs, pauses: written now, or soon if the file is locked --------------------
 
-    def _finish(self, lease: Lease) -> SQLiteLease | None:
-        if not isinstance(lease, SQLiteLease) or lease._store is not self:
+    def _own(self, lease: Lease) -> SQLiteLease:
+        if not isinstance(lease, SQLiteLease) or not lease.issued_by(self):
             raise ValueError(f"not a lease of this store: {lease!r}")
-        if lease.released:
+        return lease
+
+    def _finish(self, lease: SQLiteLease) -> tuple[Part, ...] | None:
+        """End ``lease`` here (once): its units by key, to write to the file; None if it had
+        ended already or the store is closed."""
+        parts = lease.end()
+        if parts is None:
             return None
-        lease.released = True
         self._inflight.pop(lease.id, None)
         if self._closed:
             return None
-        for part in lease._parts:
+        for part in parts:
             self._answered[part.key] = lease.admitted_at
-        return lease
+        return parts
 
     def _write(self, op: Callable[[], None]) -> None:
         """Run a write now; if the file is locked, keep it (in order) for the flush task. A
