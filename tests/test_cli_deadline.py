@@ -10,7 +10,14 @@ import pytest
 
 from cdn_async.testing import FakeCDNServer
 
-from .test_cli import SCALE, cli_env, finish, purge_bodies, run_cli
+from .test_cli import (
+    SCALE,
+    assert_reports_what_the_server_purged,
+    cli_env,
+    finish,
+    purge_bodies,
+    run_cli,
+)
 from .test_cli_pipeline import start_purge, until
 from .test_deadline_purge import ORIGIN, covers, site
 
@@ -91,17 +98,23 @@ async def test_purge_with_a_manifest_meets_its_deadline(
 async def test_sigterm_stops_a_purge_with_a_deadline_and_reports_every_path(
     fake_cdn: FakeCDNServer,
 ) -> None:
-    """A pipeline's stop signal reaches a --deadline purge too: exit 143, a JSON report with
-    status "interrupted" in which every changed path is purged or failed, none dropped."""
+    """A pipeline's stop signal reaches a --deadline purge too, and is handled as for any
+    purge: nothing more sent, the batch on the wire waited for (its paths reported purged,
+    as the server confirmed them), exit 143, a JSON report with status "interrupted" in
+    which every changed path is purged or failed, none dropped."""
     ep = fake_cdn.add_endpoint(ORIGIN)["id"]
     paths = [f"img/{i}.png" for i in range(600)]
     proc = await start_purge(fake_cdn, ep, paths, "--deadline", "1h", env=cli_env(fake_cdn))
     await until(lambda: len(purge_bodies(fake_cdn)) >= 1)
     proc.send_signal(signal.SIGTERM)
+    answered = len(purge_bodies(fake_cdn))
     result = await finish(proc, fake_cdn.token)
+    assert len(purge_bodies(fake_cdn)) <= answered + 1  # nothing sent after the signal
     assert result.code == 143, result.err
     report = result.json()
     assert report["status"] == "interrupted"
-    assert set(report["purged"]) <= {p for body in purge_bodies(fake_cdn) for p in body}
+    assert_reports_what_the_server_purged(report, fake_cdn, result.err)
+    assert 0 < len(report["purged"]) < 600
     assert sorted([*report["purged"], *report["failed"]]) == sorted(paths)
     assert "Interrupted by SIGTERM" in result.err
+    assert "waiting for the batch on the wire" in result.err

@@ -36,6 +36,7 @@ from ._output import (
 from ._progress import DEFAULT_HEARTBEAT, progress_display
 from ._settled import Settled
 from ._signals import Stop
+from ._wire import Wire, wait_for_the_wire
 
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -181,7 +182,8 @@ async def _send(
 ) -> int:
     started = time.monotonic()
     changed = list(dict.fromkeys(check.files(files)))
-    async with api.connect() as (cdn, _):
+    wire = Wire()
+    async with api.connect([wire]) as (cdn, queue):
         cdn_id = check.uuid_str("cdn_id", cdn_id)
         display = progress_display(
             cdn, description="purging", no_progress=no_progress, heartbeat=heartbeat
@@ -214,8 +216,15 @@ async def _send(
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            # Every changed path has an outcome: those not confirmed are reported failed.
-            return _print_stopped(settled.report(), stop, as_json=as_json)
+            # As a purge without a deadline does: nothing more is sent, the batch on the wire
+            # is waited for, and every changed path has an outcome (the paths of batches the
+            # server accepted, wildcards included, purged; the rest failed).
+            err(f"{stop.name or 'Interrupted'}: stopping; waiting for the batch on the wire...")
+            unsent, late = await wait_for_the_wire(wire, shared=queue is not None)
+            if late:
+                err(late)
+            settled.confirm_late(wire.accepted)
+            return _print_stopped(settled.report(unsent=unsent), stop, as_json=as_json)
     elapsed = time.monotonic() - started
     return _print_report(report, stop, elapsed, len(changed), as_json=as_json)
 

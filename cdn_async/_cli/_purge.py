@@ -49,7 +49,7 @@ from ._output import (
 from ._progress import DEFAULT_HEARTBEAT, Display, progress_display
 from ._settled import Settled
 from ._signals import Stop
-from ._wire import Wire
+from ._wire import Wire, wait_for_the_wire
 
 if TYPE_CHECKING:
     from .. import CDNClient
@@ -220,11 +220,6 @@ def purge_worker(api: ApiOptions, endpoint_ids: tuple[str, ...], until_idle: boo
     return run_command(lambda stop: _work(api, list(endpoint_ids), until_idle=until_idle))
 
 
-#: The longest a stopped purge waits for the batch on the wire (its retries included): the
-#: report comes well before a SIGKILL (docker stop sends it 10 s after SIGTERM, Kubernetes
-#: 30 s).
-_STOP_WAIT = 5.0
-
 #: The longest an interrupted purge reads the shared queue to tell queued paths from purged
 #: ones (normally one or two polls).
 _SETTLE_TIMEOUT = 2.0
@@ -308,20 +303,11 @@ class _PurgeJob:
         assert task is not None
         task.uncancel()
         err(f"{stop.name or 'Interrupted'}: stopping; waiting for the batch on the wire...")
-        wire, unsent = self.wire, False
-        try:
-            async with asyncio.timeout(_STOP_WAIT):
-                if self.queue is None:
-                    await wire.until(lambda: wire.settled >= wire.sealed)
-                    unsent = True  # every batch sealed has settled: the rest never left
-                else:
-                    await wire.until(lambda: wire.live <= 0)
-        except asyncio.CancelledError:  # a second signal
-            task.uncancel()
-        except TimeoutError:
-            err(f"The batch on the wire did not finish within {_STOP_WAIT:g} s; not waiting.")
+        unsent, late = await wait_for_the_wire(self.wire, shared=self.queue is not None)
+        if late:
+            err(late)
         if self.queue is None:
-            self.settled.confirm_late(wire.accepted)
+            self.settled.confirm_late(self.wire.accepted)
         else:
             try:
                 self.queued = await self._still_queued(self.queue)

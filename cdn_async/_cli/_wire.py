@@ -73,3 +73,33 @@ class Wire:
         while not done():
             self._changed.clear()
             await self._changed.wait()
+
+
+#: The longest a stopped purge waits for the batch on the wire (its retries included): the
+#: report comes well before a SIGKILL (docker stop sends it 10 s after SIGTERM, Kubernetes
+#: 30 s).
+STOP_WAIT = 5.0
+
+
+async def wait_for_the_wire(wire: Wire, *, shared: bool) -> tuple[bool, str | None]:
+    """After a stop signal (the call cancelled, nothing more is sent): wait up to
+    ``STOP_WAIT`` for this process's purge requests on the wire to finish, their retries
+    included; a second signal ends the wait (its cancellation is absorbed).
+
+    Returns whether every batch sealed has settled, so the paths still open never left
+    (never with ``shared``: the shared queue's drainer seals its batches apart), and what to
+    tell the user when the wait ran out, if it did."""
+    task = asyncio.current_task()
+    assert task is not None
+    try:
+        async with asyncio.timeout(STOP_WAIT):
+            if shared:
+                await wire.until(lambda: wire.live <= 0)
+                return False, None
+            await wire.until(lambda: wire.settled >= wire.sealed)
+            return True, None
+    except asyncio.CancelledError:  # a second signal
+        task.uncancel()
+        return False, None
+    except TimeoutError:
+        return False, f"The batch on the wire did not finish within {STOP_WAIT:g} s; not waiting."
