@@ -138,8 +138,8 @@ def purge(
 
     With --manifest and --deadline, the changed paths are covered by exact paths and
     dir/* wildcards chosen to meet the deadline, purging the fewest files that did not
-    change; --dry-run prints that plan. Stopped, such a purge does not wait for the batch
-    on the wire: the paths not confirmed are reported failed.
+    change; --dry-run prints that plan. Stopped, such a purge waits for the batch on the
+    wire too, and reports the paths not confirmed failed (with --redis too).
 
     \b
     Examples:
