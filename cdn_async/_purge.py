@@ -338,14 +338,11 @@ class _Batch:
                 await asyncio.wait((request, upgrade), return_when=asyncio.FIRST_COMPLETED)
                 if request.done() or self.paths:  # answered, or admitted and on the wire
                     return await request
-                request.cancel()
-                await asyncio.gather(request, return_exceptions=True)
-            except asyncio.CancelledError:
-                request.cancel()
-                await asyncio.gather(request, return_exceptions=True)
-                raise
             finally:
+                # Left the queue for an urgent path, or this sender was cancelled.
                 sender.upgrade = None
+                request.cancel()
+                await asyncio.gather(request, return_exceptions=True)
             if not request.cancelled():  # it ended on its own meanwhile
                 return request.result()
             self.waited += loop.time() - started

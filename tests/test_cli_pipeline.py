@@ -25,6 +25,7 @@ from .test_cli import (
     REPORT_KEYS,
     SCALE,
     UNKNOWN_ID,
+    Result,
     assert_reports_what_the_server_purged,
     cli_env,
     confirmed,
@@ -67,6 +68,17 @@ async def until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition not met in time")
 
 
+async def stop_mid_purge(proc: Child, server: FakeCDNServer, sig: int) -> Result:
+    """Send ``sig`` once the server has had a purge request, and the job's result; nothing
+    was sent after the signal (the batch on the wire aside)."""
+    await until(lambda: len(purge_bodies(server)) >= 1)
+    proc.send_signal(sig)
+    answered = len(purge_bodies(server))
+    result = await finish(proc, server.token)
+    assert len(purge_bodies(server)) <= answered + 1  # nothing sent after the signal
+    return result
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 @pytest.mark.fake_cdn(time_scale=SCALE, purge_duration=0.25)
 async def test_sigterm_and_sighup_stop_a_purge_like_ctrl_c(
@@ -77,11 +89,7 @@ async def test_sigterm_and_sighup_stop_a_purge_like_ctrl_c(
     cdn_id = fake_cdn.add_endpoint(ORIGIN)["id"]
     paths = [f"img/{i}.png" for i in range(600)]
     proc = await start_purge(fake_cdn, cdn_id, paths, env=cli_env(fake_cdn))
-    await until(lambda: len(purge_bodies(fake_cdn)) >= 1)
-    proc.send_signal(sig)
-    answered = len(purge_bodies(fake_cdn))
-    result = await finish(proc, fake_cdn.token)
-    assert len(purge_bodies(fake_cdn)) <= answered + 1  # nothing sent after the signal
+    result = await stop_mid_purge(proc, fake_cdn, sig)
     assert result.code == code, result.err
     report = result.json()
     assert set(report) == REPORT_KEYS and report["status"] == "interrupted"
@@ -102,11 +110,7 @@ async def test_sigterm_with_redis_reports_queued_paths_as_queued(
     env = cli_env(fake_cdn, CDN_ASYNC_REDIS_URL=redis_url)
     await new_redis_for(redis_url, fake_cdn.token)
     json_job = await start_purge(fake_cdn, cdn_id, paths, env=env)
-    await until(lambda: len(purge_bodies(fake_cdn)) >= 1)
-    json_job.send_signal(signal.SIGTERM)
-    answered = len(purge_bodies(fake_cdn))
-    result = await finish(json_job, fake_cdn.token)
-    assert len(purge_bodies(fake_cdn)) <= answered + 1  # nothing sent after the signal
+    result = await stop_mid_purge(json_job, fake_cdn, signal.SIGTERM)
     assert result.code == 143, result.err
     report = result.json()
     sent = confirmed(fake_cdn)

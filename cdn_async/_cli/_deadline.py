@@ -213,16 +213,10 @@ async def _send(
                 except PurgeError as exc:
                     report = exc.report
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
             # As a purge without a deadline does: nothing more is sent, the batch on the wire
             # is waited for, and every changed path has an outcome (the paths of batches the
             # server accepted, wildcards included, purged; the rest failed).
-            err(f"{stop.name or 'Interrupted'}: stopping; waiting for the batch on the wire...")
-            unsent, late = await wait_for_the_wire(wire, shared=queue is not None)
-            if late:
-                err(late)
+            unsent = await wait_for_the_wire(wire, stop, shared=queue is not None)
             settled.confirm_late(wire.accepted)
             return _print_stopped(settled.report(unsent=unsent), stop, as_json=as_json)
     elapsed = time.monotonic() - started

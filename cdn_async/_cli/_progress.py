@@ -70,13 +70,11 @@ def progress_display(
     """
     if no_progress:
         return NullProgress()
-    if not sys.stderr.isatty():
-        return (
-            HeartbeatProgress(heartbeat, description=description)
-            if heartbeat > 0
-            else (NullProgress())
-        )
-    return LiveProgress(cdn, total, description=description)
+    if sys.stderr.isatty():
+        return LiveProgress(cdn, total, description=description)
+    if heartbeat > 0:
+        return HeartbeatProgress(heartbeat, description=description)
+    return NullProgress()
 
 
 class NullProgress:

@@ -138,8 +138,8 @@ def purge(
 
     With --manifest and --deadline, the changed paths are covered by exact paths and
     dir/* wildcards chosen to meet the deadline, purging the fewest files that did not
-    change; --dry-run prints that plan. Stopped, such a purge does not wait for the batch
-    on the wire: the paths not confirmed are reported failed.
+    change; --dry-run prints that plan. Stopped, such a purge waits for the batch on the
+    wire too, and reports the paths not confirmed failed (with --redis too).
 
     \b
     Examples:
@@ -299,19 +299,15 @@ class _PurgeJob:
         """After a stop signal cancelled ``run``: nothing more is sent. Wait for the batch on
         the wire (its outcome is reported), unless a second signal says not to; then the
         report so far, every path in it purged, failed or (``--redis``) still queued."""
-        task = asyncio.current_task()
-        assert task is not None
-        task.uncancel()
-        err(f"{stop.name or 'Interrupted'}: stopping; waiting for the batch on the wire...")
-        unsent, late = await wait_for_the_wire(self.wire, shared=self.queue is not None)
-        if late:
-            err(late)
+        unsent = await wait_for_the_wire(self.wire, stop, shared=self.queue is not None)
         if self.queue is None:
             self.settled.confirm_late(self.wire.accepted)
         else:
             try:
                 self.queued = await self._still_queued(self.queue)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError:  # a second signal
+                task = asyncio.current_task()
+                assert task is not None
                 task.uncancel()
             # An outcome read while the queue was being asked wins: never purged and queued.
             self.queued &= set(self.settled.open_paths())

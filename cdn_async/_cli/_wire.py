@@ -16,6 +16,8 @@ from ..events import (
     ResponseReceived,
     RetryScheduled,
 )
+from ._output import err
+from ._signals import Stop
 
 
 def _is_purge(path: str) -> bool:
@@ -81,25 +83,28 @@ class Wire:
 STOP_WAIT = 5.0
 
 
-async def wait_for_the_wire(wire: Wire, *, shared: bool) -> tuple[bool, str | None]:
-    """After a stop signal (the call cancelled, nothing more is sent): wait up to
-    ``STOP_WAIT`` for this process's purge requests on the wire to finish, their retries
-    included; a second signal ends the wait (its cancellation is absorbed).
+async def wait_for_the_wire(wire: Wire, stop: Stop, *, shared: bool) -> bool:
+    """After a stop signal cancelled the purge call (nothing more is sent): absorb the
+    cancellation, say so, and wait up to ``STOP_WAIT`` for this process's purge requests on
+    the wire to finish, their retries included; a second signal ends the wait (its
+    cancellation is absorbed too). Says so when the wait runs out.
 
     Returns whether every batch sealed has settled, so the paths still open never left
-    (never with ``shared``: the shared queue's drainer seals its batches apart), and what to
-    tell the user when the wait ran out, if it did."""
+    (never with ``shared``: the shared queue's drainer seals its batches apart)."""
     task = asyncio.current_task()
     assert task is not None
+    task.uncancel()
+    err(f"{stop.name or 'Interrupted'}: stopping; waiting for the batch on the wire...")
     try:
         async with asyncio.timeout(STOP_WAIT):
             if shared:
                 await wire.until(lambda: wire.live <= 0)
-                return False, None
+                return False
             await wire.until(lambda: wire.settled >= wire.sealed)
-            return True, None
+            return True
     except asyncio.CancelledError:  # a second signal
         task.uncancel()
-        return False, None
+        return False
     except TimeoutError:
-        return False, f"The batch on the wire did not finish within {STOP_WAIT:g} s; not waiting."
+        err(f"The batch on the wire did not finish within {STOP_WAIT:g} s; not waiting.")
+        return False
