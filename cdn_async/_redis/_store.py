@@ -388,7 +388,7 @@ class RedisBudgetStore:
             ``{key: BudgetState}`` for every key this process holds units on or waits for.
         """
         now = self._clock()
-        self._link.prune(now)
+        self._mirror.prune(now)
         return self._mirror.snapshot(now, self._queue.waiters())
 
     async def aclose(self) -> None:
