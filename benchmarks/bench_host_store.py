@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import statistics
 import sys
 import tempfile
 import time
@@ -29,32 +28,9 @@ from typing import Any
 
 from benchmarks._redis_server import RedisServer, find_redis_server, run_workers
 from benchmarks._report import SMOKE_HELP, machine, table
-from cdn_async import BudgetStore, MemoryBudgetStore, SQLiteBudgetStore
-from cdn_async._limits import Claim  # no public name: what a store is asked for
+from benchmarks.bench_redis import latency  # the same uncontended acquire
+from cdn_async import MemoryBudgetStore, SQLiteBudgetStore
 from cdn_async.testing import FakeCDNServer
-
-# The documented budgets of a GET, with limits too large to ever wait: cost, not budgets.
-CLAIMS = [
-    Claim("hourly", 10**9, 3600.0, 1, "hourly"),
-    Claim("minute", 10**9, 60.0, 1, "minute"),
-    Claim("cdn", 10**9, 10.0, 1, "cdn"),
-]
-
-
-async def latency(store: BudgetStore, n: int) -> tuple[float, float]:
-    """p50 and p99 of an uncontended ``acquire``, in microseconds."""
-    for _ in range(50):  # warm up
-        store.release(await store.acquire(CLAIMS))
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        lease = await store.acquire(CLAIMS)
-        samples.append(time.perf_counter() - t0)
-        store.release(lease)
-        await asyncio.sleep(0)  # let a release task run, as between real requests
-    await store.aclose()
-    samples.sort()
-    return statistics.median(samples) * 1e6, samples[int(len(samples) * 0.99)] * 1e6
 
 
 async def processes(
@@ -128,8 +104,8 @@ async def main() -> int:
                 )
             rows = []
             for name, make in stores:
-                p50, p99 = await latency(make(), args.n)
-                rows.append([name, f"{p50:.1f}", f"{p99:.1f}"])
+                lat = await latency(make(), args.n)
+                rows.append([name, f"{lat['p50_us']:.1f}", f"{lat['p99_us']:.1f}"])
             table(
                 f"uncontended acquire, 3-budget stack ({args.n} samples)",
                 ["store", "p50 us", "p99 us"],

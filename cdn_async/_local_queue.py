@@ -123,6 +123,49 @@ class Group:
             _resolve(self.sleeper)
 
 
+class LocalQueue:
+    """A shared store's queued acquires, one ``Group`` per key set (made on the first call,
+    dropped when its last call leaves): what ``RedisBudgetStore`` and ``SQLiteBudgetStore``
+    both keep of their own process's calls."""
+
+    __slots__ = ("groups",)
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, ...], Group] = {}
+
+    async def run(
+        self,
+        keyset: tuple[str, ...],
+        vt: float,
+        units: dict[str, int],
+        head: Callable[[Group], Awaitable[_T]],
+    ) -> _T:
+        """``Group.run`` in the group of ``keyset``; ``head`` is given that group."""
+        group = self.groups.get(keyset)
+        if group is None:
+            group = self.groups[keyset] = Group()
+        group.count += 1
+        try:
+            return await group.run(vt, units, lambda: head(group))
+        finally:
+            group.count -= 1
+            if group.count == 0 and self.groups.get(keyset) is group:
+                del self.groups[keyset]
+
+    def wake_all(self) -> None:
+        """Wake every head: room may have freed (an answer, a pause, a closed store)."""
+        for group in self.groups.values():
+            group.wake()
+
+    def waiters(self) -> dict[str, int]:
+        """Queued calls per key (a call counts on every key of its set)."""
+        waiters: dict[str, int] = {}
+        for keyset, group in self.groups.items():
+            for key in keyset:
+                waiters[key] = waiters.get(key, 0) + group.count
+        return waiters
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)

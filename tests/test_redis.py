@@ -901,7 +901,7 @@ async def _fill_and_queue(cdn: Any, cdn_id: str, waiting: int) -> list[asyncio.T
     """The cdn window full, then ``waiting`` normal calls queued behind it."""
     await asyncio.gather(*(cdn.endpoints.get(cdn_id) for _ in range(5)))
     queued = [asyncio.create_task(cdn.endpoints.get(cdn_id)) for _ in range(waiting)]
-    await until(lambda: sum(g.count for g in cdn._session.store._groups.values()) == waiting)
+    await until(lambda: sum(g.count for g in cdn._session.store._queue.groups.values()) == waiting)
     return queued
 
 

@@ -7,6 +7,7 @@ where they must be there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -142,34 +143,40 @@ async def test_restart_of_the_node_that_owns_the_slot(
     # nodes) does not overrun on a node that is up; a stopped node refuses at once.
     bound = 0.5
     fast = {"token_id": tid, "cluster": True, "heartbeat_interval": 0.05, "call_timeout": bound}
-    filler = RedisBudgetStore(url, _restart_hold=False, recovery_grace=0, **fast)  # type: ignore[arg-type]
-    for _ in range(3):
-        filler.release(await filler.acquire([c]))
-    await filler.aclose()  # the process that filled the window is gone
-    strict = RedisBudgetStore(url, unavailable_timeout=0.3, recovery_grace=0.1, **fast)  # type: ignore[arg-type]
-    loose = RedisBudgetStore(url, fallback="memory", recovery_grace=0.1, **fast)  # type: ignore[arg-type]
-    for s in (strict, loose):
-        s.release(await s.acquire([warm]))
-    with caplog.at_level(logging.WARNING, logger="cdn_async"):
-        await asyncio.to_thread(owner.stop)
-        t0 = time.monotonic()
-        with pytest.raises(BudgetStoreUnavailableError):
-            await asyncio.wait_for(strict.acquire([warm]), 3.0)
-        assert 0.3 - 0.02 <= time.monotonic() - t0 < 0.3 + 0.5
-        t0 = time.monotonic()
-        loose.release(await asyncio.wait_for(loose.acquire([warm]), 1.0))
-        assert time.monotonic() - t0 < bound + 0.3
-        await asyncio.to_thread(owner.start)
-        await asyncio.to_thread(cluster.wait_ok)
-        await until(lambda: strict._link.down_since is None and loose._link.down_since is None)
-        asked = time.monotonic()
-        newcomer = RedisBudgetStore(url, recovery_grace=0.1, **fast)  # type: ignore[arg-type]
-        lease = await asyncio.wait_for(newcomer.acquire([c]), 6.0)
-        admitted = time.monotonic()
-        newcomer.release(lease)
-        strict.release(await asyncio.wait_for(strict.acquire([warm]), 1.0))
-        for s in (strict, loose, newcomer):
-            await s.aclose()
+    # Every store is closed however the test ends: a failure leaks no socket into the next.
+    async with contextlib.AsyncExitStack() as stores:
+        filler = RedisBudgetStore(url, _restart_hold=False, recovery_grace=0, **fast)  # type: ignore[arg-type]
+        stores.push_async_callback(filler.aclose)
+        for _ in range(3):
+            filler.release(await filler.acquire([c]))
+        await filler.aclose()  # the process that filled the window is gone
+        strict = RedisBudgetStore(url, unavailable_timeout=0.3, recovery_grace=0.1, **fast)  # type: ignore[arg-type]
+        stores.push_async_callback(strict.aclose)
+        loose = RedisBudgetStore(url, fallback="memory", recovery_grace=0.1, **fast)  # type: ignore[arg-type]
+        stores.push_async_callback(loose.aclose)
+        for s in (strict, loose):
+            s.release(await s.acquire([warm]))
+        with caplog.at_level(logging.WARNING, logger="cdn_async"):
+            await asyncio.to_thread(owner.stop)
+            t0 = time.monotonic()
+            with pytest.raises(BudgetStoreUnavailableError):
+                await asyncio.wait_for(strict.acquire([warm]), 3.0)
+            assert 0.3 - 0.02 <= time.monotonic() - t0 < 0.3 + 0.5
+            t0 = time.monotonic()
+            loose.release(await asyncio.wait_for(loose.acquire([warm]), 1.0))
+            assert time.monotonic() - t0 < bound + 0.3
+            await asyncio.to_thread(owner.start)
+            await asyncio.to_thread(cluster.wait_ok)
+            await until(lambda: strict._link.down_since is None and loose._link.down_since is None)
+            asked = time.monotonic()
+            newcomer = RedisBudgetStore(url, recovery_grace=0.1, **fast)  # type: ignore[arg-type]
+            stores.push_async_callback(newcomer.aclose)
+            lease = await asyncio.wait_for(newcomer.acquire([c]), 6.0)
+            admitted = time.monotonic()
+            newcomer.release(lease)
+            strict.release(await asyncio.wait_for(strict.acquire([warm]), 1.0))
+            for s in (strict, loose, newcomer):
+                await s.aclose()
     assert admitted >= owner.started_at + period - 0.02
     if asked < owner.started_at + period - 0.1:  # it asked while the hold ran: it says why
         assert any("no budget history" in r.getMessage() for r in caplog.records)

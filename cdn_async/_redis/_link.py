@@ -229,7 +229,7 @@ class RedisLink:
                 return
             self._needs_restore = False
             now = self._clock()
-            self.prune(now)
+            self.mirror.prune(now)
             given = dict(self.mirror.give_backs)
             seeds = self.mirror.seeds(now)
             try:
@@ -244,10 +244,6 @@ class RedisLink:
 
     # -- mirror, heartbeat, tasks ------------------------------------------------------------------
 
-    def prune(self, now: float) -> None:
-        """Drop what has expired from the mirror."""
-        self.mirror.prune(now)
-
     def ensure_heartbeat(self) -> None:
         """Run the heartbeat (it stops itself once this process holds nothing in Redis)."""
         if self._closed or (self._heartbeat is not None and not self._heartbeat.done()):
@@ -260,7 +256,7 @@ class RedisLink:
         while not self._closed:
             down = self.down_since is not None
             await asyncio.sleep(self._probe_interval if down else self._heartbeat_interval)
-            self.prune(self._clock())
+            self.mirror.prune(self._clock())
             down = self.down_since is not None
             if not down and self.mirror.empty() and not self._needs_restore:
                 return

@@ -22,7 +22,7 @@ from .._limits import (
     merge_claims,
     priority_lead,
 )
-from .._local_queue import Group, line_estimate
+from .._local_queue import Group, LocalQueue, line_estimate
 from .._logs import logger
 from ..errors import CDNError
 from . import _scripts
@@ -192,6 +192,7 @@ class RedisBudgetStore:
         self._clock: Callable[[], float] = clock if clock is not None else _loop_time
         self._closed = False
         self._prefix = f"{{{namespace}:{token_id if token_id is not None else 'default'}}}"
+        self._queue = LocalQueue()
         self._link = RedisLink(
             Connection(
                 redis, cluster=cluster, call_timeout=call_timeout, scripts=_scripts.sources()
@@ -202,7 +203,7 @@ class RedisBudgetStore:
             recovery_grace=recovery_grace,
             marker_ttl=_marker_ttl,
             clock=self._clock,
-            wake=self._wake_all,
+            wake=self._queue.wake_all,
             while_down=(
                 "admitting with in-process budgets (this process's own units, pauses and holds)"
                 " until it answers again"
@@ -215,7 +216,6 @@ class RedisBudgetStore:
             limits if limits is not None else RateLimits.documented(), _restart_hold
         )
         self._ids, self._id_prefix = itertools.count(), secrets.token_hex(6) + "-"
-        self._groups: dict[tuple[str, ...], Group] = {}
         self._lost_warned: str | None = None  # epoch whose restart hold was logged
         self._answered: dict[str, float] = {}  # key -> admission of the last settled (sync)
 
@@ -264,22 +264,12 @@ class RedisBudgetStore:
         for c, _ in parts:
             self._mirror.ledger(c)
         self._check_local_pause(parts, max_wait)
-        keyset = tuple(c.key for c, _ in parts)
-        group = self._groups.get(keyset)
-        if group is None:
-            group = self._groups[keyset] = Group()
-        group.count += 1
-        vt = asyncio.get_running_loop().time() - priority_lead(claims, priority)
-        try:
-            return await group.run(
-                vt,
-                {c.key: u for c, u in parts},
-                lambda: self._acquire_head(tuple(claims), parts, max_wait, group),
-            )
-        finally:
-            group.count -= 1
-            if group.count == 0 and self._groups.get(keyset) is group:
-                del self._groups[keyset]
+        return await self._queue.run(
+            tuple(c.key for c, _ in parts),
+            asyncio.get_running_loop().time() - priority_lead(claims, priority),
+            {c.key: u for c, u in parts},
+            lambda group: self._acquire_head(tuple(claims), parts, max_wait, group),
+        )
 
     def release(self, lease: Lease) -> None:
         """The request's answer (or failure) arrived: its units free ``period`` s from now.
@@ -358,7 +348,7 @@ class RedisBudgetStore:
         if self._closed or resume_after <= 0:
             return
         self._mirror.pause(claim, resume_after, self._clock())
-        self._wake_all()
+        self._queue.wake_all()
         self._link.write_later(_scripts.pause(claim, resume_after))
 
     def admission_delay(
@@ -379,7 +369,7 @@ class RedisBudgetStore:
         """
         loop_now = asyncio.get_running_loop().time()
         return line_estimate(
-            self._groups,
+            self._queue.groups,
             merge_claims(claims, to_fit=False),
             loop_now - priority_lead(claims, priority),
             loop_now,
@@ -398,12 +388,8 @@ class RedisBudgetStore:
             ``{key: BudgetState}`` for every key this process holds units on or waits for.
         """
         now = self._clock()
-        self._link.prune(now)
-        waiters: dict[str, int] = {}
-        for keyset, group in self._groups.items():
-            for key in keyset:
-                waiters[key] = waiters.get(key, 0) + group.count
-        return self._mirror.snapshot(now, waiters)
+        self._mirror.prune(now)
+        return self._mirror.snapshot(now, self._queue.waiters())
 
     async def aclose(self) -> None:
         """Finish pending Redis calls (each bounded by ``call_timeout``), stop the heartbeat,
@@ -413,7 +399,7 @@ class RedisBudgetStore:
         if self._closed:
             return
         self._closed = True
-        self._wake_all()
+        self._queue.wake_all()
         await self._link.aclose()
 
     # -- acquiring --------------------------------------------------------------------------------
@@ -436,7 +422,7 @@ class RedisBudgetStore:
         else:
             lease.released_at = self._clock()
             self._mirror.release(lease, lease.released_at)
-        self._wake_all()
+        self._queue.wake_all()
         self._link.send_release(lease, give_back=give_back)
 
     async def _acquire_head(
@@ -573,10 +559,6 @@ class RedisBudgetStore:
         paused = self._mirror.paused(parts, max_wait, self._clock())
         if paused is not None:
             raise paused_error(*paused)
-
-    def _wake_all(self) -> None:
-        for group in self._groups.values():
-            group.wake()
 
     # -- Redis calls ----------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from .._ledger import WindowLedger
 from .._limits import BudgetState, Claim, Lease, Priority, merge_claims, priority_lead
-from .._local_queue import Group, line_estimate
+from .._local_queue import Group, LocalQueue, line_estimate
 from .._logs import logger
 from ..errors import BudgetFileError, CDNError, RateLimitedError
 from ._file import CHECKPOINT_EVERY, AcquireReply, BudgetFile, Busy, Part
@@ -121,7 +121,7 @@ class SQLiteBudgetStore:
         self._poll = max_poll_interval
         self._lock_timeout = lock_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._groups: dict[tuple[str, ...], Group] = {}
+        self._queue = LocalQueue()
         self._inflight: dict[str, SQLiteLease] = {}
         # Per key, when the request answered last was admitted (``sync`` follows its release).
         self._answered: dict[str, float] = {}
@@ -184,21 +184,12 @@ class SQLiteBudgetStore:
         merged = merge_claims(claims)  # the same rule as the other stores
         parts = tuple(Part(c.key, c.limit, c.period, u) for c, u in merged)
         self._check_local_pause(merged, max_wait)
-        keyset = tuple(p.key for p in parts)
-        group = self._groups.get(keyset)
-        if group is None:
-            group = self._groups[keyset] = Group()
-        group.count += 1
-        try:
-            return await group.run(
-                self._clock() - priority_lead(claims, priority),
-                {p.key: p.units for p in parts},
-                lambda: self._acquire_head(tuple(claims), merged, parts, max_wait, group),
-            )
-        finally:
-            group.count -= 1
-            if group.count == 0 and self._groups.get(keyset) is group:
-                del self._groups[keyset]
+        return await self._queue.run(
+            tuple(p.key for p in parts),
+            self._clock() - priority_lead(claims, priority),
+            {p.key: p.units for p in parts},
+            lambda group: self._acquire_head(tuple(claims), merged, parts, max_wait, group),
+        )
 
     def admission_delay(
         self, claims: Sequence[Claim], priority: Priority = "normal"
@@ -219,7 +210,7 @@ class SQLiteBudgetStore:
             except (BudgetFileError, Busy):
                 return None  # unreadable now: estimate from the line alone
 
-        return line_estimate(self._groups, merged, vt, now, now, ledger)
+        return line_estimate(self._queue.groups, merged, vt, now, now, ledger)
 
     def release(self, lease: Lease) -> None:
         """The request's answer (or failure) arrived: its units leave the windows ``period``
@@ -282,7 +273,7 @@ class SQLiteBudgetStore:
         self._pauses[claim.key] = max(self._pauses.get(claim.key, 0.0), until)
         part = Part(claim.key, claim.limit, claim.period, 0)
         self._write(lambda: self._file.pause(part, resume_after, self._clock))
-        self._wake_all()
+        self._queue.wake_all()
 
     def snapshot(self) -> dict[str, BudgetState]:
         """Every key in the file, over all processes (a read; it waits for no lock).
@@ -295,10 +286,7 @@ class SQLiteBudgetStore:
         except (BudgetFileError, Busy) as exc:
             logger.debug("budget file not read for a snapshot (%s)", exc)
             return {}
-        waiters: dict[str, int] = {}
-        for keyset, group in self._groups.items():
-            for key in keyset:
-                waiters[key] = waiters.get(key, 0) + group.count
+        waiters = self._queue.waiters()
         return {
             row.key: BudgetState(
                 key=row.key,
@@ -322,7 +310,7 @@ class SQLiteBudgetStore:
         if self._closed:
             return
         self._closed = True
-        self._wake_all()
+        self._queue.wake_all()
         if self._checkpoint is not None:
             await self._checkpoint
         for task in (self._heartbeat, self._flusher):
@@ -406,10 +394,6 @@ class SQLiteBudgetStore:
             if left > max_wait:
                 raise RateLimitedError.paused(c.budget, c.key, left, time.time())
 
-    def _wake_all(self) -> None:
-        for group in self._groups.values():
-            group.wake()
-
     def _new_id(self) -> str:
         if os.getpid() != self._pid:  # a forked child: its own ids, none of the parent's leases
             self._pid = os.getpid()
@@ -449,7 +433,7 @@ class SQLiteBudgetStore:
                 logger.error("%s", exc)
                 return
             else:
-                self._wake_all()
+                self._queue.wake_all()
                 self._maintain()
                 return
         self._pending.append(op)
@@ -471,7 +455,7 @@ class SQLiteBudgetStore:
                 logger.error("%s", exc)
             self._pending.popleft()
             sleep = _MIN_SLEEP
-            self._wake_all()
+            self._queue.wake_all()
 
     def _maintain(self) -> None:
         """Every ``CHECKPOINT_EVERY`` commits, checkpoint the WAL in a thread."""
