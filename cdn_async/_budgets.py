@@ -111,17 +111,10 @@ class MemoryBudgetStore:
             u = c.units
             if (
                 k.blocked_live
-                or k.paused_until > now
                 or u < 1
                 or k.limit != c.limit
                 or k.period != c.period
-            ):
-                break
-            ex = k.expiries
-            if (ex and ex[0] <= now) or k.held:
-                k.expire(now)
-            if k.in_flight + k.unexpired + k.held + k.passing_units + u > k.limit or (
-                k.waits_for_probe(k.passing_units, now)
+                or not k.fits(u, now)
             ):
                 break
             k.take(u)
