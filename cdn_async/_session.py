@@ -128,6 +128,9 @@ class Session:
         # asked once per answer until the warning is said, so it must be a lookup, not a
         # snapshot (a shared store's reads the file or Redis, and says 0).
         self._memory = store if isinstance(store, MemoryBudgetStore) else None
+        # Whether the store can estimate a wait (for max_budget_wait, max_queued): decided
+        # once, as a runtime protocol check costs as much as an uncontended acquire.
+        self._estimator = store if isinstance(store, EstimatesAdmission) else None
         self._pool = Pool(http, owns_http)
         self._sleep = sleep
         self._wall_clock = wall_clock
@@ -467,8 +470,7 @@ class Session:
         deadline, cap = opts.max_budget_wait, opts.max_queued
         if deadline is None and cap is None:  # nothing to bound or count
             return await self._pool.while_open(self._admit(claims, opts, priority, files))
-        store = self.store
-        estimator = store if isinstance(store, EstimatesAdmission) else None
+        estimator = self._estimator
         delay, budget = (
             estimator.admission_delay(claims, priority) if estimator is not None else (1.0, "")
         )
