@@ -645,7 +645,7 @@ class Session:
         self, info: RateLimitInfo, claimed: RequestClaims, store: MemoryBudgetStore
     ) -> None:
         """Warn once when the store holds units the headers showed another client spent."""
-        claim = claimed.by_limit.get(info.limit) if info.limit is not None else None
+        claim = claimed.described(info)
         if claim is None or info.remaining is None or info.remaining >= claim.limit:
             return
         others = store.held_for_others(claim.key)
