@@ -302,6 +302,7 @@ class Session:
         # What the file share counts in flight for this attempt, settled once.
         reserved = call.count if share is not None else 0
         lease, trial = await self._acquire(call.claimed.claims, opts, call.priority, reserved)
+        settled_as: Outcome = "counted"  # ended by an exception: it may be on the wire
         try:
             sent = self.now()
             call.budget_wait += sent - started
@@ -313,17 +314,13 @@ class Session:
                 await self._make_body(call)
             except BaseException:
                 self.store.give_back(lease)  # nothing was sent
-                if share is not None and reserved:
-                    share.settle(reserved, trial, "unsent")
-                    reserved = 0
+                settled_as = "unsent"
                 raise
             outcome = await self._send(call, http, lease, trial, sent)
-        except BaseException:
+            settled_as = _share_outcome(outcome.status, outcome.failure)
+        finally:
             if share is not None and reserved:
-                share.settle(reserved, trial, "counted")  # it may be on the wire
-            raise
-        if share is not None and reserved:
-            share.settle(reserved, trial, _share_outcome(outcome.status, outcome.failure))
+                share.settle(reserved, trial, settled_as)
         return outcome
 
     @staticmethod
