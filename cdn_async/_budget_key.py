@@ -122,6 +122,19 @@ class BudgetKey(WindowLedger):
 
     # -- the queue ----------------------------------------------------------------------------
 
+    def fits(self, u: int, now: float) -> bool:
+        """Whether ``u`` more units pass now behind those already passing: not paused, room
+        in the window, and no probe to wait for. Only with nobody blocked (the caller's
+        business: a blocked head goes first)."""
+        ex = self.expiries
+        if (ex and ex[0] <= now) or self.held:  # the common case needs no expire call
+            self.expire(now)
+        return (
+            self.paused_until <= now
+            and self.in_flight + self.unexpired + self.held + self.passing_units + u <= self.limit
+            and not self.waits_for_probe(self.passing_units, now)
+        )
+
     def enqueue(self, w: Waiter, u: int, now: float) -> Place:
         """Put ``w`` (``u`` units) in this key's queue at its virtual time."""
         if self.passing and next(reversed(self.passing)).vt > w.vt:
@@ -132,13 +145,7 @@ class BudgetKey(WindowLedger):
             return "overtook"
         if not self.blocked_live:
             self.blocked = None  # only tombstones left, if anything
-            self.expire(now)
-            if (
-                self.paused_until <= now
-                and self.in_flight + self.unexpired + self.held + self.passing_units + u
-                <= self.limit
-                and not self.waits_for_probe(self.passing_units, now)
-            ):
+            if self.fits(u, now):
                 self.passing[w] = u
                 self.passing_units += u
                 return "passing"

@@ -111,17 +111,10 @@ class MemoryBudgetStore:
             u = c.units
             if (
                 k.blocked_live
-                or k.paused_until > now
                 or u < 1
                 or k.limit != c.limit
                 or k.period != c.period
-            ):
-                break
-            ex = k.expiries
-            if (ex and ex[0] <= now) or k.held:
-                k.expire(now)
-            if k.in_flight + k.unexpired + k.held + k.passing_units + u > k.limit or (
-                k.waits_for_probe(k.passing_units, now)
+                or not k.fits(u, now)
             ):
                 break
             k.take(u)
@@ -209,8 +202,7 @@ class MemoryBudgetStore:
         # Every answer syncs; most change nothing (a lone client never holds), so only a
         # change re-dispatches. Expiries are the key's timer's business.
         if k.sync(remaining, reset_after, now, refused):
-            self._dispatch([k])
-            self._table.check_idle(k, now)
+            self._redispatch([k])
 
     def pause(self, claim: Claim, resume_after: float) -> None:
         """The server answered 429 for this key: admit nothing on it for ``resume_after`` s.
@@ -240,9 +232,7 @@ class MemoryBudgetStore:
                 # A waiter cancelled in this same tick already has a done future.
                 if not w.fut.done():
                     w.fut.set_exception(self._paused_error(claim.budget, k.key, paused_for))
-        self._dispatch(touched)
-        for t in touched:
-            self._table.check_idle(t, now)
+        self._redispatch(touched)
 
     def admission_delay(
         self, claims: Sequence[Claim], priority: Priority = "normal"
@@ -342,11 +332,7 @@ class MemoryBudgetStore:
                 # its units cannot be in any server window. Give them back.
                 self._give_back(w.fut.result())
             elif w.state == WAITING:
-                touched = w.withdraw()
-                self._dispatch(touched)
-                now = self._table.clock()
-                for k in touched:
-                    self._table.check_idle(k, now)
+                self._redispatch(w.withdraw())
             elif w.fut.done() and not w.fut.cancelled():
                 w.fut.exception()  # failed and cancelled at once: mark the error as seen
             raise
@@ -427,12 +413,7 @@ class MemoryBudgetStore:
             return
         for k, u in parts:
             k.give_back(u)
-        if not self._closed:
-            touched = [k for k, _ in parts]
-            self._dispatch(touched)
-            now = self._table.clock()
-            for k in touched:
-                self._table.check_idle(k, now)
+        self._redispatch([k for k, _ in parts])
 
     def _dispatch(self, keys: list[BudgetKey]) -> None:
         """Move the frontier of every key in ``keys`` (and of keys that change meanwhile)."""
@@ -440,6 +421,16 @@ class MemoryBudgetStore:
             return
         self._todo.extend(keys)
         self._run_todo(self._table.clock())
+
+    def _redispatch(self, keys: list[BudgetKey]) -> None:
+        """``_dispatch`` after units or waiters left ``keys``, then drop those left idle."""
+        if self._closed:
+            return
+        now = self._table.clock()
+        self._todo.extend(keys)
+        self._run_todo(now)
+        for k in keys:
+            self._table.check_idle(k, now)
 
     def _run_todo(self, now: float) -> None:
         todo = self._todo

@@ -37,9 +37,13 @@ class RequestClaims:
             sorted((c for c in claims if c not in self.files), key=lambda c: c.period)
         )
 
+    def described(self, info: RateLimitInfo) -> Claim | None:
+        """The claim an answer's ``ratelimit-limit`` describes, if one of ours."""
+        return self.by_limit.get(info.limit) if info.limit is not None else None
+
     def budget_for(self, info: RateLimitInfo) -> str | None:
         """The name of the budget an answer's ``ratelimit-limit`` describes, if one of ours."""
-        found = self.by_limit.get(info.limit) if info.limit is not None else None
+        found = self.described(info)
         return found.budget if found is not None else None
 
 
@@ -96,9 +100,9 @@ def apply_headers(
     exceeds it is held against our capacity (the reserve is room for the others, not room
     on top of what they are seen to use).
     """
-    if info.limit is None or info.remaining is None or info.reset is None:
+    if info.remaining is None or info.reset is None:
         return
-    claim = claimed.by_limit.get(info.limit)
+    claim = claimed.described(info)
     if claim is not None:
         memory = claim.period if refused else OTHERS_MEMORY * claim.period
         store.sync(claim, info.remaining, memory, refused=refused)
@@ -119,7 +123,7 @@ def pause(store: BudgetStore, info: RateLimitInfo, claimed: RequestClaims, wait:
     - Room on the described budget and no file budget: the shortest undescribed budget, for
       the server's ``Retry-After`` when it sent one, else a full period.
     """
-    described = claimed.by_limit.get(info.limit) if info.limit is not None else None
+    described = claimed.described(info)
     if described is None:
         targets = [(c, wait) for c in claimed.claims]
     else:

@@ -128,6 +128,9 @@ class Session:
         # asked once per answer until the warning is said, so it must be a lookup, not a
         # snapshot (a shared store's reads the file or Redis, and says 0).
         self._memory = store if isinstance(store, MemoryBudgetStore) else None
+        # Whether the store can estimate a wait (for max_budget_wait, max_queued): decided
+        # once, as a runtime protocol check costs as much as an uncontended acquire.
+        self._estimator = store if isinstance(store, EstimatesAdmission) else None
         self._pool = Pool(http, owns_http)
         self._sleep = sleep
         self._wall_clock = wall_clock
@@ -299,6 +302,7 @@ class Session:
         # What the file share counts in flight for this attempt, settled once.
         reserved = call.count if share is not None else 0
         lease, trial = await self._acquire(call.claimed.claims, opts, call.priority, reserved)
+        settled_as: Outcome = "counted"  # ended by an exception: it may be on the wire
         try:
             sent = self.now()
             call.budget_wait += sent - started
@@ -310,17 +314,13 @@ class Session:
                 await self._make_body(call)
             except BaseException:
                 self.store.give_back(lease)  # nothing was sent
-                if share is not None and reserved:
-                    share.settle(reserved, trial, "unsent")
-                    reserved = 0
+                settled_as = "unsent"
                 raise
             outcome = await self._send(call, http, lease, trial, sent)
-        except BaseException:
+            settled_as = _share_outcome(outcome.status, outcome.failure)
+        finally:
             if share is not None and reserved:
-                share.settle(reserved, trial, "counted")  # it may be on the wire
-            raise
-        if share is not None and reserved:
-            share.settle(reserved, trial, _share_outcome(outcome.status, outcome.failure))
+                share.settle(reserved, trial, settled_as)
         return outcome
 
     @staticmethod
@@ -467,8 +467,7 @@ class Session:
         deadline, cap = opts.max_budget_wait, opts.max_queued
         if deadline is None and cap is None:  # nothing to bound or count
             return await self._pool.while_open(self._admit(claims, opts, priority, files))
-        store = self.store
-        estimator = store if isinstance(store, EstimatesAdmission) else None
+        estimator = self._estimator
         delay, budget = (
             estimator.admission_delay(claims, priority) if estimator is not None else (1.0, "")
         )
@@ -643,7 +642,7 @@ class Session:
         self, info: RateLimitInfo, claimed: RequestClaims, store: MemoryBudgetStore
     ) -> None:
         """Warn once when the store holds units the headers showed another client spent."""
-        claim = claimed.by_limit.get(info.limit) if info.limit is not None else None
+        claim = claimed.described(info)
         if claim is None or info.remaining is None or info.remaining >= claim.limit:
             return
         others = store.held_for_others(claim.key)
