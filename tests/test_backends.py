@@ -31,11 +31,11 @@ SCALE = 0.01  # cdn: 5 per 0.1 s; purge_files: 50 per 0.2 s
 pytestmark = pytest.mark.looptime
 
 
-def client(server: FakeCDNServer, scale: float = SCALE, **options: object) -> CDNClient:
+def client(server: FakeCDNServer, **options: object) -> CDNClient:
     return CDNClient(
         server.token,
         base_url=server.url,
-        limits=RateLimits.documented().scaled(scale),
+        limits=RateLimits.documented().scaled(SCALE),
         **options,  # type: ignore[arg-type]
     )
 
