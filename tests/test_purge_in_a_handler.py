@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -28,7 +27,7 @@ from cdn_async import (
     events,
 )
 from cdn_async.redis import RedisPurgeQueue
-from cdn_async.testing import FakeCDNServer
+from cdn_async.testing import FakeCDNServer, fake_cdn_fixture
 
 SCALE = 0.01
 ORIGIN = "static.nyc3.digitaloceanspaces.com"
@@ -37,10 +36,7 @@ PATHS = [f"img/{i}.png" for i in range(200)]
 pytestmark = pytest.mark.looptime
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[FakeCDNServer]:
-    async with FakeCDNServer(time_scale=SCALE) as s:
-        yield s
+server = fake_cdn_fixture(time_scale=SCALE)
 
 
 def purged_paths(server: FakeCDNServer) -> list[str]:
