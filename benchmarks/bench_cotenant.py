@@ -32,7 +32,6 @@ from typing import Any
 import aiohttp
 
 from benchmarks._report import SMOKE_HELP, machine, table
-from cdn_async import CDNClient, RateLimits
 from cdn_async.testing import FakeCDNServer
 
 ORIGIN = "static.nyc3.digitaloceanspaces.com"
@@ -62,12 +61,7 @@ async def steady_cotenant(
         bg = asyncio.create_task(cotenant())
         # The co-tenant was there first; each run starts at another phase of its cycle.
         await asyncio.sleep((0.5 + 0.37 * run) % 1.0 * period)
-        async with CDNClient(
-            server.token,
-            base_url=server.url,
-            limits=RateLimits.documented().scaled(scale),
-            max_rate_limit_wait=3600,
-        ) as cdn:
+        async with server.client(max_rate_limit_wait=3600) as cdn:
             queue: asyncio.Queue[int] = asyncio.Queue()
             for i in range(calls):
                 queue.put_nowait(i)
@@ -102,15 +96,12 @@ async def two_unshared(
         server.faults.latency(up=0.002, down=0.002, jitter=0.004)
         ep = server.add_endpoint(ORIGIN)
         period = 10.0 * scale
-        limits = RateLimits.documented().scaled(scale)
         started = time.monotonic()
         failed = 0
 
         async def one_client() -> None:
             nonlocal failed
-            async with CDNClient(
-                server.token, base_url=server.url, limits=limits, max_rate_limit_wait=3600
-            ) as cdn:
+            async with server.client(max_rate_limit_wait=3600) as cdn:
                 queue: asyncio.Queue[int] = asyncio.Queue()
                 for i in range(calls):
                     queue.put_nowait(i)

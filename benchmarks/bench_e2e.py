@@ -38,7 +38,6 @@ import aiohttp
 from aiolimiter import AsyncLimiter
 
 from benchmarks._report import SMOKE_HELP, machine, table
-from cdn_async import CDNClient, RateLimits
 from cdn_async.testing import FakeCDNServer, JournalEntry
 
 #: Called with a copy of the server's journal once a run is over (``benchmarks/charts.py``).
@@ -67,8 +66,7 @@ async def run_cdn_async(
     async with FakeCDNServer(time_scale=scale, seed=seed) as server:
         server.faults.latency(*latency)
         ep_id = server.add_endpoint(ORIGIN)["id"]
-        limits = RateLimits.documented().scaled(scale)
-        async with CDNClient(server.token, base_url=server.url, limits=limits) as cdn:
+        async with server.client() as cdn:
             started = itertools.count()
 
             async def worker() -> None:

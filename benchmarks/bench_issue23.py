@@ -28,7 +28,7 @@ from typing import Any
 
 from benchmarks._redis_server import RedisServer, find_redis_server
 from benchmarks._report import SMOKE_HELP, machine, table
-from cdn_async import CDNClient, RateLimits
+from cdn_async import RateLimits
 from cdn_async.errors import CDNError, CreateUnconfirmedError
 from cdn_async.redis import RedisBudgetStore, RedisPurgeQueue
 from cdn_async.testing import FakeCDNServer
@@ -47,10 +47,7 @@ async def urgent_through_the_queue(redis_url: str, tries: int) -> list[float]:
                 redis_url, namespace=f"u{n}", _restart_hold=False, recovery_grace=0.0
             )
             queue = RedisPurgeQueue(redis_url, namespace=f"u{n}", poll_interval=0.01)
-            limits = RateLimits.documented().scaled(SCALE)
-            async with CDNClient(
-                fake.token, base_url=fake.url, limits=limits, budget_store=store, purge_queue=queue
-            ) as cdn:
+            async with fake.client(budget_store=store, purge_queue=queue) as cdn:
                 bulk = asyncio.create_task(
                     cdn.endpoints.purge(cdn_id, [f"bulk/{i}.png" for i in range(1500)])
                 )
@@ -107,10 +104,8 @@ async def creates_under_5xx(n: int, seed: int) -> dict[str, int]:
     async with FakeCDNServer(time_scale=SCALE, seed=seed) as fake:
         fake.faults.fail_randomly(0.1, status=500, when="before")
         fake.faults.fail_randomly(0.1, status=500, when="after")
-        limits = RateLimits.documented().scaled(SCALE)
         wrong = unconfirmed = failed = created = 0
-        async with CDNClient(fake.token, base_url=fake.url, limits=limits, max_retries=0) as cdn:
-            cdn._session.time_scale = SCALE
+        async with fake.client(max_retries=0) as cdn:
             for i in range(n):
                 origin = f"b{seed}-{i}.nyc3.digitaloceanspaces.com"
                 try:

@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
 
 import pytest
 
 from cdn_async import CDNClient, RateLimits
 from cdn_async._budgets import MemoryBudgetStore
 from cdn_async.errors import CDNError, PurgeError
-from cdn_async.testing import FakeCDNServer
+from cdn_async.testing import FakeCDNServer, fake_cdn_fixture
 
 from ._support import max_in_window
 
@@ -31,19 +30,16 @@ SCALE = 0.01  # cdn: 5 per 0.1 s; purge_files: 50 per 0.2 s
 pytestmark = pytest.mark.looptime
 
 
-def client(server: FakeCDNServer, scale: float = SCALE, **options: object) -> CDNClient:
+def client(server: FakeCDNServer, **options: object) -> CDNClient:
     return CDNClient(
         server.token,
         base_url=server.url,
-        limits=RateLimits.documented().scaled(scale),
+        limits=RateLimits.documented().scaled(SCALE),
         **options,  # type: ignore[arg-type]
     )
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[FakeCDNServer]:
-    async with FakeCDNServer(time_scale=SCALE) as s:
-        yield s
+server = fake_cdn_fixture(time_scale=SCALE)
 
 
 def rate_limited(server: FakeCDNServer) -> int:

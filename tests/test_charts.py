@@ -15,7 +15,6 @@ import aiohttp
 import pytest
 
 from benchmarks import charts
-from cdn_async import CDNClient, RateLimits
 from cdn_async.testing import FakeCDNServer, JournalEntry
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -132,8 +131,7 @@ async def test_a_real_run_counted_by_the_fake_server(fake_cdn: FakeCDNServer) ->
     """The chain the README chart uses, on a tiny run: the SDK's requests fill the cdn window
     to its limit and no further; a burst that ignores the window draws 429s, each charted."""
     ep_id = fake_cdn.add_endpoint("static.nyc3.digitaloceanspaces.com")["id"]
-    limits = RateLimits.documented().scaled(SCALE)
-    async with CDNClient(fake_cdn.token, base_url=fake_cdn.url, limits=limits) as cdn:
+    async with fake_cdn.client() as cdn:
         await asyncio.gather(*(cdn.endpoints.get(ep_id) for _ in range(12)))
     period = 10.0 * SCALE
     ours = charts.window_panel("cdn-async", "#00f", fake_cdn.journal, period, charts.request_cost)

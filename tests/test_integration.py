@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from cdn_async import TTL, CDNClient, RateLimits
+from cdn_async import TTL, CDNClient
 from cdn_async.errors import (
     APIResponseError,
     AuthenticationError,
@@ -39,18 +39,9 @@ MISSING = "892071a0-bb95-49bc-8021-3afd67a210bf"
 pytestmark = [pytest.mark.fake_cdn(time_scale=SCALE), pytest.mark.looptime]
 
 
-def client(server: FakeCDNServer, token: str | None = None, **options: object) -> CDNClient:
-    return CDNClient(
-        token or server.token,
-        base_url=server.url,
-        limits=RateLimits.documented().scaled(SCALE),
-        **options,  # type: ignore[arg-type]
-    )
-
-
 @pytest.fixture
 async def cdn(fake_cdn: FakeCDNServer) -> AsyncIterator[CDNClient]:
-    async with client(fake_cdn) as c:
+    async with fake_cdn.client() as c:
         yield c
 
 
@@ -98,13 +89,13 @@ async def test_pagination_over_450_endpoints(cdn: CDNClient, fake_cdn: FakeCDNSe
 
 
 async def test_error_statuses_over_http(cdn: CDNClient, fake_cdn: FakeCDNServer) -> None:
-    async with client(fake_cdn, token="dop_v1_unknown") as stranger:
+    async with fake_cdn.client(token="dop_v1_unknown") as stranger:
         with pytest.raises(AuthenticationError) as e401:
             await stranger.endpoints.get(MISSING)
     assert e401.value.error_id == "unauthorized" and e401.value.request_id
 
     reader = fake_cdn.add_token(["cdn:read"])
-    async with client(fake_cdn, token=reader) as read_only:
+    async with fake_cdn.client(token=reader) as read_only:
         with pytest.raises(PermissionDeniedError) as e403:
             await read_only.endpoints.create(ORIGIN)
     assert e403.value.status == 403
@@ -134,7 +125,7 @@ async def test_409_when_an_identical_purge_from_elsewhere_is_in_progress(
     fake_cdn: FakeCDNServer,
 ) -> None:
     fake_cdn.purge_duration = 0.3
-    async with client(fake_cdn) as one, client(fake_cdn, max_retries=0) as other:
+    async with fake_cdn.client() as one, fake_cdn.client(max_retries=0) as other:
         ep = await one.endpoints.create(ORIGIN)
         first = asyncio.create_task(one.endpoints.purge(ep.id, ["a.png"]))
         await asyncio.sleep(0.1)
@@ -192,7 +183,7 @@ async def test_create_whose_lookup_fails_is_never_reported_failed(
     # origin, never an InternalServerError saying it failed.
     fake_cdn.faults.fail_next(1, status=500, when="after", op="create")
     fake_cdn.faults.fail_next(retries + 1, status=500, when="before", op="list")
-    async with client(fake_cdn, max_retries=retries) as cdn:
+    async with fake_cdn.client(max_retries=retries) as cdn:
         with pytest.raises(CreateUnconfirmedError) as info:
             await cdn.endpoints.create(ORIGIN)
     assert info.value.origin == ORIGIN and ORIGIN in str(info.value)
@@ -256,7 +247,7 @@ async def test_a_429_pauses_the_budget_then_the_request_succeeds(
 
 
 async def test_a_long_server_pause_raises_rate_limited_at_once(fake_cdn: FakeCDNServer) -> None:
-    async with client(fake_cdn, max_rate_limit_wait=0.0) as cdn:
+    async with fake_cdn.client(max_rate_limit_wait=0.0) as cdn:
         fake_cdn.spend(fake_cdn.token, "cdn", 5)
         with pytest.raises(RateLimitedError) as info:
             await cdn.endpoints.get(MISSING)

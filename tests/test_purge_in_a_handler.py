@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -29,7 +27,7 @@ from cdn_async import (
     events,
 )
 from cdn_async.redis import RedisPurgeQueue
-from cdn_async.testing import FakeCDNServer
+from cdn_async.testing import FakeCDNServer, fake_cdn_fixture
 
 SCALE = 0.01
 ORIGIN = "static.nyc3.digitaloceanspaces.com"
@@ -38,19 +36,7 @@ PATHS = [f"img/{i}.png" for i in range(200)]
 pytestmark = pytest.mark.looptime
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[FakeCDNServer]:
-    async with FakeCDNServer(time_scale=SCALE) as s:
-        yield s
-
-
-def client(server: FakeCDNServer, **options: Any) -> CDNClient:
-    return CDNClient(
-        server.token,
-        base_url=server.url,
-        limits=options.pop("limits", RateLimits.documented().scaled(SCALE)),
-        **options,
-    )
+server = fake_cdn_fixture(time_scale=SCALE)
 
 
 def purged_paths(server: FakeCDNServer) -> list[str]:
@@ -71,7 +57,7 @@ async def test_a_purge_that_cannot_all_be_sent_in_time_is_refused_before_anythin
         if isinstance(event, events.RequestSent):
             sends.append(loop.time())
 
-    async with client(server, max_budget_wait=0.3, event_hooks=[on_event]) as cdn:
+    async with server.client(max_budget_wait=0.3, event_hooks=[on_event]) as cdn:
         with pytest.raises(BudgetWaitTimeout) as refused:  # itself, not in a PurgeError
             await cdn.endpoints.purge(ep, PATHS)
         assert server.journal == [] and sends == []
@@ -90,7 +76,7 @@ async def test_a_purge_that_cannot_all_be_sent_in_time_is_refused_before_anythin
 
 async def test_a_purge_that_fits_the_deadline_is_sent_whole(server: FakeCDNServer) -> None:
     ep = server.add_endpoint(ORIGIN)["id"]
-    async with client(server, max_budget_wait=1.0) as cdn:
+    async with server.client(max_budget_wait=1.0) as cdn:
         report = await cdn.endpoints.purge(ep, PATHS)
     assert report.ok and report.requests == 4
     assert sorted(purged_paths(server)) == sorted(PATHS)
@@ -99,7 +85,7 @@ async def test_a_purge_that_fits_the_deadline_is_sent_whole(server: FakeCDNServe
 async def test_paths_pending_ahead_count_against_the_deadline(server: FakeCDNServer) -> None:
     # A bulk purge's 150 pending paths go first: 10 more cannot be sent within 0.3 s.
     ep = server.add_endpoint(ORIGIN)["id"]
-    async with client(server) as cdn:
+    async with server.client() as cdn:
         bulk = asyncio.create_task(cdn.endpoints.purge(ep, PATHS[:150]))
         await asyncio.sleep(0.01)  # the bulk purge has joined and sent its first batch
         mine = [f"css/{i}.css" for i in range(10)]
@@ -115,7 +101,7 @@ async def test_an_urgent_purge_is_not_held_to_the_normal_batch_it_passes(
     # A bulk purge's next batch waits in the store at "normal"; a high purge passes it, so
     # only the window's expiry (about a period) counts against its deadline, not that batch.
     ep = server.add_endpoint(ORIGIN)["id"]
-    async with client(server) as cdn:
+    async with server.client() as cdn:
         bulk = asyncio.create_task(cdn.endpoints.purge(ep, PATHS))
         await asyncio.sleep(0.03)  # the first batch answered, the second waits in the store
         hasty = cdn.with_options(max_budget_wait=1.5 * 20 * SCALE)
@@ -138,7 +124,7 @@ async def test_without_an_estimate_a_purge_that_sent_nothing_in_time_raises_budg
     ep = server.add_endpoint(ORIGIN)
     # One request per 5 s (the fake allows more): after one get, the purge waits seconds.
     limits = RateLimits((Budget("cdn", 1, 5.0), Budget("purge_files", 50, 0.2, unit="file")))
-    async with client(server, budget_store=BlindStore(), limits=limits) as cdn:
+    async with server.client(budget_store=BlindStore(), limits=limits) as cdn:
         await cdn.endpoints.get(ep["id"])
         with pytest.raises(BudgetWaitTimeout):
             await cdn.with_options(max_budget_wait=0.02).endpoints.purge(ep["id"], ["a", "b"])
@@ -159,7 +145,7 @@ async def test_a_background_purge_survives_the_cancelled_handler_that_started_it
 ) -> None:
     ep = server.add_endpoint(ORIGIN)["id"]
     handles: list[PurgeHandle] = []
-    async with client(server, max_budget_wait=0.05) as cdn:
+    async with server.client(max_budget_wait=0.05) as cdn:
 
         async def handler() -> None:
             handle = cdn.endpoints.purge_in_background(ep, PATHS)
@@ -185,7 +171,7 @@ async def test_a_dropped_handle_still_purges_and_logs_the_outcome(
 ) -> None:
     caplog.set_level(logging.INFO, logger="cdn_async")
     ep = server.add_endpoint(ORIGIN)["id"]
-    async with client(server) as cdn:
+    async with server.client() as cdn:
         cdn.endpoints.purge_in_background(ep, ["a.css", "b.css"])
         cdn.endpoints.purge_in_background(
             "892071a0-bb95-49bc-8021-3afd67a210bf", ["x"]
@@ -210,7 +196,7 @@ async def test_close_reports_what_each_background_purge_left(server: FakeCDNServ
         confirmed.extend(progress.confirmed)
         first_batch.set()
 
-    cdn = client(server)
+    cdn = CDNClient(server.token, base_url=server.url, limits=RateLimits.documented().scaled(SCALE))
     handle = cdn.endpoints.purge_in_background(ep, PATHS, on_batch=on_batch)
     await first_batch.wait()  # the first batch is confirmed; the rest waits for the file budget
     (left,) = await cdn.close()
@@ -227,7 +213,7 @@ async def test_close_reports_what_each_background_purge_left(server: FakeCDNServ
 async def test_bad_input_is_refused_before_a_background_purge_starts(
     server: FakeCDNServer,
 ) -> None:
-    async with client(server) as cdn:
+    async with server.client() as cdn:
         with pytest.raises(ValueError):
             cdn.endpoints.purge_in_background("not-a-uuid", ["a"])
         with pytest.raises(ValueError):
@@ -244,7 +230,7 @@ async def test_through_a_shared_purge_queue_a_plan_too_long_for_the_deadline_is_
     ep = server.add_endpoint(ORIGIN)["id"]
     queue = RedisPurgeQueue(redis_server.url, token_id="t-26")
     try:
-        async with client(server, max_budget_wait=0.3, purge_queue=queue) as cdn:
+        async with server.client(max_budget_wait=0.3, purge_queue=queue) as cdn:
             with pytest.raises(BudgetWaitTimeout) as refused:
                 await cdn.endpoints.purge(ep, PATHS)
             assert refused.value.retry_after == pytest.approx(3 * 20 * SCALE)

@@ -43,14 +43,14 @@ def apply_faults(
         refuse: Share of requests refused with a 429 (not counted in any budget).
         refuse_next: The next this many requests are refused with a 429.
         retry_after: ``Retry-After`` seconds on injected 429s (None: no header).
-        cotenants: ``(budget, units)``: another client spends ``units`` of ``budget`` every
-            period, on every token that sends requests.
+        cotenants: ``(budget, units)`` as ``parse_cotenant`` returns them: another client
+            spends ``units`` of ``budget`` every period, on every token that sends requests.
         latency: Seconds added on the way in and on the way out.
         jitter: Up to this many more seconds, random, each way.
         op: Only this operation's requests get the 5xx, drops and 429s.
 
     Raises:
-        ValueError: A share outside 0..1, an unknown operation or budget.
+        ValueError: A share outside 0..1, an unknown operation, a negative latency.
     """
     faults = server.faults
     if refuse_next:
@@ -64,8 +64,6 @@ def apply_faults(
     if fail_after:
         faults.fail_randomly(fail_after, status=500, when="after", op=op)
     for budget, units in cotenants:
-        if budget not in COTENANT_BUDGETS:
-            raise ValueError(f"co-tenant budget must be one of {COTENANT_BUDGETS}, got {budget!r}")
         faults.cotenant(units, budget=budget)
     if latency or jitter:
         faults.latency(latency, latency, jitter)
